@@ -1,0 +1,1 @@
+"""neox-pipeline: the GPT-NeoX library (model, config, Hugging Face interop, CLI)."""

@@ -1,0 +1,164 @@
+"""The GPT-NeoX architecture (Pythia, GPT-NeoX-20B), and nothing else.
+
+Parameter names follow Hugging Face's GPTNeoXForCausalLM without its `gpt_neox.` prefix, so conversion is
+a rename. Distributed wrappers, activation checkpointing and compilation are applied from `neox/train/`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neox.config import ModelConfig
+from neox.model.rotary import apply_rotary, rotary_cos_sin
+
+
+class KVCache:
+    """Preallocated keys/values for incremental decoding: one (batch, heads, max_length, head_size) pair per
+    layer, filled in place so each new token costs no copy of the past."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_length: int, dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, cfg.num_attention_heads, max_length, cfg.head_size)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
+        self.length = 0  # positions already filled, in every layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.keys[layer].shape[2]:
+            raise ValueError(f"KV cache holds {self.keys[layer].shape[2]} positions; {end} requested")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.head_size = cfg.head_size
+        self.dropout = cfg.attention_dropout
+        # Fused projection, per-head interleaved: output rows are [h0:(q,k,v), h1:(q,k,v), ...].
+        self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
+    ) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+        qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_size).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+        if past == 0:
+            mask, causal = None, True
+        elif seq == 1:
+            mask, causal = None, False  # one new token sees every cached position
+        else:
+            mask, causal = torch.ones(seq, past + seq, dtype=torch.bool, device=x.device).tril(past), False
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.dense(out.transpose(1, 2).reshape(batch, seq, hidden))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.ffn_size)
+        self.dense_4h_to_h = nn.Linear(cfg.ffn_size, cfg.hidden_size)
+        self.approximate = cfg.gelu_approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.parallel_residual = cfg.gpt_j_residual
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.attention = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.hidden_dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        attn = self.hidden_dropout(self.attention(self.input_layernorm(x), cos, sin, cache, layer))
+        if self.parallel_residual:  # GPT-J style: x + attn(ln1(x)) + mlp(ln2(x))
+            return x + attn + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x)))
+        h = x + attn
+        return h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
+
+
+class GPTNeoX(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.emb_dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if cfg.no_weight_tying else None
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for input_ids (batch, seq); with a cache, positions continue after it."""
+        start = cache.length if cache is not None else 0
+        cos, sin = rotary_cos_sin(self.cfg.rotary_ndims, self.cfg.rotary_emb_base, start, input_ids.shape[1], input_ids.device)
+        x = self.emb_dropout(self.embed_in(input_ids))
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        x = self.final_layer_norm(x)
+        weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
+        return F.linear(x, weight)
+
+
+def init_std(method: str, cfg: ModelConfig) -> float:
+    """Standard deviation of GPT-NeoX's named init methods."""
+    match method:
+        case "normal":
+            return cfg.init_method_std
+        case "scaled_normal":
+            return cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers)
+        case "small_init":  # Nguyen & Salazar 2019
+            return math.sqrt(2.0 / (5.0 * cfg.hidden_size))
+        case "wang_init":  # Wang 2021, as in GPT-J / GPT-NeoX
+            return 2.0 / (cfg.num_layers * math.sqrt(cfg.hidden_size))
+    raise ValueError(f"unknown init method {method!r}")
+
+
+@torch.no_grad()
+def init_weights(model: GPTNeoX, generator: torch.Generator | None = None) -> GPTNeoX:
+    """GPT-NeoX initialisation: `init_method` for embeddings, QKV, the MLP input and the output layer;
+    `output_layer_init_method` for the two projections that write into the residual stream; zero biases,
+    unit LayerNorms."""
+    cfg = model.cfg
+    std, out_std = init_std(cfg.init_method, cfg), init_std(cfg.output_layer_init_method, cfg)
+    for name, param in model.named_parameters():
+        if "layernorm" in name or "layer_norm" in name:
+            param.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif name.endswith("bias"):
+            param.zero_()
+        elif name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
+            param.normal_(0.0, out_std, generator=generator)
+        else:
+            param.normal_(0.0, std, generator=generator)
+    return model
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the model `cfg` describes, counted on the meta device (no memory allocated).
+    A tied output layer counts once."""
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    return sum(p.numel() for p in model.parameters())

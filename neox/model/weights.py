@@ -1,0 +1,69 @@
+"""Our model checkpoint directory: `config.yml` (the model's GPT-NeoX keys), `model.safetensors`, and the
+tokenizer (`tokenizer.json`) when there is one. Training exports its final weights to this form."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from neox.atomic import atomic_directory
+from neox.config import ConfigError, ModelConfig, load_model_config
+from neox.model.gpt_neox import GPTNeoX
+
+CONFIG_FILE = "config.yml"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+
+
+def save_model(
+    model: GPTNeoX, out_dir: str | Path, tokenizer_file: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Write model (config + weights, and the tokenizer file if given) to out_dir, atomically."""
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.cfg.to_neox(), sort_keys=False))
+        state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+    return Path(out_dir)
+
+
+def load_model_config_from(checkpoint: str | Path) -> ModelConfig:
+    path = Path(checkpoint) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{checkpoint} is not a neox model checkpoint: {CONFIG_FILE} is missing")
+    cfg, _ = load_model_config(path)
+    return cfg
+
+
+def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> GPTNeoX:
+    """Load a checkpoint written by save_model. Built on the meta device, so memory holds one copy of the weights."""
+    cfg = load_model_config_from(checkpoint)
+    weights = Path(checkpoint) / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing")
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    state = load_file(weights, device=str(device))
+    if dtype is not None:
+        state = {name: tensor.to(dtype) for name, tensor in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def tokenizer_path(checkpoint: str | Path) -> Path | None:
+    path = Path(checkpoint) / TOKENIZER_FILE
+    return path if path.exists() else None

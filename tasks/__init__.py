@@ -1,0 +1,1 @@
+"""Prefect tasks: one thin task per pipeline stage (filled in by the orchestration work)."""
