@@ -129,10 +129,12 @@ def generate(
 
     if (model / CONFIG_FILE).exists():
         net = load_model(model)
-    else:
+    elif (model / "config.json").exists():
         from neox.hf import load_hf_model
 
         net = load_hf_model(model)
+    else:
+        raise ConfigError(f"{model} is neither a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face model (config.json)")
     tokenizer = tokenizer or model / TOKENIZER_FILE
     if not tokenizer.exists():
         raise ConfigError(f"no tokenizer: {tokenizer} does not exist (pass --tokenizer)")

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models and a tokenizer built on the spot (no network, no shipped weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from neox.config import ModelConfig
+from neox.model.gpt_neox import GPTNeoX, init_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        vocab_size=256,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+        bias_gelu_fusion=True,
+        no_weight_tying=True,
+        init_method="small_init",
+        output_layer_init_method="wang_init",
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPTNeoX:
+    return init_weights(GPTNeoX(tiny_config(**overrides)), generator=torch.Generator().manual_seed(seed)).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory) -> Path:
+    """A 256-token byte-level BPE trained on a little English, with GPT-NeoX's <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = [
+        "Once upon a time there was a small language model that wanted to learn.",
+        "It read the standard library of Python and the documentation of every module.",
+        "The quick brown fox jumps over the lazy dog. " * 3,
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=256, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(text, trainer)
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tok.save(str(path))
+    return path

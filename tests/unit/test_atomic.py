@@ -1,0 +1,40 @@
+"""Outputs appear whole or not at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from neox.atomic import atomic_directory
+
+
+def test_success_publishes_the_directory(tmp_path):
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("a")
+        assert not (tmp_path / "out").exists()  # nothing visible until complete
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_failure_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_swaps_only_a_complete_replacement(tmp_path):
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(FileExistsError):
+        with atomic_directory(tmp_path / "out"):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "v").write_text("2")
+            raise RuntimeError
+    assert (tmp_path / "out" / "v").read_text() == "1"
+    with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "v").write_text("2")
+    assert (tmp_path / "out" / "v").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

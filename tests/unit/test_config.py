@@ -1,0 +1,139 @@
+"""Reading GPT-NeoX YAML configs as EleutherAI ships them, and validating them at the edge."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from neox.config import ConfigError, ModelConfig, load_model_config, load_neox_yaml, pad_vocab_size
+
+# The shape of EleutherAI/gpt-neox's configs/pythia/160M.yml: JSON-like YAML with comments, hyphenated and
+# underscored keys, Python-style booleans, trailing commas and nested DeepSpeed sections.
+PYTHIA_STYLE = """
+# GPT-2 pretraining setup
+{
+   # parallelism settings
+   "pipe-parallel-size": 1,
+   "model-parallel-size": 1,
+
+   # model settings
+   "num-layers": 12,
+   "hidden_size": 768,
+   "num-attention-heads": 12,
+   "seq-length": 2048,
+   "max-position-embeddings": 2048,
+   "pos-emb": "rotary",
+   "rotary-pct": 0.25,
+   "no-weight-tying": True,
+   "gpt-j-residual": true,
+   "output-layer-parallelism": "column",
+   "attention-config": [[["flash"], 12]],
+   "bias-gelu-fusion": True,
+   "init_method": "small_init",
+   "output_layer_init_method": "wang_init",
+
+   "optimizer": {
+     "type": "Adam",
+     "params": {"lr": 6e-4, "betas": [0.9, 0.95], "eps": 1.0e-8,},
+   },
+   "min_lr": 0.00006,
+   "zero_optimization": {"stage": 1, "allgather_bucket_size": 500000000,},
+   "train_micro_batch_size_per_gpu": 32,
+}
+"""
+
+
+def write(tmp_path, text, name="model.yml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_reads_eleutherai_style_yaml(tmp_path):
+    cfg, rest = load_model_config(write(tmp_path, PYTHIA_STYLE), vocab_size=50277)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads) == (12, 768, 12)
+    assert cfg.no_weight_tying and cfg.gpt_j_residual and cfg.bias_gelu_fusion
+    assert cfg.gelu_approximate == "tanh"
+    assert cfg.rotary_ndims == 16  # 25% of the 64-dim heads
+    assert cfg.vocab_size == 50304
+    # keys the model does not read are handed back for the stages that own them
+    assert rest["optimizer"]["params"]["lr"] == pytest.approx(6e-4)  # "6e-4" is a float, not YAML 1.1's string
+    assert rest["train_micro_batch_size_per_gpu"] == 32
+    assert rest["seq_length"] == 2048
+
+
+def test_unknown_keys_are_kept_and_reported(tmp_path, caplog):
+    text = PYTHIA_STYLE.replace('"min_lr"', '"hiden_size": 3,\n   "min_lr"')
+    with caplog.at_level(logging.WARNING, logger="neox.config"):
+        _, rest = load_model_config(write(tmp_path, text), vocab_size=50277)
+    assert rest["hiden_size"] == 3
+    assert "hiden_size" in caplog.text
+    assert "optimizer" not in caplog.text  # a known GPT-NeoX key is not noise
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'num_layers' must be int, got '12'"):
+        load_model_config(write(tmp_path, PYTHIA_STYLE.replace('"num-layers": 12', '"num-layers": "12"')), vocab_size=100)
+    with pytest.raises(ConfigError, match=r"'gpt_j_residual' must be bool"):
+        load_model_config(write(tmp_path, PYTHIA_STYLE.replace('"gpt-j-residual": true', '"gpt-j-residual": 1')), vocab_size=100)
+
+
+def test_later_files_override_earlier(tmp_path):
+    base = write(tmp_path, PYTHIA_STYLE)
+    override = write(tmp_path, '{"num-layers": 2, "hidden-size": 64, "num-attention-heads": 4}', "small.yml")
+    cfg, _ = load_model_config(base, override, vocab_size=300)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads) == (2, 64, 4)
+
+
+def test_same_key_spelled_twice_with_different_values_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="given twice"):
+        load_neox_yaml(write(tmp_path, '{"num-layers": 2, "num_layers": 3}'))
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('"pos-emb": "rotary"', '"pos-emb": "learned"', "pos_emb='learned' is not supported"),
+        ('"attention-config": [[["flash"], 12]]', '"attention-config": [[["local"], 12]]', "only dense attention"),
+        ('"num-layers": 12', '"num-layers": 12, "num_kv_heads": 4', "grouped-query attention"),
+    ],
+)
+def test_architectures_we_do_not_implement_are_refused(tmp_path, old, new, message):
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(write(tmp_path, PYTHIA_STYLE.replace(old, new)), vocab_size=100)
+
+
+def test_invalid_yaml_and_missing_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="bad.yml is not valid GPT-NeoX YAML"):
+        load_neox_yaml(write(tmp_path, "{ num_layers: [", "bad.yml"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_neox_yaml(tmp_path / "absent.yml")
+
+
+def test_missing_vocab_size_says_how_to_give_it(tmp_path):
+    with pytest.raises(ConfigError, match="--vocab-size"):
+        load_model_config(write(tmp_path, PYTHIA_STYLE))
+
+
+@pytest.mark.parametrize(
+    "vocab, divisible_by, model_parallel, padded",
+    [(50277, 128, 1, 50304), (50277, 128, 2, 50432), (50277, 128, 4, 50688), (50304, 128, 1, 50304), (1, 128, 1, 128)],
+)
+def test_vocab_is_padded_like_gpt_neox(vocab, divisible_by, model_parallel, padded):
+    assert pad_vocab_size(vocab, divisible_by, model_parallel) == padded
+
+
+def test_model_config_validates_its_values():
+    with pytest.raises(ConfigError, match="divisible by num_attention_heads"):
+        ModelConfig(num_layers=1, hidden_size=10, num_attention_heads=3, vocab_size=8)
+    with pytest.raises(ConfigError, match="rotary_pct"):
+        ModelConfig(num_layers=1, hidden_size=8, num_attention_heads=1, vocab_size=8, rotary_pct=1.5)
+    with pytest.raises(ConfigError, match="init_method"):
+        ModelConfig(num_layers=1, hidden_size=8, num_attention_heads=1, vocab_size=8, init_method="xavier")
+
+
+def test_to_neox_round_trips(tmp_path):
+    cfg, _ = load_model_config(write(tmp_path, PYTHIA_STYLE), vocab_size=50277)
+    again, _ = ModelConfig.from_neox(cfg.to_neox())
+    assert again == cfg
