@@ -55,3 +55,49 @@ def tokenizer_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (each start costs seconds)."""
+    import ray
+
+    from neox.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory) -> Path:
+    """The embedded corpus, built once: 4 Pile-format shards of the stdlib + pydoc topics."""
+    from neox.data.sample import build_sample_corpus
+
+    out = tmp_path_factory.mktemp("sample-corpus")
+    build_sample_corpus(out, shards=4)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, sample_corpus) -> Path:
+    """300 sample-corpus documents in 3 shards: big enough to mean something, small enough to tokenize fast."""
+    from neox.data.jsonl import Rejects, list_shards, read_shard, write_shard
+
+    docs = [d for shard in list_shards(sample_corpus)[:1] for d in read_shard(shard, Rejects())][:300]
+    out = tmp_path_factory.mktemp("small-corpus")
+    for i in range(3):
+        write_shard(out / f"{i:02d}.jsonl.zst", ({"text": d.text, "meta": d.meta} for d in docs[i::3]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_tokenizer(tmp_path_factory, small_corpus) -> Path:
+    """A 2,048-token byte-level BPE trained on the small corpus (with <|endoftext|> and <|padding|>)."""
+    from neox.data.jsonl import Rejects, list_shards, read_shard
+    from neox.data.tokenizer import train_bpe
+
+    texts = (d.text for shard in list_shards(small_corpus) for d in read_shard(shard, Rejects()))
+    path = tmp_path_factory.mktemp("corpus-tokenizer") / "tokenizer.json"
+    train_bpe(texts, vocab_size=2048, show_progress=False).save(str(path))
+    return path

@@ -1,0 +1,163 @@
+"""Pile-format shards: JSON lines `{"text": str, "meta": {"pile_set_name": str, ...}}`, zstd-compressed
+(`.jsonl.zst`) or plain (`.jsonl`). Streaming in both directions, constant memory.
+
+Bad lines do not stop a read: each is handed to a `Rejects` log with its shard and line number and the
+read goes on. A truncated or corrupt zstd stream does stop it, with the shard and byte offset, since
+nothing after that point can be trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
+
+
+class CorruptShardError(RuntimeError):
+    """A shard that cannot be read past some point (truncated or corrupt compression)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    text: str
+    meta: dict[str, Any]
+    shard: str  # the shard's file name
+    line: int  # 1-based line number in the shard
+
+    @property
+    def set_name(self) -> str:
+        return str(self.meta.get("pile_set_name", "unknown"))
+
+
+class Rejects:
+    """Rejected input lines, written as JSON lines with the source location; counted by reason."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self.counts: dict[str, int] = {}
+        self._file = open(path, "w", encoding="utf-8") if path is not None else None  # noqa: SIM115
+
+    def add(self, shard: str, line: int, reason: str, raw: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if self._file is not None:
+            self._file.write(json.dumps({"shard": shard, "line": line, "reason": reason, "raw": raw}) + "\n")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def is_shard(path: Path) -> bool:
+    return path.name.endswith(SHARD_SUFFIXES)
+
+
+CHUNK = 1 << 20
+
+
+def _decompressed_chunks(path: Path, raw: BinaryIO) -> Iterator[bytes]:
+    """Decompressed bytes of a (possibly multi-frame) zstd file. zstandard's stream reader treats a stream
+    cut mid-frame as a clean end, so frames are followed here and an unfinished one is an error."""
+    frame_start, consumed = 0, 0
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    pending = b""
+    while True:
+        data = pending or raw.read(CHUNK)
+        pending = b""
+        if not data:
+            break
+        try:
+            out = decoder.decompress(data)
+        except zstandard.ZstdError as err:
+            raise CorruptShardError(
+                f"{path}: corrupt zstd data in the frame starting at compressed byte offset {frame_start}: {err}"
+            ) from None
+        if out:
+            yield out
+        consumed += len(data) - len(decoder.unused_data)
+        if decoder.eof:  # a frame ended; what follows it starts the next one
+            pending = decoder.unused_data
+            frame_start = consumed
+            decoder = zstandard.ZstdDecompressor().decompressobj()
+    if consumed > frame_start:
+        raise CorruptShardError(
+            f"{path}: truncated zstd stream: the frame starting at compressed byte offset {frame_start} ends "
+            f"unfinished at byte {consumed} (end of file); re-download the shard"
+        )
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as raw:
+        if not path.name.endswith(".zst"):
+            yield from raw
+            return
+        rest = b""
+        for chunk in _decompressed_chunks(path, raw):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
+
+
+def read_shard(path: str | Path, rejects: Rejects) -> Iterator[Document]:
+    """Documents of one shard, in order. Malformed lines and lines without a string `text` go to rejects."""
+    path = Path(path)
+    for number, raw_line in enumerate(_lines(path), start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            record = json.loads(raw_line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            rejects.add(path.name, number, f"malformed JSON: {err}", raw_line.decode("utf-8", "replace"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            rejects.add(path.name, number, "no string 'text' field", raw_line.decode("utf-8", "replace"))
+            continue
+        meta = record.get("meta")
+        yield Document(record["text"], meta if isinstance(meta, dict) else {}, path.name, number)
+
+
+def write_shard(path: str | Path, records: Iterable[dict[str, Any]], level: int = 3) -> int:
+    """Write records as a zstd JSONL shard (plain JSONL if the name ends in .jsonl), via a `.part` file
+    renamed into place when complete. Returns the number of records."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    count = 0
+    try:
+        with open(part, "wb") as raw:
+            if path.name.endswith(".zst"):
+                with zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False) as out:
+                    for record in records:
+                        out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+                        count += 1
+            else:
+                for record in records:
+                    raw.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+                    count += 1
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return count
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """The shards in a directory, sorted by name (the order every stage processes them in)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"input directory {directory} does not exist")
+    shards = sorted(p for p in directory.iterdir() if p.is_file() and is_shard(p))
+    if not shards:
+        raise FileNotFoundError(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")
+    return shards

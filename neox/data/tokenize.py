@@ -1,0 +1,150 @@
+"""The tokenize stage: Pile-format shards -> one GPT-NeoX mmap indexed dataset `{prefix}_text_document`.
+
+Byte-compatible with gpt-neox's `tools/datasets/preprocess_data.py --append-eod` on the same shards (in name
+order) and tokenizer: each document's ids followed by the EOD id, one sequence per document, empty documents
+skipped. Shards are tokenized in parallel as Ray tasks (one per shard, on local cores or a cluster), each writing
+a part file; the parts are concatenated in shard order, so the output is the same whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from neox.data.indexed import merge_parts, token_dtype
+from neox.data.jsonl import Rejects, list_shards, read_shard
+from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.ray_runtime import ensure_ray, run_ordered
+from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+
+STAGE = "tokenize"
+CODE_VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeConfig:
+    prefix: str = "corpus"  # output files: {prefix}_text_document.{bin,idx}
+    batch_size: int = 1000  # documents per encode_batch call
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "/" in self.prefix:
+            raise ValueError(f"prefix must be a plain file name, got {self.prefix!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int) -> dict[str, Any]:
+    """Tokenize one shard into `part`.bin (+ `part`.rejects.jsonl); return its sizes and counts."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    eod = eod_id(tok)
+    dtype = token_dtype(tok.get_vocab_size())
+    rejects = Rejects(part.with_suffix(".rejects.jsonl"))
+    sizes: list[int] = []
+    documents, empty, sets = 0, 0, Counter()
+    try:
+        with open(part.with_suffix(".bin"), "wb") as out:
+            docs = read_shard(shard, rejects)
+            while batch := list(itertools.islice(docs, batch_size)):
+                encodings = tok.encode_batch_fast([doc.text for doc in batch])
+                pieces = []
+                for doc, encoding in zip(batch, encodings):
+                    documents += 1
+                    sets[doc.set_name] += 1
+                    if not encoding.ids:
+                        empty += 1  # gpt-neox writes no sequence for an empty document
+                        continue
+                    pieces.append(encoding.ids)
+                    pieces.append([eod])
+                    sizes.append(len(encoding.ids) + 1)
+                if pieces:
+                    np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype).tofile(out)
+    finally:
+        rejects.close()
+    return {
+        "shard": shard.name,
+        "bin": str(part.with_suffix(".bin")),
+        "rejects": str(part.with_suffix(".rejects.jsonl")),
+        "sizes": np.asarray(sizes, dtype=np.int32),
+        "documents": documents,
+        "empty": empty,
+        "sets": dict(sets),
+        "reject_counts": rejects.counts,
+    }
+
+
+def tokenize_shards(
+    input_dir: str | Path,
+    tokenizer_file: str | Path,
+    work_root: str | Path,
+    cfg: TokenizeConfig = TokenizeConfig(),
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> Path:
+    """Run (or reuse) the tokenize stage; returns its output directory. `workers` caps the shards tokenized
+    at once (default: as many as Ray has CPUs)."""
+    shards = list_shards(input_dir)
+    tok = load_tokenizer(tokenizer_file)
+    inputs = {"shards": input_fingerprint(input_dir), "tokenizer": sha256_file(tokenizer_file)}
+    config = dataclasses.asdict(cfg)
+    key = stage_key(STAGE, CODE_VERSION, config, inputs)
+    if find_verified(work_root, STAGE, key) is not None:
+        return stage_output(work_root, STAGE, key)
+
+    ensure_ray(ray_address)
+    task = ray.remote(num_cpus=1)(tokenize_shard)
+    with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
+        parts_dir = run.tmp / "parts"
+        parts_dir.mkdir()
+        tokenizer_json = tok.to_str()
+        calls = [(task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size)) for i, shard in enumerate(shards)]
+        ordered = run_ordered(calls, workers, desc="tokenize", unit="shard")
+        documents = sum(r["documents"] for r in ordered)
+        if documents == 0:
+            raise ValueError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
+        dtype = token_dtype(tok.get_vocab_size())
+        prefix = run.tmp / f"{cfg.prefix}_text_document"
+        tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)
+        reject_counts = _merge_rejects(ordered, run.tmp / "rejects.jsonl")
+        shutil.rmtree(parts_dir)
+        run.stats.update(
+            documents=documents,
+            sequences=int(sum(len(r["sizes"]) for r in ordered)),
+            empty_documents=sum(r["empty"] for r in ordered),
+            tokens=tokens,
+            rejects=reject_counts,
+            documents_per_set=dict(sum((Counter(r["sets"]) for r in ordered), Counter())),
+            shards=[r["shard"] for r in ordered],
+            dtype=dtype.name,
+            vocab_size=tok.get_vocab_size(),
+            eod_id=eod_id(tok),
+            data_prefix=prefix.name,
+        )
+    return stage_output(work_root, STAGE, key)
+
+
+def _merge_rejects(results: list[dict[str, Any]], out: Path) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for result in results:
+        counts.update(result["reject_counts"])
+    if counts:
+        with open(out, "wb") as merged:
+            for result in results:
+                with open(result["rejects"], "rb") as part:
+                    shutil.copyfileobj(part, merged)
+    return dict(counts)
+
+
+def data_prefix(output: str | Path) -> Path:
+    """The `.bin/.idx` prefix inside a tokenize stage output."""
+    manifest = json.loads((Path(output) / "manifest.json").read_text())
+    return Path(output) / manifest["stats"]["data_prefix"]

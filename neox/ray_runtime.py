@@ -1,0 +1,45 @@
+"""Connecting to Ray: a running cluster when an address is given (or RAY_ADDRESS is set), else a local
+instance sized to the cores we may use. Data stages and training both go through here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process; later calls reuse the connection (a process joins one cluster)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, configure_logging=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+
+
+def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, unit: str) -> list[Any]:
+    """Run Ray remote functions `fn.remote(*args)` with at most `workers` in flight (default: the cluster's
+    CPUs), with a progress bar; results come back in the order of `calls`, whatever order they finish in.
+    A failing task cancels the rest and re-raises its own exception."""
+    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    results: dict[int, Any] = {}
+    pending: dict[Any, int] = {}
+    queue = list(enumerate(calls))
+    with tqdm(total=len(calls), desc=desc, unit=unit) as bar:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                i, (fn, args) = queue.pop(0)
+                pending[fn.remote(*args)] = i
+            done, _ = ray.wait(list(pending), num_returns=1)
+            try:
+                results[pending.pop(done[0])] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                for ref in pending:
+                    ray.cancel(ref)
+                raise err.cause from None  # the task's own exception, with its clear message
+            bar.update(1)
+    return [results[i] for i in range(len(calls))]

@@ -1,0 +1,128 @@
+"""The stage contract (DESIGN.md): a stage's output lives at `<work_root>/<stage>/<key>/`, where `key` hashes
+the stage's config section, its inputs' keys and its code version. It is written into a temporary sibling and
+renamed into place ending with `manifest.json` (files with sha256 and sizes, counts, stats, inputs, timings).
+A stage whose manifest exists and verifies is skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from neox.atomic import atomic_directory
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """A stage output whose manifest is missing, malformed, or does not match the files on disk."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_key(stage: str, code_version: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
+    """16 hex digits of sha256 over the canonical JSON of everything the output depends on."""
+    payload = json.dumps(
+        {"stage": stage, "code_version": code_version, "config": config, "inputs": inputs}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class StageRun:
+    """What a stage body fills in while it writes into `tmp`: its stats (counts, timings) for the manifest."""
+
+    tmp: Path
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def stage_output(work_root: str | Path, stage: str, key: str) -> Path:
+    return Path(work_root) / stage / key
+
+
+@contextlib.contextmanager
+def publish_stage(
+    work_root: str | Path, stage: str, code_version: str, config: dict[str, Any], inputs: dict[str, str]
+) -> Iterator[StageRun]:
+    """Run a stage body that writes into `run.tmp`; on success write the manifest and publish atomically.
+    An exception leaves no output behind."""
+    key = stage_key(stage, code_version, config, inputs)
+    started = time.time()
+    with atomic_directory(stage_output(work_root, stage, key), overwrite=True) as tmp:
+        run = StageRun(tmp)
+        yield run
+        files = {
+            str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "code_version": code_version,
+            "config": config,
+            "inputs": inputs,
+            "files": files,
+            "stats": run.stats,
+            "started_at": started,
+            "seconds": round(time.time() - started, 3),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_manifest(output: str | Path) -> dict[str, Any]:
+    path = Path(output) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{output} has no {MANIFEST}: not a completed stage output") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path} is not valid JSON: {err}") from None
+
+
+def verify_output(output: str | Path) -> dict[str, Any]:
+    """The manifest, after checking every listed file's size and sha256 against the disk."""
+    manifest = read_manifest(output)
+    for name, expected in manifest["files"].items():
+        path = Path(output) / name
+        if not path.is_file():
+            raise ManifestError(f"{path} is listed in the manifest but missing")
+        if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+            raise ManifestError(f"{path} does not match its manifest entry (size or sha256 differs)")
+    return manifest
+
+
+def find_verified(work_root: str | Path, stage: str, key: str) -> dict[str, Any] | None:
+    """The manifest of an existing, intact output for this key, or None when the stage must run."""
+    output = stage_output(work_root, stage, key)
+    if not (output / MANIFEST).exists():
+        return None
+    try:
+        return verify_output(output)
+    except ManifestError:
+        return None
+
+
+def input_fingerprint(path: str | Path) -> str:
+    """What an input contributes to a stage key: a stage output's key (after verifying it), or for a plain
+    directory of files the sha256 over their names and contents."""
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return verify_output(path)["key"]
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
