@@ -1,0 +1,194 @@
+"""Training samples with GPT-NeoX's `GPT2Dataset` semantics, so a run here sees the samples gpt-neox would.
+
+- Splits are contiguous document ranges cut by a `split` string such as "969,30,1".
+- For `num_samples` samples of `seq_length + 1` tokens: `np.random.RandomState(seed)` shuffles the split's
+  documents tiled over as many epochs as needed (doc_idx); windows are packed across document boundaries
+  (sample_idx, consecutive windows share one token); the same RNG then shuffles the sample order (shuffle_idx).
+- Several datasets blend by weights with gpt-neox's greedy rule (each sample goes to the dataset furthest
+  behind its share).
+
+Sample `i` is a pure function of (data, seed, seq_length, num_samples, i), so resuming at step k needs no
+loader state. The index arrays are cached as `.npy` under a hash of their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from neox.data.indexed import IndexedDataset
+
+INDEX_VERSION = "1"
+SPLITS = ("train", "valid", "test")
+
+
+def split_boundaries(split: str, num_documents: int) -> list[int]:
+    """gpt-neox's get_train_valid_test_split_: document index boundaries [0, a, b, num_documents]."""
+    separator = "," if "," in split else "/" if "/" in split else None
+    try:
+        weights = [float(s) for s in (split.split(separator) if separator else [split])]
+    except ValueError:
+        raise ValueError(f"split must look like '969,30,1', got {split!r}") from None
+    weights = (weights + [0.0, 0.0])[:3]
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"split weights must be non-negative with a positive sum, got {split!r}")
+    total = sum(weights)
+    bounds = [0]
+    for weight in weights:
+        bounds.append(bounds[-1] + int(round(weight / total * float(num_documents))))
+    diff = bounds[-1] - num_documents
+    return [bounds[0]] + [b - diff for b in bounds[1:]]
+
+
+def num_epochs(tokens_per_epoch: int, seq_length: int, num_samples: int) -> int:
+    epochs, total = 0, 0
+    while True:
+        epochs += 1
+        total += tokens_per_epoch
+        # windows overlap by one token, hence the - 1
+        if (total - 1) // seq_length >= num_samples:
+            return epochs
+
+
+def build_doc_idx(documents: np.ndarray, epochs: int, rng: np.random.RandomState) -> np.ndarray:
+    doc_idx = np.tile(np.asarray(documents, dtype=np.int32), epochs)
+    rng.shuffle(doc_idx)
+    return doc_idx
+
+
+def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, epochs: int, tokens_per_epoch: int) -> np.ndarray:
+    """Row k: (position in doc_idx, offset in that document) of token k * seq_length of the doc_idx-ordered
+    stream, where sample k starts and sample k-1 ends. gpt-neox computes this with a C++ loop over documents;
+    a cumulative sum and a binary search give the same rows."""
+    count = (epochs * tokens_per_epoch - 1) // seq_length
+    ends = np.cumsum(sizes[doc_idx].astype(np.int64))
+    positions = np.arange(count + 1, dtype=np.int64) * seq_length
+    which = np.searchsorted(ends, positions, side="right")
+    starts = ends[which] - sizes[doc_idx[which]]
+    return np.stack([which, positions - starts], axis=1)
+
+
+def build_shuffle_idx(size: int, rng: np.random.RandomState) -> np.ndarray:
+    dtype = np.uint32 if size < np.iinfo(np.uint32).max - 1 else np.int64
+    shuffle_idx = np.arange(size, dtype=dtype)
+    rng.shuffle(shuffle_idx)
+    return shuffle_idx
+
+
+class GPT2Dataset:
+    """`num_samples` windows of seq_length + 1 tokens over `documents` of an indexed dataset."""
+
+    def __init__(
+        self,
+        indexed: IndexedDataset,
+        documents: np.ndarray,
+        num_samples: int,
+        seq_length: int,
+        seed: int,
+        cache_dir: str | Path | None = None,
+    ):
+        if len(documents) == 0:
+            raise ValueError("this split has no documents; adjust `split` or add data")
+        if num_samples < 1 or seq_length < 1:
+            raise ValueError(f"num_samples and seq_length must be positive, got {num_samples}, {seq_length}")
+        self.indexed, self.seq_length = indexed, seq_length
+        arrays = None
+        if cache_dir is not None:
+            key = _index_key(indexed, documents, num_samples, seq_length, seed)
+            paths = {name: Path(cache_dir) / f"{key}_{name}.npy" for name in ("doc_idx", "sample_idx", "shuffle_idx")}
+            if all(p.exists() for p in paths.values()):
+                arrays = {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
+        if arrays is None:
+            arrays = _build_indices(indexed.sizes, documents, num_samples, seq_length, seed)
+            if cache_dir is not None:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                for name, path in paths.items():
+                    tmp = path.with_suffix(".tmp.npy")
+                    np.save(tmp, arrays[name])
+                    tmp.replace(path)
+        self.doc_idx, self.sample_idx, self.shuffle_idx = arrays["doc_idx"], arrays["sample_idx"], arrays["shuffle_idx"]
+
+    def __len__(self) -> int:
+        return min(len(self.shuffle_idx), len(self.sample_idx) - 1)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Tokens of sample i: seq_length + 1 ids (inputs are [:-1], labels [1:])."""
+        j = int(self.shuffle_idx[i])
+        (first, first_offset), (last, last_offset) = self.sample_idx[j], self.sample_idx[j + 1]
+        if first == last:
+            return self.indexed.get(int(self.doc_idx[first]), offset=int(first_offset), length=int(last_offset - first_offset + 1)).astype(np.int64)
+        pieces = [self.indexed.get(int(self.doc_idx[first]), offset=int(first_offset))]
+        pieces += [self.indexed.get(int(self.doc_idx[k])) for k in range(first + 1, last)]
+        pieces.append(self.indexed.get(int(self.doc_idx[last]), length=int(last_offset + 1)))
+        return np.concatenate(pieces).astype(np.int64)
+
+
+def _build_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int) -> dict[str, np.ndarray]:
+    tokens_per_epoch = int(sizes[documents].astype(np.int64).sum())
+    epochs = num_epochs(tokens_per_epoch, seq_length, num_samples)
+    rng = np.random.RandomState(seed=seed)
+    doc_idx = build_doc_idx(documents, epochs, rng)
+    sample_idx = build_sample_idx(sizes, doc_idx, seq_length, epochs, tokens_per_epoch)
+    shuffle_idx = build_shuffle_idx(len(sample_idx) - 1, rng)
+    return {"doc_idx": doc_idx, "sample_idx": sample_idx, "shuffle_idx": shuffle_idx}
+
+
+def _index_key(indexed: IndexedDataset, documents: np.ndarray, num_samples: int, seq_length: int, seed: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([INDEX_VERSION, num_samples, seq_length, seed, str(indexed.prefix.name)]).encode())
+    digest.update(np.ascontiguousarray(indexed.sizes).tobytes())
+    digest.update(np.ascontiguousarray(documents, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_split_datasets(
+    prefix: str | Path, split: str, num_samples: dict[str, int], seq_length: int, seed: int, cache_dir: str | Path | None = None
+) -> dict[str, GPT2Dataset]:
+    """The train/valid/test datasets of one `.bin/.idx` prefix, for the splits asked for in num_samples."""
+    indexed = IndexedDataset(prefix)
+    bounds = split_boundaries(split, len(indexed))
+    out = {}
+    for i, name in enumerate(SPLITS):
+        if num_samples.get(name):
+            documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
+            out[name] = GPT2Dataset(indexed, documents, num_samples[name], seq_length, seed, cache_dir)
+    return out
+
+
+def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """gpt-neox's build_blending_indices: for each of `size` samples, which dataset and which of its samples.
+    Each sample goes to the dataset whose count is furthest below weight * samples-so-far."""
+    weights_arr = np.asarray(weights, dtype=np.float64)
+    if len(weights_arr) == 0 or np.any(weights_arr < 0) or weights_arr.sum() <= 0:
+        raise ValueError(f"blend weights must be non-negative with a positive sum, got {weights}")
+    weights_arr = weights_arr / weights_arr.sum()
+    dataset_index = np.zeros(size, dtype=np.uint8)
+    dataset_sample_index = np.zeros(size, dtype=np.int64)
+    current = np.zeros(len(weights_arr), dtype=np.int64)
+    for i in range(size):
+        chosen = int(np.argmax(weights_arr * max(i, 1) - current))
+        dataset_index[i] = chosen
+        dataset_sample_index[i] = current[chosen]
+        current[chosen] += 1
+    return dataset_index, dataset_sample_index
+
+
+class BlendedDataset:
+    """Several datasets mixed by weights (gpt-neox's BlendableDataset)."""
+
+    def __init__(self, datasets: list[GPT2Dataset], weights: list[float]):
+        if len(datasets) != len(weights):
+            raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
+        self.datasets = datasets
+        self.size = sum(len(d) for d in datasets)
+        self.dataset_index, self.dataset_sample_index = blending_indices(weights, self.size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        dataset = self.datasets[int(self.dataset_index[i])]
+        return dataset[int(self.dataset_sample_index[i]) % len(dataset)]
