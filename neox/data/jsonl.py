@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -161,3 +162,20 @@ def list_shards(directory: str | Path) -> list[Path]:
     if not shards:
         raise FileNotFoundError(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")
     return shards
+
+
+def merge_rejects(parts: list[tuple[Path, dict[str, int]]], out: Path) -> dict[str, int]:
+    """Concatenate per-shard rejects files (in order) into `out`, written only if anything was rejected;
+    the parts are removed. Returns the counts by reason."""
+    counts: dict[str, int] = {}
+    for _, part_counts in parts:
+        for reason, n in part_counts.items():
+            counts[reason] = counts.get(reason, 0) + n
+    if counts:
+        with open(out, "wb") as merged:
+            for path, _ in parts:
+                with open(path, "rb") as part:
+                    shutil.copyfileobj(part, merged)
+    for path, _ in parts:
+        path.unlink(missing_ok=True)
+    return counts

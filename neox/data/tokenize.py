@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from neox.data.indexed import merge_parts, token_dtype
-from neox.data.jsonl import Rejects, list_shards, read_shard
+from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.ray_runtime import ensure_ray, run_ordered
 from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
@@ -114,7 +114,7 @@ def tokenize_shards(
         dtype = token_dtype(tok.get_vocab_size())
         prefix = run.tmp / f"{cfg.prefix}_text_document"
         tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)
-        reject_counts = _merge_rejects(ordered, run.tmp / "rejects.jsonl")
+        reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in ordered], run.tmp / "rejects.jsonl")
         shutil.rmtree(parts_dir)
         run.stats.update(
             documents=documents,
@@ -130,18 +130,6 @@ def tokenize_shards(
             data_prefix=prefix.name,
         )
     return stage_output(work_root, STAGE, key)
-
-
-def _merge_rejects(results: list[dict[str, Any]], out: Path) -> dict[str, int]:
-    counts: Counter[str] = Counter()
-    for result in results:
-        counts.update(result["reject_counts"])
-    if counts:
-        with open(out, "wb") as merged:
-            for result in results:
-                with open(result["rejects"], "rb") as part:
-                    shutil.copyfileobj(part, merged)
-    return dict(counts)
 
 
 def data_prefix(output: str | Path) -> Path:

@@ -1,0 +1,87 @@
+"""The dedup stage: planted duplicates found, unrelated documents kept, known clusters in the sample corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from neox.data.dedup import DedupConfig, dedup_shards, shingles
+from neox.data.jsonl import Rejects, list_shards, read_shard, write_shard
+from neox.stage import verify_output
+
+WORDS = [f"w{i}" for i in range(20000)]
+
+
+def jaccard(a: str, b: str) -> float:
+    x, y = set(shingles(a, 5)), set(shingles(b, 5))
+    return len(x & y) / len(x | y)
+
+
+def near_copy(text: str, rng: random.Random) -> str:
+    """A few words changed or inserted, whitespace and case changed, Jaccard with the original kept >= 0.85."""
+    words = text.split()
+    for _ in range(2):
+        words[rng.randrange(len(words))] = rng.choice(WORDS)
+    words.insert(rng.randrange(len(words)), rng.choice(WORDS))
+    out = "  ".join(w.upper() if rng.random() < 0.1 else w for w in words)
+    return out.replace("  ", "\n", 5)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """400 unrelated documents; 40 of them get an exact copy (whitespace-changed) and 40 a near copy."""
+    rng = random.Random(0)
+    originals = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(300, 600))) for _ in range(400)]
+    docs = [{"text": t, "group": i} for i, t in enumerate(originals)]
+    for i in range(40):
+        docs.append({"text": "\t" + originals[i].replace(" ", "   ", 3) + "\n", "group": i})
+    for i in range(40, 80):
+        copy = near_copy(originals[i], rng)
+        assert jaccard(copy, originals[i]) >= 0.85
+        docs.append({"text": copy, "group": i})
+    rng.shuffle(docs)
+    out = tmp_path_factory.mktemp("planted")
+    for s in range(4):
+        write_shard(out / f"{s:02d}.jsonl.zst", ({"text": d["text"], "meta": {"pile_set_name": "Synthetic", "group": d["group"]}} for d in docs[s::4]))
+    return out
+
+
+def test_planted_duplicates_are_removed_and_nothing_else(tmp_path, ray_local, planted):
+    out = dedup_shards(planted, tmp_path / "work", workers=2)
+    kept = Counter(d.meta["group"] for shard in list_shards(out) for d in read_shard(shard, Rejects()))
+    sizes = Counter(d.meta["group"] for shard in list_shards(planted) for d in read_shard(shard, Rejects()))
+    removed = sizes - kept
+    # a removal is right when its group still has a member kept: it was a planted copy (or its original)
+    right = sum(min(removed[g], sizes[g] - 1) for g in removed)
+    recall, precision = right / 80, right / max(sum(removed.values()), 1)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    assert set(kept) == set(range(400))  # no unrelated document lost
+    kept = list(kept.elements())
+    stats = verify_output(out)["stats"]
+    assert stats["documents_in"] == 480 and stats["documents_out"] == len(kept)
+    assert stats["exact_duplicates"] == 40 and stats["near_duplicates"] == 480 - len(kept) - 40
+    assert stats["per_set"] == {"Synthetic": {"in": 480, "out": len(kept)}}
+    assert len(stats["clusters"]) == 480 - len(kept)  # every cluster here is a pair
+
+
+def test_output_does_not_depend_on_worker_count(tmp_path, ray_local, planted):
+    one = dedup_shards(planted, tmp_path / "a", workers=1)
+    two = dedup_shards(planted, tmp_path / "b", workers=2)
+    assert [p.read_bytes() for p in list_shards(one)] == [p.read_bytes() for p in list_shards(two)]
+
+
+def test_sample_corpus_clusters_include_the_codepage_tables(tmp_path_factory, ray_local, sample_corpus):
+    out = dedup_shards(sample_corpus, tmp_path_factory.mktemp("work"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    clusters = [{m.get("path") for m in [c["kept"], *c["dropped"]]} for c in manifest["stats"]["clusters"]]
+    codepages = [c for c in clusters if sum(1 for p in c if p and p.startswith("encodings/cp")) >= 2]
+    assert any({"encodings/cp037.py", "encodings/cp500.py"} <= c for c in codepages)
+    assert len(codepages) >= 3
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="exceeds num_perm"):
+        DedupConfig(bands=20, rows=8, num_perm=128)
