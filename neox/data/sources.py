@@ -1,0 +1,264 @@
+"""The download stage: fetch raw shards from http(s)://, s3://, file:// or local paths, and hf://datasets/…
+
+Every transfer goes to `<work_root>/download/.parts/<id>.part`, resumes from what a failed attempt left there
+(HTTP Range, S3 ranged GETs, file offsets), retries with exponential backoff and jitter, and is checked
+against its sha256: the published one when the catalog has it, else the one recorded at its first download
+(`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
+A mismatch deletes the file and retries; after the last try the error names the URL and both hashes.
+Finished files wait in `.cache/` until all are done, then move into the stage output together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from neox.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
+
+STAGE = "download"
+CODE_VERSION = "1"
+CHUNK = 1 << 20
+HTTP_CHUNK = 1 << 16
+
+
+class DownloadError(RuntimeError):
+    """A source that could not be fetched intact after every retry."""
+
+
+class ChecksumMismatch(DownloadError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    url: str  # http(s)://, s3://bucket/key, file:///path, a local path, or hf://datasets/ORG/NAME
+    name: str = ""  # file name in the stage output (default: the URL's last path component)
+    sha256: str | None = None  # published checksum, when there is one
+    size: int | None = None  # published size in bytes, when known
+
+    def __post_init__(self) -> None:
+        scheme = urllib.parse.urlparse(self.url).scheme
+        if scheme not in ("", "file", "http", "https", "s3", "hf"):
+            raise ValueError(f"unsupported source scheme {scheme!r} in {self.url} (http, https, s3, file, hf)")
+        if not self.name:
+            object.__setattr__(self, "name", default_name(self.url))
+        if "/" in self.name or not self.name:
+            raise ValueError(f"source name must be a plain file name, got {self.name!r}")
+
+
+def default_name(url: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "hf":
+        return parsed.path.strip("/").replace("/", "__") + ".jsonl.zst"
+    return Path(parsed.path).name
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    attempts: int = 5
+    backoff_s: float = 1.0  # first wait; doubles each try, with up to 50% random jitter
+    timeout_s: float = 60.0  # per network read
+
+
+def pile_catalog(mirror: str, splits: tuple[str, ...] = ("train", "val", "test"), train_shards: range = range(30)) -> list[Source]:
+    """The Pile's shards under a mirror base URL (the mirror keeps the original layout: train/00.jsonl.zst …
+    train/29.jsonl.zst, val.jsonl.zst, test.jsonl.zst). No checksums are published with the mirrors we know
+    of, so each shard's sha256 is recorded at its first download and verified on every reuse."""
+    base = mirror.rstrip("/")
+    sources = []
+    if "train" in splits:
+        sources += [Source(f"{base}/train/{i:02d}.jsonl.zst", name=f"train-{i:02d}.jsonl.zst") for i in train_shards]
+    for split in ("val", "test"):
+        if split in splits:
+            sources.append(Source(f"{base}/{split}.jsonl.zst"))
+    return sources
+
+
+# -- transports: each appends the bytes from `offset` on to `part`, calling progress(n) per chunk ---------
+
+
+def _fetch_http(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    import requests
+
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as response:
+        if response.status_code == 416:  # nothing left: the part is already complete
+            return
+        if response.status_code not in (200, 206):
+            raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
+        if offset and response.status_code == 200:  # server ignored Range: start over
+            part.unlink(missing_ok=True)
+        expected = response.headers.get("Content-Length")
+        received = 0
+        with open(part, "ab") as out:
+            # small reads: when a connection breaks, urllib3 drops the chunk in progress
+            for chunk in response.iter_content(HTTP_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                progress(len(chunk))
+        if expected is not None and received != int(expected):
+            raise ConnectionError(f"{url}: connection closed after {received} of {expected} bytes")
+
+
+def _fetch_s3(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    import boto3
+    from botocore.config import Config
+
+    parsed = urllib.parse.urlparse(url)
+    client = boto3.client("s3", config=Config(read_timeout=retry.timeout_s, retries={"max_attempts": 1}))
+    size = client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
+    if offset >= size:
+        return
+    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={offset}-")["Body"]
+    with open(part, "ab") as out:
+        for chunk in body.iter_chunks(CHUNK):
+            out.write(chunk)
+            progress(len(chunk))
+
+
+def _fetch_file(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
+    if not path.is_file():
+        raise FileNotFoundError(f"source file {path} does not exist")
+    with open(path, "rb") as src, open(part, "ab") as out:
+        src.seek(offset)
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            progress(len(chunk))
+
+
+def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    """A Hugging Face dataset as one Pile-format shard (needs the hub, or its local cache)."""
+    from neox.data.jsonl import write_shard
+
+    parsed = urllib.parse.urlparse(url)
+    repo = parsed.path.strip("/") if parsed.netloc == "datasets" else None
+    if not repo:
+        raise ValueError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(repo, query.get("config"), split=query.get("split", "train"))
+    except Exception as err:  # datasets raises many types for "cannot reach the hub"
+        raise DownloadError(
+            f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). Without network "
+            "access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set HF_HUB_OFFLINE=1 here, "
+            "or download its files and give a file:// or local path instead."
+        ) from None
+    field = query.get("text", "text")
+    part.unlink(missing_ok=True)  # a generated shard is rebuilt whole, not resumed
+    tmp = part.with_name(part.name + ".jsonl.zst")
+    write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
+    os.replace(tmp, part)
+    progress(part.stat().st_size)
+
+
+TRANSPORTS = {"http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3, "file": _fetch_file, "": _fetch_file, "hf": _fetch_hf}
+
+
+def download_one(source: Source, area: Path, known: KnownChecksums, retry: Retry, progress: Callable[[int], None]) -> Path:
+    """Fetch one source into area/.cache (resuming, retrying, verifying); returns the verified file."""
+    ident = hashlib.sha256(source.url.encode()).hexdigest()[:16]
+    part, done = area / ".parts" / f"{ident}.part", area / ".cache" / ident
+    expected = source.sha256 or known.get(source.url)
+    if done.exists() and (expected is None or sha256_file(done) == expected):
+        progress(done.stat().st_size)
+        return done
+    transport = TRANSPORTS[urllib.parse.urlparse(source.url).scheme]
+    last_error: Exception | None = None
+    for attempt in range(retry.attempts):
+        if attempt:
+            time.sleep(retry.backoff_s * 2 ** (attempt - 1) * (1 + 0.5 * random.random()))
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            transport(source.url, part, offset, retry, progress)
+        except (DownloadError, FileNotFoundError, ValueError):
+            raise  # permanent: a 404, a missing file, a bad URL
+        except Exception as err:  # network trouble: keep what arrived and resume from it
+            last_error = err
+            continue
+        if source.size is not None and part.stat().st_size != source.size:
+            last_error = DownloadError(f"{source.url}: got {part.stat().st_size} bytes, the catalog says {source.size}")
+            part.unlink()
+            continue
+        actual = sha256_file(part)
+        if expected is not None and actual != expected:
+            last_error = ChecksumMismatch(f"{source.url}: sha256 {actual} does not match the expected {expected}")
+            part.unlink()
+            continue
+        known.record(source.url, actual)
+        os.replace(part, done)
+        return done
+    if isinstance(last_error, ChecksumMismatch):
+        raise ChecksumMismatch(f"{last_error} (after {retry.attempts} attempts; the bad file was deleted)")
+    raise DownloadError(f"{source.url}: failed after {retry.attempts} attempts: {last_error}")
+
+
+class KnownChecksums:
+    """sha256 of every source the first time it was fetched (sources without a published checksum are then
+    held to it). Shared by download threads; saved atomically after each new entry."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, url: str) -> str | None:
+        return self.values.get(url)
+
+    def record(self, url: str, sha256: str) -> None:
+        with self.lock:
+            if self.values.get(url) == sha256:
+                return
+            self.values[url] = sha256
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.values, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+def download_sources(sources: list[Source], work_root: str | Path, workers: int = 4, retry: Retry = Retry()) -> Path:
+    """Run (or reuse) the download stage for these sources; returns the directory holding them by name."""
+    if not sources:
+        raise ValueError("no sources to download")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
+    config = {"sources": [dataclasses.asdict(s) for s in sources]}
+    key = stage_key(STAGE, CODE_VERSION, config, {})
+    if find_verified(work_root, STAGE, key) is not None:
+        return stage_output(work_root, STAGE, key)
+    area = Path(work_root) / STAGE
+    for sub in (".parts", ".cache"):
+        (area / sub).mkdir(parents=True, exist_ok=True)
+    known = KnownChecksums(area / "known_sha256.json")
+    total = sum(s.size for s in sources) if all(s.size for s in sources) else None
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            files = list(pool.map(lambda s: download_one(s, area, known, retry, bar.update), sources))
+    with publish_stage(work_root, STAGE, CODE_VERSION, config, {}) as run:
+        for source, file in zip(sources, files):
+            os.replace(file, run.tmp / source.name)
+        run.stats.update(files=len(sources), bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
+                         sources={s.name: s.url for s in sources})
+    return stage_output(work_root, STAGE, key)
+
+
+def sources_from_strings(urls: list[str]) -> list[Source]:
+    """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`."""
+    out = []
+    for url in urls:
+        base, _, fragment = url.partition("#sha256=")
+        out.append(Source(base, sha256=fragment or None))
+    return out

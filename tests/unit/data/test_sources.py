@@ -1,0 +1,167 @@
+"""The download stage against real servers on loopback: an HTTP server with Range support that can cut a
+connection mid-file, and moto's S3 server (real HTTP; boto3 is not patched)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import threading
+
+import boto3
+import pytest
+
+from neox.data.sources import (
+    ChecksumMismatch,
+    DownloadError,
+    Retry,
+    Source,
+    download_sources,
+    pile_catalog,
+    sources_from_strings,
+)
+from neox.stage import verify_output
+
+FAST = Retry(attempts=4, backoff_s=0.01, timeout_s=10)
+
+
+class ShardServer(http.server.ThreadingHTTPServer):
+    """Serves `files` by path; honours Range; `cut_after[path] = n` closes the first response after n bytes."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.cut_after, self.requests = files, {}, []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server: ShardServer = self.server
+        data = server.files.get(self.path)
+        server.requests.append((self.path, self.headers.get("Range")))
+        if data is None:
+            self.send_error(404)
+            return
+        start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0]) if self.headers.get("Range") else 0
+        if start >= len(data):
+            self.send_response(416)
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        cut = server.cut_after.pop(self.path, None)
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    files = {"/train/00.jsonl.zst": os.urandom(3_000_000), "/val.jsonl.zst": os.urandom(200_000)}
+    srv = ShardServer(files)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_cut_connection_resumes_with_range_and_the_checksum_matches(tmp_path, server):
+    data = server.files["/train/00.jsonl.zst"]
+    server.cut_after["/train/00.jsonl.zst"] = 1_000_000
+    out = download_sources([Source(f"{server.url}/train/00.jsonl.zst", sha256=sha(data))], tmp_path, retry=FAST)
+    assert (out / "00.jsonl.zst").read_bytes() == data
+    ranges = [r for path, r in server.requests if path == "/train/00.jsonl.zst"]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) >= 900_000  # resumed
+    assert verify_output(out)["files"]["00.jsonl.zst"]["sha256"] == sha(data)
+
+
+def test_first_download_records_the_checksum_and_reuse_verifies_it(tmp_path, server):
+    url = f"{server.url}/val.jsonl.zst"
+    download_sources([Source(url)], tmp_path / "a", retry=FAST)
+    known = json.loads((tmp_path / "a" / "download" / "known_sha256.json").read_text())
+    assert known[url] == sha(server.files["/val.jsonl.zst"])
+    # the mirror's file changes: a later download of the same URL (another stage key) is refused
+    server.files["/val.jsonl.zst"] = os.urandom(200_000)
+    with pytest.raises(ChecksumMismatch, match=rf"{url}: sha256 {sha(server.files['/val.jsonl.zst'])} does not match the expected {known[url]}"):
+        download_sources([Source(url, name="val-again.jsonl.zst")], tmp_path / "a", retry=FAST)
+    assert not any((tmp_path / "a" / "download" / ".parts").iterdir())  # the bad file was deleted
+
+
+def test_wrong_published_checksum_fails_naming_both_hashes_and_publishes_nothing(tmp_path, server):
+    with pytest.raises(ChecksumMismatch, match="does not match the expected 0000") as err:
+        download_sources([Source(f"{server.url}/val.jsonl.zst", sha256="0" * 64)], tmp_path, retry=FAST)
+    assert sha(server.files["/val.jsonl.zst"]) in str(err.value)
+    assert [p.name for p in (tmp_path / "download").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_missing_file_is_a_permanent_error(tmp_path, server):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_sources([Source(f"{server.url}/nope.jsonl.zst")], tmp_path, retry=FAST)
+
+
+def test_s3_source_through_a_local_moto_server(tmp_path, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(name, value)
+        data = os.urandom(2_500_000)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="pile")
+        s3.put_object(Bucket="pile", Key="shards/00.jsonl.zst", Body=data)
+        # a partial file from an interrupted run is resumed with a ranged GET
+        out = tmp_path / "work" / "download"
+        (out / ".parts").mkdir(parents=True)
+        ident = hashlib.sha256(b"s3://pile/shards/00.jsonl.zst").hexdigest()[:16]
+        (out / ".parts" / f"{ident}.part").write_bytes(data[:1_000_000])
+        result = download_sources([Source("s3://pile/shards/00.jsonl.zst", sha256=sha(data))], tmp_path / "work", retry=FAST)
+        assert (result / "00.jsonl.zst").read_bytes() == data
+    finally:
+        moto.stop()
+
+
+def test_local_paths_and_file_urls(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl.zst").write_bytes(b"a" * 1000)
+    (tmp_path / "src" / "b.jsonl.zst").write_bytes(b"b" * 10)
+    sources = sources_from_strings([str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b'b' * 10)}"])
+    out = download_sources(sources, tmp_path / "work")
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst", "manifest.json"]
+    assert download_sources(sources, tmp_path / "work") == out  # reused
+
+
+def test_hf_source_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE=1"):
+        download_sources([Source("hf://datasets/EleutherAI/nonexistent-test-set")], tmp_path / "work", retry=FAST)
+
+
+def test_pile_catalog_lists_every_shard_under_the_mirror():
+    sources = pile_catalog("https://mirror.example/pile/")
+    assert len(sources) == 32
+    assert sources[0].url == "https://mirror.example/pile/train/00.jsonl.zst" and sources[0].name == "train-00.jsonl.zst"
+    assert sources[29].name == "train-29.jsonl.zst" and [s.name for s in sources[30:]] == ["val.jsonl.zst", "test.jsonl.zst"]
+    with pytest.raises(ValueError, match="unsupported source scheme"):
+        Source("ftp://x/y")
