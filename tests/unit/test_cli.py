@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,18 @@ def test_existing_output_is_not_clobbered(tmp_path, tokenizer_file):
     neox("init-model", "configs/model/tiny.yml", "--out", tmp_path / "m", "--vocab-size", "100")
     result = neox("init-model", "configs/model/tiny.yml", "--out", tmp_path / "m", "--vocab-size", "100", ok=False)
     assert "already exists" in result.stderr
+
+
+def test_data_stages_chain_from_the_command_line(tmp_path):
+    """sample-corpus -> download (file paths) -> dedup -> train-tokenizer -> tokenize, each printing its output."""
+    neox("sample-corpus", tmp_path / "mirror", "--shards", "2")
+    shards = sorted(str(p) for p in (tmp_path / "mirror").iterdir())
+    work = ["--work-root", tmp_path / "work"]
+    downloaded = neox("download", *shards, *work).stdout.strip()
+    deduped = neox("dedup", downloaded, *work, "--workers", "2").stdout.strip()
+    tokenizer = neox("train-tokenizer", deduped, "--vocab-size", "4096", *work).stdout.strip()
+    tokenized = Path(neox("tokenize", deduped, "--tokenizer", tokenizer, *work).stdout.strip())
+    manifest = json.loads((tokenized / "manifest.json").read_text())
+    assert manifest["stats"]["documents"] < 1865 and manifest["stats"]["tokens"] > 5_000_000
+    assert (tokenized / "corpus_text_document.idx").exists()
+    assert "no shards" in neox("tokenize", tmp_path, "--tokenizer", tokenizer, *work, ok=False).stderr

@@ -24,3 +24,17 @@ def test_bad_tokenizer_inputs_are_clear(tmp_path):
         load_tokenizer(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="vocab_size must be at least"):
         train_bpe(["x"], vocab_size=10)
+
+
+def test_tokenizer_stage_trains_once_and_adopts_existing_files(tmp_path, small_corpus, corpus_tokenizer):
+    from neox.data.tokenizer import tokenizer_stage
+    from neox.stage import sha256_file, verify_output
+
+    trained = tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus)
+    assert load_tokenizer(trained).get_vocab_size() == 1024
+    assert verify_output(trained.parent)["stats"]["sha256"] == sha256_file(trained)
+    assert tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus) == trained  # reused
+    adopted = tokenizer_stage(tmp_path, vocab_size=0, source=f"file://{corpus_tokenizer}")
+    assert adopted.read_bytes() == corpus_tokenizer.read_bytes()
+    with pytest.raises(ValueError, match="either input shards"):
+        tokenizer_stage(tmp_path, vocab_size=1024)
