@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -148,21 +149,34 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
         raise ValueError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
     query = dict(urllib.parse.parse_qsl(parsed.query))
     import datasets
+    from huggingface_hub import constants
 
+    hint = (
+        "Without network access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set "
+        "HF_HUB_OFFLINE=1 here, or download its files and give a file:// or local path instead."
+    )
+    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
+        # fail in seconds rather than after the hub client's own retries
+        raise DownloadError(f"{url}: the Hugging Face hub ({constants.ENDPOINT}) is not reachable. {hint}")
     try:
         dataset = datasets.load_dataset(repo, query.get("config"), split=query.get("split", "train"))
     except Exception as err:  # datasets raises many types for "cannot reach the hub"
-        raise DownloadError(
-            f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). Without network "
-            "access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set HF_HUB_OFFLINE=1 here, "
-            "or download its files and give a file:// or local path instead."
-        ) from None
+        raise DownloadError(f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}") from None
     field = query.get("text", "text")
     part.unlink(missing_ok=True)  # a generated shard is rebuilt whole, not resumed
     tmp = part.with_name(part.name + ".jsonl.zst")
     write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
     os.replace(tmp, part)
     progress(part.stat().st_size)
+
+
+def _reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    parsed = urllib.parse.urlparse(endpoint)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 TRANSPORTS = {"http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3, "file": _fetch_file, "": _fetch_file, "hf": _fetch_hf}
