@@ -2,7 +2,8 @@
 
 Byte-compatible with gpt-neox's `tools/datasets/preprocess_data.py --append-eod` on the same shards (in name
 order) and tokenizer: each document's ids followed by the EOD id, one sequence per document, empty documents
-skipped. Shards are tokenized in parallel as Ray tasks (one per shard, on local cores or a cluster), each writing
+skipped. Byte-level BPE tokenizers are encoded with tiktoken (`fast_bpe`) when it agrees with `tokenizers`
+on a sample of the corpus; the manifest records which engine ran. Shards are tokenized in parallel as Ray tasks (one per shard, on local cores or a cluster), each writing
 a part file; the parts are concatenated in shard order, so the output is the same whatever the worker count.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.tokenizer import eod_id, load_tokenizer
@@ -41,11 +43,13 @@ class TokenizeConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
-def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int) -> dict[str, Any]:
-    """Tokenize one shard into `part`.bin (+ `part`.rejects.jsonl); return its sizes and counts."""
+def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
+    """Tokenize one shard into `part`.bin (+ `part`.rejects.jsonl); return its sizes and counts. `fast` uses
+    the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
+    encode_fast = fast_encoder(tokenizer_json) if fast else None
     eod = eod_id(tok)
     dtype = token_dtype(tok.get_vocab_size())
     rejects = Rejects(part.with_suffix(".rejects.jsonl"))
@@ -55,17 +59,20 @@ def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int
         with open(part.with_suffix(".bin"), "wb") as out:
             docs = read_shard(shard, rejects)
             while batch := list(itertools.islice(docs, batch_size)):
-                encodings = tok.encode_batch_fast([doc.text for doc in batch])
+                if encode_fast is not None:
+                    encoded = [encode_fast(doc.text) for doc in batch]
+                else:
+                    encoded = [e.ids for e in tok.encode_batch_fast([doc.text for doc in batch])]
                 pieces = []
-                for doc, encoding in zip(batch, encodings):
+                for doc, ids in zip(batch, encoded):
                     documents += 1
                     sets[doc.set_name] += 1
-                    if not encoding.ids:
+                    if not ids:
                         empty += 1  # gpt-neox writes no sequence for an empty document
                         continue
-                    pieces.append(encoding.ids)
+                    pieces.append(ids)
                     pieces.append([eod])
-                    sizes.append(len(encoding.ids) + 1)
+                    sizes.append(len(ids) + 1)
                 if pieces:
                     np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype).tofile(out)
     finally:
@@ -106,7 +113,8 @@ def tokenize_shards(
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
         tokenizer_json = tok.to_str()
-        calls = [(task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size)) for i, shard in enumerate(shards)]
+        fast = _fast_engine_agrees(tokenizer_json, shards[0])
+        calls = [(task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size, fast)) for i, shard in enumerate(shards)]
         ordered = run_ordered(calls, workers, desc="tokenize", unit="shard")
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
@@ -128,8 +136,19 @@ def tokenize_shards(
             vocab_size=tok.get_vocab_size(),
             eod_id=eod_id(tok),
             data_prefix=prefix.name,
+            engine="tiktoken" if fast else "tokenizers",
         )
     return stage_output(work_root, STAGE, key)
+
+
+def _fast_engine_agrees(tokenizer_json: str, shard: Path, sample_docs: int = 200) -> bool:
+    """Whether the tiktoken engine can stand in for `tokenizers`: it reproduces this tokenizer and gives the
+    same ids on the first documents of the corpus."""
+    encode = fast_encoder(tokenizer_json)
+    if encode is None:
+        return False
+    sample = (doc.text for doc in itertools.islice(read_shard(shard, Rejects()), sample_docs))
+    return agrees_on(encode, tokenizer_json, sample)
 
 
 def data_prefix(output: str | Path) -> Path:

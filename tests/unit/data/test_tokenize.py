@@ -43,6 +43,7 @@ def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(tmp_path
     manifest = verify_output(one)
     assert manifest["stats"]["tokens"] == sum(map(len, expected)) == ds.num_tokens
     assert manifest["stats"]["dtype"] == "uint16" and manifest["stats"]["documents"] == 300
+    assert manifest["stats"]["engine"] == "tiktoken"  # a plain byte-level BPE takes the fast path
     assert set(manifest["files"]) == {"corpus_text_document.bin", "corpus_text_document.idx"}
 
 
@@ -87,3 +88,18 @@ def test_finished_output_is_reused_and_damaged_output_redone(tmp_path, ray_local
     again = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
     assert again == first and verify_output(again)  # redone and intact
     assert np.asarray(IndexedDataset(data_prefix(again))[0][:1]).tolist() != [65535]
+
+
+def test_a_tokenizer_tiktoken_cannot_reproduce_runs_on_tokenizers(tmp_path, ray_local, small_corpus):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<|padding|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    texts = [d.text for shard in list_shards(small_corpus) for d in read_shard(shard, Rejects())]
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"]))
+    tok.save(str(tmp_path / "words.json"))
+    out = tokenize_shards(small_corpus, tmp_path / "words.json", tmp_path / "work")
+    assert verify_output(out)["stats"]["engine"] == "tokenizers"
+    ds = IndexedDataset(data_prefix(out))
+    expected = gpt_neox_reference(list_shards(small_corpus), tmp_path / "words.json")
+    assert [ds[i].tolist() for i in range(len(ds))] == expected
