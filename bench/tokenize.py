@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a file, this script's folder leads sys.path and this module would shadow the standard library's
+# Run as a file, this folder leads sys.path and bench/tokenize.py would shadow the standard library's
 # `tokenize` (imported by numpy and others): take the folder off the path before anything else is imported.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse  # noqa: E402
 import multiprocessing  # noqa: E402

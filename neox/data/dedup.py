@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,13 +24,12 @@ import numpy as np
 import ray
 from rensa import RMinHash
 
-from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard, write_shard
+from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
 from neox.ray_runtime import ensure_ray, run_ordered
 from neox.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 
 STAGE = "dedup"
 CODE_VERSION = "1"
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,33 +51,39 @@ class DedupConfig:
 
 
 def normalize(text: str) -> str:
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """NFC, whitespace runs collapsed to one space, no leading/trailing space."""
+    if not unicodedata.is_normalized("NFC", text):  # a cheap check; most text already is
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
 
 
-def shingles(text: str, n: int) -> list[str]:
-    """Lower-cased word n-grams; a document shorter than n words is one shingle."""
-    words = normalize(text).lower().split(" ")
+def shingles(normalized: str, n: int) -> list[str]:
+    """Lower-cased word n-grams of normalized text; a document shorter than n words is one shingle."""
+    words = normalized.lower().split(" ")
     if len(words) <= n:
         return [" ".join(words)]
-    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)))]
 
 
-def sign_shard(shard: Path, cfg: DedupConfig) -> dict[str, Any]:
-    """Per document of one shard: its location, set name, path (if any), exact hash and MinHash signature."""
-    rejects = Rejects()
+def sign_shard(shard: Path, cfg: DedupConfig, rejects_path: Path) -> dict[str, Any]:
+    """Per document of one shard: its location, set name, path (if any), exact hash and MinHash signature.
+    Rejected lines go to rejects_path."""
+    rejects = Rejects(rejects_path)
     lines, sets, paths, exact, shingle_sets, sizes = [], [], [], [], [], []
     for doc in read_shard(shard, rejects):
         lines.append(doc.line)
         sets.append(doc.set_name)
         paths.append(doc.meta.get("path"))
-        exact.append(hashlib.sha256(normalize(doc.text).encode()).digest()[:16])
-        shingle_sets.append(shingles(doc.text, cfg.ngram))
+        normalized = normalize(doc.text)
+        exact.append(hashlib.sha256(normalized.encode()).digest()[:16])
+        shingle_sets.append(shingles(normalized, cfg.ngram))
         sizes.append(len(doc.text.encode()))
+    rejects.close()
     signatures = np.zeros((len(lines), cfg.num_perm), dtype=np.uint32)
     if lines:
         signatures[:] = RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows()
     return {"shard": shard.name, "lines": lines, "sets": sets, "paths": paths, "exact": exact,
-            "signatures": signatures, "bytes": sum(sizes), "rejects": rejects.counts}
+            "signatures": signatures, "bytes": sum(sizes), "rejects": str(rejects_path), "reject_counts": rejects.counts}
 
 
 class UnionFind:
@@ -126,13 +130,9 @@ def cluster(exact: list[bytes], signatures: np.ndarray, cfg: DedupConfig) -> tup
     return uf, exact_members
 
 
-def write_kept(shard: Path, out: Path, keep_lines: set[int], rejects_path: Path) -> dict[str, Any]:
-    rejects = Rejects(rejects_path)
-    try:
-        count = write_shard(out, ({"text": d.text, "meta": d.meta} for d in read_shard(shard, rejects) if d.line in keep_lines))
-    finally:
-        rejects.close()
-    return {"written": count, "rejects": str(rejects_path), "reject_counts": rejects.counts}
+def write_kept(shard: Path, out: Path, keep_lines: set[int]) -> int:
+    """Copy the kept lines of a shard, byte for byte (they were parsed and checked when signed)."""
+    return write_lines(out, (line for number, line in enumerate(read_lines(shard), start=1) if number in keep_lines))
 
 
 def dedup_shards(
@@ -148,10 +148,28 @@ def dedup_shards(
         return stage_output(work_root, STAGE, key)
 
     ensure_ray(ray_address)
-    signed = run_ordered([(ray.remote(num_cpus=1)(sign_shard), (s, cfg)) for s in shards], workers, "dedup: sign", "shard")
+    area = Path(work_root) / STAGE
+    area.mkdir(parents=True, exist_ok=True)
+    signer = ray.remote(num_cpus=1)(sign_shard)
+    reject_parts = [area / f".{key}.{s.name}.rejects" for s in shards]
+    try:
+        signed = run_ordered([(signer, (s, cfg, part)) for s, part in zip(shards, reject_parts)], workers, "dedup: sign", "shard")
+        _publish(signed, shards, work_root, cfg, inputs, workers)
+    finally:
+        for part in reject_parts:
+            part.unlink(missing_ok=True)
+    return stage_output(work_root, STAGE, key)
+
+
+def _publish(
+    signed: list[dict[str, Any]], shards: list[Path], work_root: str | Path, cfg: DedupConfig, inputs: dict[str, str],
+    workers: int | None,
+) -> None:
+    """Cluster the signed documents and publish the kept ones with the manifest."""
+    config = dataclasses.asdict(cfg)
     ids = [(r["shard"], line) for r in signed for line in r["lines"]]
     if not ids:
-        raise ValueError(f"no documents in {input_dir}: every line was empty or rejected")
+        raise ValueError(f"no documents in {shards[0].parent}: every line was empty or rejected")
     sets = [s for r in signed for s in r["sets"]]
     paths = [p for r in signed for p in r["paths"]]
     uf, exact_members = cluster([e for r in signed for e in r["exact"]], np.concatenate([r["signatures"] for r in signed]), cfg)
@@ -172,12 +190,12 @@ def dedup_shards(
 
     with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
         writer = ray.remote(num_cpus=1)(write_kept)
-        calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name], run.tmp / f".{s.name}.rejects")) for s in shards]
-        written = run_ordered(calls, workers, "dedup: write", "shard")
-        reject_counts = merge_rejects([(Path(w["rejects"]), w["reject_counts"]) for w in written], run.tmp / "rejects.jsonl")
+        calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name])) for s in shards]
+        written = sum(run_ordered(calls, workers, "dedup: write", "shard"))
+        reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl")
         kept = sum(len(lines) for lines in keep_by_shard.values())
-        if sum(w["written"] for w in written) != kept:  # the shards changed under us between the two passes
-            raise RuntimeError(f"wrote {sum(w['written'] for w in written)} documents, expected {kept}; was the input modified?")
+        if written != kept:  # the shards changed under us between the two passes
+            raise RuntimeError(f"wrote {written} documents, expected {kept}; was the input modified?")
         kept_sets = Counter(sets[i] for i, root in enumerate(roots) if root == i)
         run.stats.update(
             documents_in=len(ids),
@@ -189,4 +207,3 @@ def dedup_shards(
             per_set={name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())},
             clusters=[{"kept": describe(root), "dropped": [describe(i) for i in dropped]} for root, dropped in sorted(members.items())],
         )
-    return stage_output(work_root, STAGE, key)

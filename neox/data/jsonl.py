@@ -97,7 +97,8 @@ def _decompressed_chunks(path: Path, raw: BinaryIO) -> Iterator[bytes]:
         )
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a shard (decompressed, newline included), numbered from 1 by the caller."""
     with open(path, "rb") as raw:
         if not path.name.endswith(".zst"):
             yield from raw
@@ -115,7 +116,7 @@ def _lines(path: Path) -> Iterator[bytes]:
 def read_shard(path: str | Path, rejects: Rejects) -> Iterator[Document]:
     """Documents of one shard, in order. Malformed lines and lines without a string `text` go to rejects."""
     path = Path(path)
-    for number, raw_line in enumerate(_lines(path), start=1):
+    for number, raw_line in enumerate(read_lines(path), start=1):
         if not raw_line.strip():
             continue
         try:
@@ -133,6 +134,11 @@ def read_shard(path: str | Path, rejects: Rejects) -> Iterator[Document]:
 def write_shard(path: str | Path, records: Iterable[dict[str, Any]], level: int = 3) -> int:
     """Write records as a zstd JSONL shard (plain JSONL if the name ends in .jsonl), via a `.part` file
     renamed into place when complete. Returns the number of records."""
+    return write_lines(path, (json.dumps(record, ensure_ascii=False).encode() + b"\n" for record in records), level)
+
+
+def write_lines(path: str | Path, lines: Iterable[bytes], level: int = 3) -> int:
+    """Write raw JSON lines (newline included) as a shard, atomically; returns the number of lines."""
     path = Path(path)
     part = path.with_name(path.name + ".part")
     count = 0
@@ -140,12 +146,12 @@ def write_shard(path: str | Path, records: Iterable[dict[str, Any]], level: int 
         with open(part, "wb") as raw:
             if path.name.endswith(".zst"):
                 with zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False) as out:
-                    for record in records:
-                        out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+                    for line in lines:
+                        out.write(line)
                         count += 1
             else:
-                for record in records:
-                    raw.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+                for line in lines:
+                    raw.write(line)
                     count += 1
         os.replace(part, path)
     finally:

@@ -8,15 +8,15 @@ from collections import Counter
 
 import pytest
 
-from neox.data.dedup import DedupConfig, dedup_shards, shingles
-from neox.data.jsonl import Rejects, list_shards, read_shard, write_shard
+from neox.data.dedup import DedupConfig, dedup_shards, normalize, shingles
+from neox.data.jsonl import Rejects, list_shards, read_shard, write_lines, write_shard
 from neox.stage import verify_output
 
 WORDS = [f"w{i}" for i in range(20000)]
 
 
 def jaccard(a: str, b: str) -> float:
-    x, y = set(shingles(a, 5)), set(shingles(b, 5))
+    x, y = set(shingles(normalize(a), 5)), set(shingles(normalize(b), 5))
     return len(x & y) / len(x | y)
 
 
@@ -80,6 +80,22 @@ def test_sample_corpus_clusters_include_the_codepage_tables(tmp_path_factory, ra
     codepages = [c for c in clusters if sum(1 for p in c if p and p.startswith("encodings/cp")) >= 2]
     assert any({"encodings/cp037.py", "encodings/cp500.py"} <= c for c in codepages)
     assert len(codepages) >= 3
+
+
+def test_bad_lines_are_kept_as_rejects_and_empty_input_is_refused(tmp_path, ray_local):
+    (tmp_path / "in").mkdir()
+    lines = [json.dumps({"text": "one two three"}), "{not json", json.dumps({"text": "one  two three"}), json.dumps({"meta": {}})]
+    write_lines(tmp_path / "in" / "00.jsonl.zst", (line.encode() + b"\n" for line in lines))
+    out = dedup_shards(tmp_path / "in", tmp_path / "work")
+    stats = verify_output(out)["stats"]
+    assert (stats["documents_in"], stats["documents_out"], stats["exact_duplicates"]) == (2, 1, 1)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["shard"], r["line"]) for r in rejects] == [("00.jsonl.zst", 2), ("00.jsonl.zst", 4)]
+    assert sorted(p.name for p in (tmp_path / "work" / "dedup").iterdir()) == [out.name]  # no leftovers
+    (tmp_path / "empty").mkdir()
+    write_lines(tmp_path / "empty" / "00.jsonl.zst", [b"{broken\n"])
+    with pytest.raises(ValueError, match="no documents"):
+        dedup_shards(tmp_path / "empty", tmp_path / "work2")
 
 
 def test_config_is_validated():
