@@ -252,6 +252,27 @@ def tokenize(
     typer.echo(str(out))
 
 
+@app.command("train")
+def train_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `train:` section (e.g. configs/pipeline/local.yaml).")],
+    data: Annotated[Path | None, typer.Option(help="Tokenize stage output to train on (overrides train.data).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the stopped run of the same name from its latest checkpoint.")] = False,
+    allow_new_data: Annotated[bool, typer.Option(help="On --resume, accept a different dataset (continued pretraining).")] = False,
+    train_iters: Annotated[int | None, typer.Option(help="Override train.train_iters.")] = None,
+    name: Annotated[str | None, typer.Option(help="Override train.name (the run's folder under storage_path).")] = None,
+) -> None:
+    """Train GPT-NeoX with DeepSpeed on Ray Train workers; metrics go to MLflow and the run folder, checkpoints
+    every checkpoint_interval steps, final weights to <run>/final/{model,hf}. Prints the run folder.
+
+    Example: neox train configs/pipeline/local.yaml --data work/tokenize/<key>
+    """
+    from neox.train.config import load_train_config
+    from neox.train.launch import train
+
+    overrides = {k: v for k, v in {"data": str(data) if data else None, "train_iters": train_iters, "name": name}.items() if v is not None}
+    typer.echo(str(train(load_train_config(config, overrides), resume=resume, allow_new_data=allow_new_data)))
+
+
 def main() -> None:
     try:
         app()

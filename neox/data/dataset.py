@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ class GPT2Dataset:
             if cache_dir is not None:
                 Path(cache_dir).mkdir(parents=True, exist_ok=True)
                 for name, path in paths.items():
-                    tmp = path.with_suffix(".tmp.npy")
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # several ranks may build at once
                     np.save(tmp, arrays[name])
                     tmp.replace(path)
         self.doc_idx, self.sample_idx, self.shuffle_idx = arrays["doc_idx"], arrays["sample_idx"], arrays["shuffle_idx"]

@@ -28,7 +28,8 @@ from neox.ray_runtime import ensure_ray, run_ordered
 from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "tokenize"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,7 @@ def tokenize_shards(
         tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)
         reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in ordered], run.tmp / "rejects.jsonl")
         shutil.rmtree(parts_dir)
+        shutil.copyfile(tokenizer_file, run.tmp / TOKENIZER_FILE)  # the dataset says how to decode it
         run.stats.update(
             documents=documents,
             sequences=int(sum(len(r["sizes"]) for r in ordered)),

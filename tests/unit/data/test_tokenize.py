@@ -44,7 +44,8 @@ def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(tmp_path
     assert manifest["stats"]["tokens"] == sum(map(len, expected)) == ds.num_tokens
     assert manifest["stats"]["dtype"] == "uint16" and manifest["stats"]["documents"] == 300
     assert manifest["stats"]["engine"] == "tiktoken"  # a plain byte-level BPE takes the fast path
-    assert set(manifest["files"]) == {"corpus_text_document.bin", "corpus_text_document.idx"}
+    assert set(manifest["files"]) == {"corpus_text_document.bin", "corpus_text_document.idx", "tokenizer.json"}
+    assert (one / "tokenizer.json").read_bytes() == corpus_tokenizer.read_bytes()
 
 
 def test_bad_lines_are_counted_and_kept_with_their_location(tmp_path, ray_local, corpus_tokenizer):

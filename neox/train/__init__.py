@@ -1,0 +1,1 @@
+"""Training: DeepSpeed on our GPT-NeoX, workers managed by Ray Train."""

@@ -1,0 +1,108 @@
+"""The training stage's driver: resolve the config, open the MLflow run, and hand the per-worker loop to Ray
+Train's TorchTrainer (one worker per GPU, or per CPU slot), which restarts workers from the latest checkpoint
+when one dies and continues a stopped run of the same name with --resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from neox.config import ConfigError, load_model_config
+from neox.data.tokenize import TOKENIZER_FILE, data_prefix
+from neox.ray_runtime import ensure_ray
+from neox.stage import MANIFEST, sha256_file, verify_output
+from neox.train.config import TrainConfig
+from neox.train.loop import train_loop_per_worker
+
+MLFLOW_RUN_FILE = "mlflow_run_id"
+
+
+def run_directory(cfg: TrainConfig) -> Path:
+    if "://" in cfg.storage_path:
+        raise ConfigError("train.storage_path on object storage is not supported yet; use a local or shared path")
+    return Path(cfg.storage_path).resolve() / cfg.name
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Workers run in other directories: a relative sqlite path must not resolve there."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def open_mlflow_run(cfg: TrainConfig, run_dir: Path, params: dict[str, Any], resume: bool) -> str:
+    """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
+    marker = run_dir / MLFLOW_RUN_FILE
+    if resume and marker.exists():
+        run_id = marker.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={"neox.stage": "train"})
+    from mlflow.entities import Param
+
+    flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
+    marker.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> Path:
+    """Train; returns the run directory (checkpoints, metrics.jsonl, final/model and final/hf)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if cfg.data is None:
+        raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
+    manifest = verify_output(cfg.data)
+    vocab = manifest["stats"]["vocab_size"]
+    model_cfg, _ = load_model_config(*cfg.model, vocab_size=vocab)
+    if cfg.seq_length > model_cfg.max_position_embeddings:
+        raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {model_cfg.max_position_embeddings}")
+    run_dir = run_directory(cfg)
+    if run_dir.exists() and any(run_dir.glob("checkpoint_*")) and not resume:
+        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    params = {**{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+              **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}, "data.key": manifest["key"]}
+    loop_config = {
+        "train": dataclasses.asdict(cfg),
+        "model": dataclasses.asdict(model_cfg),
+        "data_prefix": str(data_prefix(cfg.data).resolve()),
+        "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
+        "index_cache": str(run_dir / "index-cache"),
+        "run_dir": str(run_dir),
+        "allow_new_data": allow_new_data,
+        "mlflow_tracking_uri": absolute_tracking_uri(cfg.mlflow_tracking_uri),
+        "mlflow_run_id": open_mlflow_run(cfg, run_dir, params, resume),
+        "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
+    }
+    ensure_ray(cfg.ray_address)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=str(Path(cfg.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
+        ),
+    )
+    result = trainer.fit()
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(loop_config["mlflow_run_id"])
+    if result.error is not None:
+        raise result.error
+    return run_dir
