@@ -1,0 +1,204 @@
+"""Training with real Ray Train + DeepSpeed on the CPU: ZeRO stages, exact resume after SIGKILL of the
+trainer, a killed worker recovered by Ray Train, and a 2-node local Ray cluster.
+
+Every launch costs tens of seconds, so one straight 30-step run is shared: the resumed and recovered runs
+must reproduce its losses bit for bit and its final weights exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+NEOX = str(Path(sys.executable).with_name("neox"))
+RAY = str(Path(sys.executable).with_name("ray"))
+STEPS = 30
+
+
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory, ray_local, small_corpus, corpus_tokenizer) -> Path:
+    from neox.data.tokenize import tokenize_shards
+
+    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work"))
+
+
+def write_config(directory: Path, tokenized: Path, **train) -> Path:
+    section = {
+        "model": str(REPO / "configs" / "model" / "tiny.yml"),
+        "data": str(tokenized),
+        "name": "run",
+        "storage_path": str(directory / "storage"),
+        "seq_length": 64,
+        "micro_batch_size": 4,
+        "train_iters": STEPS,
+        "lr": 2.0e-3,
+        "min_lr": 2.0e-4,
+        "warmup": 0.1,
+        "zero_stage": 1,
+        "log_interval": 5,
+        "eval_interval": 10,
+        "eval_iters": 2,
+        "checkpoint_interval": 10,
+        "num_workers": 2,
+        "mlflow_tracking_uri": f"sqlite:///{directory / 'mlflow.db'}",
+        **train,
+    }
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"train": section}))
+    return path
+
+
+def launch(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [NEOX, "train", str(config), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-5000:]
+    return out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss; a step logged twice (before a crash and after the resume) counts by its last value."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= step:
+            return
+        assert process.poll() is None, process.communicate()[0][-5000:]
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a launched command and everything it started (its own session: nobody else's processes)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, tokenized) -> Path:
+    """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
+    directory = tmp_path_factory.mktemp("straight")
+    finish(launch(write_config(directory, tokenized)))
+    return directory / "storage" / "run"
+
+
+def test_zero1_trains_logs_to_mlflow_and_exports(straight):
+    from mlflow import MlflowClient
+
+    curve = losses(straight)
+    assert sorted(curve) == list(range(1, STEPS + 1))
+    assert curve[STEPS] < curve[1] - 0.5  # it learns
+    run_id = (straight / "mlflow_run_id").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{straight.parent.parent / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == [5, 10, 15, 20, 25, 30]
+    assert [m.step for m in client.get_metric_history(run_id, "valid/loss")] == [10, 20, 30]
+    run = client.get_run(run_id)
+    assert run.data.params["train.zero_stage"] == "1" and run.info.status == "FINISHED"
+    assert {"train/tokens_per_s", "train/lr", "train/grad_norm", "valid/perplexity"} <= set(run.data.metrics)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(straight / "final" / "hf")
+    assert hf.config.vocab_size == 2048 and (straight / "final" / "model" / "tokenizer.json").exists()
+
+
+def test_resume_after_sigkill_reproduces_the_straight_run_bit_for_bit(tmp_path, tokenized, straight):
+    config = write_config(tmp_path, tokenized)
+    run_dir = tmp_path / "storage" / "run"
+    first = launch(config)
+    wait_for_step(run_dir, 12, first)  # past the checkpoint at step 10
+    kill_group(first)
+    assert not (run_dir / "final").exists()
+    refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    finish(launch(config, "--resume"))
+    assert losses(run_dir) == losses(straight)  # all 30 losses, bitwise
+    ours, reference = final_weights(run_dir), final_weights(straight)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+def ray_worker_pids(root: psutil.Process) -> list[psutil.Process]:
+    return [p for p in root.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def test_a_killed_worker_is_replaced_and_the_run_finishes_from_its_checkpoint(tmp_path, tokenized, straight):
+    config = write_config(tmp_path, tokenized, max_failures=1)
+    run_dir = tmp_path / "storage" / "run"
+    process = launch(config)
+    wait_for_step(run_dir, 12, process)
+    workers = ray_worker_pids(psutil.Process(process.pid))
+    assert len(workers) == 2
+    workers[1].kill()
+    out = finish(process)
+    assert losses(run_dir) == losses(straight)
+    assert (run_dir / "final" / "hf" / "config.json").exists(), out[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_local_cluster_runs_the_job_with_zero2(tmp_path, tokenized):
+    """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address."""
+    short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
+    token = short / "token"
+    token.write_text("neox-pipeline-test-token-0123456789abcdef")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = free_port()
+    nodes = []
+    try:
+        nodes.append(subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             "--node-ip-address=127.0.0.1", f"--temp-dir={short / 'head'}"],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(8)
+        nodes.append(subprocess.Popen(
+            [RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+             f"--temp-dir={short / 'worker'}"],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(5)
+        config = write_config(tmp_path, tokenized, zero_stage=2, ray_address=f"127.0.0.1:{port}")
+        finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
+        curve = losses(tmp_path / "storage" / "run")
+        assert sorted(curve) == list(range(1, STEPS + 1)) and curve[STEPS] < curve[1] - 0.5
+    finally:
+        for node in nodes:
+            kill_group(node)
+        shutil.rmtree(short, ignore_errors=True)
