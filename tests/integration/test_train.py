@@ -77,6 +77,10 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def logged_steps(run_dir: Path) -> int:
+    return len((run_dir / "metrics.jsonl").read_text().splitlines())
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """step -> loss; a step logged twice (before a crash and after the resume) counts by its last value."""
     out = {}
@@ -147,6 +151,7 @@ def test_resume_after_sigkill_reproduces_the_straight_run_bit_for_bit(tmp_path, 
     refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
     finish(launch(config, "--resume"))
+    assert logged_steps(run_dir) > STEPS  # steps 11.. ran twice: before the kill and after the resume
     assert losses(run_dir) == losses(straight)  # all 30 losses, bitwise
     ours, reference = final_weights(run_dir), final_weights(straight)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
@@ -165,6 +170,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_from_its_checkpoint(tm
     assert len(workers) == 2
     workers[1].kill()
     out = finish(process)
+    assert logged_steps(run_dir) > STEPS  # the group restarted from the step-10 checkpoint
     assert losses(run_dir) == losses(straight)
     assert (run_dir / "final" / "hf" / "config.json").exists(), out[-3000:]
 
