@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -262,15 +263,45 @@ def train_command(
     name: Annotated[str | None, typer.Option(help="Override train.name (the run's folder under storage_path).")] = None,
 ) -> None:
     """Train GPT-NeoX with DeepSpeed on Ray Train workers; metrics go to MLflow and the run folder, checkpoints
-    every checkpoint_interval steps, final weights to <run>/final/{model,hf}. Prints the run folder.
+    every checkpoint_interval steps, final weights to <run>/final/{model,hf}. Without train.data or --data,
+    the config's `data:` section is prepared first (finished data stages are reused). Prints the run folder.
 
-    Example: neox train configs/pipeline/local.yaml --data work/tokenize/<key>
+    Example: neox train configs/pipeline/local.yaml
     """
-    from neox.train.config import load_train_config
+    from neox.train.config import load_train_config, read_pipeline_config
     from neox.train.launch import train
 
     overrides = {k: v for k, v in {"data": str(data) if data else None, "train_iters": train_iters, "name": name}.items() if v is not None}
-    typer.echo(str(train(load_train_config(config, overrides), resume=resume, allow_new_data=allow_new_data)))
+    cfg = load_train_config(config, overrides)
+    if cfg.data is None:
+        raw = read_pipeline_config(config)
+        if not isinstance(raw.get("data"), dict):
+            raise ConfigError(f"{config}: no train.data, --data or `data:` section to train on")
+        cfg = dataclasses.replace(cfg, data=str(prepare_data_section(raw)))
+    typer.echo(str(train(cfg, resume=resume, allow_new_data=allow_new_data)))
+
+
+@app.command("data")
+def data_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `data:` section.")],
+) -> None:
+    """Run the data stages a pipeline config describes (corpus -> download -> dedup -> tokenizer -> tokenize);
+    finished stages are reused. Prints the tokenized dataset's directory.
+
+    Example: neox data configs/pipeline/local.yaml
+    """
+    from neox.train.config import read_pipeline_config
+
+    raw = read_pipeline_config(config)
+    if not isinstance(raw.get("data"), dict):
+        raise ConfigError(f"{config} has no `data:` section")
+    typer.echo(str(prepare_data_section(raw)))
+
+
+def prepare_data_section(raw: dict) -> Path:
+    from neox.data.prepare import prepare_data
+
+    return prepare_data(raw["data"], Path(raw.get("work_root", "work")))
 
 
 def main() -> None:

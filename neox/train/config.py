@@ -148,8 +148,7 @@ def _check(key: str, value: Any, annotation: str) -> None:
         raise ConfigError(f"train.{key} must be {annotation}, got {value!r}")
 
 
-def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The `train:` section of a pipeline config file (paths in it are relative to the file)."""
+def read_pipeline_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -157,7 +156,15 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with `train:` (and `data:`, `work_root:`) sections")
+    return raw
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The `train:` section of a pipeline config file (model YAML paths in it are relative to the file)."""
+    raw = read_pipeline_config(path)
+    if not isinstance(raw.get("train"), dict):
         raise ConfigError(f"{path} has no `train:` section")
     section = {**raw["train"], **(overrides or {})}
-    return build_train_config(section, base_dir=path.parent)
+    return build_train_config(section, base_dir=Path(path).parent)

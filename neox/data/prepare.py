@@ -1,0 +1,59 @@
+"""The data stages in order, from a pipeline config's `data:` section: corpus -> download -> dedup ->
+tokenizer -> tokenize. Each stage is content-addressed, so a rerun reuses what is finished.
+
+    data:
+      corpus: sample          # the embedded corpus, built into <work_root>/mirror and fetched over file://
+      sample_shards: 4
+      # sources: [https://host/pile/val.jsonl.zst, s3://bucket/shards/00.jsonl.zst]   (instead of corpus)
+      # pile_mirror: https://your-mirror/pile                                         (or the Pile catalog)
+      dedup: {ngram: 5, num_perm: 128, bands: 16, rows: 8, threshold: 0.8}
+      tokenizer: {vocab_size: 8192}     # or {from: path/or/url/to/tokenizer.json}
+      tokenize: {prefix: corpus}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neox.config import ConfigError
+from neox.data.dedup import DedupConfig, dedup_shards
+from neox.data.sample import build_sample_corpus
+from neox.data.sources import Source, download_sources, pile_catalog, sources_from_strings
+from neox.data.tokenize import TokenizeConfig, tokenize_shards
+from neox.data.tokenizer import tokenizer_stage
+
+KEYS = {"corpus", "sample_shards", "sources", "pile_mirror", "dedup", "tokenizer", "tokenize", "workers", "ray_address"}
+
+
+def data_sources(section: dict[str, Any], work_root: Path) -> list[Source]:
+    if section.get("corpus") == "sample":
+        shards = build_sample_corpus(work_root / "mirror", shards=int(section.get("sample_shards", 4)))
+        return [Source(p.resolve().as_uri()) for p in shards]
+    if section.get("corpus") is not None:
+        raise ConfigError(f"data.corpus must be 'sample' (or use data.sources / data.pile_mirror), got {section['corpus']!r}")
+    sources = sources_from_strings(list(section.get("sources") or []))
+    if section.get("pile_mirror"):
+        sources += pile_catalog(section["pile_mirror"])
+    if not sources:
+        raise ConfigError("the data section names no input: set corpus: sample, sources: [...] or pile_mirror")
+    return sources
+
+
+def prepare_data(section: dict[str, Any], work_root: str | Path) -> Path:
+    """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
+    unknown = sorted(set(section) - KEYS)
+    if unknown:
+        raise ConfigError(f"unknown data config key(s): {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
+    work_root = Path(work_root)
+    workers, ray_address = section.get("workers"), section.get("ray_address")
+    downloaded = download_sources(data_sources(section, work_root), work_root)
+    try:
+        dedup_cfg = DedupConfig(**(section.get("dedup") or {}))
+        tokenize_cfg = TokenizeConfig(**(section.get("tokenize") or {}))
+    except TypeError as err:
+        raise ConfigError(f"data section: {err}") from None
+    deduped = dedup_shards(downloaded, work_root, dedup_cfg, workers=workers, ray_address=ray_address)
+    tok = dict(section.get("tokenizer") or {"vocab_size": 50277})
+    tokenizer = tokenizer_stage(work_root, int(tok.get("vocab_size", 50277)), input_dir=None if "from" in tok else deduped, source=tok.get("from"))
+    return tokenize_shards(deduped, tokenizer, work_root, tokenize_cfg, workers=workers, ray_address=ray_address)
