@@ -307,7 +307,7 @@ def prepare_data_section(raw: dict) -> Path:
 def main() -> None:
     try:
         app()
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:  # ResumeError too
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
 

@@ -14,7 +14,7 @@ from neox.data.tokenize import TOKENIZER_FILE, data_prefix
 from neox.ray_runtime import ensure_ray
 from neox.stage import MANIFEST, sha256_file, verify_output
 from neox.train.config import TrainConfig
-from neox.train.loop import train_loop_per_worker
+from neox.train.loop import STATE_FILE, check_compatible, train_loop_per_worker
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
@@ -36,13 +36,17 @@ def absolute_tracking_uri(uri: str) -> str:
 def open_mlflow_run(cfg: TrainConfig, run_dir: Path, params: dict[str, Any], resume: bool) -> str:
     """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
     marker = run_dir / MLFLOW_RUN_FILE
     if resume and marker.exists():
         run_id = marker.read_text().strip()
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException:  # the run lives in another tracking store: start a new MLflow run
+            pass
     experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
     run = client.create_run(experiment_id, run_name=cfg.name, tags={"neox.stage": "train"})
@@ -52,6 +56,12 @@ def open_mlflow_run(cfg: TrainConfig, run_dir: Path, params: dict[str, Any], res
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
     marker.write_text(run.info.run_id)
     return run.info.run_id
+
+
+def latest_state(run_dir: Path) -> dict[str, Any] | None:
+    """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if (p / STATE_FILE).exists())
+    return json.loads((checkpoints[-1] / STATE_FILE).read_text()) if checkpoints else None
 
 
 def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> Path:
@@ -82,9 +92,13 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         "run_dir": str(run_dir),
         "allow_new_data": allow_new_data,
         "mlflow_tracking_uri": absolute_tracking_uri(cfg.mlflow_tracking_uri),
-        "mlflow_run_id": open_mlflow_run(cfg, run_dir, params, resume),
         "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
     }
+    if resume:  # refuse before anything is started or written
+        state = latest_state(run_dir)
+        if state is not None:
+            check_compatible(state, loop_config)
+    loop_config["mlflow_run_id"] = open_mlflow_run(cfg, run_dir, params, resume)
     ensure_ray(cfg.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -26,6 +26,7 @@ from neox.train.flops import flops_per_step, gpu_peak_tflops
 from neox.train.schedule import lr_at
 
 CHECKPOINT_TAG = "checkpoint"
+STATE_FILE = "neox_state.json"
 
 
 def sample_indices(step: int, micro: int, rank: int, cfg: TrainConfig) -> np.ndarray:
@@ -172,7 +173,10 @@ def save_and_report(engine, config: dict[str, Any], rank: int, step: int, loss: 
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="neox-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=client_state(config, step))
+        state = client_state(config, step)
+        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=state)
+        if rank == 0:  # readable without torch, so the driver can vet a resume before launching workers
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
         torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()}, Path(tmp) / f"rng_rank{rank}.pt")
         ray.train.report({"step": step, "loss": loss}, checkpoint=Checkpoint.from_directory(tmp))
 

@@ -208,3 +208,37 @@ def test_two_node_local_cluster_runs_the_job_with_zero2(tmp_path, tokenized):
         for node in nodes:
             kill_group(node)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_resume_is_refused_for_other_data_or_another_model_shape(tmp_path, tokenized, straight, small_corpus, corpus_tokenizer):
+    """Checked by the driver from the newest checkpoint, before any worker starts."""
+    from neox.data.tokenize import TokenizeConfig, tokenize_shards
+
+    storage = straight.parent
+    other_data = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="other"))
+    config = write_config(tmp_path, other_data, storage_path=str(storage))
+    refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "trained on another dataset" in refused.stderr and "--allow-new-data" in refused.stderr
+
+    wider = tmp_path / "wider.yml"
+    wider.write_text((REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
+    config = write_config(tmp_path, tokenized, storage_path=str(storage), model=str(wider))
+    refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "model differs" in refused.stderr and "hidden_size" in refused.stderr
+
+
+def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
+    from transformers import AutoModelForCausalLM
+
+    from neox.model.weights import load_model
+
+    config = write_config(tmp_path, tokenized, zero_stage=3, train_iters=20)
+    finish(launch(config))
+    run_dir = tmp_path / "storage" / "run"
+    curve = losses(run_dir)
+    assert curve[20] < curve[1] - 0.3
+    ours = load_model(run_dir / "final" / "model")
+    theirs = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "hf").eval()
+    ids = torch.randint(0, 2048, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)

@@ -1,0 +1,56 @@
+"""The training config: GPT-NeoX YAML defaults, our overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from neox.config import ConfigError
+from neox.train.config import build_train_config, load_train_config
+from neox.train.loop import deepspeed_config
+from tests.conftest import REPO
+
+PYTHIA_160M = str(REPO / "configs" / "model" / "pythia-160m.yml")
+
+
+def test_gpt_neox_yaml_supplies_the_defaults_and_the_section_overrides_them():
+    cfg = build_train_config({"model": PYTHIA_160M, "train_iters": 50})
+    assert (cfg.lr, cfg.min_lr, cfg.betas, cfg.eps) == (6e-4, 6e-5, (0.9, 0.95), 1e-8)
+    assert (cfg.weight_decay, cfg.gradient_clipping, cfg.zero_stage, cfg.precision) == (0.01, 1.0, 1, "fp16")
+    assert cfg.activation_checkpointing and cfg.seq_length == 2048
+    assert cfg.train_iters == 50 and cfg.lr_decay_iters == 143000  # the YAML's decay horizon is kept
+
+
+def test_deepspeed_config_follows_the_train_config():
+    cfg = build_train_config({"model": PYTHIA_160M, "micro_batch_size": 2, "gradient_accumulation_steps": 4, "num_workers": 2})
+    ds = deepspeed_config(cfg, world_size=2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 4)
+    assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0  # dynamic loss scaling
+    assert ds["zero_optimization"]["stage"] == 1 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert deepspeed_config(cfg, world_size=1)["zero_optimization"]["stage"] == 0  # one rank: nothing to shard
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"model": PYTHIA_160M, "zero_stage": 4}, "zero_stage must be 0, 1, 2 or 3"),
+        ({"model": PYTHIA_160M, "micro_batch_sise": 4}, "unknown train config key"),
+        ({"model": PYTHIA_160M, "train_iters": "ten"}, "train.train_iters must be int"),
+        ({"model": PYTHIA_160M, "precision": "fp8"}, "precision must be fp32, bf16 or fp16"),
+        ({}, "train.model must name"),
+    ],
+)
+def test_bad_train_config_is_a_clear_error(section, message):
+    with pytest.raises(ConfigError, match=message):
+        build_train_config(section)
+
+
+def test_model_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yml").write_text((REPO / "configs" / "model" / "tiny.yml").read_text())
+    (tmp_path / "configs" / "run.yaml").write_text(yaml.safe_dump({"train": {"model": "tiny.yml"}}))
+    cfg = load_train_config(tmp_path / "configs" / "run.yaml", {"train_iters": 3})
+    assert cfg.model == (str(tmp_path / "configs" / "tiny.yml"),) and cfg.train_iters == 3
+    with pytest.raises(ConfigError, match="no `train:` section"):
+        (tmp_path / "empty.yaml").write_text("data: {}\n")
+        load_train_config(tmp_path / "empty.yaml")
