@@ -125,13 +125,13 @@ class ModelConfig:
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             if field.name in rest:
-                values[field.name] = _check_type(field.name, rest.pop(field.name), field.type)
+                values[field.name] = check_type(field.name, rest.pop(field.name), field.type)
         _check_architecture_switches(rest, values.get("num_attention_heads"))
-        divisible_by = _check_type("make_vocab_size_divisible_by", rest.pop("make_vocab_size_divisible_by", 128), "int")
-        model_parallel = _check_type("model_parallel_size", rest.pop("model_parallel_size", 1), "int")
+        divisible_by = check_type("make_vocab_size_divisible_by", rest.pop("make_vocab_size_divisible_by", 128), "int")
+        model_parallel = check_type("model_parallel_size", rest.pop("model_parallel_size", 1), "int")
         seq_length = rest.pop("seq_length", None)
         if seq_length is not None:
-            seq_length = _check_type("seq_length", seq_length, "int")
+            seq_length = check_type("seq_length", seq_length, "int")
             values.setdefault("max_position_embeddings", seq_length)
             if seq_length > values["max_position_embeddings"]:
                 raise ConfigError(
@@ -182,20 +182,23 @@ def _check_architecture_switches(rest: dict[str, Any], num_attention_heads: int 
             raise ConfigError(f"attention_config {kinds!r}: only dense attention ('global', 'flash') is supported")
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Check a YAML value against a field's annotation ("int", "float | None", ...), or raise naming the key."""
+def check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Check a YAML value against a dataclass field's annotation ("int", "float | None", ...), or raise naming
+    the key. Other annotations (literals, tuples) are left to the dataclass's own validation."""
     annotation = str(annotation)
-    if annotation == "InitMethod":
-        return value  # checked against the allowed values in __post_init__
     if value is None and annotation.endswith("| None"):
         return None
     base = annotation.split(" |")[0]
+    if base not in ("bool", "int", "float", "str"):
+        return value
     if base == "bool" and isinstance(value, bool):
         return value
     if base == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
     expected = annotation.replace(" | None", " or null")
     raise ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
 
@@ -227,17 +230,22 @@ def load_neox_yaml(*paths: str | Path) -> dict[str, Any]:
     """Read and merge GPT-NeoX YAML config files (later files override earlier ones, like `deepy.py a.yml b.yml`)."""
     merged: dict[str, Any] = {}
     for path in paths:
-        path = Path(path)
-        try:
-            data = yaml.load(path.read_text(), Loader=_NeoXLoader)  # noqa: S506 - a SafeLoader subclass
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid GPT-NeoX YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-        merged.update(normalize_keys(data))
+        merged.update(normalize_keys(read_yaml_mapping(path, "GPT-NeoX YAML", _NeoXLoader)))
     return merged
+
+
+def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.SafeLoader) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with the file named in every error."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - SafeLoader or a subclass
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid {kind}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
 
 
 def load_model_config(*paths: str | Path, vocab_size: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:

@@ -10,9 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from neox.config import ConfigError, load_neox_yaml
+from neox.config import ConfigError, check_type, load_neox_yaml, read_yaml_mapping
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -129,36 +127,12 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    for key, value in values.items():
-        _check(key, value, fields[key])
-    return TrainConfig(**values)
-
-
-def _check(key: str, value: Any, annotation: str) -> None:
-    base = annotation.split(" |")[0]
-    ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }.get(base, lambda v: True)
-    if value is None and annotation.endswith("| None"):
-        return
-    if not ok(value):
-        raise ConfigError(f"train.{key} must be {annotation}, got {value!r}")
+    return TrainConfig(**{key: check_type(f"train.{key}", value, fields[key]) for key, value in values.items()})
 
 
 def read_pipeline_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping with `train:` (and `data:`, `work_root:`) sections")
-    return raw
+    """A pipeline config file: `work_root:`, `data:` and `train:` sections."""
+    return read_yaml_mapping(path, "pipeline YAML")
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

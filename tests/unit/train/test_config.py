@@ -35,7 +35,7 @@ def test_deepspeed_config_follows_the_train_config():
     [
         ({"model": PYTHIA_160M, "zero_stage": 4}, "zero_stage must be 0, 1, 2 or 3"),
         ({"model": PYTHIA_160M, "micro_batch_sise": 4}, "unknown train config key"),
-        ({"model": PYTHIA_160M, "train_iters": "ten"}, "train.train_iters must be int"),
+        ({"model": PYTHIA_160M, "train_iters": "ten"}, "'train.train_iters' must be int"),
         ({"model": PYTHIA_160M, "precision": "fp8"}, "precision must be fp32, bf16 or fp16"),
         ({}, "train.model must name"),
     ],
