@@ -109,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seq_length=cfg.seq_length, seed=cfg.seed, cache_dir=config["index_cache"],
     )
     train_set, valid_set = datasets["train"], datasets.get("valid")
-    tracker = Tracker(config, rank, cfg, mcfg, world) if rank == 0 else None
+    tracker = Tracker(config, cfg, mcfg, world) if rank == 0 else None
 
     def batch(dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.from_numpy(np.stack([dataset[int(i) % len(dataset)] for i in indices])).to(device)
@@ -236,7 +236,7 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int) -> 
 class Tracker:
     """Rank 0's metrics: a line per step in metrics.jsonl, the console and MLflow every log_interval steps."""
 
-    def __init__(self, config: dict[str, Any], rank: int, cfg: TrainConfig, mcfg: ModelConfig, world: int):
+    def __init__(self, config: dict[str, Any], cfg: TrainConfig, mcfg: ModelConfig, world: int):
         from mlflow import MlflowClient
 
         self.cfg, self.world = cfg, world
