@@ -38,6 +38,7 @@ class TrainConfig:
     zero_stage: int = 1
     precision: Precision = "fp32"
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model inside the DeepSpeed engine
     log_interval: int = 10
     eval_interval: int = 100
     eval_iters: int = 10

@@ -100,6 +100,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr
         ),
     )
+    if cfg.compile:
+        engine.compile()  # inside the engine, so checkpoints keep the plain module's parameter names
     start_step = restore(engine, config, rank)
 
     evals = cfg.train_iters // cfg.eval_interval + 1

@@ -242,3 +242,14 @@ def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
     ids = torch.randint(0, 2048, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)
+
+
+def test_torch_compile_inside_the_engine_trains_the_same_model(tmp_path, tokenized, straight):
+    config = write_config(tmp_path, tokenized, compile=True)
+    finish(launch(config))
+    run_dir = tmp_path / "storage" / "run"
+    compiled, eager = losses(run_dir), losses(straight)
+    assert sorted(compiled) == sorted(eager)
+    # fused kernels round differently, so close rather than bitwise
+    assert all(abs(compiled[s] - eager[s]) < 2e-3 for s in eager), [(s, compiled[s], eager[s]) for s in eager][-3:]
+    assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
