@@ -23,13 +23,12 @@ import ray
 from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
-from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
 from neox.ray_runtime import ensure_ray, run_ordered
 from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "tokenize"
 CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_f
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
 SPECIAL_TOKENS = [EOD_TOKEN, PAD_TOKEN]  # ids 0 and 1, as in the 20B tokenizer
+TOKENIZER_FILE = "tokenizer.json"  # its name in every stage output and model checkpoint
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
@@ -60,7 +61,6 @@ def eod_id(tok: Tokenizer) -> int:
 
 STAGE = "tokenizer"
 CODE_VERSION = "1"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def tokenizer_stage(work_root: str | Path, vocab_size: int, input_dir: str | Path | None = None, source: str | None = None) -> Path:
