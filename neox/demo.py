@@ -14,6 +14,7 @@ registry and the Prefect flows are not built yet; `flows/pretrain.py` replaces t
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -27,7 +28,7 @@ CONFIG = REPO / "configs" / "pipeline" / "local.yaml"
 
 def main() -> None:
     from neox.data.prepare import prepare_data
-    from neox.stage import read_manifest
+    from neox.stage import read_manifest, stage_output
     from neox.train.config import load_train_config, read_pipeline_config
     from neox.train.launch import run_directory, train
 
@@ -44,12 +45,11 @@ def main() -> None:
     run_dir = train(cfg)
     timings[f"training ({cfg.train_iters} steps, {cfg.num_workers} Ray Train workers, DeepSpeed ZeRO-{cfg.zero_stage})"] = time.perf_counter() - started
 
-    work = Path(raw["work_root"])
-    dedup_stats = read_manifest(next(p for p in (work / "dedup").iterdir() if not p.name.startswith(".")))["stats"]
-    tokenize_stats = read_manifest(tokenized)["stats"]
-    curve = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    import json
-
+    tokenize_manifest = read_manifest(tokenized)
+    tokenize_stats = tokenize_manifest["stats"]
+    # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
+    dedup_stats = read_manifest(stage_output(raw["work_root"], "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
+    curve = (run_dir / "metrics.jsonl").read_text().splitlines()
     first, last = json.loads(curve[0]), json.loads(curve[-1])
     print("\n== neox-pipeline demo")
     print(f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from neox.config import ConfigError, load_model_config
-from neox.data.tokenize import TOKENIZER_FILE, data_prefix
+from neox.data.tokenize import data_prefix
+from neox.data.tokenizer import TOKENIZER_FILE
 from neox.ray_runtime import ensure_ray
 from neox.stage import MANIFEST, sha256_file, verify_output
 from neox.train.config import TrainConfig
@@ -108,7 +109,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         ),
         run_config=RunConfig(
             name=cfg.name,
-            storage_path=str(Path(cfg.storage_path).resolve()),
+            storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
         ),
@@ -116,7 +117,8 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     result = trainer.fit()
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(loop_config["mlflow_run_id"])
+    status = "FAILED" if result.error is not None else "FINISHED"
+    MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(loop_config["mlflow_run_id"], status)
     if result.error is not None:
         raise result.error
     return run_dir
