@@ -8,6 +8,7 @@ right after (c), since this shared machine's speed drifts by tens of percent bet
 come from its metrics.jsonl, so Ray and DeepSpeed start-up are excluded (and printed).
 
     .venv/bin/python bench/train_step.py [--steps 30] [--hidden 256] [--layers 4] [--seq 256] [--batch 8]
+    python bench/train_step.py --device cuda --batch 16 [--model configs/model/pythia-410m.yml]   # MFU, bf16
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from neox.config import load_model_config  # noqa: E402
-from neox.data.dataset import build_split_datasets  # noqa: E402
-from neox.data.sample import build_sample_corpus  # noqa: E402
-from neox.data.tokenize import data_prefix, tokenize_shards  # noqa: E402
-from neox.data.tokenizer import tokenizer_stage  # noqa: E402
 from neox.hf import hf_config  # noqa: E402
 from neox.model.gpt_neox import GPTNeoX, init_weights  # noqa: E402
 
@@ -43,19 +40,24 @@ from neox.model.gpt_neox import GPTNeoX, init_weights  # noqa: E402
 class BareLoop:
     """AdamW + gradient clipping, one step at a time, so two models can take turns on the same machine state."""
 
-    def __init__(self, model: torch.nn.Module, logits_of):
-        self.model, self.logits_of = model.train(), logits_of
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    def __init__(self, model: torch.nn.Module, logits_of, autocast: torch.dtype | None = None):
+        self.model, self.logits_of, self.autocast = model.train(), logits_of, autocast
+        on_gpu = next(model.parameters()).is_cuda
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01,
+                                           fused=on_gpu or None)
+        self.sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         self.times: list[float] = []
 
     def step(self, tokens: torch.Tensor) -> None:
         started = time.perf_counter()
-        logits = self.logits_of(self.model, tokens[:, :-1])
+        with torch.autocast(tokens.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            logits = self.logits_of(self.model, tokens[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.sync()
         self.times.append(time.perf_counter() - started)
 
     @property
@@ -63,8 +65,109 @@ class BareLoop:
         return statistics.median(self.times)
 
 
+def transformers_model(cfg) -> torch.nn.Module:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    hf_cfg = hf_config(cfg, torch.float32, None, None)
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}))
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    """bf16 on one GPU, per model shape: (a) transformers and (b) ours in the bare loop under autocast with
+    fused AdamW, (b') ours torch.compiled, (c) ours in the DeepSpeed engine exactly as configured by
+    `neox.train.loop.deepspeed_config` (bf16, one rank, no Ray: Ray only starts the process), eager and compiled.
+    Tokens are random: a step's cost does not depend on their values. MFU counts model FLOPs (GPT-NeoX's
+    formula without recomputation) over the GPU's dense bf16 peak."""
+    import deepspeed
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from neox.config import load_neox_yaml
+    from neox.train.config import TrainConfig
+    from neox.train.flops import flops_per_step, gpu_peak_tflops
+    from neox.train.loop import deepspeed_config, parameter_groups
+
+    ATTENTION_BACKENDS = {"flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+                          "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]}
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    peak = gpu_peak_tflops()
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    deepspeed.init_distributed(dist_backend="nccl")
+    print(f"{torch.cuda.get_device_name()}: peak {peak} TFLOPS bf16 dense; torch {torch.__version__}, "
+          f"deepspeed {deepspeed.__version__}", flush=True)
+    rows = []
+
+    def timed(label: str, step, batches, cfg, seq: int) -> None:
+        times = []
+        for i in range(args.steps):
+            started = time.perf_counter()
+            step(batches[i % len(batches)])
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times[5:])
+        tflops = flops_per_step(cfg, args.batch, seq, activation_checkpointing=False) / seconds / 1e12
+        rows.append((label, seconds, args.batch * seq / seconds, tflops, tflops / peak if peak else float("nan")))
+        print(f"{label:44s} {seconds * 1000:8.1f} ms/step  {args.batch * seq / seconds:9.0f} tokens/s  "
+              f"{tflops:6.1f} TFLOPS  MFU {rows[-1][4]:.1%}  (first step {times[0]:.1f} s)", flush=True)
+
+    for model_path in args.model:
+        cfg, _ = load_model_config(model_path, vocab_size=50277)  # the GPT-NeoX-20B tokenizer, as Pythia
+        seq = int(load_neox_yaml(model_path)["seq_length"])
+        shape = Path(model_path).stem
+        generator = torch.Generator(device=device).manual_seed(0)
+        batches = [torch.randint(cfg.vocab_size, (args.batch, seq + 1), device=device, generator=generator) for _ in range(4)]
+        print(f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, batch {args.batch} x {seq}", flush=True)
+
+        def bare(model: torch.nn.Module, logits_of=lambda m, x: m(x)):
+            return BareLoop(model.to(device), logits_of, torch.bfloat16).step
+
+        def engine(compiled: bool):
+            train_cfg = TrainConfig(model=(model_path,), seq_length=seq, micro_batch_size=args.batch, precision="bf16",
+                                    num_workers=1, use_gpu=True, compile=compiled)
+            model = init_weights(GPTNeoX(cfg))
+            ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model, 0.01),
+                                               config=deepspeed_config(train_cfg, 1))
+            if compiled:
+                ds.compile()
+
+            def step(tokens: torch.Tensor) -> None:
+                logits = ds(tokens[:, :-1])
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+                ds.backward(loss)
+                ds.step()
+            return step
+
+        variants = {
+            "a": ("(a) transformers, bare loop", lambda: bare(transformers_model(cfg), lambda m, x: m(x).logits)),
+            "b": ("(b) ours, bare loop", lambda: bare(init_weights(GPTNeoX(cfg)))),
+            "bc": ("(b') ours, bare loop, torch.compile", lambda: bare(torch.compile(init_weights(GPTNeoX(cfg))))),
+            "c": ("(c) ours, DeepSpeed engine", lambda: engine(False)),
+            "cc": ("(c') ours, DeepSpeed engine, compiled", lambda: engine(True)),
+        }
+        for key in args.variants:
+            for attention in args.attention:
+                label, make = variants[key]
+                step = make()
+                with sdpa_kernel(ATTENTION_BACKENDS[attention], set_priority=True):
+                    timed(f"{shape} {label}, {attention}", step, batches, cfg, seq)
+                del step
+                torch.cuda.empty_cache()
+
+    print(f"\n{'':56s} {'ms/step':>8s} {'tokens/s':>10s} {'TFLOPS':>7s} {'MFU':>6s}")
+    for label, seconds, tokens, tflops, mfu in rows:
+        print(f"{label:56s} {seconds * 1000:8.1f} {tokens:10.0f} {tflops:7.1f} {mfu:6.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: bf16 on one GPU with MFU, on the --model shapes (the options below are CPU-only)")
+    parser.add_argument("--variants", nargs="+", default=["a", "b", "bc", "c", "cc"],
+                        help="with --device cuda: a (transformers), b (ours), bc (ours compiled), c (DeepSpeed), cc (compiled)")
+    parser.add_argument("--attention", nargs="+", default=["flash"], choices=("flash", "cudnn"),
+                        help="with --device cuda: scaled_dot_product_attention backend(s) to time")
+    parser.add_argument("--model", nargs="+", default=["configs/model/pythia-160m.yml", "configs/model/pythia-410m.yml"],
+                        help="GPT-NeoX model YAMLs to time with --device cuda")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -74,6 +177,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--zero", type=int, default=1, help="ZeRO stage of (c)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        return gpu_main(args)
+    from neox.data.dataset import build_split_datasets
+    from neox.data.sample import build_sample_corpus
+    from neox.data.tokenize import data_prefix, tokenize_shards
+    from neox.data.tokenizer import tokenizer_stage
+
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,12 +205,8 @@ def main() -> None:
         print(f"model: {args.layers} layers x {args.hidden} hidden, vocab {cfg.vocab_size}; batch {args.batch} x {args.seq} tokens; "
               f"{args.threads} threads", flush=True)
 
-        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
         torch.manual_seed(0)
-        hf_cfg = hf_config(cfg, torch.float32, None, None)
-        theirs = GPTNeoXForCausalLM(GPTNeoXConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}))
-        loop_a = BareLoop(theirs, lambda m, x: m(x).logits)
+        loop_a = BareLoop(transformers_model(cfg), lambda m, x: m(x).logits)
         loop_b = BareLoop(init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(0)), lambda m, x: m(x))
         for i, tokens in enumerate(batches):  # (a) and (b) take turns, so machine noise hits both alike
             for loop in (loop_a, loop_b) if i % 2 else (loop_b, loop_a):
@@ -122,7 +228,7 @@ def main() -> None:
             "eval_interval": 10 * args.steps, "eval_iters": 1, "checkpoint_interval": 10 * args.steps,
             "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         })
-        run_dir = train(train_cfg)
+        run_dir = Path(train(train_cfg))
         total = time.perf_counter() - started
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         c = statistics.median(r["step_time_s"] for r in records[5:])

@@ -30,7 +30,7 @@ def main() -> None:
     from neox.data.prepare import prepare_data
     from neox.stage import read_manifest, stage_output
     from neox.train.config import load_train_config, read_pipeline_config
-    from neox.train.launch import run_directory, train
+    from neox.train.launch import storage_of, train
 
     raw = read_pipeline_config(CONFIG)
     timings: dict[str, float] = {}
@@ -40,9 +40,9 @@ def main() -> None:
     timings["data stages (corpus, download, dedup, tokenizer, tokenize)"] = time.perf_counter() - started
 
     cfg = dataclasses.replace(load_train_config(CONFIG), data=str(tokenized))
-    shutil.rmtree(run_directory(cfg), ignore_errors=True)  # the demo trains afresh each time
+    shutil.rmtree(storage_of(cfg).local_dir(), ignore_errors=True)  # the demo trains afresh each time
     started = time.perf_counter()
-    run_dir = train(cfg)
+    run_dir = Path(train(cfg))
     timings[f"training ({cfg.train_iters} steps, {cfg.num_workers} Ray Train workers, DeepSpeed ZeRO-{cfg.zero_stage})"] = time.perf_counter() - started
 
     tokenize_manifest = read_manifest(tokenized)

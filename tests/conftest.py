@@ -101,3 +101,25 @@ def corpus_tokenizer(tmp_path_factory, small_corpus) -> Path:
     path = tmp_path_factory.mktemp("corpus-tokenizer") / "tokenizer.json"
     train_bpe(texts, vocab_size=2048, show_progress=False).save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local moto S3 server over real HTTP (S3 is the one service the tests cannot reach for real)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
+    """The AWS environment pointing at the moto server, set for this test (and its subprocesses)."""
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

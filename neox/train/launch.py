@@ -16,14 +16,13 @@ from neox.ray_runtime import ensure_ray
 from neox.stage import MANIFEST, sha256_file, verify_output
 from neox.train.config import TrainConfig
 from neox.train.loop import STATE_FILE, check_compatible, train_loop_per_worker
+from neox.train.storage import RunStorage, run_storage
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
 
-def run_directory(cfg: TrainConfig) -> Path:
-    if "://" in cfg.storage_path:
-        raise ConfigError("train.storage_path on object storage is not supported yet; use a local or shared path")
-    return Path(cfg.storage_path).resolve() / cfg.name
+def storage_of(cfg: TrainConfig) -> RunStorage:
+    return run_storage(cfg.storage_path, cfg.name)
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -34,15 +33,15 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def open_mlflow_run(cfg: TrainConfig, run_dir: Path, params: dict[str, Any], resume: bool) -> str:
+def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any], resume: bool) -> str:
     """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
-    marker = run_dir / MLFLOW_RUN_FILE
-    if resume and marker.exists():
-        run_id = marker.read_text().strip()
+    marker = storage.read_text(MLFLOW_RUN_FILE)
+    if resume and marker:
+        run_id = marker.strip()
         try:
             client.update_run(run_id, status="RUNNING")
             return run_id
@@ -55,18 +54,22 @@ def open_mlflow_run(cfg: TrainConfig, run_dir: Path, params: dict[str, Any], res
 
     flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
-    marker.write_text(run.info.run_id)
+    storage.write_text(run.info.run_id, MLFLOW_RUN_FILE)
     return run.info.run_id
 
 
-def latest_state(run_dir: Path) -> dict[str, Any] | None:
+def latest_state(storage: RunStorage) -> dict[str, Any] | None:
     """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
-    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if (p / STATE_FILE).exists())
-    return json.loads((checkpoints[-1] / STATE_FILE).read_text()) if checkpoints else None
+    for name in reversed(storage.checkpoints()):
+        state = storage.read_text(name, STATE_FILE)
+        if state is not None:
+            return json.loads(state)
+    return None
 
 
-def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> Path:
-    """Train; returns the run directory (checkpoints, metrics.jsonl, final/model and final/hf)."""
+def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> str:
+    """Train; returns where the run lives (its local folder, or s3://… URI): checkpoints, metrics.jsonl,
+    final/model and final/hf."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -77,10 +80,11 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     model_cfg, _ = load_model_config(*cfg.model, vocab_size=vocab)
     if cfg.seq_length > model_cfg.max_position_embeddings:
         raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {model_cfg.max_position_embeddings}")
-    run_dir = run_directory(cfg)
-    if run_dir.exists() and any(run_dir.glob("checkpoint_*")) and not resume:
-        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage_of(cfg)
+    if storage.checkpoints() and not resume:
+        raise ConfigError(f"{storage.uri} already holds a run: pass --resume to continue it, or choose another name")
+    local_dir = storage.local_dir()
+    local_dir.mkdir(parents=True, exist_ok=True)
 
     params = {**{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
               **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}, "data.key": manifest["key"]}
@@ -89,17 +93,17 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         "model": dataclasses.asdict(model_cfg),
         "data_prefix": str(data_prefix(cfg.data).resolve()),
         "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
-        "index_cache": str(run_dir / "index-cache"),
-        "run_dir": str(run_dir),
+        "index_cache": str(local_dir / "index-cache"),
+        "storage": storage,
         "allow_new_data": allow_new_data,
         "mlflow_tracking_uri": absolute_tracking_uri(cfg.mlflow_tracking_uri),
         "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
     }
     if resume:  # refuse before anything is started or written
-        state = latest_state(run_dir)
+        state = latest_state(storage)
         if state is not None:
             check_compatible(state, loop_config)
-    loop_config["mlflow_run_id"] = open_mlflow_run(cfg, run_dir, params, resume)
+    loop_config["mlflow_run_id"] = open_mlflow_run(cfg, storage, params, resume)
     ensure_ray(cfg.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -108,8 +112,9 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=cfg.name,
-            storage_path=str(run_dir.parent),
+            name=storage.name,
+            storage_path=storage.parent,
+            storage_filesystem=storage.filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
         ),
@@ -121,4 +126,4 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(loop_config["mlflow_run_id"], status)
     if result.error is not None:
         raise result.error
-    return run_dir
+    return storage.uri

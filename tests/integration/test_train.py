@@ -1,5 +1,5 @@
 """Training with real Ray Train + DeepSpeed on the CPU: ZeRO stages, exact resume after SIGKILL of the
-trainer, a killed worker recovered by Ray Train, and a 2-node local Ray cluster.
+trainer, a killed worker recovered by Ray Train from checkpoints on S3 (moto), and a 2-node local Ray cluster.
 
 Every launch costs tens of seconds, so one straight 30-step run is shared: the resumed and recovered runs
 must reproduce its losses bit for bit and its final weights exactly.
@@ -7,8 +7,10 @@ must reproduce its losses bit for bit and its final weights exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from neox.train.storage import run_storage
 from tests.conftest import REPO
 
 NEOX = str(Path(sys.executable).with_name("neox"))
@@ -77,24 +80,45 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-def logged_steps(run_dir: Path) -> int:
-    return len((run_dir / "metrics.jsonl").read_text().splitlines())
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in records(run_dir)]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """step -> loss; a step logged twice (before a crash and after the resume) counts by its last value."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        out[record["step"]] = record["loss"]
-    return out
+    return {r["step"]: r["loss"] for r in records(run_dir)}
+
+
+def resumed_from(out: str) -> int | None:
+    """The checkpoint step a restored run says it continued from. Ray Train registers a checkpoint seconds after
+    its upload, so a worker killed past step 12 may still be at (or beyond) the step-20 checkpoint by then."""
+    found = re.search(r"resumed from the step-(\d+) checkpoint", out)
+    return int(found.group(1)) if found else None
+
+
+def wait_for_checkpoint(storage, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until Ray Train's controller has registered a checkpoint of `step` or later. A restarted run gets the
+    latest *registered* checkpoint (recorded in checkpoint_manager_snapshot.json), which trails the upload by
+    up to one controller poll: a kill inside that window would restart from the checkpoint before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = json.loads(storage.read_text("checkpoint_manager_snapshot.json") or "{}")
+        if ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step", 0) >= step:
+            return
+        assert process.poll() is None, process.communicate()[0][-5000:]
+        time.sleep(0.2)
+    raise TimeoutError(f"no checkpoint of step {step} registered")
 
 
 def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= step:
-            return
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):  # not written yet, or a line half-written
+            if max(steps(run_dir), default=0) >= step:
+                return
         assert process.poll() is None, process.communicate()[0][-5000:]
         time.sleep(0.2)
     raise TimeoutError(f"step {step} not reached")
@@ -145,13 +169,14 @@ def test_resume_after_sigkill_reproduces_the_straight_run_bit_for_bit(tmp_path, 
     config = write_config(tmp_path, tokenized)
     run_dir = tmp_path / "storage" / "run"
     first = launch(config)
-    wait_for_step(run_dir, 12, first)  # past the checkpoint at step 10
+    wait_for_checkpoint(run_storage(str(tmp_path / "storage"), "run"), 10, first)
+    wait_for_step(run_dir, 12, first)
     kill_group(first)
     assert not (run_dir / "final").exists()
     refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
-    finish(launch(config, "--resume"))
-    assert logged_steps(run_dir) > STEPS  # steps 11.. ran twice: before the kill and after the resume
+    assert resumed_from(finish(launch(config, "--resume"))) in (10, 20)
+    assert steps(run_dir) == list(range(1, STEPS + 1))  # the lines the killed attempt logged after step 10 are gone
     assert losses(run_dir) == losses(straight)  # all 30 losses, bitwise
     ours, reference = final_weights(run_dir), final_weights(straight)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
@@ -161,18 +186,42 @@ def ray_worker_pids(root: psutil.Process) -> list[psutil.Process]:
     return [p for p in root.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
 
 
-def test_a_killed_worker_is_replaced_and_the_run_finishes_from_its_checkpoint(tmp_path, tokenized, straight):
-    config = write_config(tmp_path, tokenized, max_failures=1)
-    run_dir = tmp_path / "storage" / "run"
+def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint(tmp_path, tokenized, straight, s3_env):
+    """storage_path on S3 (a local moto server): Ray Train's checkpoints, metrics.jsonl, the MLflow marker and
+    the final export all land in the bucket; a worker killed after the step-10 checkpoint is replaced and the
+    group restores from S3."""
+    import boto3
+
+    bucket = f"runs-{os.getpid()}-{time.monotonic_ns()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    config = write_config(tmp_path, tokenized, max_failures=1, storage_path=f"s3://{bucket}/exp")
+    storage = run_storage(f"s3://{bucket}/exp", "run")
     process = launch(config)
-    wait_for_step(run_dir, 12, process)
+    wait_for_checkpoint(storage, 10, process)
+    wait_for_step(storage.local_dir(), 12, process)  # rank 0's working copy, on this one node
     workers = ray_worker_pids(psutil.Process(process.pid))
     assert len(workers) == 2
     workers[1].kill()
-    out = finish(process)
-    assert logged_steps(run_dir) > STEPS  # the group restarted from the step-10 checkpoint
-    assert losses(run_dir) == losses(straight)
-    assert (run_dir / "final" / "hf" / "config.json").exists(), out[-3000:]
+    assert resumed_from(finish(process)) in (10, 20)
+
+    published = [json.loads(line) for line in storage.read_text("metrics.jsonl").splitlines()]
+    assert [r["step"] for r in published] == list(range(1, STEPS + 1))
+    assert {r["step"]: r["loss"] for r in published} == losses(straight)
+    assert storage.checkpoints() and storage.read_text("mlflow_run_id")
+    weights = tmp_path / "model.safetensors"
+    boto3.client("s3").download_file(bucket, "exp/run/final/model/model.safetensors", str(weights))
+    reference = final_weights(straight)
+    ours = load_file(weights)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert storage.read_text("final", "hf", "config.json")
+
+    refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"s3://{bucket}/exp/run already holds a run" in refused.stderr
+    wider = tmp_path / "wider.yml"
+    wider.write_text((REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
+    config = write_config(tmp_path, tokenized, storage_path=f"s3://{bucket}/exp", model=str(wider))
+    refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "model differs" in refused.stderr
 
 
 def free_port() -> int:
@@ -181,8 +230,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_node_local_cluster_runs_the_job_with_zero2(tmp_path, tokenized):
-    """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address."""
+def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokenized):
+    """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address. bf16
+    mixed precision (DeepSpeed's CPU path supports it) with ZeRO-2's fp32 partitions."""
     short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
     token = short / "token"
     token.write_text("neox-pipeline-test-token-0123456789abcdef")
@@ -200,7 +250,7 @@ def test_two_node_local_cluster_runs_the_job_with_zero2(tmp_path, tokenized):
              f"--temp-dir={short / 'worker'}"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(5)
-        config = write_config(tmp_path, tokenized, zero_stage=2, ray_address=f"127.0.0.1:{port}")
+        config = write_config(tmp_path, tokenized, zero_stage=2, precision="bf16", ray_address=f"127.0.0.1:{port}")
         finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
         curve = losses(tmp_path / "storage" / "run")
         assert sorted(curve) == list(range(1, STEPS + 1)) and curve[STEPS] < curve[1] - 0.5

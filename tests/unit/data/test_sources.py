@@ -117,29 +117,18 @@ def test_missing_file_is_a_permanent_error(tmp_path, server):
         download_sources([Source(f"{server.url}/nope.jsonl.zst")], tmp_path, retry=FAST)
 
 
-def test_s3_source_through_a_local_moto_server(tmp_path, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    try:
-        host, port = moto.get_host_and_port()
-        for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(name, value)
-        data = os.urandom(2_500_000)
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="pile")
-        s3.put_object(Bucket="pile", Key="shards/00.jsonl.zst", Body=data)
-        # a partial file from an interrupted run is resumed with a ranged GET
-        out = tmp_path / "work" / "download"
-        (out / ".parts").mkdir(parents=True)
-        ident = hashlib.sha256(b"s3://pile/shards/00.jsonl.zst").hexdigest()[:16]
-        (out / ".parts" / f"{ident}.part").write_bytes(data[:1_000_000])
-        result = download_sources([Source("s3://pile/shards/00.jsonl.zst", sha256=sha(data))], tmp_path / "work", retry=FAST)
-        assert (result / "00.jsonl.zst").read_bytes() == data
-    finally:
-        moto.stop()
+def test_s3_source_through_a_local_moto_server(tmp_path, s3_env):
+    data = os.urandom(2_500_000)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="pile")
+    s3.put_object(Bucket="pile", Key="shards/00.jsonl.zst", Body=data)
+    # a partial file from an interrupted run is resumed with a ranged GET
+    out = tmp_path / "work" / "download"
+    (out / ".parts").mkdir(parents=True)
+    ident = hashlib.sha256(b"s3://pile/shards/00.jsonl.zst").hexdigest()[:16]
+    (out / ".parts" / f"{ident}.part").write_bytes(data[:1_000_000])
+    result = download_sources([Source("s3://pile/shards/00.jsonl.zst", sha256=sha(data))], tmp_path / "work", retry=FAST)
+    assert (result / "00.jsonl.zst").read_bytes() == data
 
 
 def test_local_paths_and_file_urls(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -27,7 +29,14 @@ def test_deepspeed_config_follows_the_train_config():
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 4)
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0  # dynamic loss scaling
     assert ds["zero_optimization"]["stage"] == 1 and ds["optimizer"]["params"]["torch_adam"] is True
-    assert deepspeed_config(cfg, world_size=1)["zero_optimization"]["stage"] == 0  # one rank: nothing to shard
+    # ZeRO's flat buffers hold the fp32 master weights of a mixed-precision run, even on one rank
+    assert deepspeed_config(cfg, world_size=1)["zero_optimization"]["stage"] == 1
+    fp32 = dataclasses.replace(cfg, precision="fp32")
+    assert deepspeed_config(fp32, world_size=1)["zero_optimization"]["stage"] == 0  # one fp32 rank: nothing to shard
+    assert "data_types" not in deepspeed_config(fp32, world_size=2)
+    bf16 = dataclasses.replace(cfg, precision="bf16")
+    assert deepspeed_config(bf16, world_size=1)["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in deepspeed_config(dataclasses.replace(bf16, zero_stage=0), world_size=2)
 
 
 @pytest.mark.parametrize(
