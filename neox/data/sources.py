@@ -155,7 +155,7 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
         "Without network access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set "
         "HF_HUB_OFFLINE=1 here, or download its files and give a file:// or local path instead."
     )
-    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
+    if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
         # fail in seconds rather than after the hub client's own retries
         raise DownloadError(f"{url}: the Hugging Face hub ({constants.ENDPOINT}) is not reachable. {hint}")
     try:
@@ -170,7 +170,7 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
     progress(part.stat().st_size)
 
 
-def _reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+def reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
     parsed = urllib.parse.urlparse(endpoint)
     try:
         socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s).close()

@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval on our checkpoints, with offline task data built from the held-out split."""

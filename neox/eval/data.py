@@ -1,0 +1,94 @@
+"""The eval-data stage: offline lm-eval task data from the held-out (test) split of a tokenized dataset.
+
+The test split is the same document range training leaves out (`split_boundaries`, as GPT2Dataset uses it),
+so no evaluation document was trained on. Each document is decoded from its tokens, and two files are written:
+
+- `heldout.jsonl` ({"text"}): whole documents, for perplexity through `loglikelihood_rolling` (like wikitext);
+- `lastword.jsonl` ({"context", "target"}): LAMBADA-style passages, the document's first `lastword_chars`
+  characters up to a final word of 3+ letters, which the model must predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from neox.config import ConfigError
+from neox.data.dataset import SPLITS, split_boundaries
+from neox.data.indexed import IndexedDataset
+from neox.data.tokenize import data_prefix
+from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
+from neox.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+
+STAGE = "eval-data"
+CODE_VERSION = "1"
+HELDOUT_FILE = "heldout.jsonl"
+LASTWORD_FILE = "lastword.jsonl"
+WORD = re.compile(r"\b[A-Za-z]{3,}\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDataConfig:
+    split: str = "969,30,1"  # must be the training run's split, so "test" is what training left out
+    part: str = "test"
+    max_documents: int = 500
+    lastword_chars: int = 400  # passage length before the target word: keep it within the model's context
+
+    def __post_init__(self) -> None:
+        if self.part not in SPLITS:
+            raise ConfigError(f"eval_data.part must be one of {', '.join(SPLITS)}, got {self.part!r}")
+        if self.max_documents < 1 or self.lastword_chars < 20:
+            raise ConfigError("eval_data.max_documents must be >= 1 and eval_data.lastword_chars >= 20")
+
+
+def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:
+    """The passage ending at the last 3+-letter word that starts within the first max_chars characters."""
+    last = None
+    for match in WORD.finditer(text):
+        if match.start() > max_chars:
+            break
+        last = match
+    if last is None or not text[:last.start()].strip():
+        return None
+    return {"context": text[:last.start()].rstrip(), "target": last.group()}
+
+
+def document_range(tokenized: str | Path, cfg: EvalDataConfig) -> tuple[int, int]:
+    indexed = IndexedDataset(data_prefix(tokenized))
+    bounds = split_boundaries(cfg.split, len(indexed))
+    part = SPLITS.index(cfg.part)
+    return bounds[part], bounds[part + 1]
+
+
+def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataConfig = EvalDataConfig()) -> Path:
+    """Run (or reuse) the stage; returns its output folder."""
+    config = dataclasses.asdict(cfg)
+    inputs = {"tokenized": input_fingerprint(tokenized)}
+    key = stage_key(STAGE, CODE_VERSION, config, inputs)
+    if find_verified(work_root, STAGE, key) is None:
+        start, end = document_range(tokenized, cfg)
+        if end <= start:
+            raise ConfigError(f"split {cfg.split!r} leaves no {cfg.part} documents: give the {cfg.part} part a weight")
+        tok = load_tokenizer(Path(tokenized) / TOKENIZER_FILE)
+        eod = eod_id(tok)
+        indexed = IndexedDataset(data_prefix(tokenized))
+        with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
+            documents = passages = 0
+            with open(run.tmp / HELDOUT_FILE, "w") as heldout, open(run.tmp / LASTWORD_FILE, "w") as lastword:
+                for index in range(start, min(end, start + cfg.max_documents)):
+                    text = tok.decode([int(t) for t in indexed[index] if t != eod], skip_special_tokens=False)
+                    if not text.strip():
+                        continue
+                    heldout.write(json.dumps({"text": text, "document": index}) + "\n")
+                    documents += 1
+                    passage = lastword_passage(text, cfg.lastword_chars)
+                    if passage is not None:
+                        lastword.write(json.dumps({**passage, "document": index}) + "\n")
+                        passages += 1
+            if not documents or not passages:
+                raise ConfigError(f"the {cfg.part} split of {tokenized} yields no usable documents")
+            run.stats.update(documents=documents, passages=passages, document_range=[start, end],
+                             train_range=list(document_range(tokenized, dataclasses.replace(cfg, part="train"))))
+    return stage_output(work_root, STAGE, key)

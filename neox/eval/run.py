@@ -1,0 +1,180 @@
+"""The eval stage: lm-eval on a checkpoint, results JSON + metrics in the stage output and in MLflow.
+
+Offline tasks (the default) read the eval-data stage's JSONL through the task YAMLs in `configs/eval/`.
+Standard tasks (the Pythia suite) need their Hugging Face datasets: when those cannot be reached the stage
+fails before loading anything, naming the datasets to pre-cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neox.config import ConfigError
+from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+
+STAGE = "eval"
+CODE_VERSION = "1"
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.json"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+OFFLINE_TASKS = ("neox_heldout", "neox_lastword")
+PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "hellaswag")
+
+
+class TaskDataUnavailable(RuntimeError):
+    """Standard task data that is neither reachable nor cached."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = OFFLINE_TASKS  # offline task names and/or lm-eval's (e.g. PYTHIA_SUITE)
+    batch_size: int = 16
+    device: str = "cpu"
+    limit: int | None = None  # examples per task; None runs whole tasks
+    model: str = "neox"  # our adapter; "hf" runs lm-eval's own model on the checkpoint's Hugging Face export
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("eval.tasks names no task")
+        if self.model not in ("neox", "hf"):
+            raise ConfigError(f"eval.model must be neox or hf, got {self.model!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+
+
+def offline_task_config(name: str, eval_data: Path) -> dict[str, Any]:
+    """A task YAML from configs/eval with its data file resolved inside the eval-data output."""
+    config = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
+    files = config["dataset_kwargs"]["data_files"]
+    config["dataset_kwargs"]["data_files"] = {split: str(Path(eval_data) / file) for split, file in files.items()}
+    return config
+
+
+def check_task_data(names: list[str], task_manager) -> None:
+    """Fail fast, naming the datasets, when standard tasks' data is neither reachable nor cached."""
+    from huggingface_hub import constants
+
+    from neox.data.sources import reachable
+
+    unknown = [n for n in names if n not in task_manager.task_index]
+    if unknown:
+        raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)}")
+    datasets_needed = sorted({(task_manager.task_index[n].cfg or {}).get("dataset_path", "?") for n in names})
+    hint = (f"Pre-cache them on a connected machine (`HF_DATASETS_CACHE=DIR lm_eval --tasks {','.join(names)} "
+            "--limit 1 ...`, or `datasets.load_dataset(NAME)` for each), copy DIR here and set "
+            "HF_DATASETS_CACHE=DIR HF_HUB_OFFLINE=1.")
+    if not constants.HF_HUB_OFFLINE:
+        if reachable(constants.ENDPOINT):
+            return
+        raise TaskDataUnavailable(f"the Hugging Face hub ({constants.ENDPOINT}) is not reachable and tasks "
+                                  f"{', '.join(names)} need datasets {', '.join(datasets_needed)}. {hint}")
+    import datasets
+
+    missing = []
+    for name in names:
+        cfg = task_manager.task_index[name].cfg or {}
+        try:
+            datasets.load_dataset_builder(cfg.get("dataset_path"), cfg.get("dataset_name"))
+        except Exception:  # datasets raises several types for "not in the offline cache"
+            missing.append(cfg.get("dataset_path"))
+    if missing:
+        raise TaskDataUnavailable(f"HF_HUB_OFFLINE=1 and datasets {', '.join(sorted(set(missing)))} are not in "
+                                  f"the cache. {hint}")
+
+
+def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalConfig) -> dict[str, Any]:
+    """lm-eval's results dict for `cfg.tasks` on a neox checkpoint folder (`final/model`)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    offline = [n for n in cfg.tasks if n in OFFLINE_TASKS]
+    standard = [n for n in cfg.tasks if n not in OFFLINE_TASKS]
+    if offline and eval_data is None:
+        raise ConfigError(f"tasks {', '.join(offline)} need the eval-data stage output (neox eval-data)")
+    task_manager = TaskManager(include_defaults=bool(standard))
+    if standard:
+        check_task_data(standard, task_manager)
+    tasks = [offline_task_config(n, Path(eval_data)) for n in offline] + standard
+    if cfg.model == "neox":
+        from neox.eval.adapter import NeoxLM
+
+        model = NeoxLM(pretrained=str(checkpoint), device=cfg.device, batch_size=cfg.batch_size)
+    else:
+        from lm_eval.models.huggingface import HFLM
+
+        hf_dir = Path(checkpoint).parent / "hf"
+        if not (hf_dir / "config.json").exists():
+            raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
+        model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype="float32")
+    results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit,
+                                      bootstrap_iters=0, log_samples=False)
+    if results is None:
+        raise RuntimeError("lm-eval returned no results")
+    return results
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """{"task/metric": value} from lm-eval's results (filter suffixes and stderr dropped)."""
+    out = {}
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            metric, _, _ = key.partition(",")
+            if key == "alias" or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            out[f"{task}/{metric}"] = float(value)
+    return out
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{name:<{width}}  {value:12.5g}" for name, value in sorted(metrics.items()))
+
+
+def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path, cfg: EvalConfig = EvalConfig(),
+               mlflow_tracking_uri: str | None = None, mlflow_experiment: str = "neox-pipeline",
+               tags: dict[str, str] | None = None) -> Path:
+    """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json).
+    With a tracking URI the metrics, params and results JSON go to a new MLflow run (its id in the manifest)."""
+    checkpoint = Path(checkpoint)
+    config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
+    inputs = {"checkpoint": sha256_file(checkpoint / "model.safetensors")}
+    if eval_data is not None:
+        inputs["eval_data"] = input_fingerprint(eval_data)
+    key = stage_key(STAGE, CODE_VERSION, config, inputs)
+    if find_verified(work_root, STAGE, key) is None:
+        results = run_lm_eval(checkpoint, eval_data, cfg)
+        metrics = flat_metrics(results)
+        with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
+            from lm_eval.utils import handle_non_serializable
+
+            (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=handle_non_serializable))
+            (run.tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()))
+            if mlflow_tracking_uri:
+                run.stats["mlflow_run_id"] = log_to_mlflow(run.tmp, metrics, config, checkpoint, mlflow_tracking_uri,
+                                                           mlflow_experiment, tags or {})
+    return stage_output(work_root, STAGE, key)
+
+
+def log_to_mlflow(output: Path, metrics: dict[str, float], config: dict[str, Any], checkpoint: Path, tracking_uri: str,
+                  experiment: str, tags: dict[str, str]) -> str:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=f"eval {checkpoint.parent.parent.name}",
+                            tags={"neox.stage": "eval", "neox.checkpoint": str(checkpoint.resolve()), **tags})
+    now = int(time.time() * 1000)
+    params = [Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in sorted(config.items())]
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], params=params)
+    client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
