@@ -340,12 +340,13 @@ def eval_command(
 
     Example: neox eval work/train/demo/final/model --eval-data work/eval-data/<key>
     """
-    from neox.eval.run import PYTHIA_SUITE, METRICS_FILE, EvalConfig, eval_stage, metrics_table
+    from neox.eval.run import METRICS_FILE, PYTHIA_SUITE, EvalConfig, eval_stage, log_eval, metrics_table
 
     names = tuple(n for t in tasks.split(",") if t.strip() for n in (PYTHIA_SUITE if t.strip() == "pythia" else (t.strip(),)))
     cfg = EvalConfig(tasks=names, batch_size=batch_size, device=device, limit=limit, model=model)
-    out = eval_stage(checkpoint, eval_data, work_root, cfg, mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=experiment)
+    out = eval_stage(checkpoint, eval_data, work_root, cfg)
     typer.echo(metrics_table(json.loads((out / METRICS_FILE).read_text())))
+    typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")
     typer.echo(str(out))
 
 
@@ -356,6 +357,7 @@ def register_command(
     work_root: Annotated[Path | None, typer.Option(help="Where the data stages ran, for the lineage tags.")] = Path("work"),
     mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
     promote: Annotated[bool, typer.Option(help="Run the promotion gate on the new version.")] = True,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the eval run the version is logged in.")] = "neox-pipeline",
     config: Annotated[Path | None, typer.Option(help="Pipeline config whose registry.rule is the promotion rule.")] = None,
 ) -> None:
     """Register the evaluated checkpoint as a new MLflow model version (lineage in its tags), then run the
@@ -365,7 +367,7 @@ def register_command(
     """
     from neox.registry import register
 
-    version = register(eval_output, name, mlflow_tracking_uri, work_root)
+    version = register(eval_output, name, mlflow_tracking_uri, work_root, experiment)
     typer.echo(f"{name} version {version}")
     if promote:
         _promote(name, version, config, mlflow_tracking_uri)

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from neox.config import ConfigError, check_type
 from neox.stage import read_manifest, sha256_file, stage_output
+from neox.train.loop import DATA_FILE
 
 CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
 DECISION_TAG = "neox.promotion"
@@ -128,12 +129,13 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(tokenizer_path(context.artifacts["model"]))
         self.eod = eod_id(self.tokenizer)
 
-    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        # untyped on purpose: MLflow ignores the explicit signature (and its params) of a type-hinted predict
         import torch
 
         from neox.model.generate import SamplingConfig, generate
 
-        prompts = list(model_input)
+        prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
         limit = self.model.cfg.max_position_embeddings
         new_tokens = int((params or {}).get("max_new_tokens", 32))
         out = []
@@ -152,7 +154,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def lineage_tags(checkpoint: Path, client: MlflowClient, work_root: str | Path | None) -> dict[str, str]:
+def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, str]:
     """Where a checkpoint came from: the training run (its MLflow run, newest checkpoint), the tokenized
     dataset it read, and, when the data stages ran under `work_root`, the dedup and download manifests."""
     tags = {"neox.model_config_sha256": sha256_file(checkpoint / "config.yml"), "neox.git_commit": git_commit(),
@@ -166,12 +168,10 @@ def lineage_tags(checkpoint: Path, client: MlflowClient, work_root: str | Path |
         checkpoints = sorted(run_dir.glob("checkpoint_*"))
         if checkpoints:
             tags["neox.deepspeed_checkpoint"] = checkpoints[-1].resolve().as_uri()
-        try:
-            data = client.get_run(train_run).data.params.get("train.data")
-        except MlflowException:
-            data = None
-        if data and (Path(data) / "manifest.json").exists():
-            tags.update(data_lineage(Path(data), work_root))
+    if (run_dir / DATA_FILE).exists():
+        data = Path(json.loads((run_dir / DATA_FILE).read_text())["data"])
+        if (data / "manifest.json").exists():
+            tags.update(data_lineage(data, work_root))
     return tags
 
 
@@ -189,14 +189,15 @@ def data_lineage(tokenized: Path, work_root: str | Path | None) -> dict[str, str
     return tags
 
 
-def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: str | Path | None = None) -> str:
+def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: str | Path | None = None,
+             experiment: str = "neox-pipeline") -> str:
     """Register the checkpoint an eval stage output scored, as a new version of `name` logged in that eval's
-    MLflow run; returns the version. Registering the same eval again returns its existing version."""
-    manifest = read_manifest(eval_output)
-    run_id = manifest["stats"].get("mlflow_run_id")
-    if not run_id:
-        raise ConfigError(f"{eval_output} was not logged to MLflow: run `neox eval` with a tracking URI first")
-    checkpoint = Path(manifest["stats"]["checkpoint"])
+    MLflow run (created in this tracking store if needed); returns the version. Registering the same eval
+    again returns its existing version."""
+    from neox.eval.run import log_eval
+
+    checkpoint = Path(read_manifest(eval_output)["stats"]["checkpoint"])
+    run_id = log_eval(eval_output, tracking_uri, experiment)
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = [v for v in _versions(client, name) if v.run_id == run_id]
     if existing:
@@ -207,9 +208,11 @@ def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: s
         artifacts["hf"] = str(checkpoint.parent / "hf")
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=TextGenerator(), artifacts=artifacts,
-                                       pip_requirements=_requirements(), input_example=None)
+                                       pip_requirements=_requirements(),
+                                       signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"],
+                                                                               params={"max_new_tokens": 32}))
     version = client.create_model_version(name, info.model_uri, run_id=run_id,
-                                          tags=lineage_tags(checkpoint, client, work_root)).version
+                                          tags=lineage_tags(checkpoint, work_root)).version
     return version
 
 
@@ -242,7 +245,7 @@ def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) -> 
     candidate = client.get_model_version(name, version)
     client.set_registered_model_alias(name, CANDIDATE, version)
     champion = _version_by_alias(client, name, CHAMPION)
-    if champion is not None and champion.version == str(version):
+    if champion is not None and str(champion.version) == str(version):
         return Decision(True, ("already champion",))
     candidate_metrics = client.get_run(candidate.run_id).data.metrics
     champion_metrics = client.get_run(champion.run_id).data.metrics if champion is not None else None

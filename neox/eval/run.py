@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from neox.config import ConfigError
-from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
 
 STAGE = "eval"
 CODE_VERSION = "1"
@@ -136,11 +136,9 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:12.5g}" for name, value in sorted(metrics.items()))
 
 
-def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path, cfg: EvalConfig = EvalConfig(),
-               mlflow_tracking_uri: str | None = None, mlflow_experiment: str = "neox-pipeline",
-               tags: dict[str, str] | None = None) -> Path:
-    """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json).
-    With a tracking URI the metrics, params and results JSON go to a new MLflow run (its id in the manifest)."""
+def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path,
+               cfg: EvalConfig = EvalConfig()) -> Path:
+    """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
     checkpoint = Path(checkpoint)
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
     inputs = {"checkpoint": sha256_file(checkpoint / "model.safetensors")}
@@ -156,25 +154,32 @@ def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: 
             (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=handle_non_serializable))
             (run.tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()))
-            if mlflow_tracking_uri:
-                run.stats["mlflow_run_id"] = log_to_mlflow(run.tmp, metrics, config, checkpoint, mlflow_tracking_uri,
-                                                           mlflow_experiment, tags or {})
     return stage_output(work_root, STAGE, key)
 
 
-def log_to_mlflow(output: Path, metrics: dict[str, float], config: dict[str, Any], checkpoint: Path, tracking_uri: str,
-                  experiment: str, tags: dict[str, str]) -> str:
+def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None) -> str:
+    """The MLflow run holding an eval output's metrics, params and results JSON in this tracking store:
+    found by the output's key (so logging twice, or registering later, reuses it), else created."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
+    output = Path(output)
+    manifest = read_manifest(output)
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    existing = client.search_runs([experiment_id], f"tags.`neox.eval_key` = '{manifest['key']}'", max_results=1)
+    if existing:
+        return existing[0].info.run_id
+    checkpoint = Path(manifest["stats"]["checkpoint"])
     run = client.create_run(experiment_id, run_name=f"eval {checkpoint.parent.parent.name}",
-                            tags={"neox.stage": "eval", "neox.checkpoint": str(checkpoint.resolve()), **tags})
+                            tags={"neox.stage": "eval", "neox.eval_key": manifest["key"], "neox.checkpoint": str(checkpoint),
+                                  **(tags or {})})
     now = int(time.time() * 1000)
-    params = [Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in sorted(config.items())]
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], params=params)
+    params = [Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+              for k, v in sorted(manifest["config"].items())]
+    metrics = [Metric(k, v, now, 0) for k, v in manifest["stats"]["metrics"].items()]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
     client.set_terminated(run.info.run_id)
     return run.info.run_id

@@ -15,7 +15,7 @@ from neox.data.tokenizer import TOKENIZER_FILE
 from neox.ray_runtime import ensure_ray
 from neox.stage import MANIFEST, sha256_file, verify_output
 from neox.train.config import TrainConfig
-from neox.train.loop import STATE_FILE, check_compatible, train_loop_per_worker
+from neox.train.loop import DATA_FILE, STATE_FILE, check_compatible, train_loop_per_worker
 from neox.train.storage import RunStorage, run_storage
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
@@ -104,6 +104,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         if state is not None:
             check_compatible(state, loop_config)
     loop_config["mlflow_run_id"] = open_mlflow_run(cfg, storage, params, resume)
+    storage.write_text(json.dumps({"data": str(Path(cfg.data).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}), DATA_FILE)
     ensure_ray(cfg.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -28,6 +28,7 @@ from neox.train.schedule import lr_at
 CHECKPOINT_TAG = "checkpoint"
 STATE_FILE = "neox_state.json"
 METRICS_FILE = "metrics.jsonl"
+DATA_FILE = "data.json"  # the tokenized dataset a run reads (written by the driver), for the registry's lineage
 
 
 def sample_indices(step: int, micro: int, rank: int, cfg: TrainConfig) -> np.ndarray:

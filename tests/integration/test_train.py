@@ -21,63 +21,14 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from neox.train.storage import run_storage
 from tests.conftest import REPO
+from tests.integration.conftest import NEOX, STEPS, finish, launch, write_config
 
-NEOX = str(Path(sys.executable).with_name("neox"))
 RAY = str(Path(sys.executable).with_name("ray"))
-STEPS = 30
-
-
-@pytest.fixture(scope="session")
-def tokenized(tmp_path_factory, ray_local, small_corpus, corpus_tokenizer) -> Path:
-    from neox.data.tokenize import tokenize_shards
-
-    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work"))
-
-
-def write_config(directory: Path, tokenized: Path, **train) -> Path:
-    section = {
-        "model": str(REPO / "configs" / "model" / "tiny.yml"),
-        "data": str(tokenized),
-        "name": "run",
-        "storage_path": str(directory / "storage"),
-        "seq_length": 64,
-        "micro_batch_size": 4,
-        "train_iters": STEPS,
-        "lr": 2.0e-3,
-        "min_lr": 2.0e-4,
-        "warmup": 0.1,
-        "zero_stage": 1,
-        "log_interval": 5,
-        "eval_interval": 10,
-        "eval_iters": 2,
-        "checkpoint_interval": 10,
-        "num_workers": 2,
-        "mlflow_tracking_uri": f"sqlite:///{directory / 'mlflow.db'}",
-        **train,
-    }
-    path = directory / "pipeline.yaml"
-    path.write_text(yaml.safe_dump({"train": section}))
-    return path
-
-
-def launch(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [NEOX, "train", str(config), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, **(env or {})},
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, out[-5000:]
-    return out
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -135,14 +86,6 @@ def kill_group(process: subprocess.Popen) -> None:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "model" / "model.safetensors")
-
-
-@pytest.fixture(scope="session")
-def straight(tmp_path_factory, tokenized) -> Path:
-    """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
-    directory = tmp_path_factory.mktemp("straight")
-    finish(launch(write_config(directory, tokenized)))
-    return directory / "storage" / "run"
 
 
 def test_zero1_trains_logs_to_mlflow_and_exports(straight):

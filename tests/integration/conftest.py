@@ -1,0 +1,75 @@
+"""Shared by the integration tests: one tokenized dataset and one straight 30-step training run (real Ray
+Train + DeepSpeed), which the resume, recovery, evaluation and registry tests compare against or build on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+NEOX = str(Path(sys.executable).with_name("neox"))
+STEPS = 30
+SPLIT = "900,50,50"  # leaves ~15 held-out documents of the small corpus for the eval tests
+
+
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory, ray_local, small_corpus, corpus_tokenizer) -> Path:
+    from neox.data.tokenize import tokenize_shards
+
+    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work"))
+
+
+def write_config(directory: Path, tokenized: Path, **train) -> Path:
+    section = {
+        "model": str(REPO / "configs" / "model" / "tiny.yml"),
+        "data": str(tokenized),
+        "name": "run",
+        "split": SPLIT,
+        "storage_path": str(directory / "storage"),
+        "seq_length": 64,
+        "micro_batch_size": 4,
+        "train_iters": STEPS,
+        "lr": 2.0e-3,
+        "min_lr": 2.0e-4,
+        "warmup": 0.1,
+        "zero_stage": 1,
+        "log_interval": 5,
+        "eval_interval": 10,
+        "eval_iters": 2,
+        "checkpoint_interval": 10,
+        "num_workers": 2,
+        "mlflow_tracking_uri": f"sqlite:///{directory / 'mlflow.db'}",
+        **train,
+    }
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"train": section}))
+    return path
+
+
+def launch(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [NEOX, "train", str(config), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-5000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, tokenized) -> Path:
+    """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
+    directory = tmp_path_factory.mktemp("straight")
+    finish(launch(write_config(directory, tokenized)))
+    return directory / "storage" / "run"
+
+

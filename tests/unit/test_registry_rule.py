@@ -1,0 +1,65 @@
+"""The promotion gate's rule: primary metric and direction, minimum improvement, guards, floors."""
+
+from __future__ import annotations
+
+import pytest
+
+from neox.config import ConfigError
+from neox.registry import Guard, PromotionRule, decide, promotion_rule
+
+RULE = PromotionRule(metric="bpb", direction="minimize", min_improvement=0.01,
+                     guards=(Guard("acc", "maximize", tolerance=0.02),), floors={"bpb": {"max": 5.0}, "acc": {"min": 0.1}})
+
+
+def test_a_clearly_better_candidate_is_promoted():
+    decision = decide({"bpb": 2.0, "acc": 0.30}, {"bpb": 2.5, "acc": 0.31}, RULE)
+    assert decision.promote and "improved by 0.5" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "candidate, reason",
+    [
+        ({"bpb": 2.6, "acc": 0.31}, "improvement -0.1 is not more than 0.01"),  # worse
+        ({"bpb": 2.495, "acc": 0.31}, "is not more than 0.01"),  # better, but by less than the minimum
+        ({"bpb": 2.0, "acc": 0.25}, "guard acc regressed by 0.06"),  # better primary, guard broken
+        ({"acc": 0.5}, "the candidate has no bpb"),
+    ],
+)
+def test_a_candidate_that_is_not_better_enough_is_refused_with_the_reason(candidate, reason):
+    decision = decide(candidate, {"bpb": 2.5, "acc": 0.31}, RULE)
+    assert not decision.promote and any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_the_first_champion_must_meet_the_floors():
+    assert decide({"bpb": 4.0, "acc": 0.2}, None, RULE).promote
+    refused = decide({"bpb": 6.0, "acc": 0.05}, None, RULE)
+    assert not refused.promote and len(refused.reasons) == 2
+
+
+def test_maximize_direction():
+    rule = PromotionRule(metric="acc", direction="maximize")
+    assert decide({"acc": 0.4}, {"acc": 0.3}, rule).promote
+    assert not decide({"acc": 0.3}, {"acc": 0.3}, rule).promote  # equal is no improvement
+
+
+def test_rule_from_a_config_section():
+    rule = promotion_rule({"metric": "acc", "direction": "maximize", "min_improvement": 0,
+                           "guards": [{"metric": "bpb", "direction": "minimize", "tolerance": 0.1}],
+                           "floors": {"acc": {"min": 0.2}}})
+    assert rule.guards == (Guard("bpb", "minimize", 0.1),) and rule.min_improvement == 0.0
+    assert promotion_rule(None) == PromotionRule()
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"metirc": "acc"}, "unknown registry.rule key"),
+        ({"direction": "up"}, "minimize or maximize"),
+        ({"guards": [{"metric": "acc"}]}, "guards entries need metric, direction"),
+        ({"floors": {"acc": {"above": 1}}}, "must give `min` and/or `max`"),
+        ({"min_improvement": "a lot"}, "must be float"),
+    ],
+)
+def test_bad_rule_is_a_clear_error(section, message):
+    with pytest.raises(ConfigError, match=message):
+        promotion_rule(section)
