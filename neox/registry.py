@@ -211,7 +211,7 @@ def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: s
                                        pip_requirements=_requirements(),
                                        signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"],
                                                                                params={"max_new_tokens": 32}))
-    version = client.create_model_version(name, info.model_uri, run_id=run_id,
+    version = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
                                           tags=lineage_tags(checkpoint, work_root)).version
     return version
 

@@ -189,3 +189,50 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     with pytest.raises(TaskDataUnavailable, match="not in the cache") as err:
         check_task_data(["piqa", "arc_easy"], manager)
     assert "allenai/ai2_arc" in str(err.value) and "baber/piqa" in str(err.value)
+
+
+def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tmp_path, s3_env):
+    """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to S3 (the moto server)."""
+    import os
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    import boto3
+    import mlflow
+    from mlflow import MlflowClient
+
+    from neox.registry import CHAMPION, PromotionRule, promote, register
+
+    bucket = f"mlflow-{os.getpid()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{bucket}/artifacts"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        version = register(trained_eval, "tiny-http", uri)
+        assert promote("tiny-http", version, PromotionRule(), uri).promote
+        assert MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version == version
+        mlflow.set_tracking_uri(uri)
+        assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(["def main():"], params={"max_new_tokens": 4})[0]
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+        assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("results.json") for k in keys)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its worker processes, nothing else
+        server.wait()
