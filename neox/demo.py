@@ -5,10 +5,14 @@
    fetched over `file://`, deduplicated, a BPE trained, tokenized to GPT-NeoX `.bin/.idx`;
 2. training: the tiny GPT-NeoX on 2 local Ray Train workers with DeepSpeed (CPU), metrics to MLflow
    (`sqlite:///mlflow.db`), checkpoints, and the final weights exported to Hugging Face format;
-3. a check that `transformers` loads the export and computes our logits, and a sample from the model.
+3. a check that `transformers` loads the export and computes our logits, and a sample from the model;
+4. evaluation: lm-eval (our `neox` model adapter) on offline tasks built from the held-out test documents,
+   logged to MLflow;
+5. registry: the checkpoint becomes a version of the registered model `registry.name`, and the promotion gate
+   decides whether it takes the `champion` alias.
 
-A rerun reuses the finished data stages and starts a fresh training run. Evaluation with lm-eval, the MLflow
-registry and the Prefect flows are not built yet; `flows/pretrain.py` replaces this module once they are.
+A rerun reuses the finished data stages and starts a fresh training run. The Prefect flows are not built yet;
+`flows/pretrain.py` replaces this module once they are.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ def main() -> None:
     from neox.data.prepare import prepare_data
     from neox.stage import read_manifest, stage_output
     from neox.train.config import load_train_config, read_pipeline_config
-    from neox.train.launch import storage_of, train
+    from neox.eval.data import eval_data_stage
+    from neox.eval.run import METRICS_FILE, eval_configs, eval_stage, log_eval, metrics_table
+    from neox.registry import promote, promotion_rule, register
+    from neox.train.launch import absolute_tracking_uri, storage_of, train
 
     raw = read_pipeline_config(CONFIG)
     timings: dict[str, float] = {}
@@ -45,6 +52,21 @@ def main() -> None:
     run_dir = Path(train(cfg))
     timings[f"training ({cfg.train_iters} steps, {cfg.num_workers} Ray Train workers, DeepSpeed ZeRO-{cfg.zero_stage})"] = time.perf_counter() - started
 
+    tracking = absolute_tracking_uri(cfg.mlflow_tracking_uri)
+    data_cfg, eval_cfg = eval_configs(raw.get("eval"), cfg.split)
+    started = time.perf_counter()
+    evaluated = eval_stage(run_dir / "final" / "model", eval_data_stage(tokenized, raw["work_root"], data_cfg),
+                           raw["work_root"], eval_cfg)
+    eval_run = log_eval(evaluated, tracking, cfg.mlflow_experiment)
+    timings[f"evaluation (lm-eval: {', '.join(eval_cfg.tasks)})"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    registry = raw.get("registry") or {}
+    name = registry.get("name", "neox-tiny")
+    version = register(evaluated, name, tracking, raw["work_root"], cfg.mlflow_experiment)
+    decision = promote(name, version, promotion_rule(registry.get("rule")), tracking)
+    timings["registry (register the version, promotion gate)"] = time.perf_counter() - started
+
     tokenize_manifest = read_manifest(tokenized)
     tokenize_stats = tokenize_manifest["stats"]
     # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
@@ -57,12 +79,17 @@ def main() -> None:
     print(f"   tokenize: {tokenize_stats['tokens']:,} tokens, vocabulary {tokenize_stats['vocab_size']} -> {tokenized}")
     print(f"   training loss: {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']}")
     ok = check_export(run_dir)
+    print(f"\n   lm-eval (MLflow run {eval_run}):")
+    print("\n".join("     " + line for line in metrics_table(json.loads((evaluated / METRICS_FILE).read_text())).splitlines()))
+    verdict = "is now `champion`" if decision.promote else "stays `candidate`"
+    print(f"   registry: {name} version {version} {verdict} ({'; '.join(decision.reasons)})")
     print("\n   stage timings:")
     for label, seconds in timings.items():
         print(f"   {seconds:7.1f} s  {label}")
     print(f"\n   run folder: {run_dir} (metrics.jsonl, checkpoints, final/model, final/hf)")
-    print(f"   MLflow:     .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}")
-    print("   Not built yet: lm-eval evaluation, MLflow model registry and promotion, Prefect flows.")
+    print(f"   MLflow:     .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}   (runs, metrics, models)")
+    print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")
+    print("   Not built yet: the Prefect flows.")
     if not ok:
         sys.exit("export check failed")
 

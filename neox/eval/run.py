@@ -183,3 +183,23 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
     client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def eval_configs(section: dict[str, Any] | None, split: str) -> tuple["EvalDataConfig", EvalConfig]:
+    """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
+    so the held-out part is what training left out."""
+    from neox.config import check_type
+    from neox.eval.data import EvalDataConfig
+
+    section = dict(section or {})
+    data = dict(section.pop("data", None) or {})
+    configs = []
+    for cls, values, prefix in ((EvalDataConfig, {**data, "split": split}, "eval.data"), (EvalConfig, section, "eval")):
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown {prefix} key(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+        if "tasks" in values:
+            values["tasks"] = tuple(values["tasks"])
+        configs.append(cls(**{k: check_type(f"{prefix}.{k}", v, fields[k]) for k, v in values.items()}))
+    return configs[0], configs[1]
