@@ -31,7 +31,7 @@ $(STAMP): requirements/lock.txt pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m neox.demo
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pretrain configs/pipeline/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -159,8 +158,6 @@ def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, st
     dataset it read, and, when the data stages ran under `work_root`, the dedup and download manifests."""
     tags = {"neox.model_config_sha256": sha256_file(checkpoint / "config.yml"), "neox.git_commit": git_commit(),
             "neox.checkpoint": str(checkpoint.resolve())}
-    if os.environ.get("PREFECT__FLOW_RUN_ID"):
-        tags["neox.prefect_flow_run_id"] = os.environ["PREFECT__FLOW_RUN_ID"]
     run_dir = checkpoint.parent.parent  # <run>/final/model
     if (run_dir / "mlflow_run_id").exists():
         train_run = (run_dir / "mlflow_run_id").read_text().strip()
@@ -190,10 +187,10 @@ def data_lineage(tokenized: Path, work_root: str | Path | None) -> dict[str, str
 
 
 def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: str | Path | None = None,
-             experiment: str = "neox-pipeline") -> str:
+             experiment: str = "neox-pipeline", tags: dict[str, str] | None = None) -> str:
     """Register the checkpoint an eval stage output scored, as a new version of `name` logged in that eval's
     MLflow run (created in this tracking store if needed); returns the version. Registering the same eval
-    again returns its existing version."""
+    again returns its existing version. `tags` are added to the lineage (the flow run id under Prefect)."""
     from neox.eval.run import log_eval
 
     checkpoint = Path(read_manifest(eval_output)["stats"]["checkpoint"])
@@ -212,7 +209,7 @@ def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: s
                                        signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"],
                                                                                params={"max_new_tokens": 32}))
     version = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
-                                          tags=lineage_tags(checkpoint, work_root)).version
+                                          tags={**lineage_tags(checkpoint, work_root), **(tags or {})}).version
     return version
 
 

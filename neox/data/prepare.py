@@ -40,20 +40,41 @@ def data_sources(section: dict[str, Any], work_root: Path) -> list[Source]:
     return sources
 
 
-def prepare_data(section: dict[str, Any], work_root: str | Path) -> Path:
-    """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
+def check_section(section: dict[str, Any]) -> None:
     unknown = sorted(set(section) - KEYS)
     if unknown:
         raise ConfigError(f"unknown data config key(s): {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
-    work_root = Path(work_root)
-    workers, ray_address = section.get("workers"), section.get("ray_address")
-    downloaded = download_sources(data_sources(section, work_root), work_root)
+
+
+def download_stage(section: dict[str, Any], work_root: str | Path) -> Path:
+    return download_sources(data_sources(section, Path(work_root)), work_root)
+
+
+def dedup_stage(downloaded: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
     try:
-        dedup_cfg = DedupConfig(**(section.get("dedup") or {}))
-        tokenize_cfg = TokenizeConfig(**(section.get("tokenize") or {}))
+        cfg = DedupConfig(**(section.get("dedup") or {}))
     except TypeError as err:
-        raise ConfigError(f"data section: {err}") from None
-    deduped = dedup_shards(downloaded, work_root, dedup_cfg, workers=workers, ray_address=ray_address)
+        raise ConfigError(f"data.dedup: {err}") from None
+    return dedup_shards(downloaded, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address"))
+
+
+def tokenizer_from_section(deduped: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
+    """Train a BPE on the deduplicated shards, or take the one `tokenizer.from` names."""
     tok = dict(section.get("tokenizer") or {"vocab_size": 50277})
-    tokenizer = tokenizer_stage(work_root, int(tok.get("vocab_size", 50277)), input_dir=None if "from" in tok else deduped, source=tok.get("from"))
-    return tokenize_shards(deduped, tokenizer, work_root, tokenize_cfg, workers=workers, ray_address=ray_address)
+    return tokenizer_stage(work_root, int(tok.get("vocab_size", 50277)), input_dir=None if "from" in tok else deduped, source=tok.get("from"))
+
+
+def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
+    try:
+        cfg = TokenizeConfig(**(section.get("tokenize") or {}))
+    except TypeError as err:
+        raise ConfigError(f"data.tokenize: {err}") from None
+    return tokenize_shards(deduped, tokenizer, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address"))
+
+
+def prepare_data(section: dict[str, Any], work_root: str | Path) -> Path:
+    """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
+    check_section(section)
+    downloaded = download_stage(section, work_root)
+    deduped = dedup_stage(downloaded, section, work_root)
+    return tokenize_stage(deduped, tokenizer_from_section(deduped, section, work_root), section, work_root)

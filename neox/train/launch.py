@@ -128,3 +128,18 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     if result.error is not None:
         raise result.error
     return storage.uri
+
+
+def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
+    """What a pipeline rerun wants: (run location, what happened). A finished run of this name on this dataset
+    is reused, a stopped one resumes from its latest checkpoint, anything else starts fresh."""
+    storage = storage_of(cfg)
+    state = latest_state(storage)
+    if state is None:
+        return train(cfg), "trained"
+    if cfg.data is not None and state["data_fingerprint"] != sha256_file(Path(cfg.data) / MANIFEST):
+        raise ConfigError(f"{storage.uri} holds a run on another dataset: give train.name a new value "
+                          "(or continue it on purpose with neox train --resume --allow-new-data)")
+    if state["step"] >= cfg.train_iters and storage.read_text("final", "model", "config.yml") is not None:
+        return storage.uri, "reused"
+    return train(cfg, resume=True), "resumed"

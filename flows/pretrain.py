@@ -1,0 +1,48 @@
+"""Flow `pretrain`: data_prep -> train -> evaluate_and_promote, end to end, as three subflows.
+
+    python -m flows.pretrain [configs/pipeline/local.yaml]     (what `make demo` runs)
+
+Without PREFECT_API_URL, Prefect runs its local ephemeral API on SQLite; `prefect server start` afterwards shows
+the flow run, its subflows, task states and artifacts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow
+
+from flows.data import data_prep
+from flows.evaluate import evaluate_and_promote
+from flows.train import train
+
+
+@flow(name="pretrain")
+def pretrain(config: str = "configs/pipeline/local.yaml") -> dict:
+    timings = {}
+    started = time.perf_counter()
+    tokenized = data_prep(config)
+    timings["data_prep"] = time.perf_counter() - started
+    started = time.perf_counter()
+    run = train(config, tokenized)
+    timings["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome = evaluate_and_promote(config, str(Path(run) / "final" / "model"), tokenized)
+    timings["evaluate_and_promote"] = time.perf_counter() - started
+    return {"tokenized": tokenized, "run": run, **outcome, "timings": timings}
+
+
+def main() -> None:
+    from neox.summary import print_summary
+
+    config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
+    started = time.perf_counter()
+    result = pretrain(config)
+    if not print_summary(config, result, time.perf_counter() - started):
+        sys.exit("the Hugging Face export check failed")
+
+
+if __name__ == "__main__":
+    main()

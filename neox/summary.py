@@ -1,0 +1,64 @@
+"""The end-of-run summary `make demo` prints for a `pretrain` result: what each stage produced, a check that
+`transformers` loads the export and computes our logits, a sample, the eval table, the registry verdict,
+stage timings, and the commands that open the Prefect and MLflow UIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neox.eval.run import METRICS_FILE, metrics_table
+from neox.stage import read_manifest, stage_output
+from neox.train.config import load_train_config, read_pipeline_config
+
+
+def print_summary(config: str, result: dict[str, Any], total_seconds: float) -> bool:
+    """Print the summary; returns whether the Hugging Face export check passed."""
+    raw, cfg = read_pipeline_config(config), load_train_config(config)
+    tokenized, run_dir = Path(result["tokenized"]), Path(result["run"])
+    tokenize_manifest = read_manifest(tokenized)
+    # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
+    dedup_stats = read_manifest(stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
+    curve = (run_dir / "metrics.jsonl").read_text().splitlines()
+    first, last = json.loads(curve[0]), json.loads(curve[-1])
+    print("\n== neox-pipeline: pretrain")
+    print(f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "
+          f"({dedup_stats['exact_duplicates']} exact, {dedup_stats['near_duplicates']} near duplicates)")
+    print(f"   tokenize: {tokenize_manifest['stats']['tokens']:,} tokens, vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}")
+    print(f"   training: loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']} ({run_dir})")
+    ok = check_export(run_dir)
+    print("   lm-eval:")
+    print("\n".join("     " + line for line in metrics_table(json.loads((Path(result["eval"]) / METRICS_FILE).read_text())).splitlines()))
+    name = (raw.get("registry") or {}).get("name", "neox-tiny")
+    verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
+    print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
+    print("\n   stage timings:")
+    for stage, seconds in result["timings"].items():
+        print(f"   {seconds:7.1f} s  {stage}")
+    print(f"   {total_seconds:7.1f} s  in all")
+    print("\n   Prefect UI: .venv/bin/prefect server start      (flow runs, subflows, task states, artifacts)")
+    print(f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}   (runs, metrics, models, aliases)")
+    print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")
+    return ok
+
+
+def check_export(run_dir: Path) -> bool:
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from neox.model.generate import SamplingConfig, generate
+    from neox.model.weights import load_model
+
+    ours = load_model(run_dir / "final" / "model")
+    theirs = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "hf").eval()
+    tok = Tokenizer.from_file(str(run_dir / "final" / "model" / "tokenizer.json"))
+    ids = torch.tensor([tok.encode("def main():\n    return").ids])
+    with torch.no_grad():
+        diff = (theirs(ids).logits - ours(ids)).abs().max().item()
+    sample = generate(ours, ids, SamplingConfig(max_new_tokens=24, temperature=0.8, top_p=0.95), torch.Generator().manual_seed(0))
+    print(f"   Hugging Face export: max |logit difference| vs ours {diff:.2e}")
+    print(f"   sample: {tok.decode(sample[0].tolist())!r}")
+    return diff <= 1e-4
