@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from neox.train.schedule import lr_at
 CHECKPOINT_TAG = "checkpoint"
 STATE_FILE = "neox_state.json"
 METRICS_FILE = "metrics.jsonl"
-DATA_FILE = "data.json"  # the tokenized dataset a run reads (written by the driver), for the registry's lineage
+DATA_FILE = "data.json"
+FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure  # the tokenized dataset a run reads (written by the driver), for the registry's lineage
 
 
 def sample_indices(step: int, micro: int, rank: int, cfg: TrainConfig) -> np.ndarray:
@@ -167,6 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if tracker is not None:
                 tracker.publish()
             save_and_report(engine, config, rank, done, loss_value)
+            if os.environ.get(FAULT_ENV) == str(done):
+                raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
     if tracker is not None:
         tracker.close()
     export_final(engine, config, rank, effective_zero_stage(cfg, world))
@@ -212,6 +216,10 @@ def restore(engine, config: dict[str, Any], rank: int) -> int:
     if rank == 0:
         print(f"resumed from the step-{state['step']} checkpoint", flush=True)
     return int(state["step"])
+
+
+class InjectedFault(RuntimeError):
+    """The failure NEOX_FAIL_AFTER_CHECKPOINT asks for, so tests can stop a run at a known point."""
 
 
 class ResumeError(RuntimeError):

@@ -1,20 +1,25 @@
 """The Prefect flows on Prefect's local ephemeral API, as `make demo` runs them: `pretrain` end to end on a tiny
-config (data stages on Ray, 2 Ray Train workers, lm-eval, MLflow registry), then a rerun that reuses every
-stage's verified output and the finished training run, leaving every file untouched."""
+config (data stages on Ray, 2 Ray Train workers, lm-eval, MLflow registry); a rerun that reuses every verified
+output; a training failure after a checkpoint, whose rerun resumes and ends where an uninterrupted run ends; and
+a changed dedup threshold that redoes dedup and what follows, nothing before it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from neox.data.jsonl import list_shards
 from tests.conftest import REPO
 from tests.integration.conftest import SPLIT
+
+DATA_STAGES = ("download", "dedup", "tokenizer", "tokenize")
 
 
 def files_state(root: Path) -> dict[str, tuple[int, str]]:
@@ -22,40 +27,93 @@ def files_state(root: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(root.rglob("*")) if p.is_file() and "index-cache" not in p.parts}
 
 
-def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(tmp_path, small_corpus, corpus_tokenizer):
-    work = tmp_path / "work"
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
-        "work_root": str(work),
-        "data": {"sources": [str(p) for p in list_shards(small_corpus)], "tokenizer": {"from": str(corpus_tokenizer)},
-                 "tokenize": {"prefix": "corpus"}},
-        "train": {"model": str(REPO / "configs" / "model" / "tiny.yml"), "name": "flow", "storage_path": str(work / "train"),
-                  "split": SPLIT, "seq_length": 64, "micro_batch_size": 4, "train_iters": 10, "eval_interval": 10,
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
+    """One work root and MLflow store for the module's flow runs, and the environment of a fresh Prefect."""
+    root = tmp_path_factory.mktemp("flows")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"))
+    return {"root": root, "work": root / "work", "env": env, "shards": [str(p) for p in list_shards(small_corpus)],
+            "tokenizer": str(corpus_tokenizer)}
+
+
+def write_config(setting: dict, name: str, threshold: float = 0.8) -> Path:
+    path = setting["root"] / f"{name}-{threshold}.yaml"
+    path.write_text(yaml.safe_dump({
+        "work_root": str(setting["work"]),
+        "data": {"sources": setting["shards"], "tokenizer": {"from": setting["tokenizer"]}, "tokenize": {"prefix": "corpus"},
+                 "dedup": {"threshold": threshold}},
+        "train": {"model": str(REPO / "configs" / "model" / "tiny.yml"), "name": name, "storage_path": str(setting["work"] / "train"),
+                  "split": SPLIT, "seq_length": 64, "micro_batch_size": 4, "train_iters": 20, "eval_interval": 10,
                   "eval_iters": 1, "checkpoint_interval": 10, "log_interval": 5, "num_workers": 2,
-                  "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                  "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}"},
         "eval": {"batch_size": 8, "data": {"max_documents": 8, "lastword_chars": 300}},
         "registry": {"name": "flow-tiny"},
     }))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "prefect-results"))
+    return path
 
-    def pretrain() -> str:
-        done = subprocess.run([sys.executable, "-m", "flows.pretrain", str(config)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=900)
-        out = done.stdout + done.stderr
-        assert done.returncode == 0, out[-5000:]
-        assert "Flow run" in out and "Finished in state Completed()" in out
-        return out
 
-    first = pretrain()
-    assert "flow-tiny version 1 is `champion`" in first and "neox_heldout/bits_per_byte" in first
-    for stage in ("download", "dedup", "tokenizer", "tokenize", "eval-data", "eval"):
+def run_flow(setting: dict, code: str, config: Path, env: dict | None = None, ok: bool = True) -> str:
+    done = subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, env={**setting["env"], **(env or {})},
+                          capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert (done.returncode == 0) == ok, out[-5000:]
+    return out
+
+
+PRETRAIN = "import sys; from flows.pretrain import main; main()"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setting) -> str:
+    out = run_flow(setting, PRETRAIN, write_config(setting, "straight"))
+    assert "Finished in state Completed()" in out and "flow-tiny version 1 is `champion`" in out
+    return out
+
+
+def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, uninterrupted):
+    work = setting["work"]
+    assert "neox_heldout/bits_per_byte" in uninterrupted
+    for stage in (*DATA_STAGES, "eval-data", "eval"):
         assert any((work / stage).iterdir()), stage
     before = files_state(work)
-
-    second = pretrain()
-    for stage in ("download", "dedup", "tokenizer", "tokenize", "eval"):
-        assert f"{stage}: reused the verified output" in second, stage
-    assert "train: reused" in second and "flow-tiny version 1 is `champion` (already champion)" in second
+    again = run_flow(setting, PRETRAIN, write_config(setting, "straight"))
+    for stage in (*DATA_STAGES, "eval"):
+        assert f"{stage}: reused the verified output" in again, stage
+    assert "train: reused" in again and "flow-tiny version 1 is `champion` (already champion)" in again
     assert files_state(work) == before  # same files, same bytes, same mtimes
+
+
+def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted_run(setting, uninterrupted):
+    work = setting["work"]
+    config = write_config(setting, "interrupted")
+    failed = run_flow(setting, PRETRAIN, config, env={"NEOX_FAIL_AFTER_CHECKPOINT": "10"}, ok=False)
+    assert "failing on purpose after the step-10 checkpoint" in failed and "Finished in state Failed" in failed
+    upstream = {stage: files_state(work / stage) for stage in DATA_STAGES}
+
+    resumed = run_flow(setting, PRETRAIN, config)
+    assert "train: resumed" in resumed and "resumed from the step-10 checkpoint" in resumed
+    assert {stage: files_state(work / stage) for stage in DATA_STAGES} == upstream
+    straight, interrupted = work / "train" / "straight", work / "train" / "interrupted"
+    assert (interrupted / "final" / "model" / "model.safetensors").read_bytes() == \
+        (straight / "final" / "model" / "model.safetensors").read_bytes()
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, interrupted)]
+    assert losses[0] == losses[1] and len(losses[0]) == 20
+    # the same weights are the same evaluation, hence the same registered version
+    assert "flow-tiny version 1 is `champion` (already champion)" in resumed
+
+
+def test_a_new_dedup_threshold_redoes_dedup_and_what_follows_only(setting, uninterrupted):
+    work = setting["work"]
+    before = {stage: files_state(work / stage) for stage in DATA_STAGES}
+    out = run_flow(setting, "import sys; from flows.data import data_prep; print(data_prep(sys.argv[1]))",
+                   write_config(setting, "straight", threshold=0.6))
+    assert "download: reused" in out and "tokenizer: reused" in out
+    assert "dedup: wrote" in out and "tokenize: wrote" in out
+    after = {stage: files_state(work / stage) for stage in DATA_STAGES}
+    for stage in DATA_STAGES:  # nothing already there is touched; dedup and tokenize gain one output each
+        assert set(before[stage].items()) <= set(after[stage].items()), stage
+    assert len({Path(f).parts[0] for f in after["dedup"]}) == len({Path(f).parts[0] for f in before["dedup"]}) + 1
+    assert len({Path(f).parts[0] for f in after["tokenize"]}) == len({Path(f).parts[0] for f in before["tokenize"]}) + 1
+    assert after["download"] == before["download"] and after["tokenizer"] == before["tokenizer"]
