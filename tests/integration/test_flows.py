@@ -73,8 +73,18 @@ def uninterrupted(setting) -> str:
 
 
 def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, uninterrupted):
+    from mlflow import MlflowClient
+
+    from neox.stage import read_manifest, sha256_file
+
     work = setting["work"]
     assert "neox_heldout/bits_per_byte" in uninterrupted
+    tags = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}").get_model_version("flow-tiny", "1").tags
+    (dedup,) = [d for d in (work / "dedup").iterdir() if (d / "manifest.json").exists()]
+    download = work / "download" / read_manifest(dedup)["inputs"]["shards"]  # the corpus, not the fetched tokenizer
+    assert tags["neox.corpus_manifest_sha256"] == sha256_file(download / "manifest.json")
+    assert tags["neox.dedup_manifest_sha256"] == sha256_file(dedup / "manifest.json")
+    assert len(tags["neox.prefect_flow_run_id"]) == 36  # a UUID
     for stage in (*DATA_STAGES, "eval-data", "eval"):
         assert any((work / stage).iterdir()), stage
     before = files_state(work)
