@@ -127,3 +127,52 @@ def test_a_new_dedup_threshold_redoes_dedup_and_what_follows_only(setting, unint
     assert len({Path(f).parts[0] for f in after["dedup"]}) == len({Path(f).parts[0] for f in before["dedup"]}) + 1
     assert len({Path(f).parts[0] for f in after["tokenize"]}) == len({Path(f).parts[0] for f in before["tokenize"]}) + 1
     assert after["download"] == before["download"] and after["tokenizer"] == before["tokenizer"]
+
+
+def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(setting, uninterrupted):
+    """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port, a
+    process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = {**setting["env"], "PREFECT_HOME": str(setting["root"] / "prefect-server"), "NEOX_PIPELINE_DIR": str(REPO),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    processes = [subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert processes[0].poll() is None and time.monotonic() < deadline, "prefect server did not start"
+                time.sleep(0.5)
+
+        def prefect_cli(*args: str, timeout: float = 120) -> str:
+            done = subprocess.run([prefect, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+            assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+            return done.stdout
+
+        prefect_cli("work-pool", "create", "neox-local", "--type", "process")
+        deployed = prefect_cli("--no-prompt", "deploy", "--all")
+        assert "pretrain/pretrain" in deployed and "evaluate_and_promote/evaluate-and-promote" in deployed
+        processes.append(subprocess.Popen([prefect, "worker", "start", "--pool", "neox-local"], cwd=REPO, env=env,
+                                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        config = write_config(setting, "deployed")
+        out = prefect_cli("deployment", "run", "pretrain/pretrain", "--params", json.dumps({"config": str(config)}),
+                          "--watch", "--watch-timeout", "600", timeout=700)
+        assert "Completed" in out, out[-3000:]
+        train = setting["work"] / "train"
+        assert (train / "deployed" / "final" / "model" / "model.safetensors").read_bytes() == \
+            (train / "straight" / "final" / "model" / "model.safetensors").read_bytes()
+    finally:
+        for process in processes:  # the server and the worker with everything they started, nothing else
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
