@@ -18,7 +18,7 @@ from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
 from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, EvalDataConfig, eval_data_stage
 from neox.eval.run import METRICS_FILE, EvalConfig, eval_stage
 from neox.stage import read_manifest, sha256_file
-from tests.integration.conftest import NEOX, SPLIT
+from tests.integration.conftest import NEOX, SPLIT, free_port, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +195,7 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
     """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to S3 (the moto server)."""
     import os
     import signal
-    import socket
     import sys
-    import time
-    import urllib.request
 
     import boto3
     import mlflow
@@ -208,9 +205,7 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
 
     bucket = f"mlflow-{os.getpid()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -218,14 +213,7 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_for_http(f"{uri}/health", server)
         version = register(trained_eval, "tiny-http", uri)
         assert promote("tiny-http", version, PromotionRule(), uri).promote
         assert MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version == version

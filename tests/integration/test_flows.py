@@ -17,7 +17,7 @@ import yaml
 
 from neox.data.jsonl import list_shards
 from tests.conftest import REPO
-from tests.integration.conftest import SPLIT
+from tests.integration.conftest import SPLIT, free_port, wait_for_http
 
 DATA_STAGES = ("download", "dedup", "tokenizer", "tokenize")
 
@@ -133,27 +133,15 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
     """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port, a
     process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
     import signal
-    import socket
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     prefect = str(Path(sys.executable).with_name("prefect"))
     env = {**setting["env"], "PREFECT_HOME": str(setting["root"] / "prefect-server"), "NEOX_PIPELINE_DIR": str(REPO),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     processes = [subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                assert processes[0].poll() is None and time.monotonic() < deadline, "prefect server did not start"
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/api/health", processes[0])
 
         def prefect_cli(*args: str, timeout: float = 120) -> str:
             done = subprocess.run([prefect, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 
 from neox.train.storage import run_storage
 from tests.conftest import REPO
-from tests.integration.conftest import NEOX, STEPS, finish, launch, write_config
+from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, write_config
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -165,12 +164,6 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
     config = write_config(tmp_path, tokenized, storage_path=f"s3://{bucket}/exp", model=str(wider))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "model differs" in refused.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokenized):
