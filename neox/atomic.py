@@ -6,19 +6,22 @@ A reader therefore sees either no output or a whole one, never a half-written di
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(final: str | Path, overwrite: bool = False, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `final`; on success rename it to `final`.
 
     On an exception the temporary directory is removed and `final` is untouched. An existing `final` is
-    an error unless `overwrite`, in which case it is swapped out only after the new one is complete.
+    an error unless `overwrite`, in which case it is swapped out only after the new one is complete, or
+    stays (and the new one is dropped) when `keep(final)` says it is good: content-addressed outputs that
+    another process published meanwhile are the same content, and a reader may be using them.
     """
     final = Path(final)
     if final.exists() and not overwrite:
@@ -28,12 +31,31 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
     tmp.mkdir()
     try:
         yield tmp
+        if keep is not None and final.exists() and keep(final):
+            return
         if final.exists():
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
             os.rename(tmp, final)
             shutil.rmtree(old)
         else:
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process published `final` between the check and the rename
+                if keep is None or not keep(final):
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed) across processes on this host or a
+    POSIX shared file system; released when the block ends or the process dies."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

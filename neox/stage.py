@@ -59,7 +59,10 @@ def publish_stage(
     An exception leaves no output behind."""
     key = stage_key(stage, code_version, config, inputs)
     started = time.time()
-    with atomic_directory(stage_output(work_root, stage, key), overwrite=True) as tmp:
+    def intact(existing: Path) -> bool:  # the same key finished by a concurrent run: keep it, readers may use it
+        return find_verified(work_root, stage, key) is not None
+
+    with atomic_directory(stage_output(work_root, stage, key), overwrite=True, keep=intact) as tmp:
         run = StageRun(tmp)
         yield run
         files = {

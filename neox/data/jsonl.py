@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -140,7 +141,7 @@ def write_shard(path: str | Path, records: Iterable[dict[str, Any]], level: int 
 def write_lines(path: str | Path, lines: Iterable[bytes], level: int = 3) -> int:
     """Write raw JSON lines (newline included) as a shard, atomically; returns the number of lines."""
     path = Path(path)
-    part = path.with_name(path.name + ".part")
+    part = path.with_name(f"{path.name}.part-{uuid.uuid4().hex[:8]}")  # concurrent writers never share one
     count = 0
     try:
         with open(part, "wb") as raw:

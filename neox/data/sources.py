@@ -1,11 +1,12 @@
 """The download stage: fetch raw shards from http(s)://, s3://, file:// or local paths, and hf://datasets/…
 
-Every transfer goes to `<work_root>/download/.parts/<id>.part`, resumes from what a failed attempt left there
+Every transfer goes to `<work_root>/download/.work-<key>/.parts/<id>.part`, resumes from what a failed attempt left there
 (HTTP Range, S3 ranged GETs, file offsets), retries with exponential backoff and jitter, and is checked
 against its sha256: the published one when the catalog has it, else the one recorded at its first download
 (`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
 A mismatch deletes the file and retries; after the last try the error names the URL and both hashes.
-Finished files wait in `.cache/` until all are done, then move into the stage output together.
+Finished files wait in `.cache/` until all are done, then move into the stage output together. Concurrent
+runs with the same sources take turns (a file lock per source set); the second one reuses the first's output.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from neox.atomic import file_lock
 from neox.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "download"
@@ -222,7 +225,8 @@ def download_one(source: Source, area: Path, known: KnownChecksums, retry: Retry
 
 class KnownChecksums:
     """sha256 of every source the first time it was fetched (sources without a published checksum are then
-    held to it). Shared by download threads; saved atomically after each new entry."""
+    held to it). Shared by download threads and by concurrent pipeline runs: each new entry is merged into
+    the file under a lock and saved atomically."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -233,11 +237,13 @@ class KnownChecksums:
         return self.values.get(url)
 
     def record(self, url: str, sha256: str) -> None:
-        with self.lock:
+        with self.lock, file_lock(self.path.with_name(self.path.name + ".lock")):
+            if self.path.exists():
+                self.values.update(json.loads(self.path.read_text()))
             if self.values.get(url) == sha256:
                 return
             self.values[url] = sha256
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps(self.values, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
 
@@ -251,28 +257,68 @@ def download_sources(sources: list[Source], work_root: str | Path, workers: int 
         raise ValueError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
     config = {"sources": [dataclasses.asdict(s) for s in sources]}
     key = stage_key(STAGE, CODE_VERSION, config, {})
-    if find_verified(work_root, STAGE, key) is not None:
-        return stage_output(work_root, STAGE, key)
-    area = Path(work_root) / STAGE
-    for sub in (".parts", ".cache"):
-        (area / sub).mkdir(parents=True, exist_ok=True)
-    known = KnownChecksums(area / "known_sha256.json")
-    total = sum(s.size for s in sources) if all(s.size for s in sources) else None
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            files = list(pool.map(lambda s: download_one(s, area, known, retry, bar.update), sources))
-    with publish_stage(work_root, STAGE, CODE_VERSION, config, {}) as run:
-        for source, file in zip(sources, files):
-            os.replace(file, run.tmp / source.name)
-        run.stats.update(files=len(sources), bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
-                         sources={s.name: s.url for s in sources})
+    area, scratch = Path(work_root) / STAGE, scratch_dir(work_root, sources)
+    # one run at a time per source set (a concurrent run with the same sources waits, then reuses the output);
+    # partial files live under the key, so runs with other source sets never touch them
+    with file_lock(area / f".{key}.lock"):
+        if find_verified(work_root, STAGE, key) is not None:
+            return stage_output(work_root, STAGE, key)
+        for sub in (".parts", ".cache"):
+            (scratch / sub).mkdir(parents=True, exist_ok=True)
+        known = KnownChecksums(area / "known_sha256.json")
+        total = sum(s.size for s in sources) if all(s.size for s in sources) else None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                files = list(pool.map(lambda s: download_one(s, scratch, known, retry, bar.update), sources))
+        with publish_stage(work_root, STAGE, CODE_VERSION, config, {}) as run:
+            for source, file in zip(sources, files):
+                os.replace(file, run.tmp / source.name)
+            run.stats.update(files=len(sources), bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
+                             sources={s.name: s.url for s in sources})
+        shutil.rmtree(scratch, ignore_errors=True)
     return stage_output(work_root, STAGE, key)
 
 
+def scratch_dir(work_root: str | Path, sources: list[Source]) -> Path:
+    """Where a download of these sources keeps its partial (`.parts/`) and finished (`.cache/`) files until it
+    publishes: one folder per source set, so a rerun resumes there and other source sets never touch it."""
+    key = stage_key(STAGE, CODE_VERSION, {"sources": [dataclasses.asdict(s) for s in sources]}, {})
+    return Path(work_root) / STAGE / f".work-{key}"
+
+
 def sources_from_strings(urls: list[str]) -> list[Source]:
-    """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`."""
+    """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`. A folder (a URL or path ending
+    in `/`: local, file:// or s3://) stands for every shard in it at the time of the run, by name, which is
+    how a scheduled retrain picks up newly arrived shards."""
     out = []
     for url in urls:
+        if url.endswith("/"):
+            out += [Source(found) for found in list_folder(url)]
+            continue
         base, _, fragment = url.partition("#sha256=")
         out.append(Source(base, sha256=fragment or None))
     return out
+
+
+def list_folder(url: str) -> list[str]:
+    """The shard URLs (`*.jsonl.zst`, `*.jsonl`) directly inside a folder URL, sorted by name."""
+    from neox.data.jsonl import SHARD_SUFFIXES
+
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "s3":
+        import boto3
+
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(
+            Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/"), Delimiter="/")
+        names = [obj["Key"].rsplit("/", 1)[-1] for page in pages for obj in page.get("Contents", [])]
+    elif parsed.scheme in ("", "file"):
+        folder = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"source folder {folder} does not exist")
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+    else:
+        raise ValueError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
+    shards = sorted(n for n in names if n.endswith(SHARD_SUFFIXES))
+    if not shards:
+        raise FileNotFoundError(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")
+    return [url + name for name in shards]

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -21,6 +22,7 @@ from neox.data.sources import (
     Source,
     download_sources,
     pile_catalog,
+    scratch_dir,
     sources_from_strings,
 )
 from neox.stage import verify_output
@@ -102,7 +104,8 @@ def test_first_download_records_the_checksum_and_reuse_verifies_it(tmp_path, ser
     server.files["/val.jsonl.zst"] = os.urandom(200_000)
     with pytest.raises(ChecksumMismatch, match=rf"{url}: sha256 {sha(server.files['/val.jsonl.zst'])} does not match the expected {known[url]}"):
         download_sources([Source(url, name="val-again.jsonl.zst")], tmp_path / "a", retry=FAST)
-    assert not any((tmp_path / "a" / "download" / ".parts").iterdir())  # the bad file was deleted
+    parts = scratch_dir(tmp_path / "a", [Source(url, name="val-again.jsonl.zst")]) / ".parts"
+    assert parts.is_dir() and not any(parts.iterdir())  # the bad file was deleted
 
 
 def test_wrong_published_checksum_fails_naming_both_hashes_and_publishes_nothing(tmp_path, server):
@@ -123,11 +126,12 @@ def test_s3_source_through_a_local_moto_server(tmp_path, s3_env):
     s3.create_bucket(Bucket="pile")
     s3.put_object(Bucket="pile", Key="shards/00.jsonl.zst", Body=data)
     # a partial file from an interrupted run is resumed with a ranged GET
-    out = tmp_path / "work" / "download"
-    (out / ".parts").mkdir(parents=True)
+    sources = [Source("s3://pile/shards/00.jsonl.zst", sha256=sha(data))]
+    parts = scratch_dir(tmp_path / "work", sources) / ".parts"
+    parts.mkdir(parents=True)
     ident = hashlib.sha256(b"s3://pile/shards/00.jsonl.zst").hexdigest()[:16]
-    (out / ".parts" / f"{ident}.part").write_bytes(data[:1_000_000])
-    result = download_sources([Source("s3://pile/shards/00.jsonl.zst", sha256=sha(data))], tmp_path / "work", retry=FAST)
+    (parts / f"{ident}.part").write_bytes(data[:1_000_000])
+    result = download_sources(sources, tmp_path / "work", retry=FAST)
     assert (result / "00.jsonl.zst").read_bytes() == data
 
 
@@ -139,6 +143,52 @@ def test_local_paths_and_file_urls(tmp_path):
     out = download_sources(sources, tmp_path / "work")
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst", "manifest.json"]
     assert download_sources(sources, tmp_path / "work") == out  # reused
+
+
+def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_env):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for name in ("b.jsonl.zst", "a.jsonl", "notes.txt"):
+        (incoming / name).write_bytes(name.encode())
+    assert [s.name for s in sources_from_strings([f"{incoming}/"])] == ["a.jsonl", "b.jsonl.zst"]
+    first = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
+    (incoming / "c.jsonl.zst").write_bytes(b"arrived later")
+    second = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
+    assert second != first and sorted(p.name for p in second.iterdir()) == ["a.jsonl", "b.jsonl.zst", "c.jsonl.zst", "manifest.json"]
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="incoming")
+    for key in ("week1/00.jsonl.zst", "week1/01.jsonl.zst", "week1/nested/02.jsonl.zst", "week2/03.jsonl.zst"):
+        s3.put_object(Bucket="incoming", Key=key, Body=b"x")
+    assert [s.url for s in sources_from_strings(["s3://incoming/week1/"])] == ["s3://incoming/week1/00.jsonl.zst", "s3://incoming/week1/01.jsonl.zst"]
+    with pytest.raises(FileNotFoundError, match="no shards .* in the source folder s3://incoming/none/"):
+        sources_from_strings(["s3://incoming/none/"])
+    with pytest.raises(FileNotFoundError, match="source folder .*missing does not exist"):
+        sources_from_strings([f"{tmp_path}/missing/"])
+
+
+def _download_in_another_process(url: str, work_root: str, queue) -> None:
+    queue.put(str(download_sources(sources_from_strings([url]), work_root)))
+
+
+def test_concurrent_runs_with_the_same_sources_take_turns_and_share_one_output(tmp_path):
+    import multiprocessing
+
+    (tmp_path / "src").mkdir()
+    data = os.urandom(3_000_000)
+    (tmp_path / "src" / "a.jsonl.zst").write_bytes(data)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    runs = [context.Process(target=_download_in_another_process, args=(f"{tmp_path}/src/", str(tmp_path / "work"), queue)) for _ in range(3)]
+    for run in runs:
+        run.start()
+    outputs = {queue.get(timeout=60) for _ in runs}
+    for run in runs:
+        run.join(timeout=60)
+    assert [run.exitcode for run in runs] == [0, 0, 0] and len(outputs) == 1
+    (out,) = outputs
+    assert (Path(out) / "a.jsonl.zst").read_bytes() == data and verify_output(out)
+    known = json.loads((tmp_path / "work" / "download" / "known_sha256.json").read_text())
+    assert known == {f"{tmp_path}/src/a.jsonl.zst": sha(data)}
 
 
 @pytest.mark.parametrize("offline_mode", ["1", "0"])
