@@ -13,8 +13,9 @@ from tasks.tokenizer import train_tokenizer
 
 
 @flow(name="data_prep")
-def data_prep(config: str = "configs/pipeline/local.yaml") -> str:
+def data_prep(config: str = "configs/pipeline/local.yaml", data: dict | None = None) -> str:
+    """`data`: a data section to run instead of the config's (the retrain flow's new shards)."""
     raw = read_pipeline_config(config)
-    data, work_root = raw["data"], str(raw.get("work_root", "work"))
+    data, work_root = data or raw["data"], str(raw.get("work_root", "work"))
     deduped = dedup(download(data, work_root), data, work_root)
     return tokenize(deduped, train_tokenizer(deduped, data, work_root), data, work_root)

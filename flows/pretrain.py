@@ -17,10 +17,12 @@ from prefect import flow
 from flows.data import data_prep
 from flows.evaluate import evaluate_and_promote
 from flows.train import train
+from neox.pipeline import check_pipeline_config
 
 
 @flow(name="pretrain")
 def pretrain(config: str = "configs/pipeline/local.yaml") -> dict:
+    check_pipeline_config(config)
     timings = {}
     started = time.perf_counter()
     tokenized = data_prep(config)

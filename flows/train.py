@@ -8,5 +8,6 @@ from tasks.train import train as train_task
 
 
 @flow(name="train")
-def train(config: str, tokenized: str) -> str:
-    return train_task(config, tokenized)
+def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
+    """`overrides`: train-section keys replaced for this run (the retrain flow's name, init_from, schedule)."""
+    return train_task(config, tokenized, overrides)

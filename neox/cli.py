@@ -282,6 +282,25 @@ def train_command(
     typer.echo(str(train(cfg, resume=resume, allow_new_data=allow_new_data)))
 
 
+@app.command("check")
+def check_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML (e.g. configs/pipeline/pile-pythia-160m.yaml).")],
+) -> None:
+    """Validate a whole pipeline config (work_root, data, train with its model YAML, eval, registry, retrain)
+    without running anything; the flows run the same check before their first stage.
+
+    Example: neox check configs/pipeline/local.yaml
+    """
+    from neox.pipeline import check_pipeline_config
+    from neox.train.config import load_train_config
+
+    raw = check_pipeline_config(config)
+    cfg = load_train_config(config)
+    typer.echo(f"{config}: ok — model {', '.join(Path(m).name for m in cfg.model)}, {cfg.train_iters} steps x "
+               f"{cfg.global_batch_size} sequences x {cfg.seq_length} tokens on {cfg.num_workers} worker(s), "
+               f"{cfg.precision}, ZeRO-{cfg.zero_stage}; sections: {', '.join(raw)}")
+
+
 @app.command("data")
 def data_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `data:` section.")],

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from neox.config import ConfigError, check_type
-from neox.stage import read_manifest, sha256_file, stage_output
+from neox.stage import read_manifest, sha256_file
 from neox.train.loop import DATA_FILE
 
 CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
@@ -118,7 +118,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, rule:
 
 
 class TextGenerator(mlflow.pyfunc.PythonModel):
-    """A list of prompts in, their greedy continuations out (params: max_new_tokens)."""
+    """A list of prompts in, their greedy continuations out (params: max_new_tokens). Its `predict` has no type
+    hints on purpose: with them MLflow ignores the explicit signature and its params."""
 
     def load_context(self, context) -> None:
         from neox.data.tokenizer import eod_id, load_tokenizer
@@ -177,12 +178,10 @@ def data_lineage(tokenized: Path, work_root: str | Path | None) -> dict[str, str
             "neox.tokenizer_sha256": sha256_file(tokenized / "tokenizer.json")}
     if work_root is None:
         return tags
-    dedup = stage_output(work_root, "dedup", read_manifest(tokenized)["inputs"]["shards"])
-    if (dedup / "manifest.json").exists():
-        tags["neox.dedup_manifest_sha256"] = sha256_file(dedup / "manifest.json")
-        download = stage_output(work_root, "download", read_manifest(dedup)["inputs"]["shards"])
-        if (download / "manifest.json").exists():
-            tags["neox.corpus_manifest_sha256"] = sha256_file(download / "manifest.json")
+    from neox.data.prepare import upstream_outputs
+
+    for stage, output in upstream_outputs(tokenized, work_root).items():
+        tags[f"neox.{'corpus' if stage == 'download' else stage}_manifest_sha256"] = sha256_file(output / "manifest.json")
     return tags
 
 
@@ -235,9 +234,17 @@ def _version_by_alias(client: MlflowClient, name: str, alias: str):
         return None
 
 
-def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) -> Decision:
+def champion_version(name: str, tracking_uri: str):
+    """The model version holding the champion alias, or None."""
+    return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), name, CHAMPION)
+
+
+def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str,
+            champion_metrics: dict[str, float] | None = None) -> Decision:
     """Give `version` the candidate alias and move champion to it if the rule says so (the old champion keeps
-    `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat."""
+    `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat.
+    `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
+    without them the champion's own recorded metrics are used."""
     client = MlflowClient(tracking_uri=tracking_uri)
     candidate = client.get_model_version(name, version)
     client.set_registered_model_alias(name, CANDIDATE, version)
@@ -245,10 +252,13 @@ def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) -> 
     if champion is not None and str(champion.version) == str(version):
         return Decision(True, ("already champion",))
     candidate_metrics = client.get_run(candidate.run_id).data.metrics
-    champion_metrics = client.get_run(champion.run_id).data.metrics if champion is not None else None
+    rescored = champion is not None and champion_metrics is not None
+    if champion is not None and champion_metrics is None:
+        champion_metrics = client.get_run(champion.run_id).data.metrics
     decision = decide(candidate_metrics, champion_metrics, rule)
     record = {"promoted": decision.promote, "reasons": list(decision.reasons), "candidate_metrics": candidate_metrics,
-              "champion_version": champion.version if champion else None, "champion_metrics": champion_metrics}
+              "champion_version": champion.version if champion else None, "champion_metrics": champion_metrics,
+              "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data"}
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(record, sort_keys=True)[:5000])
     if decision.promote:
         if champion is not None:  # first, so a retry after a crash here still finds the old champion

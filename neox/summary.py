@@ -15,7 +15,7 @@ from neox.stage import read_manifest, stage_output
 from neox.train.config import load_train_config, read_pipeline_config
 
 
-def print_summary(config: str, result: dict[str, Any], total_seconds: float) -> bool:
+def print_summary(config: str, result: dict[str, Any], total_seconds: float, title: str = "pretrain") -> bool:
     """Print the summary; returns whether the Hugging Face export check passed."""
     raw, cfg = read_pipeline_config(config), load_train_config(config)
     tokenized, run_dir = Path(result["tokenized"]), Path(result["run"])
@@ -24,7 +24,9 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float) -> 
     dedup_stats = read_manifest(stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
     curve = (run_dir / "metrics.jsonl").read_text().splitlines()
     first, last = json.loads(curve[0]), json.loads(curve[-1])
-    print("\n== neox-pipeline: pretrain")
+    print(f"\n== neox-pipeline: {title}")
+    if result.get("continued_from"):
+        print(f"   continued from champion version {result['continued_from']}")
     print(f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "
           f"({dedup_stats['exact_duplicates']} exact, {dedup_stats['near_duplicates']} near duplicates)")
     print(f"   tokenize: {tokenize_manifest['stats']['tokens']:,} tokens, vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}")

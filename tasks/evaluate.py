@@ -6,11 +6,12 @@ import json
 import time
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from neox.eval.data import eval_data_stage
 from neox.eval.run import METRICS_FILE, eval_configs, eval_stage, log_eval
+from neox.registry import champion_version
 from neox.train.config import load_train_config, read_pipeline_config
 from neox.train.launch import absolute_tracking_uri
 from tasks.report import report_stage
@@ -26,3 +27,26 @@ def evaluate(config: str, checkpoint: str, tokenized: str) -> str:
     run_id = log_eval(out, absolute_tracking_uri(cfg.mlflow_tracking_uri), cfg.mlflow_experiment)
     report_stage("eval", out, started, {"mlflow_run_id": run_id, **json.loads((Path(out) / METRICS_FILE).read_text())})
     return str(out)
+
+
+@task(name="score-champion", cache_policy=NO_CACHE)
+def score_champion(config: str, candidate_version: str, tokenized: str) -> dict[str, float] | None:
+    """The current champion scored on the candidate's held-out data, so the gate compares like with like when
+    the candidate was trained on other data (a retrain, a new dedup threshold). The eval stage is
+    content-addressed: when the champion was scored on this very data its output is reused, not recomputed.
+    None when there is no other champion, or its checkpoint is gone (the gate then uses its recorded metrics)."""
+    raw, cfg = read_pipeline_config(config), load_train_config(config)
+    tracking = absolute_tracking_uri(cfg.mlflow_tracking_uri)
+    champion = champion_version((raw.get("registry") or {}).get("name", "neox-tiny"), tracking)
+    if champion is None or str(champion.version) == str(candidate_version):
+        return None
+    checkpoint = Path(champion.tags.get("neox.checkpoint", ""))
+    if not (checkpoint / "model.safetensors").is_file():
+        get_run_logger().warning("champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint)
+        return None
+    data_cfg, eval_cfg = eval_configs(raw.get("eval"), cfg.split)
+    work_root = raw.get("work_root", "work")
+    out = eval_stage(checkpoint, eval_data_stage(tokenized, work_root, data_cfg), work_root, eval_cfg)
+    metrics = json.loads((Path(out) / METRICS_FILE).read_text())
+    get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
+    return metrics

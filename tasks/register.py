@@ -29,9 +29,9 @@ def register_model(config: str, eval_output: str) -> str:
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_version(config: str, version: str) -> Decision:
+def promote_version(config: str, version: str, champion_metrics: dict[str, float] | None = None) -> Decision:
     section, name, tracking = _registry(config)
-    decision = promote(name, version, promotion_rule(section.get("rule")), tracking)
+    decision = promote(name, version, promotion_rule(section.get("rule")), tracking, champion_metrics)
     from mlflow import MlflowClient
 
     tags = MlflowClient(tracking_uri=tracking).get_model_version(name, version).tags
@@ -40,7 +40,8 @@ def promote_version(config: str, version: str) -> Decision:
     create_markdown_artifact(
         f"**{name} v{version}: {verdict}** — {'; '.join(decision.reasons)}\n\n"
         f"candidate metrics: `{json.dumps(record.get('candidate_metrics'))}`\n\n"
-        f"champion (v{record.get('champion_version')}) metrics: `{json.dumps(record.get('champion_metrics'))}`\n",
+        f"champion (v{record.get('champion_version')}) metrics on {record.get('champion_scored_on')}: "
+        f"`{json.dumps(record.get('champion_metrics'))}`\n",
         key="promotion", description="promotion gate decision")
     get_run_logger().info("%s version %s: %s (%s)", name, version, verdict, "; ".join(decision.reasons))
     return decision

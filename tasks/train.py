@@ -15,8 +15,8 @@ from neox.train.launch import train_or_resume
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(config: str, tokenized: str) -> str:
-    cfg = load_train_config(config, {"data": tokenized})
+def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
+    cfg = load_train_config(config, {**(overrides or {}), "data": tokenized})
     run, outcome = train_or_resume(cfg)
     get_run_logger().info("train: %s %s", outcome, run)
     if "://" not in run:

@@ -72,6 +72,19 @@ def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str
     return tokenize_shards(deduped, tokenizer, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address"))
 
 
+def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, Path]:
+    """The dedup and download stage outputs a tokenized dataset was made from, those still under `work_root`."""
+    from neox.stage import MANIFEST, read_manifest, stage_output
+
+    found, current = {}, Path(tokenized)
+    for stage in ("dedup", "download"):
+        current = stage_output(work_root, stage, read_manifest(current)["inputs"]["shards"])
+        if not (current / MANIFEST).exists():
+            break
+        found[stage] = current
+    return found
+
+
 def prepare_data(section: dict[str, Any], work_root: str | Path) -> Path:
     """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
     check_section(section)

@@ -44,6 +44,10 @@ class ChecksumMismatch(DownloadError):
     pass
 
 
+class EmptyFolder(FileNotFoundError):
+    """A source folder with no shards in it (yet)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     url: str  # http(s)://, s3://bucket/key, file:///path, a local path, or hf://datasets/ORG/NAME
@@ -320,5 +324,5 @@ def list_folder(url: str) -> list[str]:
         raise ValueError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
     shards = sorted(n for n in names if n.endswith(SHARD_SUFFIXES))
     if not shards:
-        raise FileNotFoundError(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")
+        raise EmptyFolder(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")
     return [url + name for name in shards]

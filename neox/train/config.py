@@ -19,6 +19,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 class TrainConfig:
     model: tuple[str, ...]  # GPT-NeoX YAML file(s)
     data: str | None = None  # a tokenize stage output directory
+    init_from: str | None = None  # start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh
     name: str = "neox"  # the run's name under storage_path
     storage_path: str = "work/train"  # Ray Train storage: a local directory or s3://bucket/prefix
     split: str = "969,30,1"

@@ -58,6 +58,22 @@ def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any
     return run.info.run_id
 
 
+def check_init_from(checkpoint: str, model_cfg, data: Path) -> None:
+    """Weights to start from must fit the configured model and speak the dataset's tokenizer."""
+    from neox.model.weights import WEIGHTS_FILE, load_model_config_from
+
+    if not (Path(checkpoint) / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"train.init_from {checkpoint} is not a neox checkpoint ({WEIGHTS_FILE} is missing)")
+    start = load_model_config_from(checkpoint)
+    if start != model_cfg:
+        changed = sorted(f.name for f in dataclasses.fields(start) if getattr(start, f.name) != getattr(model_cfg, f.name))
+        raise ConfigError(f"train.init_from {checkpoint} holds another model shape ({', '.join(changed)} differ from train.model)")
+    ours, theirs = Path(checkpoint) / TOKENIZER_FILE, data / TOKENIZER_FILE
+    if ours.exists() and sha256_file(ours) != sha256_file(theirs):
+        raise ConfigError(f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
+                          "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)")
+
+
 def latest_state(storage: RunStorage) -> dict[str, Any] | None:
     """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
     for name in reversed(storage.checkpoints()):
@@ -80,6 +96,9 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     model_cfg, _ = load_model_config(*cfg.model, vocab_size=vocab)
     if cfg.seq_length > model_cfg.max_position_embeddings:
         raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {model_cfg.max_position_embeddings}")
+    if cfg.init_from:
+        check_init_from(cfg.init_from, model_cfg, Path(cfg.data))
+        cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
     storage = storage_of(cfg)
     if storage.checkpoints() and not resume:
         raise ConfigError(f"{storage.uri} already holds a run: pass --resume to continue it, or choose another name")

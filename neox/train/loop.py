@@ -102,6 +102,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = torch.device("cuda", ray.train.torch.get_device().index) if cfg.use_gpu else torch.device("cpu")
 
     model = init_weights(GPTNeoX(mcfg), generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.init_from:  # continued pretraining; a checkpoint restored below replaces these weights
+        from safetensors.torch import load_file
+
+        from neox.model.weights import WEIGHTS_FILE
+
+        model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     engine, _, _, _ = deepspeed.initialize(

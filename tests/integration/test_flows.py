@@ -38,9 +38,9 @@ def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
             "tokenizer": str(corpus_tokenizer)}
 
 
-def write_config(setting: dict, name: str, threshold: float = 0.8) -> Path:
+def write_config(setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None) -> Path:
     path = setting["root"] / f"{name}-{threshold}.yaml"
-    path.write_text(yaml.safe_dump({
+    path.write_text(yaml.safe_dump({**({"retrain": retrain} if retrain else {}),
         "work_root": str(setting["work"]),
         "data": {"sources": setting["shards"], "tokenizer": {"from": setting["tokenizer"]}, "tokenize": {"prefix": "corpus"},
                  "dedup": {"threshold": threshold}},
@@ -151,6 +151,7 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         prefect_cli("work-pool", "create", "neox-local", "--type", "process")
         deployed = prefect_cli("--no-prompt", "deploy", "--all")
         assert "pretrain/pretrain" in deployed and "evaluate_and_promote/evaluate-and-promote" in deployed
+        assert "0 3 * * 1" in prefect_cli("deployment", "inspect", "retrain/scheduled-retrain")  # the weekly cron
         processes.append(subprocess.Popen([prefect, "worker", "start", "--pool", "neox-local"], cwd=REPO, env=env,
                                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = write_config(setting, "deployed")
@@ -164,3 +165,46 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         for process in processes:  # the server and the worker with everything they started, nothing else
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+RETRAIN = "import sys; from flows.retrain import main; main()"
+
+
+def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, uninterrupted, sample_corpus):
+    """The scheduled retrain: nothing arrived → nothing trained; a new shard → the champion's weights go on
+    training on it alone, the candidate and the champion are scored on its held-out documents, the gate
+    decides; the same retrain again has nothing new (or reuses its run)."""
+    from mlflow import MlflowClient
+
+    from neox.data.jsonl import Rejects, read_shard, write_shard
+
+    incoming = setting["root"] / "incoming"
+    incoming.mkdir()
+    config = write_config(setting, "straight", retrain={
+        "mode": "continue", "data": {"sources": [f"{incoming}/"]}, "train": {"train_iters": 10, "lr": 3.0e-4, "warmup": 0.0}})
+    assert "retrain skipped (no new shards since champion v1)" in run_flow(setting, RETRAIN, config)
+
+    docs = [d for d in read_shard(list_shards(sample_corpus)[0], Rejects())][300:450]  # never in the small corpus
+    write_shard(incoming / "week-1.jsonl.zst", ({"text": d.text, "meta": d.meta} for d in docs))
+    out = run_flow(setting, RETRAIN, config)
+    assert "continued from champion version 1" in out and "flow-tiny version 2" in out
+    (run,) = (setting["work"] / "train").glob("straight-v1-*")
+    fresh, continued = ([json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+                        for r in (setting["work"] / "train" / "straight", run))
+    # it starts from the champion's 20 steps of training (7.2 here), not from a fresh init's ~ln(vocab) (7.8)
+    assert len(continued) == 10 and continued[0] < fresh[0] - 0.4
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")
+    v1, v2 = (client.get_model_version("flow-tiny", v) for v in ("1", "2"))
+    decision = json.loads(v2.tags["neox.promotion"])
+    assert str(decision["champion_version"]) == "1" and decision["champion_scored_on"] == "the candidate's eval data"
+    # the champion was scored again on the new held-out documents, not compared through its old numbers
+    assert decision["champion_metrics"] != client.get_run(v1.run_id).data.metrics
+    train_run = client.get_run(v2.tags["neox.train_run_id"])
+    assert train_run.data.params["train.init_from"] == str(setting["work"] / "train" / "straight" / "final" / "model")
+
+    again = run_flow(setting, RETRAIN, config)
+    if decision["promoted"]:  # v2 trained on week-1: nothing is new for it
+        assert "retrain skipped (no new shards since champion v2)" in again
+    else:  # v1 is still champion: the same run and version, reused
+        assert "train: reused" in again and "flow-tiny version 2" in again

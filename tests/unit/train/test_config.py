@@ -63,3 +63,26 @@ def test_model_paths_are_relative_to_the_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no `train:` section"):
         (tmp_path / "empty.yaml").write_text("data: {}\n")
         load_train_config(tmp_path / "empty.yaml")
+
+
+def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_path):
+    from neox.config import load_model_config
+    from neox.model.gpt_neox import GPTNeoX
+    from neox.model.weights import save_model
+    from neox.train.launch import check_init_from
+
+    tiny = str(REPO / "configs" / "model" / "tiny.yml")
+    cfg, _ = load_model_config(tiny, vocab_size=512)
+    (tmp_path / "a.json").write_text('{"a": 1}')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tokenizer.json").write_text('{"b": 2}')
+    save_model(GPTNeoX(cfg), tmp_path / "start", tokenizer_file=tmp_path / "a.json")
+    with pytest.raises(ConfigError, match="another tokenizer than .*data.tokenizer.from"):
+        check_init_from(str(tmp_path / "start"), cfg, tmp_path / "data")
+    wider, _ = load_model_config(tiny, vocab_size=1024)
+    with pytest.raises(ConfigError, match="another model shape \\(vocab_size differ"):
+        check_init_from(str(tmp_path / "start"), wider, tmp_path / "data")
+    with pytest.raises(ConfigError, match="is not a neox checkpoint"):
+        check_init_from(str(tmp_path), cfg, tmp_path / "data")
+    (tmp_path / "data" / "tokenizer.json").write_text('{"a": 1}')
+    check_init_from(str(tmp_path / "start"), cfg, tmp_path / "data")

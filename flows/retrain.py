@@ -1,0 +1,62 @@
+"""Flow `retrain`: continue the champion on the shards that arrived since it was trained (or train anew from
+scratch, by the config's `retrain:` section), then evaluate and promote, the champion scored on the same
+held-out data. Nothing new → the flow finishes without training. The `scheduled-retrain` deployment runs it
+on a cron schedule.
+
+    python -m flows.retrain configs/pipeline/local.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.data import data_prep
+from flows.evaluate import evaluate_and_promote
+from flows.train import train
+from neox.pipeline import check_pipeline_config
+from neox.retrain import retrain_config, retrain_overrides
+from neox.train.config import load_train_config
+from tasks.retrain import plan_retrain
+
+
+@flow(name="retrain")
+def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
+    raw = check_pipeline_config(config)
+    timings = {}
+    started = time.perf_counter()
+    data, champion = plan_retrain(config)
+    if data is None:
+        get_run_logger().info("retrain: no shard arrived since champion v%s was trained; nothing to do", champion.version)
+        return {"skipped": f"no new shards since champion v{champion.version}"}
+    tokenized = data_prep(config, data)
+    timings["data_prep"] = time.perf_counter() - started
+    started = time.perf_counter()
+    overrides = retrain_overrides(load_train_config(config).name, retrain_config(raw.get("retrain")), tokenized, champion)
+    run = train(config, tokenized, overrides)
+    timings["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    outcome = evaluate_and_promote(config, str(Path(run) / "final" / "model"), tokenized)
+    timings["evaluate_and_promote"] = time.perf_counter() - started
+    return {"tokenized": tokenized, "run": run, **outcome, "timings": timings,
+            "continued_from": champion.version if champion else None}
+
+
+def main() -> None:
+    from neox.summary import print_summary
+
+    config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
+    started = time.perf_counter()
+    result = retrain(config)
+    if "skipped" in result:
+        print(f"\n== neox-pipeline: retrain skipped ({result['skipped']})")
+        return
+    if not print_summary(config, result, time.perf_counter() - started, title="retrain"):
+        sys.exit("the Hugging Face export check failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Prefect task: decide what a retrain runs on (the champion to continue from, the shards that arrived since)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from neox.registry import champion_version
+from neox.retrain import Champion, champion_lineage, retrain_config, retrain_data
+from neox.train.config import load_train_config, read_pipeline_config
+from neox.train.launch import absolute_tracking_uri
+
+
+@task(name="plan-retrain", cache_policy=NO_CACHE)
+def plan_retrain(config: str) -> tuple[dict[str, Any] | None, Champion | None]:
+    """(the data section to run, the champion continued from); the data is None when nothing is new."""
+    raw = read_pipeline_config(config)
+    cfg, work_root = retrain_config(raw.get("retrain")), raw.get("work_root", "work")
+    name = (raw.get("registry") or {}).get("name", "neox-tiny")
+    version = champion_version(name, absolute_tracking_uri(load_train_config(config).mlflow_tracking_uri))
+    champion = champion_lineage(version, work_root) if version is not None and cfg.mode == "continue" else None
+    data = retrain_data(raw["data"], cfg, work_root, champion)
+    start = f"continue from {name} v{champion.version}" if champion else "train from scratch"
+    shards = "no shard arrived since it was trained" if data is None else "\n".join(f"- `{s}`" for s in data.get("sources") or [])
+    create_markdown_artifact(f"**retrain ({cfg.mode})**: {start}\n\n{shards}\n", key="retrain-plan",
+                             description="what the retrain runs on")
+    get_run_logger().info("retrain: %s; %s", start, "nothing new" if data is None else f"data {data}")
+    return data, champion
