@@ -208,3 +208,38 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
         assert "retrain skipped (no new shards since champion v2)" in again
     else:  # v1 is still champion: the same run and version, reused
         assert "train: reused" in again and "flow-tiny version 2" in again
+
+
+def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outputs(setting, uninterrupted):
+    """Two pretrain runs started together on an empty work root, sharing the sources and the MLflow store:
+    the shared stages (download, tokenizer) are computed once and used by both, each run gets its own dedup,
+    tokenize, training run and registered model, every output verifies, and the run with the uninterrupted
+    run's settings ends with its very weights."""
+    from neox.stage import MANIFEST, verify_output
+
+    shared = {**setting, "work": setting["root"] / "concurrent"}
+    configs = {name: write_config(shared, name, threshold) for name, threshold in (("conc-a", 0.8), ("conc-b", 0.6))}
+    for name, path in configs.items():  # their own registered models: a shared one would race for champion by design
+        raw = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**raw, "registry": {"name": name}}))
+    # each its own PREFECT_HOME: two temporary Prefect APIs starting at once on one SQLite file is Prefect's
+    # limitation (README), not what this test is about
+    runs = {name: subprocess.Popen([sys.executable, "-c", PRETRAIN, str(path)], cwd=REPO,
+                                   env={**setting["env"], "PREFECT_HOME": str(setting["root"] / f"prefect-{name}")},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name, path in configs.items()}
+    outs = {name: run.communicate(timeout=900)[0] for name, run in runs.items()}
+    for name, run in runs.items():
+        assert run.returncode == 0, outs[name][-5000:]
+        assert f"{name} version 1 is `champion`" in outs[name]
+
+    work = shared["work"]
+    outputs = {stage: sorted(p for p in (work / stage).iterdir() if (p / MANIFEST).exists()) for stage in (*DATA_STAGES, "eval")}
+    assert {stage: len(found) for stage, found in outputs.items()} == {"download": 2, "dedup": 2, "tokenizer": 1, "tokenize": 2, "eval": 2}
+    for found in outputs.values():  # (download: the corpus and the fetched tokenizer file)
+        for output in found:
+            verify_output(output)
+    assert not [p for p in work.rglob(".*.tmp-*")]  # no half-published output left behind
+    data = {name: json.loads((work / "train" / name / "data.json").read_text())["data"] for name in configs}
+    assert data["conc-a"] != data["conc-b"] and {Path(d).parent.name for d in data.values()} == {"tokenize"}
+    assert (work / "train" / "conc-a" / "final" / "model" / "model.safetensors").read_bytes() == \
+        (setting["work"] / "train" / "straight" / "final" / "model" / "model.safetensors").read_bytes()
