@@ -59,10 +59,8 @@ def publish_stage(
     An exception leaves no output behind."""
     key = stage_key(stage, code_version, config, inputs)
     started = time.time()
-    def intact(existing: Path) -> bool:  # the same key finished by a concurrent run: keep it, readers may use it
-        return find_verified(work_root, stage, key) is not None
-
-    with atomic_directory(stage_output(work_root, stage, key), overwrite=True, keep=intact) as tmp:
+    # an intact output of this key was published meanwhile by a concurrent run: keep it, readers may use it
+    with atomic_directory(stage_output(work_root, stage, key), overwrite=True, keep=is_intact) as tmp:
         run = StageRun(tmp)
         yield run
         files = {
@@ -104,6 +102,14 @@ def verify_output(output: str | Path) -> dict[str, Any]:
         if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise ManifestError(f"{path} does not match its manifest entry (size or sha256 differs)")
     return manifest
+
+
+def is_intact(output: Path) -> bool:
+    try:
+        verify_output(output)
+        return True
+    except ManifestError:
+        return False
 
 
 def find_verified(work_root: str | Path, stage: str, key: str) -> dict[str, Any] | None:

@@ -14,16 +14,23 @@ from neox.eval.run import METRICS_FILE, eval_configs, eval_stage, log_eval
 from neox.registry import champion_version
 from neox.train.config import load_train_config, read_pipeline_config
 from neox.train.launch import absolute_tracking_uri
+from tasks.register import registry_settings
 from tasks.report import report_stage
+
+
+def eval_on_heldout(config: str, checkpoint: str | Path, tokenized: str) -> Path:
+    """Run (or reuse) the config's eval of `checkpoint` on the held-out split of `tokenized`."""
+    raw, cfg = read_pipeline_config(config), load_train_config(config)
+    data_cfg, eval_cfg = eval_configs(raw.get("eval"), cfg.split)
+    work_root = raw.get("work_root", "work")
+    return eval_stage(checkpoint, eval_data_stage(tokenized, work_root, data_cfg), work_root, eval_cfg)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(config: str, checkpoint: str, tokenized: str) -> str:
-    raw, cfg = read_pipeline_config(config), load_train_config(config)
-    data_cfg, eval_cfg = eval_configs(raw.get("eval"), cfg.split)
     started = time.time()
-    work_root = raw.get("work_root", "work")
-    out = eval_stage(checkpoint, eval_data_stage(tokenized, work_root, data_cfg), work_root, eval_cfg)
+    out = eval_on_heldout(config, checkpoint, tokenized)
+    cfg = load_train_config(config)
     run_id = log_eval(out, absolute_tracking_uri(cfg.mlflow_tracking_uri), cfg.mlflow_experiment)
     report_stage("eval", out, started, {"mlflow_run_id": run_id, **json.loads((Path(out) / METRICS_FILE).read_text())})
     return str(out)
@@ -35,18 +42,14 @@ def score_champion(config: str, candidate_version: str, tokenized: str) -> dict[
     the candidate was trained on other data (a retrain, a new dedup threshold). The eval stage is
     content-addressed: when the champion was scored on this very data its output is reused, not recomputed.
     None when there is no other champion, or its checkpoint is gone (the gate then uses its recorded metrics)."""
-    raw, cfg = read_pipeline_config(config), load_train_config(config)
-    tracking = absolute_tracking_uri(cfg.mlflow_tracking_uri)
-    champion = champion_version((raw.get("registry") or {}).get("name", "neox-tiny"), tracking)
+    _, name, tracking = registry_settings(config)
+    champion = champion_version(name, tracking)
     if champion is None or str(champion.version) == str(candidate_version):
         return None
     checkpoint = Path(champion.tags.get("neox.checkpoint", ""))
     if not (checkpoint / "model.safetensors").is_file():
         get_run_logger().warning("champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint)
         return None
-    data_cfg, eval_cfg = eval_configs(raw.get("eval"), cfg.split)
-    work_root = raw.get("work_root", "work")
-    out = eval_stage(checkpoint, eval_data_stage(tokenized, work_root, data_cfg), work_root, eval_cfg)
-    metrics = json.loads((Path(out) / METRICS_FILE).read_text())
+    metrics = json.loads((eval_on_heldout(config, checkpoint, tokenized) / METRICS_FILE).read_text())
     get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
     return metrics

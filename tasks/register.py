@@ -13,7 +13,8 @@ from neox.train.config import load_train_config, read_pipeline_config
 from neox.train.launch import absolute_tracking_uri
 
 
-def _registry(config: str) -> tuple[dict, str, str]:
+def registry_settings(config: str) -> tuple[dict, str, str]:
+    """The config's registry section, registered model name and (absolute) MLflow tracking URI."""
     cfg = load_train_config(config)
     section = read_pipeline_config(config).get("registry") or {}
     return section, section.get("name", "neox-tiny"), absolute_tracking_uri(cfg.mlflow_tracking_uri)
@@ -21,7 +22,7 @@ def _registry(config: str) -> tuple[dict, str, str]:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_model(config: str, eval_output: str) -> str:
-    _, name, tracking = _registry(config)
+    _, name, tracking = registry_settings(config)
     version = register(eval_output, name, tracking, read_pipeline_config(config).get("work_root", "work"),
                        tags={"neox.prefect_flow_run_id": str(runtime.flow_run.id)})
     get_run_logger().info("registered %s version %s", name, version)
@@ -30,7 +31,7 @@ def register_model(config: str, eval_output: str) -> str:
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_version(config: str, version: str, champion_metrics: dict[str, float] | None = None) -> Decision:
-    section, name, tracking = _registry(config)
+    section, name, tracking = registry_settings(config)
     decision = promote(name, version, promotion_rule(section.get("rule")), tracking, champion_metrics)
     from mlflow import MlflowClient
 

@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from neox.registry import champion_version
 from neox.retrain import Champion, champion_lineage, retrain_config, retrain_data
-from neox.train.config import load_train_config, read_pipeline_config
-from neox.train.launch import absolute_tracking_uri
+from neox.train.config import read_pipeline_config
+from tasks.register import registry_settings
 
 
 @task(name="plan-retrain", cache_policy=NO_CACHE)
@@ -19,8 +19,8 @@ def plan_retrain(config: str) -> tuple[dict[str, Any] | None, Champion | None]:
     """(the data section to run, the champion continued from); the data is None when nothing is new."""
     raw = read_pipeline_config(config)
     cfg, work_root = retrain_config(raw.get("retrain")), raw.get("work_root", "work")
-    name = (raw.get("registry") or {}).get("name", "neox-tiny")
-    version = champion_version(name, absolute_tracking_uri(load_train_config(config).mlflow_tracking_uri))
+    _, name, tracking = registry_settings(config)
+    version = champion_version(name, tracking)
     champion = champion_lineage(version, work_root) if version is not None and cfg.mode == "continue" else None
     data = retrain_data(raw["data"], cfg, work_root, champion)
     start = f"continue from {name} v{champion.version}" if champion else "train from scratch"

@@ -259,7 +259,7 @@ def download_sources(sources: list[Source], work_root: str | Path, workers: int 
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
-    config = {"sources": [dataclasses.asdict(s) for s in sources]}
+    config = source_set(sources)
     key = stage_key(STAGE, CODE_VERSION, config, {})
     area, scratch = Path(work_root) / STAGE, scratch_dir(work_root, sources)
     # one run at a time per source set (a concurrent run with the same sources waits, then reuses the output);
@@ -286,8 +286,12 @@ def download_sources(sources: list[Source], work_root: str | Path, workers: int 
 def scratch_dir(work_root: str | Path, sources: list[Source]) -> Path:
     """Where a download of these sources keeps its partial (`.parts/`) and finished (`.cache/`) files until it
     publishes: one folder per source set, so a rerun resumes there and other source sets never touch it."""
-    key = stage_key(STAGE, CODE_VERSION, {"sources": [dataclasses.asdict(s) for s in sources]}, {})
-    return Path(work_root) / STAGE / f".work-{key}"
+    return Path(work_root) / STAGE / f".work-{stage_key(STAGE, CODE_VERSION, source_set(sources), {})}"
+
+
+def source_set(sources: list[Source]) -> dict:
+    """The download stage's config: what its key hashes."""
+    return {"sources": [dataclasses.asdict(s) for s in sources]}
 
 
 def sources_from_strings(urls: list[str]) -> list[Source]:
