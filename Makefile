@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov (the Terraform security scan the tests run) has a venv of its own: its pins clash with the main lock's.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements/lock.txt)
 DEEPSPEED_PIN := $(shell grep -E '^deepspeed==' requirements/lock.txt)
 
@@ -30,14 +33,20 @@ $(STAMP): requirements/lock.txt pyproject.toml Makefile
 	$(BIN)/pip check
 	touch $(STAMP)
 
+$(CHECKOV_STAMP): requirements/checkov-lock.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements/checkov-lock.txt
+	$(CHECKOV_VENV)/bin/pip check
+	touch $(CHECKOV_STAMP)
+
 demo: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pretrain configs/pipeline/local.yaml
 
-test: setup
+test: setup $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CHECKOV_VENV)

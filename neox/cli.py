@@ -416,6 +416,64 @@ def _promote(name: str, version: str, config: Path | None, tracking_uri: str) ->
     typer.echo(f"{name} version {version}: {verdict} ({'; '.join(decision.reasons)})")
 
 
+cluster_app = typer.Typer(help="The cluster infra/terraform/aws stands up, as the pipeline config sees it.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("config")
+def cluster_config(
+    outputs: Annotated[Path, typer.Argument(help="`terraform output -json` of infra/terraform/aws, saved to a file.")],
+    base: Annotated[Path | None, typer.Option(help="A pipeline config to fill in (e.g. configs/pipeline/pile-neox-20b.yaml); "
+                                                   "without it only the cluster part is printed.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the filled-in config here (checked first) instead of printing it.")] = None,
+    work_root: Annotated[str | None, typer.Option(help="A path every node shares, when the cluster has no FSx.")] = None,
+) -> None:
+    """Render a pipeline config's cluster part from Terraform's outputs: Ray address, work root on FSx,
+    checkpoints on the bucket, one training worker per GPU, the MLflow server's in-VPC address, and the
+    NCCL/EFA environment (FI_PROVIDER=efa, ...) for every training worker.
+
+    With --base, the rest of the config is kept, the Pile mirror moves to the cluster's bucket and gradient
+    accumulation is set so the global batch stays what the base config says.
+
+    Example: neox cluster config cluster.json --base configs/pipeline/pile-neox-20b.yaml --output configs/cluster/pile-neox-20b.yaml
+    """
+    import os
+    import tempfile
+
+    import yaml
+
+    from neox.cluster import apply_to, cluster_part, read_outputs, rebase_model_paths
+    from neox.train.config import read_pipeline_config
+
+    values = read_outputs(outputs)
+    part = cluster_part(values, work_root)
+    if base is None:
+        if output is not None:
+            raise ConfigError("--output writes a whole pipeline config: give --base too")
+        typer.echo(yaml.safe_dump(part, sort_keys=False), nl=False)
+        return
+    config = apply_to(read_pipeline_config(base), part, values["bucket"])
+    header = f"# {base} on the cluster of {outputs} (written by `neox cluster config`)\n"
+    if output is None:
+        typer.echo(header + yaml.safe_dump(config, sort_keys=False), nl=False)
+        return
+    from neox.pipeline import check_pipeline_config
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    config = rebase_model_paths(config, base.parent, output.parent)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(header + yaml.safe_dump(config, sort_keys=False))
+        check_pipeline_config(tmp)  # a config that would fail on the cluster is not written
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    typer.echo(f"wrote {output}: {config['train']['num_workers']} GPU workers, global batch kept with "
+               f"gradient_accumulation_steps {config['train'].get('gradient_accumulation_steps', 1)}")
+
+
 def prepare_data_section(raw: dict) -> Path:
     from neox.data.prepare import prepare_data
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,14 @@ from neox.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX, init_weights
 
 REPO = Path(__file__).resolve().parents[1]
+NEOX = str(Path(sys.executable).with_name("neox"))  # the console script, as users run it
+
+
+def neox(*args, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run `neox ARGS...` from the repository; assert it succeeds (or fails, with ok=False)."""
+    result = subprocess.run([NEOX, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
+    return result
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -11,12 +11,15 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from neox.config import ConfigError
 from neox.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
+
+if TYPE_CHECKING:
+    from neox.eval.data import EvalDataConfig
 
 STAGE = "eval"
 CODE_VERSION = "1"
@@ -185,7 +188,7 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
     return run.info.run_id
 
 
-def eval_configs(section: dict[str, Any] | None, split: str) -> tuple["EvalDataConfig", EvalConfig]:
+def eval_configs(section: dict[str, Any] | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
     """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
     so the held-out part is what training left out."""
     from neox.config import check_type

@@ -7,12 +7,14 @@ configs carry them), and the `train:` section of a pipeline config overrides the
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from neox.config import ConfigError, check_type, load_neox_yaml, read_yaml_mapping
 
 Precision = Literal["fp32", "bf16", "fp16"]
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TrainConfig:
     max_failures: int = 0
     num_to_keep: int = 2
     ray_address: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # environment of every training worker (NCCL/EFA settings)
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "neox-pipeline"
 
@@ -70,6 +73,11 @@ class TrainConfig:
             raise ConfigError(f"train.min_lr ({self.min_lr}) exceeds train.lr ({self.lr})")
         if not self.model:
             raise ConfigError("train.model must name at least one GPT-NeoX model YAML")
+        if not isinstance(self.env, dict):
+            raise ConfigError(f"train.env maps environment variable names to values, got {self.env!r}")
+        for name, value in self.env.items():
+            if not (isinstance(name, str) and ENV_NAME.fullmatch(name)) or not isinstance(value, str):
+                raise ConfigError(f"train.env: {name!r}: {value!r} is not an environment variable name and a string value")
 
     @property
     def global_batch_size(self) -> int:
@@ -128,6 +136,8 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
     values.update(section)
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
+    if isinstance(values.get("env"), dict):  # YAML reads `FI_EFA_USE_DEVICE_RDMA: 1` as a number; the environment holds text
+        values["env"] = {k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in values["env"].items()}
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{key: check_type(f"train.{key}", value, fields[key]) for key, value in values.items()})
 

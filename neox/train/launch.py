@@ -137,6 +137,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
             storage_filesystem=storage.filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            worker_runtime_env={"env_vars": cfg.env},  # set before the worker process starts, so NCCL sees it
         ),
     )
     result = trainer.fit()

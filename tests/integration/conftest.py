@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import NEOX, REPO
 
-NEOX = str(Path(sys.executable).with_name("neox"))
 STEPS = 30
 SPLIT = "900,50,50"  # leaves ~15 held-out documents of the small corpus for the eval tests
 

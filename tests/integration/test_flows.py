@@ -38,7 +38,7 @@ def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
             "tokenizer": str(corpus_tokenizer)}
 
 
-def write_config(setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None) -> Path:
+def write_config(setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None, env: dict | None = None) -> Path:
     path = setting["root"] / f"{name}-{threshold}.yaml"
     path.write_text(yaml.safe_dump({**({"retrain": retrain} if retrain else {}),
         "work_root": str(setting["work"]),
@@ -47,7 +47,7 @@ def write_config(setting: dict, name: str, threshold: float = 0.8, retrain: dict
         "train": {"model": str(REPO / "configs" / "model" / "tiny.yml"), "name": name, "storage_path": str(setting["work"] / "train"),
                   "split": SPLIT, "seq_length": 64, "micro_batch_size": 4, "train_iters": 20, "eval_interval": 10,
                   "eval_iters": 1, "checkpoint_interval": 10, "log_interval": 5, "num_workers": 2,
-                  "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}"},
+                  "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}", **({"env": env} if env else {})},
         "eval": {"batch_size": 8, "data": {"max_documents": 8, "lastword_chars": 300}},
         "registry": {"name": "flow-tiny"},
     }))
@@ -97,9 +97,10 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
 
 def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted_run(setting, uninterrupted):
     work = setting["work"]
-    config = write_config(setting, "interrupted")
-    failed = run_flow(setting, PRETRAIN, config, env={"NEOX_FAIL_AFTER_CHECKPOINT": "10"}, ok=False)
+    # the fault is asked for through train.env, which only the training workers' environment gets
+    failed = run_flow(setting, PRETRAIN, write_config(setting, "interrupted", env={"NEOX_FAIL_AFTER_CHECKPOINT": 10}), ok=False)
     assert "failing on purpose after the step-10 checkpoint" in failed and "Finished in state Failed" in failed
+    config = write_config(setting, "interrupted")
     upstream = {stage: files_state(work / stage) for stage in DATA_STAGES}
 
     resumed = run_flow(setting, PRETRAIN, config)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +10,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
 from neox.config import pad_vocab_size
-from tests.conftest import REPO
-
-NEOX = str(Path(sys.executable).with_name("neox"))
-
-
-def neox(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([NEOX, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert (result.returncode == 0) is ok, result.stderr
-    return result
+from tests.conftest import neox
 
 
 def test_help_explains_every_command():

@@ -47,11 +47,20 @@ def test_deepspeed_config_follows_the_train_config():
         ({"model": PYTHIA_160M, "train_iters": "ten"}, "'train.train_iters' must be int"),
         ({"model": PYTHIA_160M, "precision": "fp8"}, "precision must be fp32, bf16 or fp16"),
         ({}, "train.model must name"),
+        ({"model": PYTHIA_160M, "env": ["FI_PROVIDER=efa"]}, "train.env maps environment variable names to values"),
+        ({"model": PYTHIA_160M, "env": {"FI PROVIDER": "efa"}}, "is not an environment variable name"),
+        ({"model": PYTHIA_160M, "env": {"NCCL_DEBUG": {"level": "INFO"}}}, "is not an environment variable name and a string"),
     ],
 )
 def test_bad_train_config_is_a_clear_error(section, message):
     with pytest.raises(ConfigError, match=message):
         build_train_config(section)
+
+
+def test_worker_environment_values_are_text_as_the_environment_holds_them():
+    cfg = build_train_config({"model": PYTHIA_160M, "env": {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": 1}})
+    assert cfg.env == {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}
+    assert build_train_config({"model": PYTHIA_160M}).env == {}
 
 
 def test_model_paths_are_relative_to_the_config_file(tmp_path):

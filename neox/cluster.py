@@ -1,0 +1,114 @@
+"""The cluster part of a pipeline config, from what `terraform output -json` says about a cluster that
+infra/terraform/aws stood up: where Ray and MLflow listen, the shared work root, the bucket, how many GPU
+workers there are, and the NCCL/libfabric environment that makes NCCL use the nodes' EFA interfaces.
+
+    neox cluster config outputs.json                                         # the cluster part alone
+    neox cluster config outputs.json --base configs/pipeline/pile-neox-20b.yaml --output configs/cluster/20b.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from neox.config import ConfigError
+
+# The Terraform outputs this needs (infra/terraform/aws/outputs.tf declares them).
+REQUIRED = ("ray_address", "mlflow_tracking_uri", "bucket", "work_root", "node_count", "gpus_per_node",
+            "vcpus_per_node", "efa_interfaces_per_node")
+
+# CPUs per GPU left to Ray's own processes and the node's services rather than given to a training worker.
+RESERVED_CPUS_PER_GPU = 2
+
+
+def read_outputs(path: str | Path) -> dict[str, Any]:
+    """Output values from a `terraform output -json` file ({name: {"value": ..., "type": ..., ...}})."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (write it with `terraform output -json > {path}` in infra/terraform/aws)") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not JSON ({err}); write it with `terraform output -json > {path}`") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and "value" in v for v in raw.values()):
+        raise ConfigError(f"{path}: not the output of `terraform output -json` (each output is an object with a value)")
+    values = {name: out["value"] for name, out in raw.items()}
+    if not values:
+        raise ConfigError(f"{path}: Terraform has no outputs yet; run `terraform apply` in infra/terraform/aws first")
+    missing = [name for name in REQUIRED if name not in values]
+    if missing:
+        raise ConfigError(f"{path}: missing Terraform output(s) {', '.join(missing)}; is it infra/terraform/aws's state?")
+    return values
+
+
+def nccl_env(efa_interfaces: int) -> dict[str, str]:
+    """Environment for every training worker. With EFA, NCCL goes through the aws-ofi-nccl plugin and libfabric's
+    efa provider; without it NCCL falls back to TCP sockets, which is an order of magnitude slower across nodes."""
+    env = {"NCCL_SOCKET_IFNAME": "^lo,docker"}  # bootstrap over the node's real interface, never loopback/docker
+    if efa_interfaces > 0:
+        env.update({
+            "FI_PROVIDER": "efa",
+            "FI_EFA_USE_DEVICE_RDMA": "1",  # GPUDirect RDMA: p4d/p4de/p5 EFA devices read GPU memory directly
+            "FI_EFA_FORK_SAFE": "1",  # Ray and data loaders fork after libfabric has registered memory
+        })
+    return env
+
+
+def cluster_part(outputs: dict[str, Any], work_root: str | None = None) -> dict[str, Any]:
+    """The pipeline config keys that depend on the cluster, by section."""
+    work_root = work_root or outputs["work_root"]
+    if not work_root:
+        raise ConfigError("the cluster has no shared file system (fsx_storage_capacity_gib = 0), and the data stages "
+                          "write their outputs from every node: enable FSx or pass --work-root with a path all nodes share")
+    gpus, vcpus, nodes = int(outputs["gpus_per_node"]), int(outputs["vcpus_per_node"]), int(outputs["node_count"])
+    if gpus < 1 or nodes < 1:
+        raise ConfigError(f"the cluster has {nodes} node(s) with {gpus} GPU(s) each: nothing to train on")
+    bucket = outputs["bucket"]
+    return {
+        "work_root": work_root,
+        "data": {"ray_address": outputs["ray_address"]},
+        "train": {
+            "ray_address": outputs["ray_address"],
+            "storage_path": f"s3://{bucket}/train",
+            "num_workers": gpus * nodes,
+            "use_gpu": True,
+            "cpus_per_worker": max(1, vcpus // gpus - RESERVED_CPUS_PER_GPU),
+            "mlflow_tracking_uri": outputs["mlflow_tracking_uri"],
+            "env": nccl_env(int(outputs["efa_interfaces_per_node"])),
+        },
+        "eval": {"device": "cuda"},
+    }
+
+
+def apply_to(base: dict[str, Any], part: dict[str, Any], bucket: str) -> dict[str, Any]:
+    """The base pipeline config with the cluster part in place. The global batch is kept (the schedule is in
+    sequences): gradient accumulation absorbs a different GPU count, or it is an error when it cannot."""
+    out = copy.deepcopy(base)
+    out["work_root"] = part["work_root"]
+    for section in ("data", "train", "eval"):
+        out[section] = {**(out.get(section) or {}), **part[section]}
+    if "pile_mirror" in out["data"]:
+        out["data"]["pile_mirror"] = f"s3://{bucket}/pile"
+    train, old = out["train"], base.get("train") or {}
+    if {"num_workers", "micro_batch_size", "gradient_accumulation_steps"} <= set(old):
+        batch = old["num_workers"] * old["micro_batch_size"] * old["gradient_accumulation_steps"]
+        per_step = train["num_workers"] * train["micro_batch_size"]
+        if batch % per_step:
+            raise ConfigError(f"the base config's global batch of {batch} sequences does not divide over "
+                              f"{train['num_workers']} GPUs x micro batch {train['micro_batch_size']}: "
+                              "change train.micro_batch_size in the base config or the cluster's node count")
+        train["gradient_accumulation_steps"] = batch // per_step
+    return out
+
+
+def rebase_model_paths(config: dict[str, Any], base_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """train.model is relative to its config file; keep it pointing at the same YAML from the new file's folder."""
+    model = config.get("train", {}).get("model")
+    if model is None:
+        return config
+    models = [model] if isinstance(model, str) else list(model)
+    moved = [m if Path(m).is_absolute() else os.path.relpath(base_dir / m, out_dir) for m in models]
+    config["train"]["model"] = moved[0] if isinstance(model, str) else moved
+    return config
