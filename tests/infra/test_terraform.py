@@ -187,7 +187,7 @@ def test_the_nodes_role_reaches_only_the_clusters_bucket_and_key():
 def test_every_resource_is_tagged():
     provider = module(ROOT)["provider"]["aws"]
     assert provider["default_tags"]["tags"] == "${local.tags}"
-    assert "neox:cluster" in module(ROOT)["locals"]["tags"]
+    assert "neox-cluster" in module(ROOT)["locals"]["tags"]
     (template,) = resources("aws_launch_template").values()  # what the group launches does not get default_tags
     tagged = template["dynamic"]
     specs = [d["tag_specifications"] for d in tagged if "tag_specifications" in d]

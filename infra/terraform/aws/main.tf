@@ -16,7 +16,7 @@ data "aws_ec2_instance_type_offerings" "gpu" {
 
 locals {
   tags = merge(var.tags, {
-    "neox:cluster" = var.name
+    "neox-cluster" = var.name
     "managed-by"   = "terraform"
     "project"      = "neox-pipeline"
   })

@@ -85,3 +85,8 @@ output "worker_group" {
   description = "The GPU nodes' Auto Scaling group (scale by changing node_count and applying)."
   value       = module.cluster.worker_group
 }
+
+output "update_command" {
+  description = "Install the code `terraform apply` last uploaded (and its lock) on every node of the cluster."
+  value       = "aws ssm send-command --region ${var.region} --targets Key=tag:neox-cluster,Values=${var.name} --document-name AWS-RunShellScript --comment neox-update --parameters commands=/usr/local/bin/neox-update"
+}

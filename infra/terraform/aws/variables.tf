@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Cluster name: prefixes every resource and tags it (neox:cluster = name)."
+  description = "Cluster name: prefixes every resource and tags it (neox-cluster = name)."
   type        = string
   default     = "neox"
 
