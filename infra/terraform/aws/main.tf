@@ -12,6 +12,13 @@ data "aws_ec2_instance_type_offerings" "gpu" {
     name   = "instance-type"
     values = [var.instance_type]
   }
+
+  lifecycle {
+    postcondition {
+      condition     = var.availability_zone != null || length(self.locations) > 0
+      error_message = "No availability zone of this region offers the instance type; choose another region (or instance_type)."
+    }
+  }
 }
 
 locals {
@@ -20,7 +27,7 @@ locals {
     "managed-by"   = "terraform"
     "project"      = "neox-pipeline"
   })
-  availability_zone = coalesce(var.availability_zone, try(sort(data.aws_ec2_instance_type_offerings.gpu.locations)[0], null))
+  availability_zone = var.availability_zone != null ? var.availability_zone : sort(data.aws_ec2_instance_type_offerings.gpu.locations)[0]
   bucket_name       = coalesce(var.bucket_name, "${var.name}-${data.aws_caller_identity.current.account_id}-${var.region}")
   repository        = abspath("${path.root}/../../..")
 }
@@ -63,8 +70,7 @@ resource "aws_s3_object" "project" {
   bucket      = module.storage.bucket_name
   key         = "code/neox-pipeline.zip"
   source      = data.archive_file.project.output_path
-  source_hash = data.archive_file.project.output_base64sha256
-  kms_key_id  = module.storage.kms_key_arn
+  source_hash = data.archive_file.project.output_base64sha256 # encrypted by the bucket's default (SSE-KMS)
 }
 
 module "cluster" {
