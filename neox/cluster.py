@@ -1,6 +1,7 @@
 """The cluster part of a pipeline config, from what `terraform output -json` says about a cluster that
-infra/terraform/aws stood up: where Ray and MLflow listen, the shared work root, the bucket, how many GPU
-workers there are, and the NCCL/libfabric environment that makes NCCL use the nodes' EFA interfaces.
+infra/terraform/aws stood up: where Ray and MLflow listen, the shared work root (training runs in its train/
+folder, so evaluation, the registry and retraining read checkpoints by path from any node), the bucket, how many
+GPU workers there are, and the NCCL/libfabric environment that makes NCCL use the nodes' EFA interfaces.
 
     neox cluster config outputs.json                                         # the cluster part alone
     neox cluster config outputs.json --base configs/pipeline/pile-neox-20b.yaml --output configs/cluster/20b.yaml
@@ -65,20 +66,19 @@ def cluster_part(outputs: dict[str, Any], work_root: str | None = None) -> dict[
     gpus, vcpus, nodes = int(outputs["gpus_per_node"]), int(outputs["vcpus_per_node"]), int(outputs["node_count"])
     if gpus < 1 or nodes < 1:
         raise ConfigError(f"the cluster has {nodes} node(s) with {gpus} GPU(s) each: nothing to train on")
-    bucket = outputs["bucket"]
     return {
         "work_root": work_root,
         "data": {"ray_address": outputs["ray_address"]},
         "train": {
             "ray_address": outputs["ray_address"],
-            "storage_path": f"s3://{bucket}/train",
+            "storage_path": f"{work_root}/train",
             "num_workers": gpus * nodes,
             "use_gpu": True,
             "cpus_per_worker": max(1, vcpus // gpus - RESERVED_CPUS_PER_GPU),
             "mlflow_tracking_uri": outputs["mlflow_tracking_uri"],
             "env": nccl_env(int(outputs["efa_interfaces_per_node"])),
         },
-        "eval": {"device": "cuda"},
+        "eval": {"device": "cuda", "ray_address": outputs["ray_address"]},  # the flow's head node has no GPU
     }
 
 

@@ -35,6 +35,11 @@ def check_pipeline_config(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path} has no `{section}:` section")
     check_section(raw["data"])
     cfg = load_train_config(path)
+    if "://" in cfg.storage_path:  # caught here, not after days of training
+        raise ConfigError(f"{path}: train.storage_path {cfg.storage_path} is object storage, but the flows evaluate, "
+                          "register and retrain from the final checkpoint by its file path: give a path every node "
+                          "shares (on the cluster /fsx/neox-work/train, which FSx exports to the bucket); "
+                          "`neox train` alone can train to s3://")
     load_model_config(*cfg.model, vocab_size=50277)  # the architecture; the real vocabulary comes from the tokenizer
     eval_configs(raw.get("eval"), cfg.split)
     registry = raw.get("registry") or {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,12 +43,16 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None  # examples per task; None runs whole tasks
     model: str = "neox"  # our adapter; "hf" runs lm-eval's own model on the checkpoint's Hugging Face export
+    dtype: str = "float32"  # the weights' dtype while evaluating; bfloat16 halves the memory (GPT-NeoX-20B: 41 GB)
+    ray_address: str | None = None  # run lm-eval as a Ray task there, holding one GPU when device is cuda
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("eval.tasks names no task")
         if self.model not in ("neox", "hf"):
             raise ConfigError(f"eval.model must be neox or hf, got {self.model!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"eval.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
@@ -107,19 +113,42 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
     if cfg.model == "neox":
         from neox.eval.adapter import NeoxLM
 
-        model = NeoxLM(pretrained=str(checkpoint), device=cfg.device, batch_size=cfg.batch_size)
+        model = NeoxLM(pretrained=str(checkpoint), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
     else:
         from lm_eval.models.huggingface import HFLM
 
         hf_dir = Path(checkpoint).parent / "hf"
         if not (hf_dir / "config.json").exists():
             raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
-        model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype="float32")
+        model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
     results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit,
                                       bootstrap_iters=0, log_samples=False)
     if results is None:
         raise RuntimeError("lm-eval returned no results")
     return results
+
+
+def evaluated_here(checkpoint: str, eval_data: str | None, cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """lm-eval's results as plain JSON data (so they travel back from a Ray worker), and where they were computed."""
+    from lm_eval.utils import handle_non_serializable
+
+    results = json.loads(json.dumps(run_lm_eval(checkpoint, eval_data, cfg), default=handle_non_serializable))
+    return results, {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def evaluate(checkpoint: Path, eval_data: str | Path | None, cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """lm-eval here, or with `ray_address` as a Ray task on the cluster: a flow runs on a head node without a GPU,
+    and the task takes one on a GPU node (the checkpoint and eval data must be on a path every node sees)."""
+    args = (str(checkpoint), None if eval_data is None else str(eval_data), cfg)
+    if cfg.ray_address is None:
+        return evaluated_here(*args)
+    import ray
+
+    from neox.ray_runtime import ensure_ray
+
+    ensure_ray(cfg.ray_address)
+    gpus = 1 if cfg.device.startswith("cuda") else 0
+    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(evaluated_here).remote(*args))
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -144,19 +173,18 @@ def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: 
     """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
     checkpoint = Path(checkpoint)
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
+    del config["ray_address"]  # where it runs does not change what it computes
     inputs = {"checkpoint": sha256_file(checkpoint / "model.safetensors")}
     if eval_data is not None:
         inputs["eval_data"] = input_fingerprint(eval_data)
     key = stage_key(STAGE, CODE_VERSION, config, inputs)
     if find_verified(work_root, STAGE, key) is None:
-        results = run_lm_eval(checkpoint, eval_data, cfg)
+        results, ran_on = evaluate(checkpoint, eval_data, cfg)
         metrics = flat_metrics(results)
         with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
-            from lm_eval.utils import handle_non_serializable
-
-            (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=handle_non_serializable))
+            (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2))
             (run.tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()))
+            run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
     return stage_output(work_root, STAGE, key)
 
 

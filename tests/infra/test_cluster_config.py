@@ -33,10 +33,10 @@ def test_the_cluster_part_has_one_worker_per_gpu_and_nccl_over_efa():
     assert part["work_root"] == "/fsx/neox-work" and part["data"]["ray_address"] == "10.42.0.10:6379"
     train = part["train"]
     assert (train["num_workers"], train["use_gpu"], train["cpus_per_worker"]) == (96, True, 10)  # 96 vCPUs / 8 GPUs - 2
-    assert train["storage_path"] == "s3://neox-pile-20b-a1b2c3/train"
+    assert train["storage_path"] == "/fsx/neox-work/train"  # shared: eval and the registry read it by path
     assert train["mlflow_tracking_uri"] == "http://10.42.0.10:5000"  # the head's VPC address: rank 0 logs from a GPU node
     assert train["env"]["FI_PROVIDER"] == "efa" and train["env"]["FI_EFA_USE_DEVICE_RDMA"] == "1"
-    assert part["eval"] == {"device": "cuda"}
+    assert part["eval"] == {"device": "cuda", "ray_address": "10.42.0.10:6379"}  # lm-eval on a GPU node
 
 
 def test_without_efa_nccl_is_not_told_to_use_it(tmp_path):
@@ -62,7 +62,7 @@ def test_the_command_writes_a_config_that_passes_neox_check(tmp_path):
     check_pipeline_config(out)  # train.model still finds configs/model/neox-20b.yml from the new folder
     cfg = load_train_config(out)
     assert (cfg.num_workers, cfg.global_batch_size, cfg.ray_address) == (96, 1536, "10.42.0.10:6379")
-    assert cfg.env["FI_PROVIDER"] == "efa" and cfg.storage_path == "s3://neox-pile-20b-a1b2c3/train"
+    assert cfg.env["FI_PROVIDER"] == "efa" and cfg.storage_path == "/fsx/neox-work/train"
     printed = yaml.safe_load(neox("cluster", "config", OUTPUTS).stdout)  # without --base: the cluster part alone
     assert set(printed) == {"work_root", "data", "train", "eval"} and printed["train"]["env"] == cfg.env
 
@@ -87,5 +87,6 @@ def test_a_cluster_without_a_shared_file_system_needs_a_work_root(tmp_path):
     outputs = read_outputs(outputs_file(tmp_path, work_root=None))
     with pytest.raises(ConfigError, match="no shared file system"):
         cluster_part(outputs)
-    assert cluster_part(outputs, work_root="/shared/neox")["work_root"] == "/shared/neox"
+    part = cluster_part(outputs, work_root="/shared/neox")
+    assert (part["work_root"], part["train"]["storage_path"]) == ("/shared/neox", "/shared/neox/train")
     assert "error: the cluster has no shared file system" in neox("cluster", "config", outputs_file(tmp_path, work_root=None), ok=False).stderr

@@ -145,8 +145,12 @@ def test_the_bucket_is_encrypted_versioned_private_and_expires_old_checkpoint_ve
     (block,) = resources("aws_s3_bucket_public_access_block").values()
     assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"))
     (lifecycle,) = resources("aws_s3_bucket_lifecycle_configuration").values()
-    (checkpoints,) = [rule for rule in lifecycle["rule"] if rule.get("filter", {}).get("prefix") == "train/"]
+    (checkpoints,) = [rule for rule in lifecycle["rule"] if rule.get("filter", {}).get("prefix") == "${var.checkpoint_prefix}"]
     assert checkpoints["noncurrent_version_expiration"]["noncurrent_days"] == "${var.checkpoint_retention_days}"
+    # the runs' prefix is where FSx exports the work root's train/ folder, which neox cluster config trains into
+    assert module(ROOT)["module"]["storage"]["checkpoint_prefix"] == "${local.work_dir}/train/"
+    assert module(ROOT / "modules" / "cluster")["locals"]["work_root"] == '${var.fsx_dns_name == null ? null : "/fsx/${var.work_dir}"}'
+
     (key,) = resources("aws_kms_key").values()
     assert key["enable_key_rotation"] is True
     (policy,) = [d for k, d in module(ROOT / "modules" / "storage")["data"].items() if k == "aws_iam_policy_document.bucket"]

@@ -81,6 +81,21 @@ def test_our_adapter_scores_like_lm_eval_hf_on_the_offline_tasks(trained_eval, s
     assert 0 < ours["neox_heldout/bits_per_byte"] < 8
 
 
+def test_evaluation_runs_as_a_ray_task_on_the_cluster_with_the_same_results(trained_eval, straight, eval_data, tmp_path):
+    """eval.ray_address: a flow on a head node without a GPU has lm-eval run on the cluster (here: the session's
+    local Ray; on a cluster the task holds a GPU). Same stage key and metrics, computed in a Ray worker."""
+    import os
+
+    import ray
+
+    remote = eval_stage(straight / "final" / "model", eval_data, tmp_path,
+                        EvalConfig(batch_size=8, ray_address=ray.get_runtime_context().gcs_address))
+    assert remote.name == trained_eval.name  # where it ran is not part of the key
+    assert json.loads((remote / METRICS_FILE).read_text()) == json.loads((trained_eval / METRICS_FILE).read_text())
+    ran_on = read_manifest(remote)["stats"]["ran_on"]
+    assert ran_on["pid"] != os.getpid() and ran_on["host"]  # a Ray worker process, not this one
+
+
 def test_generate_until_matches_lm_eval_hf(straight, eval_data):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

@@ -30,6 +30,7 @@ locals {
   availability_zone = var.availability_zone != null ? var.availability_zone : sort(data.aws_ec2_instance_type_offerings.gpu.locations)[0]
   bucket_name       = coalesce(var.bucket_name, "${var.name}-${data.aws_caller_identity.current.account_id}-${var.region}")
   repository        = abspath("${path.root}/../../..")
+  work_dir          = "neox-work" # the pipeline's work root under /fsx and the bucket; training runs in its train/
 }
 
 # The project as it is in this checkout (what `terraform apply` ran from), for the nodes to install from its lock.
@@ -49,6 +50,7 @@ module "storage" {
   name                      = var.name
   bucket_name               = local.bucket_name
   checkpoint_retention_days = var.checkpoint_retention_days
+  checkpoint_prefix         = "${local.work_dir}/train/"
   fsx_storage_capacity_gib  = var.fsx_storage_capacity_gib
   fsx_throughput_per_tib    = var.fsx_throughput_per_tib
   subnet_id                 = module.network.private_subnet_id
@@ -91,6 +93,7 @@ module "cluster" {
   kms_key_arn             = module.storage.kms_key_arn
   fsx_dns_name            = module.storage.fsx_dns_name
   fsx_mount_name          = module.storage.fsx_mount_name
+  work_dir                = local.work_dir
   code_object_key         = aws_s3_object.project.key
   worker_volume_gib       = var.worker_volume_gib
   capacity_reservation_id = var.capacity_reservation_id

@@ -7,12 +7,12 @@ output "region" {
 }
 
 output "bucket" {
-  description = "The cluster's bucket: s3://BUCKET/pile for the Pile mirror, train/ for checkpoints, mlflow/ for artifacts."
+  description = "The cluster's bucket: pile/ for the Pile mirror, neox-work/ for what FSx exports of the work root (runs in neox-work/train/), mlflow/ for artifacts."
   value       = module.storage.bucket_name
 }
 
 output "work_root" {
-  description = "The pipeline's work root on FSx for Lustre (null without FSx)."
+  description = "The pipeline's work root on FSx for Lustre, training runs in its train/ (null without FSx)."
   value       = module.cluster.work_root
 }
 

@@ -105,7 +105,7 @@ variable "fsx_throughput_per_tib" {
 }
 
 variable "checkpoint_retention_days" {
-  description = "Days an overwritten or deleted object under train/ (old checkpoints, which Ray Train prunes to num_to_keep) stays as a noncurrent version before it expires."
+  description = "Days an overwritten or deleted object under neox-work/train/ (old checkpoints, which Ray Train prunes to num_to_keep) stays as a noncurrent version before it expires."
   type        = number
   default     = 7
 

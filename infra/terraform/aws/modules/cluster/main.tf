@@ -13,7 +13,7 @@ locals {
   }
   gpu         = local.gpu_types[var.instance_type]
   project_dir = "/opt/neox-pipeline"
-  work_root   = var.fsx_dns_name == null ? null : "/fsx/neox-work"
+  work_root   = var.fsx_dns_name == null ? null : "/fsx/${var.work_dir}"
 
   bootstrap = {
     region          = var.region
@@ -23,6 +23,7 @@ locals {
     head_ip         = var.head_private_ip
     fsx_dns_name    = var.fsx_dns_name == null ? "" : var.fsx_dns_name # the script tests for ""
     fsx_mount_name  = var.fsx_mount_name == null ? "" : var.fsx_mount_name
+    work_root       = local.work_root == null ? "" : local.work_root
     state_volume    = "" # the head's state volume id (without its dash), for its by-id device path
   }
 }

@@ -75,6 +75,11 @@ variable "fsx_mount_name" {
   default     = null
 }
 
+variable "work_dir" {
+  description = "The pipeline's work root folder under /fsx."
+  type        = string
+}
+
 variable "code_object_key" {
   description = "Key in the bucket of the project archive the nodes install."
   type        = string

@@ -91,8 +91,8 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
   }
 }
 
-# Ray Train deletes checkpoints beyond num_to_keep; with versioning they would stay as noncurrent versions (a
-# GPT-NeoX-20B checkpoint is ~270 GB), so they expire after checkpoint_retention_days.
+# Ray Train deletes checkpoints beyond num_to_keep (and FSx exports the deletion); with versioning they would stay
+# as noncurrent versions (a GPT-NeoX-20B checkpoint is ~270 GB), so they expire after checkpoint_retention_days.
 resource "aws_s3_bucket_lifecycle_configuration" "this" {
   bucket = aws_s3_bucket.this.id
 
@@ -101,7 +101,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     status = "Enabled"
 
     filter {
-      prefix = "train/"
+      prefix = var.checkpoint_prefix
     }
 
     noncurrent_version_expiration {

@@ -9,8 +9,13 @@ variable "bucket_name" {
 }
 
 variable "checkpoint_retention_days" {
-  description = "Days a noncurrent version under train/ is kept before it expires."
+  description = "Days a noncurrent version under checkpoint_prefix is kept before it expires."
   type        = number
+}
+
+variable "checkpoint_prefix" {
+  description = "Key prefix of the training runs (FSx exports the work root's train/ folder there)."
+  type        = string
 }
 
 variable "fsx_storage_capacity_gib" {
