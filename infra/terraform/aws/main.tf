@@ -38,7 +38,7 @@ data "archive_file" "project" {
   type        = "zip"
   source_dir  = local.repository
   output_path = "${path.root}/.terraform/neox-pipeline.zip"
-  excludes = [
+  excludes    = [
     ".git/**", ".venv/**", ".venv-checkov/**", ".whl/**", "work/**", "mlflow.db", "mlruns/**", "**/__pycache__/**",
     "infra/terraform/aws/.terraform/**", "infra/terraform/aws/*.tfstate*", "infra/terraform/aws/*.tfvars",
   ]

@@ -64,7 +64,7 @@ data "aws_iam_policy_document" "bucket" {
   }
 
   statement {
-    sid = "ReadWriteItsObjects"
+    sid     = "ReadWriteItsObjects"
     actions = [
       "s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
       "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
@@ -126,7 +126,7 @@ resource "aws_instance" "head" {
   iam_instance_profile   = aws_iam_instance_profile.node.name
   monitoring             = true
   ebs_optimized          = true
-  user_data = templatefile("${path.module}/bootstrap.sh.tftpl", merge(local.bootstrap, {
+  user_data              = templatefile("${path.module}/bootstrap.sh.tftpl", merge(local.bootstrap, {
     role         = "head"
     state_volume = replace(aws_ebs_volume.head_state.id, "-", "")
   }))
