@@ -19,6 +19,11 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+# A neox checkpoint folder's files (besides the tokenizer's), named here so code that only checks for a
+# checkpoint need not import torch through neox.model.weights.
+CONFIG_FILE = "config.yml"
+WEIGHTS_FILE = "model.safetensors"
+
 InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
 
 # Keys GPT-NeoX defines that the model does not read (training, data, logging, launch). They are kept for

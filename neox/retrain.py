@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from neox.config import ConfigError, check_type
+from neox.config import WEIGHTS_FILE, ConfigError, check_type
 from neox.data.prepare import data_sources, upstream_outputs
 from neox.data.sources import EmptyFolder
 from neox.data.tokenizer import TOKENIZER_FILE
@@ -62,7 +62,7 @@ def champion_lineage(version, work_root: str | Path) -> Champion:
     """What a registered champion version was trained from, read through its lineage tags and stage manifests."""
     checkpoint = Path(version.tags.get("neox.checkpoint", ""))
     run_data = checkpoint.parent.parent / DATA_FILE
-    if not (checkpoint / "model.safetensors").is_file() or not run_data.is_file():
+    if not (checkpoint / WEIGHTS_FILE).is_file() or not run_data.is_file():
         raise ConfigError(f"champion version {version.version}: its checkpoint {checkpoint} or training run is gone, "
                           "so there is nothing to continue from (use retrain.mode: scratch)")
     download = upstream_outputs(json.loads(run_data.read_text())["data"], work_root).get("download")

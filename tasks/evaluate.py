@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from neox.config import WEIGHTS_FILE
 from neox.eval.data import eval_data_stage
 from neox.eval.run import METRICS_FILE, eval_configs, eval_stage, log_eval
 from neox.registry import champion_version
@@ -47,7 +48,7 @@ def score_champion(config: str, candidate_version: str, tokenized: str) -> dict[
     if champion is None or str(champion.version) == str(candidate_version):
         return None
     checkpoint = Path(champion.tags.get("neox.checkpoint", ""))
-    if not (checkpoint / "model.safetensors").is_file():
+    if not (checkpoint / WEIGHTS_FILE).is_file():
         get_run_logger().warning("champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint)
         return None
     metrics = json.loads((eval_on_heldout(config, checkpoint, tokenized) / METRICS_FILE).read_text())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from neox.config import ConfigError
+from neox.config import WEIGHTS_FILE, ConfigError
 from neox.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: 
     checkpoint = Path(checkpoint)
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
     del config["ray_address"]  # where it runs does not change what it computes
-    inputs = {"checkpoint": sha256_file(checkpoint / "model.safetensors")}
+    inputs = {"checkpoint": sha256_file(checkpoint / WEIGHTS_FILE)}
     if eval_data is not None:
         inputs["eval_data"] = input_fingerprint(eval_data)
     key = stage_key(STAGE, CODE_VERSION, config, inputs)

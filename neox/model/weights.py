@@ -11,12 +11,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from neox.atomic import atomic_directory
-from neox.config import ConfigError, ModelConfig, load_model_config
+from neox.config import CONFIG_FILE, WEIGHTS_FILE, ConfigError, ModelConfig, load_model_config
 from neox.data.tokenizer import TOKENIZER_FILE
 from neox.model.gpt_neox import GPTNeoX
-
-CONFIG_FILE = "config.yml"
-WEIGHTS_FILE = "model.safetensors"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -158,7 +158,7 @@ def test_the_bucket_is_encrypted_versioned_private_and_expires_old_checkpoint_ve
 
 
 def test_nothing_is_reachable_from_the_internet():
-    everything = "".join((path / name).read_text() for path in MODULE_DIRS for name in ("main.tf",))
+    everything = "".join((path / "main.tf").read_text() for path in MODULE_DIRS)
     for kind in ("aws_vpc_security_group_ingress_rule", "aws_security_group_rule", "aws_security_group"):
         for name, body in resources(kind).items():
             rules = [body] if kind == "aws_vpc_security_group_ingress_rule" else body.get("ingress", [])
