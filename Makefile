@@ -19,7 +19,7 @@ else
 DS_BUILD_ENV := DS_BUILD_OPS=0
 endif
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test format bench clean-venv
 
 setup: $(STAMP)
 
@@ -43,7 +43,14 @@ demo: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pretrain configs/pipeline/local.yaml
 
 test: setup $(CHECKOV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Apply the formatter and the lint rules' safe fixes (what `make test` checks).
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -29,7 +29,7 @@ from datasketch import MinHash  # noqa: E402
 from neox.data.dedup import DedupConfig, cluster, dedup_shards, normalize, shingles  # noqa: E402
 from neox.data.jsonl import Rejects, list_shards, read_shard  # noqa: E402
 from neox.data.sample import build_sample_corpus  # noqa: E402
-from neox.stage import verify_output  # noqa: E402
+from neox.pipeline.stage import verify_output  # noqa: E402
 
 
 def baseline(corpus: Path, cfg: DedupConfig) -> int:
@@ -64,7 +64,7 @@ def main() -> None:
 
         import ray
 
-        from neox.ray_runtime import ensure_ray
+        from neox.runtime.ray_cluster import ensure_ray
 
         ensure_ray(num_cpus=args.workers)
         seconds = {}

@@ -86,7 +86,7 @@ def main() -> None:
 
         import ray
 
-        from neox.ray_runtime import ensure_ray
+        from neox.runtime.ray_cluster import ensure_ray
 
         started = time.perf_counter()
         ensure_ray(num_cpus=args.workers)

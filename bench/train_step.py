@@ -32,8 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-from neox.config import load_model_config  # noqa: E402
-from neox.hf import hf_config  # noqa: E402
+from neox.model.config import load_model_config  # noqa: E402
+from neox.model.hf import hf_config  # noqa: E402
 from neox.model.gpt_neox import GPTNeoX, init_weights  # noqa: E402
 
 
@@ -81,10 +81,10 @@ def gpu_main(args: argparse.Namespace) -> None:
     import deepspeed
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from neox.config import load_neox_yaml
+    from neox.model.config import load_neox_yaml
     from neox.train.config import TrainConfig
     from neox.train.flops import flops_per_step, gpu_peak_tflops
-    from neox.train.loop import deepspeed_config, parameter_groups
+    from neox.train.engine import deepspeed_config, parameter_groups
 
     ATTENTION_BACKENDS = {"flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
                           "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]}
@@ -215,7 +215,7 @@ def main() -> None:
             del loop.times[:5]  # warm-up
         a = loop_a.seconds
 
-        from neox.ray_runtime import ensure_ray
+        from neox.runtime.ray_cluster import ensure_ray
         from neox.train.config import build_train_config
         from neox.train.launch import train
 

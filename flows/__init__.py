@@ -1,1 +1,1 @@
-"""Prefect flows composing the stage tasks (filled in by the orchestration work)."""
+"""Prefect flows composing the stage tasks: data_prep, train, evaluate_and_promote, pretrain and retrain."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from neox.train.config import read_pipeline_config
+from neox.pipeline.configfile import read_pipeline_config
 from tasks.dedup import dedup
 from tasks.download import download
 from tasks.tokenize import tokenize

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from prefect import flow
 
 from flows.data import data_prep
 from flows.evaluate import evaluate_and_promote
 from flows.train import train
-from neox.pipeline import check_pipeline_config
+from neox.pipeline.check import check_pipeline_config
+from neox.pipeline.layout import final_model
 
 
 @flow(name="pretrain")
@@ -31,13 +31,13 @@ def pretrain(config: str = "configs/pipeline/local.yaml") -> dict:
     run = train(config, tokenized)
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    outcome = evaluate_and_promote(config, str(Path(run) / "final" / "model"), tokenized)
+    outcome = evaluate_and_promote(config, str(final_model(run)), tokenized)
     timings["evaluate_and_promote"] = time.perf_counter() - started
     return {"tokenized": tokenized, "run": run, **outcome, "timings": timings}
 
 
 def main() -> None:
-    from neox.summary import print_summary
+    from neox.pipeline.summary import print_summary
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()

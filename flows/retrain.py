@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.data import data_prep
 from flows.evaluate import evaluate_and_promote
 from flows.train import train
-from neox.pipeline import check_pipeline_config
-from neox.retrain import retrain_config, retrain_overrides
+from neox.pipeline.check import check_pipeline_config
+from neox.pipeline.layout import final_model
+from neox.pipeline.retrain import retrain_config, retrain_overrides
 from neox.train.config import load_train_config
 from tasks.retrain import plan_retrain
 
@@ -39,14 +39,14 @@ def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     run = train(config, tokenized, overrides)
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    outcome = evaluate_and_promote(config, str(Path(run) / "final" / "model"), tokenized)
+    outcome = evaluate_and_promote(config, str(final_model(run)), tokenized)
     timings["evaluate_and_promote"] = time.perf_counter() - started
     return {"tokenized": tokenized, "run": run, **outcome, "timings": timings,
             "continued_from": champion.version if champion else None}
 
 
 def main() -> None:
-    from neox.summary import print_summary
+    from neox.pipeline.summary import print_summary
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()

@@ -1,1 +1,1 @@
-"""neox-pipeline: the GPT-NeoX library (model, config, Hugging Face interop, CLI)."""
+"""neox-pipeline: the library behind the pipeline (model, data, train, eval, registry, pipeline, runtime) and the `neox` CLI."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from neox.config import ConfigError
+from neox.errors import ConfigError, NeoxError
 
 app = typer.Typer(
     name="neox",
@@ -36,7 +35,7 @@ def params(
 
     Example: neox params configs/model/pythia-160m.yml --vocab-size 50277
     """
-    from neox.config import load_model_config
+    from neox.model.config import load_model_config
     from neox.model.gpt_neox import count_parameters
 
     cfg, _ = load_model_config(*config, vocab_size=vocab_size)
@@ -56,20 +55,9 @@ def init_model(
 
     Example: neox init-model configs/model/tiny.yml --out runs/tiny-init --tokenizer tokenizer.json
     """
-    import torch
-    from tokenizers import Tokenizer
+    from neox.model.checkpoint import init_checkpoint
 
-    from neox.config import load_model_config
-    from neox.model.gpt_neox import GPTNeoX, init_weights
-    from neox.model.weights import save_model
-
-    if vocab_size is None:
-        if tokenizer is None:
-            raise ConfigError("give --vocab-size or --tokenizer (its size sets the vocabulary)")
-        vocab_size = Tokenizer.from_file(str(tokenizer)).get_vocab_size()
-    cfg, _ = load_model_config(*config, vocab_size=vocab_size)
-    model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
-    save_model(model, out_dir, tokenizer_file=tokenizer, overwrite=overwrite)
+    model = init_checkpoint(config, out_dir, vocab_size=vocab_size, tokenizer_file=tokenizer, seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {out_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
@@ -85,8 +73,8 @@ def export_hf(
 
     Example: neox export-hf runs/tiny-init hf/tiny --dtype bfloat16
     """
-    from neox import hf
-    from neox.model.weights import parse_dtype
+    from neox.model import hf
+    from neox.model.checkpoint import parse_dtype
 
     hf.export_hf(checkpoint, out_dir, dtype=parse_dtype(dtype), overwrite=overwrite)
     typer.echo(f"wrote {out_dir}")
@@ -102,7 +90,7 @@ def import_hf(
 
     Example: neox import-hf ~/models/pythia-70m runs/pythia-70m
     """
-    from neox import hf
+    from neox.model import hf
 
     hf.import_hf(hf_dir, out_dir, overwrite=overwrite)
     typer.echo(f"wrote {out_dir}")
@@ -123,32 +111,11 @@ def generate(
 
     Example: neox generate runs/pythia-70m --prompt "Once upon a time" --max-new-tokens 20 --temperature 0.8 --top-p 0.9
     """
-    import torch
-    from tokenizers import Tokenizer
+    from neox.model.generate import SamplingConfig
+    from neox.model.prompt import continue_prompt
 
-    from neox.model.generate import SamplingConfig, generate as generate_tokens
-    from neox.model.weights import CONFIG_FILE, TOKENIZER_FILE, load_model
-
-    if (model / CONFIG_FILE).exists():
-        net = load_model(model)
-    elif (model / "config.json").exists():
-        from neox.hf import load_hf_model
-
-        net = load_hf_model(model)
-    else:
-        raise ConfigError(f"{model} is neither a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face model (config.json)")
-    tokenizer = tokenizer or model / TOKENIZER_FILE
-    if not tokenizer.exists():
-        raise ConfigError(f"no tokenizer: {tokenizer} does not exist (pass --tokenizer)")
-    tok = Tokenizer.from_file(str(tokenizer))
-    ids = tok.encode(prompt).ids
-    if not ids:
-        raise ConfigError("the prompt encodes to no tokens")
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=tok.token_to_id("<|endoftext|>")
-    )
-    out = generate_tokens(net, torch.tensor([ids]), sampling, generator=torch.Generator().manual_seed(seed))
-    typer.echo(prompt + tok.decode(out[0, len(ids) :].tolist()))
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    typer.echo(continue_prompt(model, prompt, sampling, seed=seed, tokenizer_file=tokenizer))
 
 
 WorkRootOption = Annotated[Path, typer.Option(help="Root of the content-addressed stage outputs (<work-root>/<stage>/<key>/).")]
@@ -185,12 +152,9 @@ def download(
 
     Example: neox download https://host/pile/val.jsonl.zst s3://bucket/shards/00.jsonl.zst --work-root work
     """
-    from neox.data.sources import Retry, download_sources, pile_catalog, sources_from_strings
+    from neox.data.download import Retry, download_sources, sources_for
 
-    sources = sources_from_strings(urls or []) + (pile_catalog(pile_mirror) if pile_mirror else [])
-    if not sources:
-        raise ConfigError("give source URLs or --pile-mirror")
-    out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries))
+    out = download_sources(sources_for(urls or [], pile_mirror), work_root, workers=workers, retry=Retry(attempts=retries))
     typer.echo(str(out))
 
 
@@ -269,17 +233,10 @@ def train_command(
 
     Example: neox train configs/pipeline/local.yaml
     """
-    from neox.train.config import load_train_config, read_pipeline_config
-    from neox.train.launch import train
+    from neox.pipeline.commands import train_from_config
 
     overrides = {k: v for k, v in {"data": str(data) if data else None, "train_iters": train_iters, "name": name}.items() if v is not None}
-    cfg = load_train_config(config, overrides)
-    if cfg.data is None:
-        raw = read_pipeline_config(config)
-        if not isinstance(raw.get("data"), dict):
-            raise ConfigError(f"{config}: no train.data, --data or `data:` section to train on")
-        cfg = dataclasses.replace(cfg, data=str(prepare_data_section(raw)))
-    typer.echo(str(train(cfg, resume=resume, allow_new_data=allow_new_data)))
+    typer.echo(train_from_config(config, overrides, resume=resume, allow_new_data=allow_new_data))
 
 
 @app.command("check")
@@ -291,14 +248,9 @@ def check_command(
 
     Example: neox check configs/pipeline/local.yaml
     """
-    from neox.pipeline import check_pipeline_config
-    from neox.train.config import load_train_config
+    from neox.pipeline.check import describe
 
-    raw = check_pipeline_config(config)
-    cfg = load_train_config(config)
-    typer.echo(f"{config}: ok — model {', '.join(Path(m).name for m in cfg.model)}, {cfg.train_iters} steps x "
-               f"{cfg.global_batch_size} sequences x {cfg.seq_length} tokens on {cfg.num_workers} worker(s), "
-               f"{cfg.precision}, ZeRO-{cfg.zero_stage}; sections: {', '.join(raw)}")
+    typer.echo(describe(config))
 
 
 @app.command("data")
@@ -310,12 +262,9 @@ def data_command(
 
     Example: neox data configs/pipeline/local.yaml
     """
-    from neox.train.config import read_pipeline_config
+    from neox.pipeline.commands import prepare_data_from_config
 
-    raw = read_pipeline_config(config)
-    if not isinstance(raw.get("data"), dict):
-        raise ConfigError(f"{config} has no `data:` section")
-    typer.echo(str(prepare_data_section(raw)))
+    typer.echo(str(prepare_data_from_config(config)))
 
 
 TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI (a sqlite:/// file or an http:// server).")]
@@ -359,12 +308,11 @@ def eval_command(
 
     Example: neox eval work/train/demo/final/model --eval-data work/eval-data/<key>
     """
-    from neox.eval.run import METRICS_FILE, PYTHIA_SUITE, EvalConfig, eval_stage, log_eval, metrics_table
+    from neox.eval.run import EVAL_METRICS_FILE, EvalConfig, eval_stage, log_eval, metrics_table, task_names
 
-    names = tuple(n for t in tasks.split(",") if t.strip() for n in (PYTHIA_SUITE if t.strip() == "pythia" else (t.strip(),)))
-    cfg = EvalConfig(tasks=names, batch_size=batch_size, device=device, limit=limit, model=model)
+    cfg = EvalConfig(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
     out = eval_stage(checkpoint, eval_data, work_root, cfg)
-    typer.echo(metrics_table(json.loads((out / METRICS_FILE).read_text())))
+    typer.echo(metrics_table(json.loads((out / EVAL_METRICS_FILE).read_text())))
     typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")
     typer.echo(str(out))
 
@@ -384,7 +332,7 @@ def register_command(
 
     Example: neox register work/eval/<key> --name neox-tiny
     """
-    from neox.registry import register
+    from neox.registry.mlflow_registry import register
 
     version = register(eval_output, name, mlflow_tracking_uri, work_root, experiment)
     typer.echo(f"{name} version {version}")
@@ -407,11 +355,9 @@ def promote_command(
 
 
 def _promote(name: str, version: str, config: Path | None, tracking_uri: str) -> None:
-    from neox.registry import promote, promotion_rule
-    from neox.train.config import read_pipeline_config
+    from neox.pipeline.commands import promote_by_config
 
-    section = read_pipeline_config(config).get("registry", {}) if config else {}
-    decision = promote(name, version, promotion_rule((section or {}).get("rule")), tracking_uri)
+    decision = promote_by_config(name, version, tracking_uri, config)
     verdict = "champion" if decision.promote else "not promoted"
     typer.echo(f"{name} version {version}: {verdict} ({'; '.join(decision.reasons)})")
 
@@ -437,53 +383,26 @@ def cluster_config(
 
     Example: neox cluster config cluster.json --base configs/pipeline/pile-neox-20b.yaml --output configs/cluster/pile-neox-20b.yaml
     """
-    import os
-    import tempfile
-
     import yaml
 
-    from neox.cluster import apply_to, cluster_part, read_outputs, rebase_model_paths
-    from neox.train.config import read_pipeline_config
+    from neox.pipeline.cluster import cluster_part, filled_in, read_outputs, write_cluster_config
 
-    values = read_outputs(outputs)
-    part = cluster_part(values, work_root)
     if base is None:
         if output is not None:
             raise ConfigError("--output writes a whole pipeline config: give --base too")
-        typer.echo(yaml.safe_dump(part, sort_keys=False), nl=False)
-        return
-    config = apply_to(read_pipeline_config(base), part, values["bucket"])
-    header = f"# {base} on the cluster of {outputs} (written by `neox cluster config`)\n"
-    if output is None:
-        typer.echo(header + yaml.safe_dump(config, sort_keys=False), nl=False)
-        return
-    from neox.pipeline import check_pipeline_config
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    config = rebase_model_paths(config, base.parent, output.parent)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(header + yaml.safe_dump(config, sort_keys=False))
-        check_pipeline_config(tmp)  # a config that would fail on the cluster is not written
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    typer.echo(f"wrote {output}: {config['train']['num_workers']} GPU workers, global batch kept with "
-               f"gradient_accumulation_steps {config['train'].get('gradient_accumulation_steps', 1)}")
-
-
-def prepare_data_section(raw: dict) -> Path:
-    from neox.data.prepare import prepare_data
-
-    return prepare_data(raw["data"], Path(raw.get("work_root", "work")))
+        typer.echo(yaml.safe_dump(cluster_part(read_outputs(outputs), work_root), sort_keys=False), nl=False)
+    elif output is None:
+        typer.echo(filled_in(outputs, base, work_root)[0], nl=False)
+    else:
+        train = write_cluster_config(outputs, base, output, work_root)["train"]
+        typer.echo(f"wrote {output}: {train['num_workers']} GPU workers, global batch kept with "
+                   f"gradient_accumulation_steps {train.get('gradient_accumulation_steps', 1)}")
 
 
 def main() -> None:
     try:
         app()
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:  # ResumeError too
+    except NeoxError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
 

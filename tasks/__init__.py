@@ -1,1 +1,1 @@
-"""Prefect tasks: one thin task per pipeline stage (filled in by the orchestration work)."""
+"""Prefect tasks: one thin task per pipeline stage, each calling the library (`neox`) and reporting to the UI."""

@@ -8,9 +8,11 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from neox.registry import Decision, promote, promotion_rule, register
-from neox.train.config import load_train_config, read_pipeline_config
-from neox.train.launch import absolute_tracking_uri
+from neox.registry.mlflow_registry import DECISION_TAG, promote, register
+from neox.registry.rule import Decision, promotion_rule
+from neox.pipeline.configfile import read_pipeline_config
+from neox.train.config import load_train_config
+from neox.train.tracking import absolute_tracking_uri
 
 
 def registry_settings(config: str) -> tuple[dict, str, str]:
@@ -36,7 +38,7 @@ def promote_version(config: str, version: str, champion_metrics: dict[str, float
     from mlflow import MlflowClient
 
     tags = MlflowClient(tracking_uri=tracking).get_model_version(name, version).tags
-    record = json.loads(tags.get("neox.promotion", "{}"))
+    record = json.loads(tags.get(DECISION_TAG, "{}"))
     verdict = "champion" if decision.promote else "not promoted"
     create_markdown_artifact(
         f"**{name} v{version}: {verdict}** — {'; '.join(decision.reasons)}\n\n"

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from neox.stage import read_manifest
+from neox.pipeline.stage import read_manifest
 
 
 def report_stage(stage: str, output: str | Path, started: float, extra: dict[str, Any] | None = None) -> None:

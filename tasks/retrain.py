@@ -8,9 +8,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from neox.registry import champion_version
-from neox.retrain import Champion, champion_lineage, retrain_config, retrain_data
-from neox.train.config import read_pipeline_config
+from neox.registry.mlflow_registry import champion_version
+from neox.pipeline.retrain import Champion, champion_lineage, retrain_config, retrain_data
+from neox.pipeline.configfile import read_pipeline_config
 from tasks.register import registry_settings
 
 

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from neox.pipeline.layout import TRAIN_METRICS_FILE
 from neox.train.config import load_train_config
 from neox.train.launch import train_or_resume
 
@@ -20,7 +21,7 @@ def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
     run, outcome = train_or_resume(cfg)
     get_run_logger().info("train: %s %s", outcome, run)
     if "://" not in run:
-        records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (Path(run) / TRAIN_METRICS_FILE).read_text().splitlines()]
         steps = [r for r in records if r["step"] in (1, len(records)) or r["step"] % max(1, len(records) // 10) == 0]
         table = "\n".join(f"| {r['step']} | {r['loss']:.4f} | {r['lr']:.3g} |" for r in steps)
         create_markdown_artifact(f"**{outcome}** `{run}`\n\n| step | loss | lr |\n| --- | --- | --- |\n{table}\n",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neox.config import ModelConfig
+from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX, init_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def ray_local():
     """One local Ray for the whole test session (each start costs seconds)."""
     import ray
 
-    from neox.ray_runtime import ensure_ray
+    from neox.runtime.ray_cluster import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield

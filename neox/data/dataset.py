@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neox.errors import ConfigError, DataError
 from neox.data.indexed import IndexedDataset
 
 INDEX_VERSION = "1"
@@ -32,10 +33,10 @@ def split_boundaries(split: str, num_documents: int) -> list[int]:
     try:
         weights = [float(s) for s in (split.split(separator) if separator else [split])]
     except ValueError:
-        raise ValueError(f"split must look like '969,30,1', got {split!r}") from None
+        raise ConfigError(f"split must look like '969,30,1', got {split!r}") from None
     weights = (weights + [0.0, 0.0])[:3]
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"split weights must be non-negative with a positive sum, got {split!r}")
+        raise ConfigError(f"split weights must be non-negative with a positive sum, got {split!r}")
     total = sum(weights)
     bounds = [0]
     for weight in weights:
@@ -92,9 +93,9 @@ class GPT2Dataset:
         cache_dir: str | Path | None = None,
     ):
         if len(documents) == 0:
-            raise ValueError("this split has no documents; adjust `split` or add data")
+            raise DataError("this split has no documents; adjust `split` or add data")
         if num_samples < 1 or seq_length < 1:
-            raise ValueError(f"num_samples and seq_length must be positive, got {num_samples}, {seq_length}")
+            raise ConfigError(f"num_samples and seq_length must be positive, got {num_samples}, {seq_length}")
         self.indexed, self.seq_length = indexed, seq_length
         arrays = None
         if cache_dir is not None:
@@ -164,7 +165,7 @@ def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.nd
     Each sample goes to the dataset whose count is furthest below weight * samples-so-far."""
     weights_arr = np.asarray(weights, dtype=np.float64)
     if len(weights_arr) == 0 or np.any(weights_arr < 0) or weights_arr.sum() <= 0:
-        raise ValueError(f"blend weights must be non-negative with a positive sum, got {weights}")
+        raise ConfigError(f"blend weights must be non-negative with a positive sum, got {weights}")
     weights_arr = weights_arr / weights_arr.sum()
     dataset_index = np.zeros(size, dtype=np.uint8)
     dataset_sample_index = np.zeros(size, dtype=np.int64)
@@ -182,7 +183,7 @@ class BlendedDataset:
 
     def __init__(self, datasets: list[GPT2Dataset], weights: list[float]):
         if len(datasets) != len(weights):
-            raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
+            raise ConfigError(f"{len(datasets)} datasets but {len(weights)} weights")
         self.datasets = datasets
         self.size = sum(len(d) for d in datasets)
         self.dataset_index, self.dataset_sample_index = blending_indices(weights, self.size)

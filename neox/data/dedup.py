@@ -24,9 +24,10 @@ import numpy as np
 import ray
 from rensa import RMinHash
 
+from neox.errors import ConfigError, DataError
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
-from neox.ray_runtime import ensure_ray, run_ordered
-from neox.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+from neox.runtime.ray_cluster import ensure_ray, run_ordered
+from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 
 STAGE = "dedup"
 CODE_VERSION = "1"
@@ -43,11 +44,11 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.bands < 1 or self.rows < 1:
-            raise ValueError("ngram, bands and rows must be at least 1")
+            raise ConfigError("ngram, bands and rows must be at least 1")
         if self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
+            raise ConfigError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
 
 
 def normalize(text: str) -> str:
@@ -169,7 +170,7 @@ def _publish(
     config = dataclasses.asdict(cfg)
     ids = [(r["shard"], line) for r in signed for line in r["lines"]]
     if not ids:
-        raise ValueError(f"no documents in {shards[0].parent}: every line was empty or rejected")
+        raise DataError(f"no documents in {shards[0].parent}: every line was empty or rejected")
     sets = [s for r in signed for s in r["sets"]]
     paths = [p for r in signed for p in r["paths"]]
     uf, exact_members = cluster([e for r in signed for e in r["exact"]], np.concatenate([r["signatures"] for r in signed]), cfg)
@@ -195,7 +196,7 @@ def _publish(
         reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl")
         kept = sum(len(lines) for lines in keep_by_shard.values())
         if written != kept:  # the shards changed under us between the two passes
-            raise RuntimeError(f"wrote {written} documents, expected {kept}; was the input modified?")
+            raise DataError(f"wrote {written} documents, expected {kept}; was the input modified?")
         kept_sets = Counter(sets[i] for i, root in enumerate(roots) if root == i)
         run.stats.update(
             documents_in=len(ids),

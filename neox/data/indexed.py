@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from neox.errors import DataError, MissingInput
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float32, 7: np.float64, 8: np.uint16}
 CODE_OF = {np.dtype(t): code for code, t in DTYPE_CODES.items()}
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(DataError):
     """An .idx file that is not a GPT-NeoX mmap index."""
 
 
@@ -63,7 +65,7 @@ def merge_parts(prefix: str | Path, parts: Iterable[tuple[Path, np.ndarray]], dt
     sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, dtype=np.int32)
     expected_bytes = int(sizes.astype(np.int64).sum()) * np.dtype(dtype).itemsize
     if os.path.getsize(f"{prefix}.bin") != expected_bytes:
-        raise RuntimeError(f"{prefix}.bin has {os.path.getsize(f'{prefix}.bin')} bytes; sizes say {expected_bytes}")
+        raise IndexFormatError(f"{prefix}.bin has {os.path.getsize(f'{prefix}.bin')} bytes; sizes say {expected_bytes}")
     write_index(f"{prefix}.idx", sizes, dtype)
     return int(sizes.sum())
 
@@ -76,7 +78,7 @@ class IndexedDataset:
         idx_path, bin_path = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
         for path in (idx_path, bin_path):
             if not path.exists():
-                raise FileNotFoundError(f"{path} does not exist")
+                raise MissingInput(f"{path} does not exist")
         with open(idx_path, "rb") as f:
             header = f.read(len(MAGIC) + 8 + 1 + 8 + 8)
         if len(header) < 34 or header[: len(MAGIC)] != MAGIC:

@@ -19,10 +19,12 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from neox.errors import DataError, MissingInput
+
 SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(DataError):
     """A shard that cannot be read past some point (truncated or corrupt compression)."""
 
 
@@ -164,10 +166,10 @@ def list_shards(directory: str | Path) -> list[Path]:
     """The shards in a directory, sorted by name (the order every stage processes them in)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"input directory {directory} does not exist")
+        raise MissingInput(f"input directory {directory} does not exist")
     shards = sorted(p for p in directory.iterdir() if p.is_file() and is_shard(p))
     if not shards:
-        raise FileNotFoundError(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")
+        raise MissingInput(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")
     return shards
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neox.config import ConfigError
+from neox.errors import ConfigError
 from neox.data.dedup import DedupConfig, dedup_shards
 from neox.data.sample import build_sample_corpus
-from neox.data.sources import Source, download_sources, pile_catalog, sources_from_strings
+from neox.data.download import download_sources, pile_catalog, Source, sources_from_strings
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
 from neox.data.tokenizer import tokenizer_stage
 
@@ -74,7 +74,7 @@ def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str
 
 def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, Path]:
     """The dedup and download stage outputs a tokenized dataset was made from, those still under `work_root`."""
-    from neox.stage import MANIFEST, read_manifest, stage_output
+    from neox.pipeline.stage import MANIFEST, read_manifest, stage_output
 
     found, current = {}, Path(tokenized)
     for stage in ("dedup", "download"):

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from neox.errors import ConfigError
 from neox.data.jsonl import write_shard
 
 
@@ -40,7 +41,7 @@ def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> 
     """Write the corpus as `00.jsonl.zst` … shards of near-equal document counts, documents shuffled with
     `seed` so every shard (and every split cut from the end) mixes both sources."""
     if shards < 1:
-        raise ValueError(f"shards must be at least 1, got {shards}")
+        raise ConfigError(f"shards must be at least 1, got {shards}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     documents = list(stdlib_documents()) + list(pydoc_documents())

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import ray
 
+from neox.errors import ConfigError, DataError
 from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
-from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
-from neox.ray_runtime import ensure_ray, run_ordered
-from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.pipeline.layout import TOKENIZER_FILE
+from neox.runtime.ray_cluster import ensure_ray, run_ordered
+from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "tokenize"
 CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
@@ -38,9 +40,9 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         if not self.prefix or "/" in self.prefix:
-            raise ValueError(f"prefix must be a plain file name, got {self.prefix!r}")
+            raise ConfigError(f"prefix must be a plain file name, got {self.prefix!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
 def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def tokenize_shards(
         ordered = run_ordered(calls, workers, desc="tokenize", unit="shard")
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
-            raise ValueError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
+            raise DataError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
         dtype = token_dtype(tok.get_vocab_size())
         prefix = run.tmp / f"{cfg.prefix}_text_document"
         tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)

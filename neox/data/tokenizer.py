@@ -9,14 +9,15 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from neox.errors import ConfigError, DataError, MissingInput
 from neox.data.jsonl import Rejects, list_shards, read_shard
-from neox.data.sources import Source, download_sources
-from neox.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.data.download import download_sources, Source
+from neox.pipeline.layout import TOKENIZER_FILE
+from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
 SPECIAL_TOKENS = [EOD_TOKEN, PAD_TOKEN]  # ids 0 and 1, as in the 20B tokenizer
-TOKENIZER_FILE = "tokenizer.json"  # its name in every stage output and model checkpoint
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
@@ -24,7 +25,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, sho
     split pattern, no prefix space), ByteLevel decoder and post-processor, special tokens <|endoftext|> and
     <|padding|> first."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet + specials)")
+        raise ConfigError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet + specials)")
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -44,18 +45,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, sho
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        raise MissingInput(f"tokenizer file {path} does not exist")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for a malformed file
-        raise ValueError(f"{path} is not a Hugging Face tokenizers JSON file: {err}") from None
+        raise DataError(f"{path} is not a Hugging Face tokenizers JSON file: {err}") from None
 
 
 def eod_id(tok: Tokenizer) -> int:
     """The end-of-document id gpt-neox appends (its HFTokenizer.eod)."""
     eod = tok.token_to_id(EOD_TOKEN)
     if eod is None:
-        raise ValueError(f"the tokenizer has no {EOD_TOKEN} token, which marks document ends")
+        raise DataError(f"the tokenizer has no {EOD_TOKEN} token, which marks document ends")
     return eod
 
 
@@ -68,7 +69,7 @@ def tokenizer_stage(work_root: str | Path, vocab_size: int, input_dir: str | Pat
     tokenizer.json from `source` (a path or URL, fetched by the download stage). Output: tokenizer.json with
     its sha256 and vocabulary size in the manifest."""
     if (input_dir is None) == (source is None):
-        raise ValueError("give either input shards to train on or an existing tokenizer source, not both")
+        raise ConfigError("give either input shards to train on or an existing tokenizer source, not both")
     if source is not None:
         fetched = download_sources([Source(source, name=TOKENIZER_FILE)], work_root) / TOKENIZER_FILE
         config, inputs = {"source": source}, {"tokenizer": sha256_file(fetched)}

@@ -18,9 +18,10 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from neox.errors import DataError
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.model.generate import SamplingConfig, generate
-from neox.model.weights import load_model, parse_dtype, tokenizer_path
+from neox.model.checkpoint import load_model, parse_dtype, tokenizer_path
 
 
 @register_model("neox")
@@ -30,7 +31,7 @@ class NeoxLM(TemplateLM):
         super().__init__()
         tokenizer = tokenizer_path(pretrained)
         if tokenizer is None:
-            raise ValueError(f"{pretrained} has no tokenizer.json: lm-eval needs the checkpoint's tokenizer")
+            raise DataError(f"{pretrained} has no tokenizer.json: lm-eval needs the checkpoint's tokenizer")
         self.tokenizer = load_tokenizer(tokenizer)
         self.model = load_model(pretrained, dtype=parse_dtype(dtype), device=device).eval()
         self._device = torch.device(device)

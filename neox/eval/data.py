@@ -15,12 +15,13 @@ import json
 import re
 from pathlib import Path
 
-from neox.config import ConfigError
+from neox.errors import ConfigError
 from neox.data.dataset import SPLITS, split_boundaries
 from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
-from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
-from neox.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.pipeline.layout import TOKENIZER_FILE
+from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 
 STAGE = "eval-data"
 CODE_VERSION = "1"

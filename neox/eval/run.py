@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from neox.config import WEIGHTS_FILE, ConfigError
-from neox.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
+from neox.errors import ConfigError, ServiceError
+from neox.pipeline.layout import WEIGHTS_FILE, hf_export_of, run_of
+from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
 
 if TYPE_CHECKING:
     from neox.eval.data import EvalDataConfig
@@ -26,13 +27,19 @@ if TYPE_CHECKING:
 STAGE = "eval"
 CODE_VERSION = "1"
 RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.json"
+EVAL_METRICS_FILE = "metrics.json"  # the flat {task/metric: value} scores (not training's metrics.jsonl)
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 OFFLINE_TASKS = ("neox_heldout", "neox_lastword")
 PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "hellaswag")
 
 
-class TaskDataUnavailable(RuntimeError):
+def task_names(spec: str) -> tuple[str, ...]:
+    """Task names from a comma-separated list, `pythia` standing for the Pythia suite."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    return tuple(task for name in names for task in (PYTHIA_SUITE if name == "pythia" else (name,)))
+
+
+class TaskDataUnavailable(ServiceError):
     """Standard task data that is neither reachable nor cached."""
 
 
@@ -69,7 +76,7 @@ def check_task_data(names: list[str], task_manager) -> None:
     """Fail fast, naming the datasets, when standard tasks' data is neither reachable nor cached."""
     from huggingface_hub import constants
 
-    from neox.data.sources import reachable
+    from neox.runtime.network import reachable
 
     unknown = [n for n in names if n not in task_manager.task_index]
     if unknown:
@@ -117,7 +124,7 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
     else:
         from lm_eval.models.huggingface import HFLM
 
-        hf_dir = Path(checkpoint).parent / "hf"
+        hf_dir = hf_export_of(checkpoint)
         if not (hf_dir / "config.json").exists():
             raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
         model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
@@ -144,7 +151,7 @@ def evaluate(checkpoint: Path, eval_data: str | Path | None, cfg: EvalConfig) ->
         return evaluated_here(*args)
     import ray
 
-    from neox.ray_runtime import ensure_ray
+    from neox.runtime.ray_cluster import ensure_ray
 
     ensure_ray(cfg.ray_address)
     gpus = 1 if cfg.device.startswith("cuda") else 0
@@ -183,7 +190,7 @@ def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: 
         metrics = flat_metrics(results)
         with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
             (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-            (run.tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
     return stage_output(work_root, STAGE, key)
 
@@ -203,7 +210,8 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
     if existing:
         return existing[0].info.run_id
     checkpoint = Path(manifest["stats"]["checkpoint"])
-    run = client.create_run(experiment_id, run_name=f"eval {checkpoint.parent.parent.name}",
+    run_dir = run_of(checkpoint)
+    run = client.create_run(experiment_id, run_name=f"eval {(run_dir or checkpoint).name}",
                             tags={"neox.stage": "eval", "neox.eval_key": manifest["key"], "neox.checkpoint": str(checkpoint),
                                   **(tags or {})})
     now = int(time.time() * 1000)
@@ -219,7 +227,7 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
 def eval_configs(section: dict[str, Any] | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
     """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
     so the held-out part is what training left out."""
-    from neox.config import check_type
+    from neox.pipeline.configfile import check_type
     from neox.eval.data import EvalDataConfig
 
     section = dict(section or {})

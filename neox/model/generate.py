@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from neox.errors import ConfigError
 from neox.model.gpt_neox import GPTNeoX, KVCache
 
 
@@ -19,13 +20,13 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -63,7 +64,7 @@ def generate(
     batch, prompt_len = input_ids.shape
     total = prompt_len + cfg.max_new_tokens
     if total > model.cfg.max_position_embeddings:
-        raise ValueError(
+        raise ConfigError(
             f"prompt ({prompt_len}) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's "
             f"max_position_embeddings ({model.cfg.max_position_embeddings})"
         )

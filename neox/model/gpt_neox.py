@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neox.config import ModelConfig
+from neox.model.config import ModelConfig
 from neox.model.rotary import apply_rotary, rotary_cos_sin
 
 

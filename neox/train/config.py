@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from neox.config import ConfigError, check_type, load_neox_yaml, read_yaml_mapping
+from neox.errors import ConfigError
+from neox.model.config import load_neox_yaml
+from neox.pipeline.configfile import check_type, read_pipeline_config
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -140,11 +142,6 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
         values["env"] = {k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in values["env"].items()}
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{key: check_type(f"train.{key}", value, fields[key]) for key, value in values.items()})
-
-
-def read_pipeline_config(path: str | Path) -> dict[str, Any]:
-    """A pipeline config file: `work_root:`, `data:` and `train:` sections."""
-    return read_yaml_mapping(path, "pipeline YAML")
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neox.config import ModelConfig
+from neox.model.config import ModelConfig
 
 PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}  # bf16 dense, per GPU
 

@@ -7,60 +7,27 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
-from neox.config import ConfigError, load_model_config
 from neox.data.tokenize import data_prefix
-from neox.data.tokenizer import TOKENIZER_FILE
-from neox.ray_runtime import ensure_ray
-from neox.stage import MANIFEST, sha256_file, verify_output
+from neox.errors import ConfigError, RunStateError
+from neox.model.config import load_model_config
+from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, FINAL_MODEL, INDEX_CACHE_DIR, TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.stage import MANIFEST, sha256_file, verify_output
+from neox.runtime.ray_cluster import ensure_ray
+from neox.train.checkpointing import check_compatible, latest_state
 from neox.train.config import TrainConfig
-from neox.train.loop import DATA_FILE, STATE_FILE, check_compatible, train_loop_per_worker
+from neox.train.loop import train_loop_per_worker
 from neox.train.storage import RunStorage, run_storage
-
-MLFLOW_RUN_FILE = "mlflow_run_id"
+from neox.train.tracking import absolute_tracking_uri, open_mlflow_run
 
 
 def storage_of(cfg: TrainConfig) -> RunStorage:
     return run_storage(cfg.storage_path, cfg.name)
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """Workers run in other directories: a relative sqlite path must not resolve there."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
-
-
-def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any], resume: bool) -> str:
-    """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
-    marker = storage.read_text(MLFLOW_RUN_FILE)
-    if resume and marker:
-        run_id = marker.strip()
-        try:
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-        except MlflowException:  # the run lives in another tracking store: start a new MLflow run
-            pass
-    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={"neox.stage": "train"})
-    from mlflow.entities import Param
-
-    flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
-    storage.write_text(run.info.run_id, MLFLOW_RUN_FILE)
-    return run.info.run_id
-
-
 def check_init_from(checkpoint: str, model_cfg, data: Path) -> None:
     """Weights to start from must fit the configured model and speak the dataset's tokenizer."""
-    from neox.model.weights import WEIGHTS_FILE, load_model_config_from
+    from neox.model.checkpoint import load_model_config_from
 
     if not (Path(checkpoint) / WEIGHTS_FILE).is_file():
         raise ConfigError(f"train.init_from {checkpoint} is not a neox checkpoint ({WEIGHTS_FILE} is missing)")
@@ -72,15 +39,6 @@ def check_init_from(checkpoint: str, model_cfg, data: Path) -> None:
     if ours.exists() and sha256_file(ours) != sha256_file(theirs):
         raise ConfigError(f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
                           "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)")
-
-
-def latest_state(storage: RunStorage) -> dict[str, Any] | None:
-    """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
-    for name in reversed(storage.checkpoints()):
-        state = storage.read_text(name, STATE_FILE)
-        if state is not None:
-            return json.loads(state)
-    return None
 
 
 def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> str:
@@ -101,7 +59,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
     storage = storage_of(cfg)
     if storage.checkpoints() and not resume:
-        raise ConfigError(f"{storage.uri} already holds a run: pass --resume to continue it, or choose another name")
+        raise RunStateError(f"{storage.uri} already holds a run: pass --resume to continue it, or choose another name")
     local_dir = storage.local_dir()
     local_dir.mkdir(parents=True, exist_ok=True)
 
@@ -112,7 +70,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         "model": dataclasses.asdict(model_cfg),
         "data_prefix": str(data_prefix(cfg.data).resolve()),
         "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
-        "index_cache": str(local_dir / "index-cache"),
+        "index_cache": str(local_dir / INDEX_CACHE_DIR),
         "storage": storage,
         "allow_new_data": allow_new_data,
         "mlflow_tracking_uri": absolute_tracking_uri(cfg.mlflow_tracking_uri),
@@ -158,8 +116,8 @@ def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
     if state is None:
         return train(cfg), "trained"
     if cfg.data is not None and state["data_fingerprint"] != sha256_file(Path(cfg.data) / MANIFEST):
-        raise ConfigError(f"{storage.uri} holds a run on another dataset: give train.name a new value "
+        raise RunStateError(f"{storage.uri} holds a run on another dataset: give train.name a new value "
                           "(or continue it on purpose with neox train --resume --allow-new-data)")
-    if state["step"] >= cfg.train_iters and storage.read_text("final", "model", "config.yml") is not None:
+    if state["step"] >= cfg.train_iters and storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None:
         return storage.uri, "reused"
     return train(cfg, resume=True), "resumed"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from neox.errors import ConfigError
+
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int, style: str = "cosine") -> float:
     """Learning rate at optimizer step `step` (0-based count of steps taken)."""
@@ -18,5 +20,5 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: i
     elif style == "linear":
         value = lr * (span - progress) / span
     else:
-        raise ValueError(f"lr_decay_style must be cosine, linear or constant, got {style!r}")
+        raise ConfigError(f"lr_decay_style must be cosine, linear or constant, got {style!r}")
     return max(value, min_lr)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from pyarrow import fs
 
-from neox.config import ConfigError
+from neox.errors import ConfigError
+from neox.pipeline.layout import CHECKPOINT_PREFIX
+
 
 @dataclasses.dataclass(frozen=True)
 class RunStorage:
@@ -54,7 +56,7 @@ class RunStorage:
         """Names of the run's checkpoint folders (Ray Train's `checkpoint_<timestamp>`), oldest first."""
         selector = fs.FileSelector(self.root, allow_not_found=True)
         return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
-                      if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+                      if info.type == fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
 
     def local_dir(self) -> Path:
         """A local directory for the run's working files: the run folder itself, or for object storage a

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neox.cluster import apply_to, cluster_part, read_outputs
-from neox.config import ConfigError
-from neox.pipeline import check_pipeline_config
-from neox.train.config import load_train_config, read_pipeline_config
+from neox.pipeline.cluster import apply_to, cluster_part, read_outputs
+from neox.errors import ConfigError
+from neox.pipeline.check import check_pipeline_config
+from neox.pipeline.configfile import read_pipeline_config
+from neox.train.config import load_train_config
 from tests.conftest import REPO, neox
 
 OUTPUTS = Path(__file__).with_name("terraform-outputs.json")  # 12 x p4d.24xlarge, as `terraform output -json` writes it

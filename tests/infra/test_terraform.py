@@ -13,7 +13,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from neox.cluster import REQUIRED
+from neox.pipeline.cluster import REQUIRED
 from tests.conftest import REPO
 
 ROOT = REPO / "infra" / "terraform" / "aws"

@@ -8,17 +8,20 @@ import json
 import math
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
 import torch
 
 from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
-from neox.data.tokenizer import TOKENIZER_FILE, eod_id, load_tokenizer
+from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, EvalDataConfig, eval_data_stage
-from neox.eval.run import METRICS_FILE, EvalConfig, eval_stage
-from neox.stage import read_manifest, sha256_file
-from tests.integration.conftest import NEOX, SPLIT, free_port, wait_for_http
+from neox.eval.run import EVAL_METRICS_FILE, eval_stage, EvalConfig
+from neox.pipeline.stage import read_manifest, sha256_file
+from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +71,9 @@ def test_eval_data_holds_only_documents_training_left_out(eval_data, tokenized):
 
 
 def test_our_adapter_scores_like_lm_eval_hf_on_the_offline_tasks(trained_eval, straight, eval_data, work):
-    ours = json.loads((trained_eval / METRICS_FILE).read_text())
+    ours = json.loads((trained_eval / EVAL_METRICS_FILE).read_text())
     reference = eval_stage(straight / "final" / "model", eval_data, work, EvalConfig(model="hf", batch_size=8))
-    theirs = json.loads((reference / METRICS_FILE).read_text())
+    theirs = json.loads((reference / EVAL_METRICS_FILE).read_text())
     assert set(ours) == set(theirs) >= {"neox_heldout/word_perplexity", "neox_heldout/byte_perplexity",
                                          "neox_heldout/bits_per_byte", "neox_lastword/acc", "neox_lastword/perplexity"}
     for name in ours:
@@ -91,7 +94,7 @@ def test_evaluation_runs_as_a_ray_task_on_the_cluster_with_the_same_results(trai
     remote = eval_stage(straight / "final" / "model", eval_data, tmp_path,
                         EvalConfig(batch_size=8, ray_address=ray.get_runtime_context().gcs_address))
     assert remote.name == trained_eval.name  # where it ran is not part of the key
-    assert json.loads((remote / METRICS_FILE).read_text()) == json.loads((trained_eval / METRICS_FILE).read_text())
+    assert json.loads((remote / EVAL_METRICS_FILE).read_text()) == json.loads((trained_eval / EVAL_METRICS_FILE).read_text())
     ran_on = read_manifest(remote)["stats"]["ran_on"]
     assert ran_on["pid"] != os.getpid() and ran_on["host"]  # a Ray worker process, not this one
 
@@ -119,13 +122,13 @@ def test_eval_is_logged_to_mlflow(trained_eval, tracking):
     assert log_eval(trained_eval, tracking) == run_id  # found again by the output's key, not logged twice
     client = MlflowClient(tracking_uri=tracking)
     run = client.get_run(run_id)
-    assert run.data.metrics == pytest.approx(json.loads((trained_eval / METRICS_FILE).read_text()))
+    assert run.data.metrics == pytest.approx(json.loads((trained_eval / EVAL_METRICS_FILE).read_text()))
     assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run_id)] == ["results.json"]
 
 
 def untrained_checkpoint(directory: Path, straight: Path, seed: int) -> Path:
     from neox.model.gpt_neox import GPTNeoX, init_weights
-    from neox.model.weights import load_model, save_model
+    from neox.model.checkpoint import load_model, save_model
 
     cfg = load_model(straight / "final" / "model").cfg
     model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
@@ -138,8 +141,9 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     from mlflow import MlflowClient
 
     from neox.model.generate import SamplingConfig, generate
-    from neox.model.weights import load_model
-    from neox.registry import CANDIDATE, CHAMPION, DECISION_TAG, PREVIOUS_CHAMPION, PromotionRule, promote, register
+    from neox.model.checkpoint import load_model
+    from neox.registry.mlflow_registry import CANDIDATE, CHAMPION, DECISION_TAG, PREVIOUS_CHAMPION, promote, register
+    from neox.registry.rule import PromotionRule
 
     rule = PromotionRule(metric="neox_heldout/bits_per_byte", direction="minimize")
     client = MlflowClient(tracking_uri=tracking)
@@ -171,7 +175,9 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     assert tags["neox.tokenized_manifest_sha256"] == sha256_file(tokenized / "manifest.json")
     assert tags["neox.tokenizer_sha256"] == sha256_file(tokenized / TOKENIZER_FILE)
     assert tags["neox.model_config_sha256"] == sha256_file(straight / "final" / "model" / "config.yml")
-    assert tags["neox.deepspeed_checkpoint"].startswith("file://") and len(tags["neox.git_commit"]) in (40, 7)
+    assert len(tags["neox.git_commit"]) in (40, 7)
+    newest = Path(url2pathname(urlparse(tags["neox.deepspeed_checkpoint"]).path))  # the final step's checkpoint
+    assert (newest / DEEPSPEED_TAG).is_dir() and json.loads((newest / STATE_FILE).read_text())["step"] == STEPS
 
     mlflow.set_tracking_uri(tracking)
     champion = mlflow.pyfunc.load_model(f"models:/tiny@{CHAMPION}")
@@ -188,7 +194,7 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     from huggingface_hub import constants
     from lm_eval.tasks import TaskManager
 
-    from neox.eval.run import PYTHIA_SUITE, TaskDataUnavailable, check_task_data
+    from neox.eval.run import check_task_data, PYTHIA_SUITE, TaskDataUnavailable
 
     manager = TaskManager()
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -216,7 +222,8 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
     import mlflow
     from mlflow import MlflowClient
 
-    from neox.registry import CHAMPION, PromotionRule, promote, register
+    from neox.registry.mlflow_registry import CHAMPION, promote, register
+    from neox.registry.rule import PromotionRule
 
     bucket = f"mlflow-{os.getpid()}"
     boto3.client("s3").create_bucket(Bucket=bucket)

@@ -75,7 +75,7 @@ def uninterrupted(setting) -> str:
 def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, uninterrupted):
     from mlflow import MlflowClient
 
-    from neox.stage import read_manifest, sha256_file
+    from neox.pipeline.stage import read_manifest, sha256_file
 
     work = setting["work"]
     assert "neox_heldout/bits_per_byte" in uninterrupted
@@ -216,7 +216,7 @@ def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outp
     the shared stages (download, tokenizer) are computed once and used by both, each run gets its own dedup,
     tokenize, training run and registered model, every output verifies, and the run with the uninterrupted
     run's settings ends with its very weights."""
-    from neox.stage import MANIFEST, verify_output
+    from neox.pipeline.stage import MANIFEST, verify_output
 
     shared = {**setting, "work": setting["root"] / "concurrent"}
     configs = {name: write_config(shared, name, threshold) for name, threshold in (("conc-a", 0.8), ("conc-b", 0.6))}

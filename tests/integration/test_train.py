@@ -216,7 +216,7 @@ def test_resume_is_refused_for_other_data_or_another_model_shape(tmp_path, token
 def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
     from transformers import AutoModelForCausalLM
 
-    from neox.model.weights import load_model
+    from neox.model.checkpoint import load_model
 
     config = write_config(tmp_path, tokenized, zero_stage=3, train_iters=20)
     finish(launch(config))

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from neox.config import pad_vocab_size
+from neox.model.config import pad_vocab_size
 from tests.conftest import neox
 
 

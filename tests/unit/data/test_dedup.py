@@ -10,7 +10,7 @@ import pytest
 
 from neox.data.dedup import DedupConfig, dedup_shards, normalize, shingles
 from neox.data.jsonl import Rejects, list_shards, read_shard, write_lines, write_shard
-from neox.stage import verify_output
+from neox.pipeline.stage import verify_output
 
 WORDS = [f"w{i}" for i in range(20000)]
 

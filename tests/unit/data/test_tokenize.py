@@ -14,7 +14,7 @@ from neox.data.indexed import IndexedDataset
 from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard, write_shard
 from neox.data.tokenize import TokenizeConfig, data_prefix, tokenize_shards
 from neox.data.tokenizer import load_tokenizer
-from neox.stage import verify_output
+from neox.pipeline.stage import verify_output
 
 
 def gpt_neox_reference(shards, tokenizer_file):

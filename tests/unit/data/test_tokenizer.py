@@ -28,7 +28,7 @@ def test_bad_tokenizer_inputs_are_clear(tmp_path):
 
 def test_tokenizer_stage_trains_once_and_adopts_existing_files(tmp_path, small_corpus, corpus_tokenizer):
     from neox.data.tokenizer import tokenizer_stage
-    from neox.stage import sha256_file, verify_output
+    from neox.pipeline.stage import sha256_file, verify_output
 
     trained = tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus)
     assert load_tokenizer(trained).get_vocab_size() == 1024

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from neox.config import load_model_config
+from neox.model.config import load_model_config
 from neox.model.gpt_neox import GPTNeoX, KVCache, count_parameters, init_std, init_weights
 from neox.model.rotary import apply_rotary, rotary_cos_sin
 from tests.conftest import REPO, tiny_config, tiny_model

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import yaml
 
-from neox.config import ConfigError
+from neox.errors import ConfigError
 from neox.train.config import build_train_config, load_train_config
-from neox.train.loop import deepspeed_config
+from neox.train.engine import deepspeed_config
 from tests.conftest import REPO
 
 PYTHIA_160M = str(REPO / "configs" / "model" / "pythia-160m.yml")
@@ -75,9 +75,9 @@ def test_model_paths_are_relative_to_the_config_file(tmp_path):
 
 
 def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_path):
-    from neox.config import load_model_config
+    from neox.model.config import load_model_config
     from neox.model.gpt_neox import GPTNeoX
-    from neox.model.weights import save_model
+    from neox.model.checkpoint import save_model
     from neox.train.launch import check_init_from
 
     tiny = str(REPO / "configs" / "model" / "tiny.yml")

@@ -8,7 +8,7 @@ import shutil
 import boto3
 import pytest
 
-from neox.config import ConfigError
+from neox.errors import ConfigError
 from neox.train.storage import run_storage
 
 

@@ -15,17 +15,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from neox.data.sources import (
-    ChecksumMismatch,
-    DownloadError,
-    Retry,
-    Source,
-    download_sources,
-    pile_catalog,
-    scratch_dir,
-    sources_from_strings,
-)
-from neox.stage import verify_output
+from neox.data.download import ChecksumMismatch, download_sources, DownloadError, pile_catalog, Retry, scratch_dir, Source, sources_from_strings
+from neox.pipeline.stage import verify_output
 
 FAST = Retry(attempts=4, backoff_s=0.01, timeout_s=10)
 

@@ -15,7 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from neox.config import ConfigError
+import yaml
+
+from neox.errors import ConfigError
+from neox.pipeline.atomic import atomic_write_text
+from neox.pipeline.configfile import read_pipeline_config
 
 # The Terraform outputs this needs (infra/terraform/aws/outputs.tf declares them).
 REQUIRED = ("ray_address", "mlflow_tracking_uri", "bucket", "work_root", "node_count", "gpus_per_node",
@@ -111,4 +115,25 @@ def rebase_model_paths(config: dict[str, Any], base_dir: Path, out_dir: Path) ->
     models = [model] if isinstance(model, str) else list(model)
     moved = [m if Path(m).is_absolute() else os.path.relpath(base_dir / m, out_dir) for m in models]
     config["train"]["model"] = moved[0] if isinstance(model, str) else moved
+    return config
+
+
+def filled_in(outputs_path: Path, base: Path, work_root: str | None = None, out_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """The base pipeline config with the cluster part of `outputs_path` in place, as YAML text (with a header
+    naming both) and as data; with `out_dir`, its model paths are made relative to that folder."""
+    values = read_outputs(outputs_path)
+    config = apply_to(read_pipeline_config(base), cluster_part(values, work_root), values["bucket"])
+    if out_dir is not None:
+        config = rebase_model_paths(config, base.parent, out_dir)
+    header = f"# {base} on the cluster of {outputs_path} (written by `neox cluster config`)\n"
+    return header + yaml.safe_dump(config, sort_keys=False), config
+
+
+def write_cluster_config(outputs_path: Path, base: Path, output: Path, work_root: str | None = None) -> dict[str, Any]:
+    """Write the filled-in config to `output`, only once `neox check` passes on it: a config that would fail on
+    the cluster is not written."""
+    from neox.pipeline.check import check_pipeline_config
+
+    text, config = filled_in(outputs_path, base, work_root, output.parent)
+    atomic_write_text(output, text, check=check_pipeline_config)
     return config

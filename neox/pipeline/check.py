@@ -5,8 +5,8 @@ surface after hours of data preparation and training.
     data: {...}            # neox.data.prepare
     train: {...}           # neox.train.config
     eval: {...}            # neox.eval.run.eval_configs
-    registry: {name: ..., rule: {...}}   # neox.registry
-    retrain: {...}         # neox.retrain (optional)
+    registry: {name: ..., rule: {...}}   # neox.registry.rule
+    retrain: {...}         # neox.pipeline.retrain (optional)
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neox.config import ConfigError, load_model_config
+from neox.errors import ConfigError
+from neox.model.config import load_model_config
 from neox.data.prepare import check_section
 from neox.eval.run import eval_configs
-from neox.registry import promotion_rule
-from neox.retrain import retrain_config
-from neox.train.config import load_train_config, read_pipeline_config
+from neox.registry.rule import promotion_rule
+from neox.pipeline.retrain import retrain_config
+from neox.pipeline.configfile import read_pipeline_config
+from neox.train.config import load_train_config
 
 SECTIONS = ("work_root", "data", "train", "eval", "registry", "retrain")
 
@@ -51,3 +53,12 @@ def check_pipeline_config(path: str | Path) -> dict[str, Any]:
         check_section({**raw["data"], **retrain.data})
         load_train_config(path, retrain.train)
     return raw
+
+
+def describe(path: str | Path) -> str:
+    """`neox check`'s answer: the config checked whole, in one line (model, schedule, workers, precision)."""
+    raw = check_pipeline_config(path)
+    cfg = load_train_config(path)
+    return (f"{path}: ok — model {', '.join(Path(m).name for m in cfg.model)}, {cfg.train_iters} steps x "
+            f"{cfg.global_batch_size} sequences x {cfg.seq_length} tokens on {cfg.num_workers} worker(s), "
+            f"{cfg.precision}, ZeRO-{cfg.zero_stage}; sections: {', '.join(raw)}")

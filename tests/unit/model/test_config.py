@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from neox.config import ConfigError, ModelConfig, load_model_config, load_neox_yaml, pad_vocab_size
+from neox.errors import ConfigError
+from neox.model.config import load_model_config, load_neox_yaml, ModelConfig, pad_vocab_size
 
 # The shape of EleutherAI/gpt-neox's configs/pythia/160M.yml: JSON-like YAML with comments, hyphenated and
 # underscored keys, Python-style booleans, trailing commas and nested DeepSpeed sections.
@@ -65,7 +66,7 @@ def test_reads_eleutherai_style_yaml(tmp_path):
 
 def test_unknown_keys_are_kept_and_reported(tmp_path, caplog):
     text = PYTHIA_STYLE.replace('"min_lr"', '"hiden_size": 3,\n   "min_lr"')
-    with caplog.at_level(logging.WARNING, logger="neox.config"):
+    with caplog.at_level(logging.WARNING, logger="neox.model.config"):
         _, rest = load_model_config(write(tmp_path, text), vocab_size=50277)
     assert rest["hiden_size"] == 3
     assert "hiden_size" in caplog.text

@@ -17,12 +17,10 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-log = logging.getLogger(__name__)
+from neox.errors import ConfigError
+from neox.pipeline.configfile import check_type, read_yaml_mapping
 
-# A neox checkpoint folder's files (besides the tokenizer's), named here so code that only checks for a
-# checkpoint need not import torch through neox.model.weights.
-CONFIG_FILE = "config.yml"
-WEIGHTS_FILE = "model.safetensors"
+log = logging.getLogger(__name__)
 
 InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
 
@@ -45,10 +43,6 @@ KNOWN_NON_MODEL_KEYS = frozenset(
     make_vocab_size_divisible_by model_parallel_size
     """.split()
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what is expected."""
 
 
 def pad_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128, model_parallel_size: int = 1) -> int:
@@ -187,27 +181,6 @@ def _check_architecture_switches(rest: dict[str, Any], num_attention_heads: int 
             raise ConfigError(f"attention_config {kinds!r}: only dense attention ('global', 'flash') is supported")
 
 
-def check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Check a YAML value against a dataclass field's annotation ("int", "float | None", ...), or raise naming
-    the key. Other annotations (literals, tuples) are left to the dataclass's own validation."""
-    annotation = str(annotation)
-    if value is None and annotation.endswith("| None"):
-        return None
-    base = annotation.split(" |")[0]
-    if base not in ("bool", "int", "float", "str"):
-        return value
-    if base == "bool" and isinstance(value, bool):
-        return value
-    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base == "str" and isinstance(value, str):
-        return value
-    expected = annotation.replace(" | None", " or null")
-    raise ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
-
-
 class _NeoXLoader(yaml.SafeLoader):
     """YAML 1.1 reads `6e-4` (no dot) as a string; GPT-NeoX configs mean a float."""
 
@@ -237,20 +210,6 @@ def load_neox_yaml(*paths: str | Path) -> dict[str, Any]:
     for path in paths:
         merged.update(normalize_keys(read_yaml_mapping(path, "GPT-NeoX YAML", _NeoXLoader)))
     return merged
-
-
-def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.SafeLoader) -> dict[str, Any]:
-    """A YAML file that must hold a mapping, with the file named in every error."""
-    path = Path(path)
-    try:
-        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - SafeLoader or a subclass
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid {kind}: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    return data
 
 
 def load_model_config(*paths: str | Path, vocab_size: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:

@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
-from neox.eval.run import METRICS_FILE, metrics_table
-from neox.stage import read_manifest, stage_output
-from neox.train.config import load_train_config, read_pipeline_config
+from neox.eval.run import EVAL_METRICS_FILE, metrics_table
+from neox.pipeline.layout import TOKENIZER_FILE, TRAIN_METRICS_FILE, final_hf, final_model
+from neox.pipeline.stage import read_manifest, stage_output
+from neox.pipeline.configfile import read_pipeline_config
+from neox.train.config import load_train_config
 
 
 def print_summary(config: str, result: dict[str, Any], total_seconds: float, title: str = "pretrain") -> bool:
@@ -22,7 +24,7 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
     tokenize_manifest = read_manifest(tokenized)
     # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
     dedup_stats = read_manifest(stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
-    curve = (run_dir / "metrics.jsonl").read_text().splitlines()
+    curve = (run_dir / TRAIN_METRICS_FILE).read_text().splitlines()
     first, last = json.loads(curve[0]), json.loads(curve[-1])
     print(f"\n== neox-pipeline: {title}")
     if result.get("continued_from"):
@@ -33,7 +35,7 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
     print(f"   training: loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']} ({run_dir})")
     ok = check_export(run_dir)
     print("   lm-eval:")
-    print("\n".join("     " + line for line in metrics_table(json.loads((Path(result["eval"]) / METRICS_FILE).read_text())).splitlines()))
+    print("\n".join("     " + line for line in metrics_table(json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())).splitlines()))
     name = (raw.get("registry") or {}).get("name", "neox-tiny")
     verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
     print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
@@ -52,11 +54,11 @@ def check_export(run_dir: Path) -> bool:
     from transformers import AutoModelForCausalLM
 
     from neox.model.generate import SamplingConfig, generate
-    from neox.model.weights import load_model
+    from neox.model.checkpoint import load_model
 
-    ours = load_model(run_dir / "final" / "model")
-    theirs = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "hf").eval()
-    tok = Tokenizer.from_file(str(run_dir / "final" / "model" / "tokenizer.json"))
+    ours = load_model(final_model(run_dir))
+    theirs = AutoModelForCausalLM.from_pretrained(final_hf(run_dir)).eval()
+    tok = Tokenizer.from_file(str(final_model(run_dir) / TOKENIZER_FILE))
     ids = torch.tensor([tok.encode("def main():\n    return").ids])
     with torch.no_grad():
         diff = (theirs(ids).logits - ours(ids)).abs().max().item()

@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from neox.atomic import atomic_directory
-from neox.config import ConfigError, ModelConfig
+from neox.errors import ConfigError
+from neox.model.checkpoint import load_model, save_model
+from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX
-from neox.model.weights import TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
+from neox.pipeline.atomic import atomic_directory
+from neox.pipeline.layout import TOKENIZER_FILE, WEIGHTS_FILE
 
 HF_PREFIX = "gpt_neox."
 OUTPUT_LAYER = "embed_out.weight"

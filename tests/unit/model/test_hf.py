@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from neox.config import ConfigError
-from neox.hf import export_hf, import_hf, load_hf_model
+from neox.errors import ConfigError
+from neox.model.hf import export_hf, import_hf, load_hf_model
 from neox.model.generate import SamplingConfig, generate
-from neox.model.weights import load_model, save_model
+from neox.model.checkpoint import load_model, save_model
 from tests.conftest import tiny_model
 
 

@@ -1,6 +1,6 @@
-"""Atomic publication of output directories: write into a temporary sibling, rename into place when complete.
-
-A reader therefore sees either no output or a whole one, never a half-written directory left by a crash.
+"""Atomic publication of output directories and files: write into a temporary sibling, rename into place when
+complete. A reader therefore sees either no output or a whole one, never a half-written one left by a crash.
+Also the advisory file lock concurrent runs take turns with (fcntl, so it holds on a POSIX shared file system).
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ import contextlib
 import fcntl
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from neox.errors import OutputExists
 
 
 @contextlib.contextmanager
@@ -25,7 +28,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False, keep: Callable[
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite to replace it)")
+        raise OutputExists(f"{final} already exists (pass overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -59,3 +62,21 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write_text(path: str | Path, text: str, check: Callable[[Path], None] | None = None) -> Path:
+    """Write `text` to a unique temporary sibling of `path` and rename it into place. `check(temporary)` runs
+    before the rename: when it raises, `path` stays as it was (a config that fails validation is not written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if check is not None:
+            check(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -10,10 +10,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from neox.atomic import atomic_directory
-from neox.config import CONFIG_FILE, WEIGHTS_FILE, ConfigError, ModelConfig, load_model_config
-from neox.data.tokenizer import TOKENIZER_FILE
-from neox.model.gpt_neox import GPTNeoX
+from neox.errors import ConfigError, MissingInput
+from neox.model.config import ModelConfig, load_model_config
+from neox.model.gpt_neox import GPTNeoX, init_weights
+from neox.pipeline.atomic import atomic_directory
+from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,7 +23,7 @@ def parse_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
 
 
 def save_model(
@@ -41,7 +42,7 @@ def save_model(
 def load_model_config_from(checkpoint: str | Path) -> ModelConfig:
     path = Path(checkpoint) / CONFIG_FILE
     if not path.exists():
-        raise ConfigError(f"{checkpoint} is not a neox model checkpoint: {CONFIG_FILE} is missing")
+        raise MissingInput(f"{checkpoint} is not a neox model checkpoint: {CONFIG_FILE} is missing")
     cfg, _ = load_model_config(path)
     return cfg
 
@@ -51,7 +52,7 @@ def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device:
     cfg = load_model_config_from(checkpoint)
     weights = Path(checkpoint) / WEIGHTS_FILE
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing")
+        raise MissingInput(f"{weights} is missing")
     with torch.device("meta"):
         model = GPTNeoX(cfg)
     state = load_file(weights, device=str(device))
@@ -64,3 +65,20 @@ def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device:
 def tokenizer_path(checkpoint: str | Path) -> Path | None:
     path = Path(checkpoint) / TOKENIZER_FILE
     return path if path.exists() else None
+
+
+def init_checkpoint(
+    model_configs: list[str | Path], out_dir: str | Path, vocab_size: int | None = None,
+    tokenizer_file: str | Path | None = None, seed: int = 0, overwrite: bool = False,
+) -> GPTNeoX:
+    """Write an untrained model with GPT-NeoX's init methods; the vocabulary is `vocab_size` or the tokenizer's."""
+    if vocab_size is None:
+        if tokenizer_file is None:
+            raise ConfigError("give --vocab-size or --tokenizer (its size sets the vocabulary)")
+        from tokenizers import Tokenizer
+
+        vocab_size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    cfg, _ = load_model_config(*model_configs, vocab_size=vocab_size)
+    model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
+    save_model(model, out_dir, tokenizer_file=tokenizer_file, overwrite=overwrite)
+    return model

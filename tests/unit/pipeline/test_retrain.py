@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from neox.config import ConfigError
-from neox.retrain import Champion, retrain_config, retrain_data, retrain_overrides
+from neox.errors import ConfigError, RunStateError
+from neox.pipeline.retrain import Champion, retrain_config, retrain_data, retrain_overrides
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_continue_takes_only_the_shards_the_champion_has_not_seen_with_its_token
 def test_continue_with_an_empty_watched_folder_has_nothing_to_do_and_without_a_champion_is_an_error(tmp_path, incoming):
     cfg = retrain_config({"data": {"sources": [f"{incoming}/"]}})
     assert retrain_data({"corpus": "sample"}, cfg, tmp_path, champion_on("elsewhere")) is None
-    with pytest.raises(ConfigError, match="needs a champion to continue from: run the pretrain flow first"):
+    with pytest.raises(RunStateError, match="needs a champion to continue from: run the pretrain flow first"):
         retrain_data({"corpus": "sample"}, cfg, tmp_path, None)
     with pytest.raises(FileNotFoundError, match="source folder .*missing does not exist"):
         retrain_data({}, retrain_config({"data": {"sources": [f"{tmp_path}/missing/"]}}), tmp_path, champion_on("x"))

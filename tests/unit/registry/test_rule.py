@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neox.config import ConfigError
-from neox.registry import Guard, PromotionRule, decide, promotion_rule
+from neox.errors import ConfigError
+from neox.registry.rule import decide, Guard, promotion_rule, PromotionRule
 
 RULE = PromotionRule(metric="bpb", direction="minimize", min_improvement=0.01,
                      guards=(Guard("acc", "maximize", tolerance=0.02),), floors={"bpb": {"max": 5.0}, "acc": {"min": 0.1}})

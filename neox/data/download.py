@@ -17,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import threading
 import time
 import urllib.parse
@@ -27,8 +26,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from neox.atomic import file_lock
-from neox.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
+from neox.errors import ConfigError, MissingInput, ServiceError
+from neox.pipeline.atomic import atomic_write_text, file_lock
+from neox.pipeline.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "download"
 CODE_VERSION = "1"
@@ -36,7 +36,7 @@ CHUNK = 1 << 20
 HTTP_CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ServiceError):
     """A source that could not be fetched intact after every retry."""
 
 
@@ -44,7 +44,7 @@ class ChecksumMismatch(DownloadError):
     pass
 
 
-class EmptyFolder(FileNotFoundError):
+class EmptyFolder(MissingInput):
     """A source folder with no shards in it (yet)."""
 
 
@@ -58,11 +58,11 @@ class Source:
     def __post_init__(self) -> None:
         scheme = urllib.parse.urlparse(self.url).scheme
         if scheme not in ("", "file", "http", "https", "s3", "hf"):
-            raise ValueError(f"unsupported source scheme {scheme!r} in {self.url} (http, https, s3, file, hf)")
+            raise ConfigError(f"unsupported source scheme {scheme!r} in {self.url} (http, https, s3, file, hf)")
         if not self.name:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:
-            raise ValueError(f"source name must be a plain file name, got {self.name!r}")
+            raise ConfigError(f"source name must be a plain file name, got {self.name!r}")
 
 
 def default_name(url: str) -> str:
@@ -138,7 +138,7 @@ def _fetch_s3(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
 def _fetch_file(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
     path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
     if not path.is_file():
-        raise FileNotFoundError(f"source file {path} does not exist")
+        raise MissingInput(f"source file {path} does not exist")
     with open(path, "rb") as src, open(part, "ab") as out:
         src.seek(offset)
         while chunk := src.read(CHUNK):
@@ -153,7 +153,7 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
     parsed = urllib.parse.urlparse(url)
     repo = parsed.path.strip("/") if parsed.netloc == "datasets" else None
     if not repo:
-        raise ValueError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
+        raise ConfigError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
     query = dict(urllib.parse.parse_qsl(parsed.query))
     import datasets
     from huggingface_hub import constants
@@ -162,6 +162,8 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
         "Without network access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set "
         "HF_HUB_OFFLINE=1 here, or download its files and give a file:// or local path instead."
     )
+    from neox.runtime.network import reachable
+
     if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
         # fail in seconds rather than after the hub client's own retries
         raise DownloadError(f"{url}: the Hugging Face hub ({constants.ENDPOINT}) is not reachable. {hint}")
@@ -175,15 +177,6 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
     write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
     os.replace(tmp, part)
     progress(part.stat().st_size)
-
-
-def reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
-    parsed = urllib.parse.urlparse(endpoint)
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
 
 
 TRANSPORTS = {"http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3, "file": _fetch_file, "": _fetch_file, "hf": _fetch_hf}
@@ -247,18 +240,16 @@ class KnownChecksums:
             if self.values.get(url) == sha256:
                 return
             self.values[url] = sha256
-            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.values, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(self.values, indent=1, sort_keys=True))
 
 
 def download_sources(sources: list[Source], work_root: str | Path, workers: int = 4, retry: Retry = Retry()) -> Path:
     """Run (or reuse) the download stage for these sources; returns the directory holding them by name."""
     if not sources:
-        raise ValueError("no sources to download")
+        raise ConfigError("no sources to download")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
+        raise ConfigError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
     config = source_set(sources)
     key = stage_key(STAGE, CODE_VERSION, config, {})
     area, scratch = Path(work_root) / STAGE, scratch_dir(work_root, sources)
@@ -294,6 +285,14 @@ def source_set(sources: list[Source]) -> dict:
     return {"sources": [dataclasses.asdict(s) for s in sources]}
 
 
+def sources_for(urls: list[str], pile_mirror: str | None = None) -> list[Source]:
+    """The sources a command line names: URLs (see `sources_from_strings`) and the Pile catalog of a mirror."""
+    sources = sources_from_strings(urls) + (pile_catalog(pile_mirror) if pile_mirror else [])
+    if not sources:
+        raise ConfigError("give source URLs or --pile-mirror")
+    return sources
+
+
 def sources_from_strings(urls: list[str]) -> list[Source]:
     """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`. A folder (a URL or path ending
     in `/`: local, file:// or s3://) stands for every shard in it at the time of the run, by name, which is
@@ -322,10 +321,10 @@ def list_folder(url: str) -> list[str]:
     elif parsed.scheme in ("", "file"):
         folder = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
         if not folder.is_dir():
-            raise FileNotFoundError(f"source folder {folder} does not exist")
+            raise MissingInput(f"source folder {folder} does not exist")
         names = [p.name for p in folder.iterdir() if p.is_file()]
     else:
-        raise ValueError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
+        raise ConfigError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
     shards = sorted(n for n in names if n.endswith(SHARD_SUFFIXES))
     if not shards:
         raise EmptyFolder(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from neox.config import ConfigError
-from neox.pipeline import check_pipeline_config
+from neox.errors import ConfigError
+from neox.pipeline.check import check_pipeline_config
 from neox.train.config import load_train_config
 from tests.conftest import REPO
 

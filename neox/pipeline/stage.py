@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neox.atomic import atomic_directory
+from neox.errors import DataError
+from neox.pipeline.atomic import atomic_directory
 
 MANIFEST = "manifest.json"
 
 
-class ManifestError(RuntimeError):
+class ManifestError(DataError):
     """A stage output whose manifest is missing, malformed, or does not match the files on disk."""
 
 

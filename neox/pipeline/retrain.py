@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from neox.config import WEIGHTS_FILE, ConfigError, check_type
+from neox.errors import ConfigError, RunStateError
+from neox.pipeline.configfile import check_type
+from neox.data.download import EmptyFolder
 from neox.data.prepare import data_sources, upstream_outputs
-from neox.data.sources import EmptyFolder
-from neox.data.tokenizer import TOKENIZER_FILE
-from neox.stage import read_manifest
-from neox.train.loop import DATA_FILE
+from neox.pipeline.layout import DATA_FILE, TOKENIZER_FILE, WEIGHTS_FILE, run_of
+from neox.pipeline.stage import read_manifest
+from neox.registry.lineage import CHECKPOINT_TAG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +61,15 @@ class Champion:
 
 def champion_lineage(version, work_root: str | Path) -> Champion:
     """What a registered champion version was trained from, read through its lineage tags and stage manifests."""
-    checkpoint = Path(version.tags.get("neox.checkpoint", ""))
-    run_data = checkpoint.parent.parent / DATA_FILE
-    if not (checkpoint / WEIGHTS_FILE).is_file() or not run_data.is_file():
-        raise ConfigError(f"champion version {version.version}: its checkpoint {checkpoint} or training run is gone, "
+    checkpoint = Path(version.tags.get(CHECKPOINT_TAG, ""))
+    run = run_of(checkpoint)
+    run_data = None if run is None else run / DATA_FILE
+    if not (checkpoint / WEIGHTS_FILE).is_file() or run_data is None or not run_data.is_file():
+        raise RunStateError(f"champion version {version.version}: its checkpoint {checkpoint} or training run is gone, "
                           "so there is nothing to continue from (use retrain.mode: scratch)")
     download = upstream_outputs(json.loads(run_data.read_text())["data"], work_root).get("download")
     if download is None:
-        raise ConfigError(f"champion version {version.version}: its download stage output is not under {work_root}, "
+        raise RunStateError(f"champion version {version.version}: its download stage output is not under {work_root}, "
                           "so the shards it saw are unknown (use retrain.mode: scratch)")
     return Champion(str(version.version), checkpoint, tuple(read_manifest(download)["stats"]["sources"].values()))
 
@@ -83,7 +85,7 @@ def retrain_data(data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path
     if cfg.mode == "scratch":
         return section
     if champion is None:
-        raise ConfigError("retrain.mode continue needs a champion to continue from: run the pretrain flow first "
+        raise RunStateError("retrain.mode continue needs a champion to continue from: run the pretrain flow first "
                           "(or use retrain.mode: scratch)")
     seen = set(champion.sources)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neox.atomic import atomic_directory
+from neox.pipeline.atomic import atomic_directory
 
 
 def test_success_publishes_the_directory(tmp_path):
@@ -43,7 +43,7 @@ def test_overwrite_swaps_only_a_complete_replacement(tmp_path):
 def test_a_stage_output_published_meanwhile_by_a_concurrent_run_is_kept(tmp_path):
     """Two runs computing the same content-addressed stage: the later one keeps the first's output (a reader
     may hold it open) and drops its own copy."""
-    from neox.stage import find_verified, publish_stage
+    from neox.pipeline.stage import find_verified, publish_stage
 
     with publish_stage(tmp_path, "demo", "1", {"x": 1}, {}) as late:
         (late.tmp / "out.txt").write_text("late")

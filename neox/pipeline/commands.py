@@ -1,0 +1,45 @@
+"""What the `neox data`, `neox train` and `neox promote` commands run from a pipeline config file: the stage
+functions with the config's sections, so the CLI itself only handles arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from neox.errors import ConfigError
+from neox.pipeline.configfile import read_pipeline_config
+
+
+def prepare_data_from_config(path: str | Path) -> Path:
+    """Run (or reuse) the data stages of the config's `data:` section; returns the tokenized dataset's folder."""
+    from neox.data.prepare import prepare_data
+
+    raw = read_pipeline_config(path)
+    if not isinstance(raw.get("data"), dict):
+        raise ConfigError(f"{path} has no `data:` section")
+    return prepare_data(raw["data"], Path(raw.get("work_root", "work")))
+
+
+def train_from_config(path: str | Path, overrides: dict[str, Any], resume: bool = False,
+                      allow_new_data: bool = False) -> str:
+    """Train by the config's `train:` section with `overrides`; without train.data the `data:` section is
+    prepared first (finished data stages are reused). Returns where the run lives."""
+    from neox.train.config import load_train_config
+    from neox.train.launch import train
+
+    cfg = load_train_config(path, overrides)
+    if cfg.data is None:
+        if not isinstance(read_pipeline_config(path).get("data"), dict):
+            raise ConfigError(f"{path}: no train.data, --data or `data:` section to train on")
+        cfg = dataclasses.replace(cfg, data=str(prepare_data_from_config(path)))
+    return train(cfg, resume=resume, allow_new_data=allow_new_data)
+
+
+def promote_by_config(name: str, version: str, tracking_uri: str, path: str | Path | None = None):
+    """Run the promotion gate on a version with the config's `registry.rule` (the default rule without one)."""
+    from neox.registry.mlflow_registry import promote
+    from neox.registry.rule import promotion_rule
+
+    section = (read_pipeline_config(path).get("registry") or {}) if path else {}
+    return promote(name, version, promotion_rule(section.get("rule")), tracking_uri)

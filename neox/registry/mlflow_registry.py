@@ -1,0 +1,103 @@
+"""The MLflow Model Registry: every evaluated checkpoint becomes a version of a registered model (logged in the
+eval's MLflow run, lineage in its tags), and the promotion gate moves the `champion` alias when the rule says so
+(`neox.registry.rule`), keeping the old champion as `previous-champion` and the decision on the version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from neox.pipeline.layout import hf_export_of
+from neox.pipeline.stage import read_manifest
+from neox.registry.lineage import lineage_tags
+from neox.registry.pyfunc import TextGenerator
+from neox.registry.rule import Decision, PromotionRule, decide
+
+CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
+DECISION_TAG = "neox.promotion"
+
+
+def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: str | Path | None = None,
+             experiment: str = "neox-pipeline", tags: dict[str, str] | None = None) -> str:
+    """Register the checkpoint an eval stage output scored, as a new version of `name` logged in that eval's
+    MLflow run (created in this tracking store if needed); returns the version. Registering the same eval
+    again returns its existing version. `tags` are added to the lineage (the flow run id under Prefect)."""
+    from neox.eval.run import log_eval
+
+    checkpoint = Path(read_manifest(eval_output)["stats"]["checkpoint"])
+    run_id = log_eval(eval_output, tracking_uri, experiment)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    existing = [v for v in _versions(client, name) if v.run_id == run_id]
+    if existing:
+        return existing[0].version
+    mlflow.set_tracking_uri(tracking_uri)
+    artifacts = {"model": str(checkpoint)}
+    if hf_export_of(checkpoint).exists():
+        artifacts["hf"] = str(hf_export_of(checkpoint))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=TextGenerator(), artifacts=artifacts,
+                                       pip_requirements=_requirements(),
+                                       signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"],
+                                                                               params={"max_new_tokens": 32}))
+    version = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
+                                          tags={**lineage_tags(checkpoint, work_root), **(tags or {})}).version
+    return version
+
+
+def _versions(client: MlflowClient, name: str) -> list:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+        return []
+    return client.search_model_versions(f"name='{name}'")
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("torch", "tokenizers", "safetensors", "neox-pipeline")]
+
+
+def _version_by_alias(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion_version(name: str, tracking_uri: str):
+    """The model version holding the champion alias, or None."""
+    return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), name, CHAMPION)
+
+
+def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str,
+            champion_metrics: dict[str, float] | None = None) -> Decision:
+    """Give `version` the candidate alias and move champion to it if the rule says so (the old champion keeps
+    `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat.
+    `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
+    without them the champion's own recorded metrics are used."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    candidate = client.get_model_version(name, version)
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    champion = _version_by_alias(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == str(version):
+        return Decision(True, ("already champion",))
+    candidate_metrics = client.get_run(candidate.run_id).data.metrics
+    rescored = champion is not None and champion_metrics is not None
+    if champion is not None and champion_metrics is None:
+        champion_metrics = client.get_run(champion.run_id).data.metrics
+    decision = decide(candidate_metrics, champion_metrics, rule)
+    record = {"promoted": decision.promote, "reasons": list(decision.reasons), "candidate_metrics": candidate_metrics,
+              "champion_version": champion.version if champion else None, "champion_metrics": champion_metrics,
+              "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data"}
+    client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(record, sort_keys=True)[:5000])
+    if decision.promote:
+        if champion is not None:  # first, so a retry after a crash here still finds the old champion
+            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return decision

@@ -1,0 +1,104 @@
+"""A training run's checkpoints: every rank saves its part and Ray Train merges them; a restore loads the newest
+one after vetting it against the config; the driver reads a checkpoint's neox state without torch to refuse a
+resume before anything starts; and the final weights are exported as a model checkpoint and a Hugging Face folder.
+File names come from `neox.pipeline.layout`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neox.errors import RunStateError
+from neox.model.gpt_neox import GPTNeoX
+from neox.pipeline.layout import DEEPSPEED_TAG, FINAL_DIR, HF_DIR, MODEL_DIR, STATE_FILE, rng_file
+from neox.train.storage import RunStorage
+
+
+class ResumeError(RunStateError):
+    """A checkpoint that must not be continued with this config."""
+
+
+def client_state(config: dict[str, Any], step: int) -> dict[str, Any]:
+    return {"step": step, "data_fingerprint": config["data_fingerprint"], "model_config": config["model"]}
+
+
+def save_and_report(engine, config: dict[str, Any], rank: int, step: int, loss: float) -> None:
+    """Every rank writes its part of the DeepSpeed checkpoint (and its RNG state); Ray Train merges the
+    parts into one checkpoint directory in storage."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="neox-ckpt-") as tmp:
+        state = client_state(config, step)
+        engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG, client_state=state)
+        if rank == 0:  # readable without torch, so the driver can vet a resume before launching workers
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()}, Path(tmp) / rng_file(rank))
+        ray.train.report({"step": step, "loss": loss}, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def restore(engine, config: dict[str, Any], rank: int) -> int:
+    """Load the latest checkpoint Ray Train hands us (after a worker failure or on --resume); returns the
+    step to continue from (0 for a fresh run)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        _, state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+        check_compatible(state, config)
+        rng = torch.load(Path(directory) / rng_file(rank), weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+    if rank == 0:
+        print(f"resumed from the step-{state['step']} checkpoint", flush=True)
+    return int(state["step"])
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse to continue a checkpoint of another model shape, or (unless allowed) on another dataset."""
+    if state["model_config"] != config["model"]:
+        changed = sorted(k for k in config["model"] if state["model_config"].get(k) != config["model"][k])
+        raise ResumeError(f"the checkpoint's model differs from the config ({', '.join(changed)}); start a new run name")
+    if state["data_fingerprint"] != config["data_fingerprint"] and not config["allow_new_data"]:
+        raise ResumeError(
+            "the checkpoint was trained on another dataset (fingerprint "
+            f"{state['data_fingerprint'][:12]} vs {config['data_fingerprint'][:12]}); pass --allow-new-data to continue "
+            "pretraining on the new data"
+        )
+
+
+def latest_state(storage: RunStorage) -> dict[str, Any] | None:
+    """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
+    for name in reversed(storage.checkpoints()):
+        state = storage.read_text(name, STATE_FILE)
+        if state is not None:
+            return json.loads(state)
+    return None
+
+
+def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int) -> None:
+    """Rank 0 writes the final weights as a neox checkpoint and a Hugging Face directory in the run folder
+    (written locally, then published to object storage when the run lives there)."""
+    import deepspeed
+
+    gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters())) if zero_stage == 3 else contextlib.nullcontext()
+    with gather:
+        if rank == 0:
+            from neox.model.checkpoint import save_model
+            from neox.model.hf import export_hf
+
+            storage = config["storage"]
+            final = storage.local_dir() / FINAL_DIR
+            model = GPTNeoX(engine.module.cfg)
+            model.load_state_dict({k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()})
+            save_model(model, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
+            export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
+            storage.publish(final, FINAL_DIR)

@@ -1,0 +1,99 @@
+"""The DeepSpeed engine around our GPT-NeoX: its DeepSpeed config, the optimizer's parameter groups, activation
+checkpointing, and the model a worker starts from (fresh GPT-NeoX init, or `init_from` weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neox.model.config import ModelConfig
+from neox.model.gpt_neox import GPTNeoX, init_weights
+from neox.pipeline.layout import WEIGHTS_FILE
+from neox.train.config import TrainConfig
+from neox.train.schedule import lr_at
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's config for this run (see `effective_zero_stage` for a single worker)."""
+    stage = effective_zero_stage(cfg, world_size)
+    config = {
+        "train_batch_size": cfg.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_clipping": cfg.gradient_clipping,
+        # torch's AdamW: DeepSpeed's fused CPU Adam would be JIT-compiled on first use (~100 s on 2 cores)
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": cfg.eps,
+                                                 "weight_decay": cfg.weight_decay, "torch_adam": True}},
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 2**31,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "bf16" and stage == 1:
+        # gradients accumulate in fp32, as in GPT-NeoX's bf16 configs: DeepSpeed then runs its BF16 optimizer
+        # (flat fp32 master weights). Stage 0 refuses that mix; stages 2-3 keep fp32 partitions of their own.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
+
+
+def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:
+    """ZeRO shards state across data-parallel ranks: one fp32 rank has nothing to shard, and stages 1-3 would
+    only add their flat-buffer bookkeeping (~15% of a CPU step), so it runs stage 0. In bf16/fp16 the stage stays:
+    without ZeRO, DeepSpeed keeps the fp32 master weights in its per-parameter (unfused) optimizer wrapper,
+    which measured 20% slower than a bare loop for the pythia-410m shape on an H100."""
+    return cfg.zero_stage if world_size > 1 or cfg.precision != "fp32" else 0
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """GPT-NeoX's split: no weight decay on biases and LayerNorm parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if name.endswith("bias") or "norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def apply_activation_checkpointing(model: GPTNeoX) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in model.layers:
+        forward = layer.forward
+        layer.forward = lambda *args, _f=forward, **kwargs: checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+
+def initial_model(cfg: TrainConfig, mcfg: ModelConfig) -> GPTNeoX:
+    """GPT-NeoX's initialisation from the run's seed, or the `init_from` weights (continued pretraining; a
+    checkpoint restored afterwards replaces either)."""
+    model = init_weights(GPTNeoX(mcfg), generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.init_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    return model
+
+
+def build_engine(cfg: TrainConfig, mcfg: ModelConfig, world_size: int):
+    """The DeepSpeed engine training the run's model with AdamW and GPT-NeoX's learning-rate schedule."""
+    import deepspeed
+
+    model = initial_model(cfg, mcfg)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=parameter_groups(model, cfg.weight_decay),
+        config=deepspeed_config(cfg, world_size),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr
+        ),
+    )
+    if cfg.compile:
+        engine.compile()  # inside the engine, so checkpoints keep the plain module's parameter names
+    return engine
+
+
+def loss_scale(engine) -> float:
+    return float(getattr(engine.optimizer, "cur_scale", 1.0) or 1.0)

@@ -1,0 +1,124 @@
+"""What a training run records: its MLflow run (opened by the driver with the resolved config as params, continued
+on resume) and rank 0's per-step metrics (metrics.jsonl in the run folder, the console and MLflow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from neox.model.config import ModelConfig
+from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
+from neox.train.config import TrainConfig
+from neox.train.flops import flops_per_step, gpu_peak_tflops
+from neox.train.storage import RunStorage
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Workers run in other directories: a relative sqlite path must not resolve there."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any], resume: bool) -> str:
+    """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
+    marker = storage.read_text(MLFLOW_RUN_FILE)
+    if resume and marker:
+        run_id = marker.strip()
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException:  # the run lives in another tracking store: start a new MLflow run
+            pass
+    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={"neox.stage": "train"})
+    flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
+    storage.write_text(run.info.run_id, MLFLOW_RUN_FILE)
+    return run.info.run_id
+
+
+def logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line torn by a crash mid-write."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
+
+
+class Tracker:
+    """Rank 0's metrics: a line per step in metrics.jsonl, the console and MLflow every log_interval steps.
+
+    metrics.jsonl holds each step of the history behind the current weights once: a run restored from a
+    checkpoint drops the lines logged after it (by the attempt that died) before continuing. For a run on object
+    storage the file is kept locally and published at each checkpoint and at the end."""
+
+    def __init__(self, config: dict[str, Any], cfg: TrainConfig, mcfg: ModelConfig, world: int, start_step: int):
+        from mlflow import MlflowClient
+
+        self.cfg, self.world = cfg, world
+        self.client = MlflowClient(tracking_uri=config["mlflow_tracking_uri"])
+        self.run_id = config["mlflow_run_id"]
+        self.storage = config["storage"]
+        self.metrics_path = self.storage.local_dir() / TRAIN_METRICS_FILE
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        earlier = (self.storage.read_text(TRAIN_METRICS_FILE) or "").splitlines()
+        self.metrics_path.write_text("".join(line + "\n" for line in earlier if logged_step(line) <= start_step))
+        self.metrics_file = open(self.metrics_path, "a")  # noqa: SIM115
+        self.window: list[tuple[float, float]] = []
+        self.flops = flops_per_step(mcfg, cfg.global_batch_size, cfg.seq_length, cfg.activation_checkpointing)
+        self.peak = gpu_peak_tflops() if cfg.use_gpu else None
+        self.tokens_per_step = cfg.global_batch_size * cfg.seq_length
+
+    def step(self, step: int, loss: float, lr: float, grad_norm: float | None, scale: float, seconds: float) -> None:
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": scale, "step_time_s": seconds}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        self.window.append((loss, seconds))
+        if step % self.cfg.log_interval and step != self.cfg.train_iters:
+            return
+        mean_time = sum(s for _, s in self.window) / len(self.window)
+        metrics = {
+            "train/loss": sum(l for l, _ in self.window) / len(self.window),
+            "train/lr": lr,
+            "train/loss_scale": scale,
+            "train/step_time_s": mean_time,
+            "train/tokens_per_s": self.tokens_per_step / mean_time,
+            "train/samples_per_s": self.cfg.global_batch_size / mean_time,
+        }
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if self.peak is not None:
+            tflops = self.flops / mean_time / self.world / 1e12
+            metrics["train/tflops_per_gpu"] = tflops
+            metrics["train/mfu"] = tflops / self.peak
+        self.window = []
+        self._log(step, metrics)
+
+    def evaluation(self, step: int, loss: float) -> None:
+        self._log(step, {"valid/loss": loss, "valid/perplexity": math.exp(min(loss, 50.0))})
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        print(f"step {step:>6} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+
+    def publish(self) -> None:
+        self.metrics_file.flush()
+        self.storage.publish(self.metrics_path, TRAIN_METRICS_FILE)
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        self.storage.publish(self.metrics_path, TRAIN_METRICS_FILE)
