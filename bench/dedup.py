@@ -80,7 +80,10 @@ def main() -> None:
     print(f"corpus: {megabytes:.1f} MB; removed: baseline {base_removed}, ours {ours_removed} documents")
     print(f"baseline (Python shingles + datasketch, 1 core): {base_s:6.1f} s  {base_rate:5.1f} MB/s per core")
     for workers, ours_s in seconds.items():
-        print(f"ours     (dedup stage, {workers} core{'s' if workers > 1 else ' '}):             {ours_s:6.1f} s  {megabytes / ours_s / workers:5.1f} MB/s per core")
+        print(
+            f"ours     (dedup stage, {workers} core{'s' if workers > 1 else ' '}):             {ours_s:6.1f} s  "
+            f"{megabytes / ours_s / workers:5.1f} MB/s per core"
+        )
     print(f"ratio ours/baseline per core (1 core each): {megabytes / seconds[1] / base_rate:.2f}x")
     if args.workers > 1:
         print(f"scaling 1 -> {args.workers} cores: {seconds[1] / seconds[args.workers]:.2f}x")

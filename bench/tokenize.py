@@ -26,11 +26,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from neox.data.indexed import merge_parts, token_dtype
-from neox.data.jsonl import Rejects, list_shards, read_shard, write_shard
-from neox.data.sample import build_sample_corpus
-from neox.data.tokenize import data_prefix, tokenize_shards
-from neox.data.tokenizer import eod_id, load_tokenizer, train_bpe
+from neox.data.indexed import merge_parts, token_dtype  # noqa: E402
+from neox.data.jsonl import Rejects, list_shards, read_shard, write_shard  # noqa: E402
+from neox.data.sample import build_sample_corpus  # noqa: E402
+from neox.data.tokenize import data_prefix, tokenize_shards  # noqa: E402
+from neox.data.tokenizer import eod_id, load_tokenizer, train_bpe  # noqa: E402
 
 _tokenizer = None
 
@@ -76,7 +76,10 @@ def main() -> None:
         for i in range(8):
             write_shard(corpus / f"{i:02d}.jsonl.zst", everything[i::8])
         megabytes = sum(len(d["text"].encode()) for d in everything) / 1e6
-        print(f"corpus: {len(everything)} documents, {megabytes:.1f} MB in 8 shards; training a {args.vocab_size}-token BPE ...")
+        print(
+            f"corpus: {len(everything)} documents, {megabytes:.1f} MB in 8 shards; "
+            f"training a {args.vocab_size}-token BPE ..."
+        )
         tokenizer = tmp / "tokenizer.json"
         train_bpe((d["text"] for d in docs), args.vocab_size, show_progress=False).save(str(tokenizer))
 
@@ -97,11 +100,19 @@ def main() -> None:
         ray.shutdown()
 
         for suffix in (".bin", ".idx"):
-            same = (tmp / f"baseline_text_document{suffix}").read_bytes() == Path(f"{data_prefix(out)}{suffix}").read_bytes()
+            same = (tmp / f"baseline_text_document{suffix}").read_bytes() == Path(
+                f"{data_prefix(out)}{suffix}"
+            ).read_bytes()
             assert same, f"outputs differ ({suffix})"
         print(f"tokens: {tokens:,} (outputs byte-identical)")
-        print(f"baseline (gpt-neox Pool.imap, {args.workers} workers): {base_s:6.1f} s  {tokens / base_s / 1e6:5.2f} M tokens/s")
-        print(f"ours     (tokenize stage, {args.workers} workers):      {ours_s:6.1f} s  {tokens / ours_s / 1e6:5.2f} M tokens/s  (+ Ray start {ray_s:.1f} s)")
+        print(
+            f"baseline (gpt-neox Pool.imap, {args.workers} workers): {base_s:6.1f} s  "
+            f"{tokens / base_s / 1e6:5.2f} M tokens/s"
+        )
+        print(
+            f"ours     (tokenize stage, {args.workers} workers):      {ours_s:6.1f} s  "
+            f"{tokens / ours_s / 1e6:5.2f} M tokens/s  (+ Ray start {ray_s:.1f} s)"
+        )
         print(f"ratio ours/baseline: {base_s / ours_s:.2f}x  (with Ray start: {base_s / (ours_s + ray_s):.2f}x)")
 
 

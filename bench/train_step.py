@@ -33,8 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from neox.model.config import load_model_config  # noqa: E402
-from neox.model.hf import hf_config  # noqa: E402
 from neox.model.gpt_neox import GPTNeoX, init_weights  # noqa: E402
+from neox.model.hf import hf_config  # noqa: E402
 
 
 class BareLoop:
@@ -43,14 +43,17 @@ class BareLoop:
     def __init__(self, model: torch.nn.Module, logits_of, autocast: torch.dtype | None = None):
         self.model, self.logits_of, self.autocast = model.train(), logits_of, autocast
         on_gpu = next(model.parameters()).is_cuda
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01,
-                                           fused=on_gpu or None)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, fused=on_gpu or None
+        )
         self.sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         self.times: list[float] = []
 
     def step(self, tokens: torch.Tensor) -> None:
         started = time.perf_counter()
-        with torch.autocast(tokens.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+        with torch.autocast(
+            tokens.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        ):
             logits = self.logits_of(self.model, tokens[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
         loss.backward()
@@ -69,7 +72,9 @@ def transformers_model(cfg) -> torch.nn.Module:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     hf_cfg = hf_config(cfg, torch.float32, None, None)
-    return GPTNeoXForCausalLM(GPTNeoXConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}))
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")})
+    )
 
 
 def gpu_main(args: argparse.Namespace) -> None:
@@ -83,18 +88,23 @@ def gpu_main(args: argparse.Namespace) -> None:
 
     from neox.model.config import load_neox_yaml
     from neox.train.config import TrainConfig
-    from neox.train.flops import flops_per_step, gpu_peak_tflops
     from neox.train.engine import deepspeed_config, parameter_groups
+    from neox.train.flops import flops_per_step, gpu_peak_tflops
 
-    ATTENTION_BACKENDS = {"flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
-                          "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]}
+    ATTENTION_BACKENDS = {
+        "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
+    }
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
     peak = gpu_peak_tflops()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
     deepspeed.init_distributed(dist_backend="nccl")
-    print(f"{torch.cuda.get_device_name()}: peak {peak} TFLOPS bf16 dense; torch {torch.__version__}, "
-          f"deepspeed {deepspeed.__version__}", flush=True)
+    print(
+        f"{torch.cuda.get_device_name()}: peak {peak} TFLOPS bf16 dense; torch {torch.__version__}, "
+        f"deepspeed {deepspeed.__version__}",
+        flush=True,
+    )
     rows = []
 
     def timed(label: str, step, batches, cfg, seq: int) -> None:
@@ -107,26 +117,42 @@ def gpu_main(args: argparse.Namespace) -> None:
         seconds = statistics.median(times[5:])
         tflops = flops_per_step(cfg, args.batch, seq, activation_checkpointing=False) / seconds / 1e12
         rows.append((label, seconds, args.batch * seq / seconds, tflops, tflops / peak if peak else float("nan")))
-        print(f"{label:44s} {seconds * 1000:8.1f} ms/step  {args.batch * seq / seconds:9.0f} tokens/s  "
-              f"{tflops:6.1f} TFLOPS  MFU {rows[-1][4]:.1%}  (first step {times[0]:.1f} s)", flush=True)
+        print(
+            f"{label:44s} {seconds * 1000:8.1f} ms/step  {args.batch * seq / seconds:9.0f} tokens/s  "
+            f"{tflops:6.1f} TFLOPS  MFU {rows[-1][4]:.1%}  (first step {times[0]:.1f} s)",
+            flush=True,
+        )
 
     for model_path in args.model:
         cfg, _ = load_model_config(model_path, vocab_size=50277)  # the GPT-NeoX-20B tokenizer, as Pythia
         seq = int(load_neox_yaml(model_path)["seq_length"])
         shape = Path(model_path).stem
         generator = torch.Generator(device=device).manual_seed(0)
-        batches = [torch.randint(cfg.vocab_size, (args.batch, seq + 1), device=device, generator=generator) for _ in range(4)]
-        print(f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, batch {args.batch} x {seq}", flush=True)
+        batches = [
+            torch.randint(cfg.vocab_size, (args.batch, seq + 1), device=device, generator=generator) for _ in range(4)
+        ]
+        print(
+            f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, batch {args.batch} x {seq}",
+            flush=True,
+        )
 
         def bare(model: torch.nn.Module, logits_of=lambda m, x: m(x)):
             return BareLoop(model.to(device), logits_of, torch.bfloat16).step
 
         def engine(compiled: bool):
-            train_cfg = TrainConfig(model=(model_path,), seq_length=seq, micro_batch_size=args.batch, precision="bf16",
-                                    num_workers=1, use_gpu=True, compile=compiled)
+            train_cfg = TrainConfig(
+                model=(model_path,),
+                seq_length=seq,
+                micro_batch_size=args.batch,
+                precision="bf16",
+                num_workers=1,
+                use_gpu=True,
+                compile=compiled,
+            )
             model = init_weights(GPTNeoX(cfg))
-            ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model, 0.01),
-                                               config=deepspeed_config(train_cfg, 1))
+            ds, _, _, _ = deepspeed.initialize(
+                model=model, model_parameters=parameter_groups(model, 0.01), config=deepspeed_config(train_cfg, 1)
+            )
             if compiled:
                 ds.compile()
 
@@ -135,6 +161,7 @@ def gpu_main(args: argparse.Namespace) -> None:
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
                 ds.backward(loss)
                 ds.step()
+
             return step
 
         variants = {
@@ -160,14 +187,31 @@ def gpu_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: bf16 on one GPU with MFU, on the --model shapes (the options below are CPU-only)")
-    parser.add_argument("--variants", nargs="+", default=["a", "b", "bc", "c", "cc"],
-                        help="with --device cuda: a (transformers), b (ours), bc (ours compiled), c (DeepSpeed), cc (compiled)")
-    parser.add_argument("--attention", nargs="+", default=["flash"], choices=("flash", "cudnn"),
-                        help="with --device cuda: scaled_dot_product_attention backend(s) to time")
-    parser.add_argument("--model", nargs="+", default=["configs/model/pythia-160m.yml", "configs/model/pythia-410m.yml"],
-                        help="GPT-NeoX model YAMLs to time with --device cuda")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: bf16 on one GPU with MFU, on the --model shapes (the options below are CPU-only)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["a", "b", "bc", "c", "cc"],
+        help="with --device cuda: a (transformers), b (ours), bc (ours compiled), c (DeepSpeed), cc (compiled)",
+    )
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=["flash"],
+        choices=("flash", "cudnn"),
+        help="with --device cuda: scaled_dot_product_attention backend(s) to time",
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["configs/model/pythia-160m.yml", "configs/model/pythia-410m.yml"],
+        help="GPT-NeoX model YAMLs to time with --device cuda",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -193,17 +237,37 @@ def main() -> None:
         tokenizer = tokenizer_stage(tmp / "work", vocab_size=8192, input_dir=tmp / "corpus")
         tokenized = tokenize_shards(tmp / "corpus", tokenizer, tmp / "work")
         model_yaml = tmp / "model.yml"
-        model_yaml.write_text(yaml.safe_dump({
-            "num_layers": args.layers, "hidden_size": args.hidden, "num_attention_heads": args.heads,
-            "seq_length": args.seq, "max_position_embeddings": args.seq, "rotary_pct": 0.25, "gpt_j_residual": True,
-            "no_weight_tying": True, "bias_gelu_fusion": True, "init_method": "small_init", "output_layer_init_method": "wang_init",
-        }))
+        model_yaml.write_text(
+            yaml.safe_dump(
+                {
+                    "num_layers": args.layers,
+                    "hidden_size": args.hidden,
+                    "num_attention_heads": args.heads,
+                    "seq_length": args.seq,
+                    "max_position_embeddings": args.seq,
+                    "rotary_pct": 0.25,
+                    "gpt_j_residual": True,
+                    "no_weight_tying": True,
+                    "bias_gelu_fusion": True,
+                    "init_method": "small_init",
+                    "output_layer_init_method": "wang_init",
+                }
+            )
+        )
         cfg, _ = load_model_config(model_yaml, vocab_size=8192)
-        data = build_split_datasets(data_prefix(tokenized), "969,30,1", {"train": args.steps * args.batch}, args.seq, 1234)["train"]
-        batches = [torch.from_numpy(np.stack([data[i * args.batch + j] for j in range(args.batch)])) for i in range(args.steps)]
+        data = build_split_datasets(
+            data_prefix(tokenized), "969,30,1", {"train": args.steps * args.batch}, args.seq, 1234
+        )["train"]
+        batches = [
+            torch.from_numpy(np.stack([data[i * args.batch + j] for j in range(args.batch)])) for i in range(args.steps)
+        ]
         tokens_per_step = args.batch * args.seq
-        print(f"model: {args.layers} layers x {args.hidden} hidden, vocab {cfg.vocab_size}; batch {args.batch} x {args.seq} tokens; "
-              f"{args.threads} threads", flush=True)
+        print(
+            f"model: {args.layers} layers x {args.hidden} hidden, vocab {cfg.vocab_size}; "
+            f"batch {args.batch} x {args.seq} tokens; "
+            f"{args.threads} threads",
+            flush=True,
+        )
 
         torch.manual_seed(0)
         loop_a = BareLoop(transformers_model(cfg), lambda m, x: m(x).logits)
@@ -221,13 +285,27 @@ def main() -> None:
 
         started = time.perf_counter()
         ensure_ray(num_cpus=args.threads)
-        train_cfg = build_train_config({
-            "model": str(model_yaml), "data": str(tokenized), "name": "bench", "storage_path": str(tmp / "runs"),
-            "seq_length": args.seq, "micro_batch_size": args.batch, "train_iters": args.steps, "lr": 1e-3, "min_lr": 1e-4,
-            "zero_stage": args.zero, "num_workers": 1, "cpus_per_worker": args.threads, "log_interval": args.steps,
-            "eval_interval": 10 * args.steps, "eval_iters": 1, "checkpoint_interval": 10 * args.steps,
-            "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        })
+        train_cfg = build_train_config(
+            {
+                "model": str(model_yaml),
+                "data": str(tokenized),
+                "name": "bench",
+                "storage_path": str(tmp / "runs"),
+                "seq_length": args.seq,
+                "micro_batch_size": args.batch,
+                "train_iters": args.steps,
+                "lr": 1e-3,
+                "min_lr": 1e-4,
+                "zero_stage": args.zero,
+                "num_workers": 1,
+                "cpus_per_worker": args.threads,
+                "log_interval": args.steps,
+                "eval_interval": 10 * args.steps,
+                "eval_iters": 1,
+                "checkpoint_interval": 10 * args.steps,
+                "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            }
+        )
         run_dir = Path(train(train_cfg))
         total = time.perf_counter() - started
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -236,10 +314,15 @@ def main() -> None:
             loop_b.step(tokens)
         b = loop_b.seconds
 
-    for label, seconds in (("(a) transformers GPTNeoXForCausalLM, bare loop", a), ("(b) ours, bare loop", b),
-                           (f"(c) ours, Ray Train + DeepSpeed (ZeRO-{args.zero} asked), 1 worker", c)):
+    for label, seconds in (
+        ("(a) transformers GPTNeoXForCausalLM, bare loop", a),
+        ("(b) ours, bare loop", b),
+        (f"(c) ours, Ray Train + DeepSpeed (ZeRO-{args.zero} asked), 1 worker", c),
+    ):
         print(f"{label:52s} {seconds * 1000:8.1f} ms/step  {tokens_per_step / seconds:9.0f} tokens/s")
-    print(f"(c) wall time including Ray + DeepSpeed start-up and the final export: {total:.1f} s for {args.steps} steps")
+    print(
+        f"(c) wall time including Ray + DeepSpeed start-up and the final export: {total:.1f} s for {args.steps} steps"
+    )
     print(f"ratio b/a: {a / b:.2f}x   ratio c/b: {b / c:.2f}x")
 
 

@@ -30,19 +30,28 @@ def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     started = time.perf_counter()
     data, champion = plan_retrain(config)
     if data is None:
-        get_run_logger().info("retrain: no shard arrived since champion v%s was trained; nothing to do", champion.version)
+        get_run_logger().info(
+            "retrain: no shard arrived since champion v%s was trained; nothing to do", champion.version
+        )
         return {"skipped": f"no new shards since champion v{champion.version}"}
     tokenized = data_prep(config, data)
     timings["data_prep"] = time.perf_counter() - started
     started = time.perf_counter()
-    overrides = retrain_overrides(load_train_config(config).name, retrain_config(raw.get("retrain")), tokenized, champion)
+    overrides = retrain_overrides(
+        load_train_config(config).name, retrain_config(raw.get("retrain")), tokenized, champion
+    )
     run = train(config, tokenized, overrides)
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
     outcome = evaluate_and_promote(config, str(final_model(run)), tokenized)
     timings["evaluate_and_promote"] = time.perf_counter() - started
-    return {"tokenized": tokenized, "run": run, **outcome, "timings": timings,
-            "continued_from": champion.version if champion else None}
+    return {
+        "tokenized": tokenized,
+        "run": run,
+        **outcome,
+        "timings": timings,
+        "continued_from": champion.version if champion else None,
+    }
 
 
 def main() -> None:

@@ -1,1 +1,2 @@
-"""neox-pipeline: the library behind the pipeline (model, data, train, eval, registry, pipeline, runtime) and the `neox` CLI."""
+"""neox-pipeline: the library behind the pipeline (model, data, train, eval, registry, pipeline, runtime) and
+the `neox` CLI. docs/architecture.md says who imports whom."""

@@ -9,12 +9,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from neox.pipeline.layout import WEIGHTS_FILE
 from neox.eval.data import eval_data_stage
-from neox.eval.run import eval_configs, EVAL_METRICS_FILE, eval_stage, log_eval
+from neox.eval.run import EVAL_METRICS_FILE, eval_configs, eval_stage, log_eval
+from neox.pipeline.configfile import read_pipeline_config
+from neox.pipeline.layout import WEIGHTS_FILE
 from neox.registry.lineage import CHECKPOINT_TAG
 from neox.registry.mlflow_registry import champion_version
-from neox.pipeline.configfile import read_pipeline_config
 from neox.train.config import load_train_config
 from neox.train.tracking import absolute_tracking_uri
 from tasks.register import registry_settings
@@ -35,7 +35,9 @@ def evaluate(config: str, checkpoint: str, tokenized: str) -> str:
     out = eval_on_heldout(config, checkpoint, tokenized)
     cfg = load_train_config(config)
     run_id = log_eval(out, absolute_tracking_uri(cfg.mlflow_tracking_uri), cfg.mlflow_experiment)
-    report_stage("eval", out, started, {"mlflow_run_id": run_id, **json.loads((Path(out) / EVAL_METRICS_FILE).read_text())})
+    report_stage(
+        "eval", out, started, {"mlflow_run_id": run_id, **json.loads((Path(out) / EVAL_METRICS_FILE).read_text())}
+    )
     return str(out)
 
 
@@ -51,7 +53,9 @@ def score_champion(config: str, candidate_version: str, tokenized: str) -> dict[
         return None
     checkpoint = Path(champion.tags.get(CHECKPOINT_TAG, ""))
     if not (checkpoint / WEIGHTS_FILE).is_file():
-        get_run_logger().warning("champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint)
+        get_run_logger().warning(
+            "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint
+        )
         return None
     metrics = json.loads((eval_on_heldout(config, checkpoint, tokenized) / EVAL_METRICS_FILE).read_text())
     get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)

@@ -18,5 +18,7 @@ def report_stage(stage: str, output: str | Path, started: float, extra: dict[str
     reused = manifest["started_at"] < started
     get_run_logger().info("%s: %s %s", stage, "reused the verified output" if reused else "wrote", output)
     stats = {**manifest["stats"], **(extra or {})}
-    rows = [{"stat": k, "value": v if isinstance(v, (int, float, str)) else json.dumps(v)[:500]} for k, v in stats.items()]
+    rows = [
+        {"stat": k, "value": v if isinstance(v, (int, float, str)) else json.dumps(v)[:500]} for k, v in stats.items()
+    ]
     create_table_artifact(rows, key=stage, description=f"{stage} {'(reused) ' if reused else ''}→ {output}")

@@ -24,6 +24,9 @@ def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
         records = [json.loads(line) for line in (Path(run) / TRAIN_METRICS_FILE).read_text().splitlines()]
         steps = [r for r in records if r["step"] in (1, len(records)) or r["step"] % max(1, len(records) // 10) == 0]
         table = "\n".join(f"| {r['step']} | {r['loss']:.4f} | {r['lr']:.3g} |" for r in steps)
-        create_markdown_artifact(f"**{outcome}** `{run}`\n\n| step | loss | lr |\n| --- | --- | --- |\n{table}\n",
-                                 key="train", description=f"training loss curve ({outcome})")
+        create_markdown_artifact(
+            f"**{outcome}** `{run}`\n\n| step | loss | lr |\n| --- | --- | --- |\n{table}\n",
+            key="train",
+            description=f"training loss curve ({outcome})",
+        )
     return run

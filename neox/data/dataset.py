@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neox.errors import ConfigError, DataError
 from neox.data.indexed import IndexedDataset
+from neox.errors import ConfigError, DataError
 
 INDEX_VERSION = "1"
 SPLITS = ("train", "valid", "test")
@@ -61,7 +61,9 @@ def build_doc_idx(documents: np.ndarray, epochs: int, rng: np.random.RandomState
     return doc_idx
 
 
-def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, epochs: int, tokens_per_epoch: int) -> np.ndarray:
+def build_sample_idx(
+    sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, epochs: int, tokens_per_epoch: int
+) -> np.ndarray:
     """Row k: (position in doc_idx, offset in that document) of token k * seq_length of the doc_idx-ordered
     stream, where sample k starts and sample k-1 ends. gpt-neox computes this with a C++ loop over documents;
     a cumulative sum and a binary search give the same rows."""
@@ -121,14 +123,18 @@ class GPT2Dataset:
         j = int(self.shuffle_idx[i])
         (first, first_offset), (last, last_offset) = self.sample_idx[j], self.sample_idx[j + 1]
         if first == last:
-            return self.indexed.get(int(self.doc_idx[first]), offset=int(first_offset), length=int(last_offset - first_offset + 1)).astype(np.int64)
+            return self.indexed.get(
+                int(self.doc_idx[first]), offset=int(first_offset), length=int(last_offset - first_offset + 1)
+            ).astype(np.int64)
         pieces = [self.indexed.get(int(self.doc_idx[first]), offset=int(first_offset))]
         pieces += [self.indexed.get(int(self.doc_idx[k])) for k in range(first + 1, last)]
         pieces.append(self.indexed.get(int(self.doc_idx[last]), length=int(last_offset + 1)))
         return np.concatenate(pieces).astype(np.int64)
 
 
-def _build_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int) -> dict[str, np.ndarray]:
+def _build_indices(
+    sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int
+) -> dict[str, np.ndarray]:
     tokens_per_epoch = int(sizes[documents].astype(np.int64).sum())
     epochs = num_epochs(tokens_per_epoch, seq_length, num_samples)
     rng = np.random.RandomState(seed=seed)
@@ -147,7 +153,12 @@ def _index_key(indexed: IndexedDataset, documents: np.ndarray, num_samples: int,
 
 
 def build_split_datasets(
-    prefix: str | Path, split: str, num_samples: dict[str, int], seq_length: int, seed: int, cache_dir: str | Path | None = None
+    prefix: str | Path,
+    split: str,
+    num_samples: dict[str, int],
+    seq_length: int,
+    seed: int,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, GPT2Dataset]:
     """The train/valid/test datasets of one `.bin/.idx` prefix, for the splits asked for in num_samples."""
     indexed = IndexedDataset(prefix)

@@ -24,10 +24,10 @@ import numpy as np
 import ray
 from rensa import RMinHash
 
-from neox.errors import ConfigError, DataError
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
-from neox.runtime.ray_cluster import ensure_ray, run_ordered
+from neox.errors import ConfigError, DataError
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "dedup"
 CODE_VERSION = "1"
@@ -63,7 +63,7 @@ def shingles(normalized: str, n: int) -> list[str]:
     words = normalized.lower().split(" ")
     if len(words) <= n:
         return [" ".join(words)]
-    return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)))]
+    return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)), strict=False)]
 
 
 def sign_shard(shard: Path, cfg: DedupConfig, rejects_path: Path) -> dict[str, Any]:
@@ -83,8 +83,17 @@ def sign_shard(shard: Path, cfg: DedupConfig, rejects_path: Path) -> dict[str, A
     signatures = np.zeros((len(lines), cfg.num_perm), dtype=np.uint32)
     if lines:
         signatures[:] = RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows()
-    return {"shard": shard.name, "lines": lines, "sets": sets, "paths": paths, "exact": exact,
-            "signatures": signatures, "bytes": sum(sizes), "rejects": str(rejects_path), "reject_counts": rejects.counts}
+    return {
+        "shard": shard.name,
+        "lines": lines,
+        "sets": sets,
+        "paths": paths,
+        "exact": exact,
+        "signatures": signatures,
+        "bytes": sum(sizes),
+        "rejects": str(rejects_path),
+        "reject_counts": rejects.counts,
+    }
 
 
 class UnionFind:
@@ -137,7 +146,10 @@ def write_kept(shard: Path, out: Path, keep_lines: set[int]) -> int:
 
 
 def dedup_shards(
-    input_dir: str | Path, work_root: str | Path, cfg: DedupConfig = DedupConfig(), workers: int | None = None,
+    input_dir: str | Path,
+    work_root: str | Path,
+    cfg: DedupConfig = DedupConfig(),
+    workers: int | None = None,
     ray_address: str | None = None,
 ) -> Path:
     """Run (or reuse) the dedup stage; returns its output directory of deduplicated shards."""
@@ -154,7 +166,8 @@ def dedup_shards(
     signer = ray.remote(num_cpus=1)(sign_shard)
     reject_parts = [area / f".{key}.{s.name}.rejects" for s in shards]
     try:
-        signed = run_ordered([(signer, (s, cfg, part)) for s, part in zip(shards, reject_parts)], workers, "dedup: sign", "shard")
+        calls = [(signer, (s, cfg, part)) for s, part in zip(shards, reject_parts, strict=True)]
+        signed = run_ordered(calls, workers, "dedup: sign", "shard")
         _publish(signed, shards, work_root, cfg, inputs, workers)
     finally:
         for part in reject_parts:
@@ -163,7 +176,11 @@ def dedup_shards(
 
 
 def _publish(
-    signed: list[dict[str, Any]], shards: list[Path], work_root: str | Path, cfg: DedupConfig, inputs: dict[str, str],
+    signed: list[dict[str, Any]],
+    shards: list[Path],
+    work_root: str | Path,
+    cfg: DedupConfig,
+    inputs: dict[str, str],
     workers: int | None,
 ) -> None:
     """Cluster the signed documents and publish the kept ones with the manifest."""
@@ -173,7 +190,9 @@ def _publish(
         raise DataError(f"no documents in {shards[0].parent}: every line was empty or rejected")
     sets = [s for r in signed for s in r["sets"]]
     paths = [p for r in signed for p in r["paths"]]
-    uf, exact_members = cluster([e for r in signed for e in r["exact"]], np.concatenate([r["signatures"] for r in signed]), cfg)
+    uf, exact_members = cluster(
+        [e for r in signed for e in r["exact"]], np.concatenate([r["signatures"] for r in signed]), cfg
+    )
 
     roots = [uf.find(i) for i in range(len(ids))]
     removed = [i for i, root in enumerate(roots) if root != i]
@@ -193,7 +212,9 @@ def _publish(
         writer = ray.remote(num_cpus=1)(write_kept)
         calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name])) for s in shards]
         written = sum(run_ordered(calls, workers, "dedup: write", "shard"))
-        reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl")
+        reject_counts = merge_rejects(
+            [(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl"
+        )
         kept = sum(len(lines) for lines in keep_by_shard.values())
         if written != kept:  # the shards changed under us between the two passes
             raise DataError(f"wrote {written} documents, expected {kept}; was the input modified?")
@@ -205,6 +226,11 @@ def _publish(
             exact_duplicates=len(exact_members),
             near_duplicates=len(removed) - len(exact_members),
             rejects=reject_counts,
-            per_set={name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())},
-            clusters=[{"kept": describe(root), "dropped": [describe(i) for i in dropped]} for root, dropped in sorted(members.items())],
+            per_set={
+                name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())
+            },
+            clusters=[
+                {"kept": describe(root), "dropped": [describe(i) for i in dropped]}
+                for root, dropped in sorted(members.items())
+            ],
         )

@@ -1,7 +1,7 @@
 """The download stage: fetch raw shards from http(s)://, s3://, file:// or local paths, and hf://datasets/…
 
-Every transfer goes to `<work_root>/download/.work-<key>/.parts/<id>.part`, resumes from what a failed attempt left there
-(HTTP Range, S3 ranged GETs, file offsets), retries with exponential backoff and jitter, and is checked
+Every transfer goes to `<work_root>/download/.work-<key>/.parts/<id>.part`, resumes from what a failed attempt left
+there (HTTP Range, S3 ranged GETs, file offsets), retries with exponential backoff and jitter, and is checked
 against its sha256: the published one when the catalog has it, else the one recorded at its first download
 (`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
 A mismatch deletes the file and retries; after the last try the error names the URL and both hashes.
@@ -26,18 +26,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from neox.errors import ConfigError, MissingInput, ServiceError
+from neox.data.transports import TRANSPORTS, DownloadError, Retry
+from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
 from neox.pipeline.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
 
 STAGE = "download"
 CODE_VERSION = "1"
-CHUNK = 1 << 20
-HTTP_CHUNK = 1 << 16
-
-
-class DownloadError(ServiceError):
-    """A source that could not be fetched intact after every retry."""
 
 
 class ChecksumMismatch(DownloadError):
@@ -72,14 +67,9 @@ def default_name(url: str) -> str:
     return Path(parsed.path).name
 
 
-@dataclasses.dataclass(frozen=True)
-class Retry:
-    attempts: int = 5
-    backoff_s: float = 1.0  # first wait; doubles each try, with up to 50% random jitter
-    timeout_s: float = 60.0  # per network read
-
-
-def pile_catalog(mirror: str, splits: tuple[str, ...] = ("train", "val", "test"), train_shards: range = range(30)) -> list[Source]:
+def pile_catalog(
+    mirror: str, splits: tuple[str, ...] = ("train", "val", "test"), train_shards: range = range(30)
+) -> list[Source]:
     """The Pile's shards under a mirror base URL (the mirror keeps the original layout: train/00.jsonl.zst …
     train/29.jsonl.zst, val.jsonl.zst, test.jsonl.zst). No checksums are published with the mirrors we know
     of, so each shard's sha256 is recorded at its first download and verified on every reuse."""
@@ -93,96 +83,9 @@ def pile_catalog(mirror: str, splits: tuple[str, ...] = ("train", "val", "test")
     return sources
 
 
-# -- transports: each appends the bytes from `offset` on to `part`, calling progress(n) per chunk ---------
-
-
-def _fetch_http(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
-    import requests
-
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with requests.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as response:
-        if response.status_code == 416:  # nothing left: the part is already complete
-            return
-        if response.status_code not in (200, 206):
-            raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
-        if offset and response.status_code == 200:  # server ignored Range: start over
-            part.unlink(missing_ok=True)
-        expected = response.headers.get("Content-Length")
-        received = 0
-        with open(part, "ab") as out:
-            # small reads: when a connection breaks, urllib3 drops the chunk in progress
-            for chunk in response.iter_content(HTTP_CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                progress(len(chunk))
-        if expected is not None and received != int(expected):
-            raise ConnectionError(f"{url}: connection closed after {received} of {expected} bytes")
-
-
-def _fetch_s3(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
-    import boto3
-    from botocore.config import Config
-
-    parsed = urllib.parse.urlparse(url)
-    client = boto3.client("s3", config=Config(read_timeout=retry.timeout_s, retries={"max_attempts": 1}))
-    size = client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
-    if offset >= size:
-        return
-    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={offset}-")["Body"]
-    with open(part, "ab") as out:
-        for chunk in body.iter_chunks(CHUNK):
-            out.write(chunk)
-            progress(len(chunk))
-
-
-def _fetch_file(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
-    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
-    if not path.is_file():
-        raise MissingInput(f"source file {path} does not exist")
-    with open(path, "rb") as src, open(part, "ab") as out:
-        src.seek(offset)
-        while chunk := src.read(CHUNK):
-            out.write(chunk)
-            progress(len(chunk))
-
-
-def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
-    """A Hugging Face dataset as one Pile-format shard (needs the hub, or its local cache)."""
-    from neox.data.jsonl import write_shard
-
-    parsed = urllib.parse.urlparse(url)
-    repo = parsed.path.strip("/") if parsed.netloc == "datasets" else None
-    if not repo:
-        raise ConfigError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
-    query = dict(urllib.parse.parse_qsl(parsed.query))
-    import datasets
-    from huggingface_hub import constants
-
-    hint = (
-        "Without network access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set "
-        "HF_HUB_OFFLINE=1 here, or download its files and give a file:// or local path instead."
-    )
-    from neox.runtime.network import reachable
-
-    if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
-        # fail in seconds rather than after the hub client's own retries
-        raise DownloadError(f"{url}: the Hugging Face hub ({constants.ENDPOINT}) is not reachable. {hint}")
-    try:
-        dataset = datasets.load_dataset(repo, query.get("config"), split=query.get("split", "train"))
-    except Exception as err:  # datasets raises many types for "cannot reach the hub"
-        raise DownloadError(f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}") from None
-    field = query.get("text", "text")
-    part.unlink(missing_ok=True)  # a generated shard is rebuilt whole, not resumed
-    tmp = part.with_name(part.name + ".jsonl.zst")
-    write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
-    os.replace(tmp, part)
-    progress(part.stat().st_size)
-
-
-TRANSPORTS = {"http": _fetch_http, "https": _fetch_http, "s3": _fetch_s3, "file": _fetch_file, "": _fetch_file, "hf": _fetch_hf}
-
-
-def download_one(source: Source, area: Path, known: KnownChecksums, retry: Retry, progress: Callable[[int], None]) -> Path:
+def download_one(
+    source: Source, area: Path, known: KnownChecksums, retry: Retry, progress: Callable[[int], None]
+) -> Path:
     """Fetch one source into area/.cache (resuming, retrying, verifying); returns the verified file."""
     ident = hashlib.sha256(source.url.encode()).hexdigest()[:16]
     part, done = area / ".parts" / f"{ident}.part", area / ".cache" / ident
@@ -266,10 +169,13 @@ def download_sources(sources: list[Source], work_root: str | Path, workers: int 
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 files = list(pool.map(lambda s: download_one(s, scratch, known, retry, bar.update), sources))
         with publish_stage(work_root, STAGE, CODE_VERSION, config, {}) as run:
-            for source, file in zip(sources, files):
+            for source, file in zip(sources, files, strict=True):
                 os.replace(file, run.tmp / source.name)
-            run.stats.update(files=len(sources), bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
-                             sources={s.name: s.url for s in sources})
+            run.stats.update(
+                files=len(sources),
+                bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
+                sources={s.name: s.url for s in sources},
+            )
         shutil.rmtree(scratch, ignore_errors=True)
     return stage_output(work_root, STAGE, key)
 
@@ -315,8 +221,11 @@ def list_folder(url: str) -> list[str]:
     if parsed.scheme == "s3":
         import boto3
 
-        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(
-            Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/"), Delimiter="/")
+        pages = (
+            boto3.client("s3")
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/"), Delimiter="/")
+        )
         names = [obj["Key"].rsplit("/", 1)[-1] for page in pages for obj in page.get("Contents", [])]
     elif parsed.scheme in ("", "file"):
         folder = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(url)

@@ -19,7 +19,9 @@ GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's bytes_to_unicode, inverted: the printable character standing for each byte -> the byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -33,8 +35,16 @@ def byte_level_alphabet() -> dict[str, int]:
 def _is_plain_byte_level(spec: dict) -> bool:
     """Only the pipeline tiktoken reproduces: BPE model, ByteLevel pre-tokenizer with the GPT-2 regex and no
     prefix space, NFC or no normalizer, no post-processor that adds tokens."""
-    model, pre, norm, post = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer"), spec.get("post_processor")
-    if model.get("type") != "BPE" or any(model.get(k) for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback", "ignore_merges")):
+    model, pre, norm, post = (
+        spec.get("model") or {},
+        spec.get("pre_tokenizer") or {},
+        spec.get("normalizer"),
+        spec.get("post_processor"),
+    )
+    if model.get("type") != "BPE" or any(
+        model.get(k)
+        for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback", "ignore_merges")
+    ):
         return False
     if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
         return False

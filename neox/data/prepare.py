@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neox.errors import ConfigError
 from neox.data.dedup import DedupConfig, dedup_shards
+from neox.data.download import Source, download_sources, pile_catalog, sources_from_strings
 from neox.data.sample import build_sample_corpus
-from neox.data.download import download_sources, pile_catalog, Source, sources_from_strings
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
 from neox.data.tokenizer import tokenizer_stage
+from neox.errors import ConfigError
 
 KEYS = {"corpus", "sample_shards", "sources", "pile_mirror", "dedup", "tokenizer", "tokenize", "workers", "ray_address"}
 
@@ -31,7 +31,9 @@ def data_sources(section: dict[str, Any], work_root: Path) -> list[Source]:
         shards = build_sample_corpus(work_root / "mirror", shards=int(section.get("sample_shards", 4)))
         return [Source(p.resolve().as_uri()) for p in shards]
     if section.get("corpus") is not None:
-        raise ConfigError(f"data.corpus must be 'sample' (or use data.sources / data.pile_mirror), got {section['corpus']!r}")
+        raise ConfigError(
+            f"data.corpus must be 'sample' (or use data.sources / data.pile_mirror), got {section['corpus']!r}"
+        )
     sources = sources_from_strings(list(section.get("sources") or []))
     if section.get("pile_mirror"):
         sources += pile_catalog(section["pile_mirror"])
@@ -55,13 +57,20 @@ def dedup_stage(downloaded: str | Path, section: dict[str, Any], work_root: str 
         cfg = DedupConfig(**(section.get("dedup") or {}))
     except TypeError as err:
         raise ConfigError(f"data.dedup: {err}") from None
-    return dedup_shards(downloaded, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address"))
+    return dedup_shards(
+        downloaded, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address")
+    )
 
 
 def tokenizer_from_section(deduped: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
     """Train a BPE on the deduplicated shards, or take the one `tokenizer.from` names."""
     tok = dict(section.get("tokenizer") or {"vocab_size": 50277})
-    return tokenizer_stage(work_root, int(tok.get("vocab_size", 50277)), input_dir=None if "from" in tok else deduped, source=tok.get("from"))
+    return tokenizer_stage(
+        work_root,
+        int(tok.get("vocab_size", 50277)),
+        input_dir=None if "from" in tok else deduped,
+        source=tok.get("from"),
+    )
 
 
 def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
@@ -69,7 +78,9 @@ def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str
         cfg = TokenizeConfig(**(section.get("tokenize") or {}))
     except TypeError as err:
         raise ConfigError(f"data.tokenize: {err}") from None
-    return tokenize_shards(deduped, tokenizer, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address"))
+    return tokenize_shards(
+        deduped, tokenizer, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address")
+    )
 
 
 def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, Path]:

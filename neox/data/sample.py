@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from neox.errors import ConfigError
 from neox.data.jsonl import write_shard
+from neox.errors import ConfigError
 
 
 def stdlib_documents() -> Iterator[dict[str, Any]]:

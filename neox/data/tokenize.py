@@ -3,8 +3,9 @@
 Byte-compatible with gpt-neox's `tools/datasets/preprocess_data.py --append-eod` on the same shards (in name
 order) and tokenizer: each document's ids followed by the EOD id, one sequence per document, empty documents
 skipped. Byte-level BPE tokenizers are encoded with tiktoken (`fast_bpe`) when it agrees with `tokenizers`
-on a sample of the corpus; the manifest records which engine ran. Shards are tokenized in parallel as Ray tasks (one per shard, on local cores or a cluster), each writing
-a part file; the parts are concatenated in shard order, so the output is the same whatever the worker count.
+on a sample of the corpus; the manifest records which engine ran. Shards are tokenized in parallel as Ray tasks
+(one per shard, on local cores or a cluster), each writing a part file; the parts are concatenated in shard
+order, so the output is the same whatever the worker count.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from neox.errors import ConfigError, DataError
 from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.errors import ConfigError, DataError
 from neox.pipeline.layout import TOKENIZER_FILE
-from neox.runtime.ray_cluster import ensure_ray, run_ordered
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "tokenize"
 CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
@@ -66,7 +67,7 @@ def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int
                 else:
                     encoded = [e.ids for e in tok.encode_batch_fast([doc.text for doc in batch])]
                 pieces = []
-                for doc, ids in zip(batch, encoded):
+                for doc, ids in zip(batch, encoded, strict=True):
                     documents += 1
                     sets[doc.set_name] += 1
                     if not ids:
@@ -116,7 +117,10 @@ def tokenize_shards(
         parts_dir.mkdir()
         tokenizer_json = tok.to_str()
         fast = _fast_engine_agrees(tokenizer_json, shards[0])
-        calls = [(task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size, fast)) for i, shard in enumerate(shards)]
+        calls = [
+            (task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size, fast))
+            for i, shard in enumerate(shards)
+        ]
         ordered = run_ordered(calls, workers, desc="tokenize", unit="shard")
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
@@ -124,7 +128,9 @@ def tokenize_shards(
         dtype = token_dtype(tok.get_vocab_size())
         prefix = run.tmp / f"{cfg.prefix}_text_document"
         tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)
-        reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in ordered], run.tmp / "rejects.jsonl")
+        reject_counts = merge_rejects(
+            [(Path(r["rejects"]), r["reject_counts"]) for r in ordered], run.tmp / "rejects.jsonl"
+        )
         shutil.rmtree(parts_dir)
         shutil.copyfile(tokenizer_file, run.tmp / TOKENIZER_FILE)  # the dataset says how to decode it
         run.stats.update(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from neox.errors import ConfigError, DataError, MissingInput
+from neox.data.download import Source, download_sources
 from neox.data.jsonl import Rejects, list_shards, read_shard
-from neox.data.download import download_sources, Source
+from neox.errors import ConfigError, DataError, MissingInput
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
 
@@ -64,7 +64,9 @@ STAGE = "tokenizer"
 CODE_VERSION = "1"
 
 
-def tokenizer_stage(work_root: str | Path, vocab_size: int, input_dir: str | Path | None = None, source: str | None = None) -> Path:
+def tokenizer_stage(
+    work_root: str | Path, vocab_size: int, input_dir: str | Path | None = None, source: str | None = None
+) -> Path:
     """Run (or reuse) the tokenizer stage: train a BPE on the shards in input_dir, or take an existing
     tokenizer.json from `source` (a path or URL, fetched by the download stage). Output: tokenizer.json with
     its sha256 and vocabulary size in the manifest."""
@@ -86,5 +88,7 @@ def tokenizer_stage(work_root: str | Path, vocab_size: int, input_dir: str | Pat
                 texts = (doc.text for shard in list_shards(input_dir) for doc in read_shard(shard, rejects))
                 tok = train_bpe(texts, vocab_size)
                 tok.save(str(run.tmp / TOKENIZER_FILE))
-            run.stats.update(vocab_size=tok.get_vocab_size(), eod_id=eod_id(tok), sha256=sha256_file(run.tmp / TOKENIZER_FILE))
+            run.stats.update(
+                vocab_size=tok.get_vocab_size(), eod_id=eod_id(tok), sha256=sha256_file(run.tmp / TOKENIZER_FILE)
+            )
     return stage_output(work_root, STAGE, key) / TOKENIZER_FILE

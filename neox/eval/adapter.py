@@ -18,16 +18,23 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from neox.errors import DataError
 from neox.data.tokenizer import eod_id, load_tokenizer
-from neox.model.generate import SamplingConfig, generate
+from neox.errors import DataError
 from neox.model.checkpoint import load_model, parse_dtype, tokenizer_path
+from neox.model.generate import SamplingConfig, generate
 
 
 @register_model("neox")
 class NeoxLM(TemplateLM):
-    def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 8, dtype: str = "float32",
-                 max_gen_toks: int | str = 256, **_: object) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        device: str = "cpu",
+        batch_size: int | str = 8,
+        dtype: str = "float32",
+        max_gen_toks: int | str = 256,
+        **_: object,
+    ) -> None:
         super().__init__()
         tokenizer = tokenizer_path(pretrained)
         if tokenizer is None:
@@ -57,17 +64,17 @@ class NeoxLM(TemplateLM):
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="neox loglikelihood")
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in chunk]
+            chunk = order[start : start + self.batch_size]
+            inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1) :][:-1] for i in chunk]
             width = max(len(x) for x in inputs)
             padded = torch.zeros(len(chunk), width, dtype=torch.long)
             for row, tokens in enumerate(inputs):  # right padding: causal attention keeps it out of real positions
-                padded[row, :len(tokens)] = torch.tensor(tokens)
+                padded[row, : len(tokens)] = torch.tensor(tokens)
             logprobs = F.log_softmax(self.model(padded.to(self._device)).float(), dim=-1).cpu()
             for row, i in enumerate(chunk):
                 continuation = requests[i][2]
                 end = len(inputs[row])
-                window = logprobs[row, end - len(continuation):end]
+                window = logprobs[row, end - len(continuation) : end]
                 target = torch.tensor(continuation)
                 answer = (float(window.gather(1, target[:, None]).sum()), bool((window.argmax(-1) == target).all()))
                 results[i] = answer
@@ -81,9 +88,15 @@ class NeoxLM(TemplateLM):
         """Log-likelihood of whole documents, scored in disjoint windows of the model's context (as `hf`)."""
         windows, owners = [], []
         for index, (string,) in enumerate(request.args for request in requests):
-            for context, continuation in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
+            for context, continuation in map(
+                utils.make_disjoint_window,
+                utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
                 windows.append((None, context, continuation))
                 owners.append(index)
         totals = [0.0] * len(requests)
@@ -103,7 +116,7 @@ class NeoxLM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             new_tokens = min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_length - 1)
             temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-            prompt = self.tok_encode(context)[-(self.max_length - new_tokens):] or [self.prefix_token_id]
+            prompt = self.tok_encode(context)[-(self.max_length - new_tokens) :] or [self.prefix_token_id]
             prepared.append((prompt, until, new_tokens, temperature))
         results: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: (-len(prepared[i][0]), prepared[i][2:]))
@@ -111,16 +124,16 @@ class NeoxLM(TemplateLM):
         while order:
             first = prepared[order[0]]
             same = [i for i in order if len(prepared[i][0]) == len(first[0]) and prepared[i][2:] == first[2:]]
-            chunk = same[:self.batch_size]
+            chunk = same[: self.batch_size]
             taken = set(chunk)
             order = [i for i in order if i not in taken]
             prompts = torch.tensor([prepared[i][0] for i in chunk], device=self._device)
             sampling = SamplingConfig(max_new_tokens=first[2], temperature=first[3], eos_token_id=self.eot_token_id)
-            out = generate(self.model, prompts, sampling)[:, prompts.shape[1]:].tolist()
+            out = generate(self.model, prompts, sampling)[:, prompts.shape[1] :].tolist()
             for row, i in enumerate(chunk):
                 tokens = out[row]
                 if self.eot_token_id in tokens:
-                    tokens = tokens[:tokens.index(self.eot_token_id)]
+                    tokens = tokens[: tokens.index(self.eot_token_id)]
                 text = self.tok_decode(tokens)
                 for stop in prepared[i][1]:
                     text = text.split(stop)[0] if stop else text

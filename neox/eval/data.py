@@ -15,11 +15,11 @@ import json
 import re
 from pathlib import Path
 
-from neox.errors import ConfigError
 from neox.data.dataset import SPLITS, split_boundaries
 from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
 from neox.data.tokenizer import eod_id, load_tokenizer
+from neox.errors import ConfigError
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 
@@ -51,9 +51,9 @@ def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:
         if match.start() > max_chars:
             break
         last = match
-    if last is None or not text[:last.start()].strip():
+    if last is None or not text[: last.start()].strip():
         return None
-    return {"context": text[:last.start()].rstrip(), "target": last.group()}
+    return {"context": text[: last.start()].rstrip(), "target": last.group()}
 
 
 def document_range(tokenized: str | Path, cfg: EvalDataConfig) -> tuple[int, int]:
@@ -90,6 +90,10 @@ def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataC
                         passages += 1
             if not documents or not passages:
                 raise ConfigError(f"the {cfg.part} split of {tokenized} yields no usable documents")
-            run.stats.update(documents=documents, passages=passages, document_range=[start, end],
-                             train_range=list(document_range(tokenized, dataclasses.replace(cfg, part="train"))))
+            run.stats.update(
+                documents=documents,
+                passages=passages,
+                document_range=[start, end],
+                train_range=list(document_range(tokenized, dataclasses.replace(cfg, part="train"))),
+            )
     return stage_output(work_root, STAGE, key)

@@ -19,7 +19,15 @@ import yaml
 
 from neox.errors import ConfigError, ServiceError
 from neox.pipeline.layout import WEIGHTS_FILE, hf_export_of, run_of
-from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, read_manifest, sha256_file, stage_key, stage_output
+from neox.pipeline.stage import (
+    find_verified,
+    input_fingerprint,
+    publish_stage,
+    read_manifest,
+    sha256_file,
+    stage_key,
+    stage_output,
+)
 
 if TYPE_CHECKING:
     from neox.eval.data import EvalDataConfig
@@ -82,14 +90,18 @@ def check_task_data(names: list[str], task_manager) -> None:
     if unknown:
         raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)}")
     datasets_needed = sorted({(task_manager.task_index[n].cfg or {}).get("dataset_path", "?") for n in names})
-    hint = (f"Pre-cache them on a connected machine (`HF_DATASETS_CACHE=DIR lm_eval --tasks {','.join(names)} "
-            "--limit 1 ...`, or `datasets.load_dataset(NAME)` for each), copy DIR here and set "
-            "HF_DATASETS_CACHE=DIR HF_HUB_OFFLINE=1.")
+    hint = (
+        f"Pre-cache them on a connected machine (`HF_DATASETS_CACHE=DIR lm_eval --tasks {','.join(names)} "
+        "--limit 1 ...`, or `datasets.load_dataset(NAME)` for each), copy DIR here and set "
+        "HF_DATASETS_CACHE=DIR HF_HUB_OFFLINE=1."
+    )
     if not constants.HF_HUB_OFFLINE:
         if reachable(constants.ENDPOINT):
             return
-        raise TaskDataUnavailable(f"the Hugging Face hub ({constants.ENDPOINT}) is not reachable and tasks "
-                                  f"{', '.join(names)} need datasets {', '.join(datasets_needed)}. {hint}")
+        raise TaskDataUnavailable(
+            f"the Hugging Face hub ({constants.ENDPOINT}) is not reachable and tasks "
+            f"{', '.join(names)} need datasets {', '.join(datasets_needed)}. {hint}"
+        )
     import datasets
 
     missing = []
@@ -100,8 +112,9 @@ def check_task_data(names: list[str], task_manager) -> None:
         except Exception:  # datasets raises several types for "not in the offline cache"
             missing.append(cfg.get("dataset_path"))
     if missing:
-        raise TaskDataUnavailable(f"HF_HUB_OFFLINE=1 and datasets {', '.join(sorted(set(missing)))} are not in "
-                                  f"the cache. {hint}")
+        raise TaskDataUnavailable(
+            f"HF_HUB_OFFLINE=1 and datasets {', '.join(sorted(set(missing)))} are not in the cache. {hint}"
+        )
 
 
 def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalConfig) -> dict[str, Any]:
@@ -128,8 +141,9 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
         if not (hf_dir / "config.json").exists():
             raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
         model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
-    results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit,
-                                      bootstrap_iters=0, log_samples=False)
+    results = lm_eval.simple_evaluate(
+        model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit, bootstrap_iters=0, log_samples=False
+    )
     if results is None:
         raise RuntimeError("lm-eval returned no results")
     return results
@@ -175,8 +189,9 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:12.5g}" for name, value in sorted(metrics.items()))
 
 
-def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path,
-               cfg: EvalConfig = EvalConfig()) -> Path:
+def eval_stage(
+    checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path, cfg: EvalConfig = EvalConfig()
+) -> Path:
     """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
     checkpoint = Path(checkpoint)
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
@@ -195,7 +210,9 @@ def eval_stage(checkpoint: str | Path, eval_data: str | Path | None, work_root: 
     return stage_output(work_root, STAGE, key)
 
 
-def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None) -> str:
+def log_eval(
+    output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
+) -> str:
     """The MLflow run holding an eval output's metrics, params and results JSON in this tracking store:
     found by the output's key (so logging twice, or registering later, reuses it), else created."""
     from mlflow import MlflowClient
@@ -211,12 +228,21 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
         return existing[0].info.run_id
     checkpoint = Path(manifest["stats"]["checkpoint"])
     run_dir = run_of(checkpoint)
-    run = client.create_run(experiment_id, run_name=f"eval {(run_dir or checkpoint).name}",
-                            tags={"neox.stage": "eval", "neox.eval_key": manifest["key"], "neox.checkpoint": str(checkpoint),
-                                  **(tags or {})})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"eval {(run_dir or checkpoint).name}",
+        tags={
+            "neox.stage": "eval",
+            "neox.eval_key": manifest["key"],
+            "neox.checkpoint": str(checkpoint),
+            **(tags or {}),
+        },
+    )
     now = int(time.time() * 1000)
-    params = [Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-              for k, v in sorted(manifest["config"].items())]
+    params = [
+        Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+        for k, v in sorted(manifest["config"].items())
+    ]
     metrics = [Metric(k, v, now, 0) for k, v in manifest["stats"]["metrics"].items()]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
@@ -227,8 +253,8 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
 def eval_configs(section: dict[str, Any] | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
     """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
     so the held-out part is what training left out."""
-    from neox.pipeline.configfile import check_type
     from neox.eval.data import EvalDataConfig
+    from neox.pipeline.configfile import check_type
 
     section = dict(section or {})
     data = dict(section.pop("data", None) or {})

@@ -68,8 +68,12 @@ def tokenizer_path(checkpoint: str | Path) -> Path | None:
 
 
 def init_checkpoint(
-    model_configs: list[str | Path], out_dir: str | Path, vocab_size: int | None = None,
-    tokenizer_file: str | Path | None = None, seed: int = 0, overwrite: bool = False,
+    model_configs: list[str | Path],
+    out_dir: str | Path,
+    vocab_size: int | None = None,
+    tokenizer_file: str | Path | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> GPTNeoX:
     """Write an untrained model with GPT-NeoX's init methods; the vocabulary is `vocab_size` or the tokenizer's."""
     if vocab_size is None:

@@ -80,9 +80,8 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
-            )
+            heads = self.num_attention_heads
+            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({heads})")
         if not 0.0 < self.rotary_pct <= 1.0:
             raise ConfigError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
         if self.rotary_ndims % 2:
@@ -173,9 +172,13 @@ _SWITCHES: dict[str, Any] = {
 def _check_architecture_switches(rest: dict[str, Any], num_attention_heads: int | None) -> None:
     for key, supported in _SWITCHES.items():
         if key in rest and rest[key] != supported:
-            raise ConfigError(f"{key}={rest[key]!r} is not supported by this GPT-NeoX implementation (only {supported!r})")
+            raise ConfigError(
+                f"{key}={rest[key]!r} is not supported by this GPT-NeoX implementation (only {supported!r})"
+            )
     if rest.get("num_kv_heads") not in (None, num_attention_heads):
-        raise ConfigError("num_kv_heads (grouped-query attention) is not supported: GPT-NeoX models use full multi-head")
+        raise ConfigError(
+            "num_kv_heads (grouped-query attention) is not supported: GPT-NeoX models use full multi-head"
+        )
     for kinds, _ in rest.get("attention_config") or []:
         if any(kind not in ("global", "flash") for kind in kinds):
             raise ConfigError(f"attention_config {kinds!r}: only dense attention ('global', 'flash') is supported")

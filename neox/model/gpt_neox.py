@@ -112,7 +112,9 @@ class GPTNeoX(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) for input_ids (batch, seq); with a cache, positions continue after it."""
         start = cache.length if cache is not None else 0
-        cos, sin = rotary_cos_sin(self.cfg.rotary_ndims, self.cfg.rotary_emb_base, start, input_ids.shape[1], input_ids.device)
+        cos, sin = rotary_cos_sin(
+            self.cfg.rotary_ndims, self.cfg.rotary_emb_base, start, input_ids.shape[1], input_ids.device
+        )
         x = self.emb_dropout(self.embed_in(input_ids))
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)

@@ -33,7 +33,9 @@ TANH_GELU_ALIASES = {TANH_GELU, "gelu_new", "gelu_fast", "gelu_accurate"}
 EOS_TOKEN = "<|endoftext|>"
 
 
-def hf_config(cfg: ModelConfig, dtype: torch.dtype, eos_token_id: int | None, bos_token_id: int | None) -> dict[str, Any]:
+def hf_config(
+    cfg: ModelConfig, dtype: torch.dtype, eos_token_id: int | None, bos_token_id: int | None
+) -> dict[str, Any]:
     return {
         "architectures": ["GPTNeoXForCausalLM"],
         "model_type": "gpt_neox",
@@ -127,7 +129,9 @@ def _special_token_ids(tokenizer_file: Path | None) -> tuple[int | None, int | N
     return eos, eos
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+def export_hf(
+    checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False
+) -> Path:
     """Write a GPTNeoXForCausalLM directory (config.json, model.safetensors, tokenizer files when the
     checkpoint has a tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained` loads offline."""
     checkpoint = Path(checkpoint)
@@ -143,7 +147,11 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = 
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
             special = {"eos_token": EOS_TOKEN, "bos_token": EOS_TOKEN} if eos is not None else {}
-            tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.max_position_embeddings, **special}
+            tokenizer_config = {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": model.cfg.max_position_embeddings,
+                **special,
+            }
             (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return Path(out_dir)
 

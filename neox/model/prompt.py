@@ -26,8 +26,9 @@ def load_model_folder(folder: str | Path) -> GPTNeoX:
     raise ConfigError(f"{folder} is neither a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face model (config.json)")
 
 
-def continue_prompt(folder: str | Path, prompt: str, sampling: SamplingConfig, seed: int = 0,
-                    tokenizer_file: str | Path | None = None) -> str:
+def continue_prompt(
+    folder: str | Path, prompt: str, sampling: SamplingConfig, seed: int = 0, tokenizer_file: str | Path | None = None
+) -> str:
     """The prompt followed by the model's continuation (greedy at temperature 0, else sampled with `seed`);
     generation stops at <|endoftext|>. The tokenizer is the one stored with the model unless one is given."""
     from tokenizers import Tokenizer
@@ -42,4 +43,4 @@ def continue_prompt(folder: str | Path, prompt: str, sampling: SamplingConfig, s
         raise ConfigError("the prompt encodes to no tokens")
     sampling = dataclasses.replace(sampling, eos_token_id=tok.token_to_id(EOS_TOKEN))
     out = generate(model, torch.tensor([ids]), sampling, generator=torch.Generator().manual_seed(seed))
-    return prompt + tok.decode(out[0, len(ids):].tolist())
+    return prompt + tok.decode(out[0, len(ids) :].tolist())

@@ -14,7 +14,9 @@ def rotary_cos_sin(
     Computed on the fly (a few KFLOPs) rather than kept as buffers, so a model built on the meta device
     and loaded later needs no re-initialisation of position tables.
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_ndims, 2, device=device, dtype=torch.int64).float() / rotary_ndims))
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, rotary_ndims, 2, device=device, dtype=torch.int64).float() / rotary_ndims)
+    )
     positions = torch.arange(start, start + length, device=device, dtype=torch.int64).float()
     freqs = torch.outer(positions, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)

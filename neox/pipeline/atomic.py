@@ -18,7 +18,9 @@ from neox.errors import OutputExists
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path, overwrite: bool = False, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def atomic_directory(
+    final: str | Path, overwrite: bool = False, keep: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `final`; on success rename it to `final`.
 
     On an exception the temporary directory is removed and `final` is untouched. An existing `final` is

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neox.errors import ConfigError
-from neox.model.config import load_model_config
 from neox.data.prepare import check_section
+from neox.errors import ConfigError
 from neox.eval.run import eval_configs
-from neox.registry.rule import promotion_rule
-from neox.pipeline.retrain import retrain_config
+from neox.model.config import load_model_config
 from neox.pipeline.configfile import read_pipeline_config
+from neox.pipeline.retrain import retrain_config
+from neox.registry.rule import promotion_rule
 from neox.train.config import load_train_config
 
 SECTIONS = ("work_root", "data", "train", "eval", "registry", "retrain")
@@ -38,10 +38,12 @@ def check_pipeline_config(path: str | Path) -> dict[str, Any]:
     check_section(raw["data"])
     cfg = load_train_config(path)
     if "://" in cfg.storage_path:  # caught here, not after days of training
-        raise ConfigError(f"{path}: train.storage_path {cfg.storage_path} is object storage, but the flows evaluate, "
-                          "register and retrain from the final checkpoint by its file path: give a path every node "
-                          "shares (on the cluster /fsx/neox-work/train, which FSx exports to the bucket); "
-                          "`neox train` alone can train to s3://")
+        raise ConfigError(
+            f"{path}: train.storage_path {cfg.storage_path} is object storage, but the flows evaluate, "
+            "register and retrain from the final checkpoint by its file path: give a path every node "
+            "shares (on the cluster /fsx/neox-work/train, which FSx exports to the bucket); "
+            "`neox train` alone can train to s3://"
+        )
     load_model_config(*cfg.model, vocab_size=50277)  # the architecture; the real vocabulary comes from the tokenizer
     eval_configs(raw.get("eval"), cfg.split)
     registry = raw.get("registry") or {}
@@ -59,6 +61,8 @@ def describe(path: str | Path) -> str:
     """`neox check`'s answer: the config checked whole, in one line (model, schedule, workers, precision)."""
     raw = check_pipeline_config(path)
     cfg = load_train_config(path)
-    return (f"{path}: ok — model {', '.join(Path(m).name for m in cfg.model)}, {cfg.train_iters} steps x "
-            f"{cfg.global_batch_size} sequences x {cfg.seq_length} tokens on {cfg.num_workers} worker(s), "
-            f"{cfg.precision}, ZeRO-{cfg.zero_stage}; sections: {', '.join(raw)}")
+    return (
+        f"{path}: ok — model {', '.join(Path(m).name for m in cfg.model)}, {cfg.train_iters} steps x "
+        f"{cfg.global_batch_size} sequences x {cfg.seq_length} tokens on {cfg.num_workers} worker(s), "
+        f"{cfg.precision}, ZeRO-{cfg.zero_stage}; sections: {', '.join(raw)}"
+    )

@@ -22,8 +22,16 @@ from neox.pipeline.atomic import atomic_write_text
 from neox.pipeline.configfile import read_pipeline_config
 
 # The Terraform outputs this needs (infra/terraform/aws/outputs.tf declares them).
-REQUIRED = ("ray_address", "mlflow_tracking_uri", "bucket", "work_root", "node_count", "gpus_per_node",
-            "vcpus_per_node", "efa_interfaces_per_node")
+REQUIRED = (
+    "ray_address",
+    "mlflow_tracking_uri",
+    "bucket",
+    "work_root",
+    "node_count",
+    "gpus_per_node",
+    "vcpus_per_node",
+    "efa_interfaces_per_node",
+)
 
 # CPUs per GPU left to Ray's own processes and the node's services rather than given to a training worker.
 RESERVED_CPUS_PER_GPU = 2
@@ -34,7 +42,9 @@ def read_outputs(path: str | Path) -> dict[str, Any]:
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (write it with `terraform output -json > {path}` in infra/terraform/aws)") from None
+        raise ConfigError(
+            f"{path}: no such file (write it with `terraform output -json > {path}` in infra/terraform/aws)"
+        ) from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not JSON ({err}); write it with `terraform output -json > {path}`") from None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) and "value" in v for v in raw.values()):
@@ -44,7 +54,9 @@ def read_outputs(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: Terraform has no outputs yet; run `terraform apply` in infra/terraform/aws first")
     missing = [name for name in REQUIRED if name not in values]
     if missing:
-        raise ConfigError(f"{path}: missing Terraform output(s) {', '.join(missing)}; is it infra/terraform/aws's state?")
+        raise ConfigError(
+            f"{path}: missing Terraform output(s) {', '.join(missing)}; is it infra/terraform/aws's state?"
+        )
     return values
 
 
@@ -53,11 +65,13 @@ def nccl_env(efa_interfaces: int) -> dict[str, str]:
     efa provider; without it NCCL falls back to TCP sockets, which is an order of magnitude slower across nodes."""
     env = {"NCCL_SOCKET_IFNAME": "^lo,docker"}  # bootstrap over the node's real interface, never loopback/docker
     if efa_interfaces > 0:
-        env.update({
-            "FI_PROVIDER": "efa",
-            "FI_EFA_USE_DEVICE_RDMA": "1",  # GPUDirect RDMA: p4d/p4de/p5 EFA devices read GPU memory directly
-            "FI_EFA_FORK_SAFE": "1",  # Ray and data loaders fork after libfabric has registered memory
-        })
+        env.update(
+            {
+                "FI_PROVIDER": "efa",
+                "FI_EFA_USE_DEVICE_RDMA": "1",  # GPUDirect RDMA: p4d/p4de/p5 EFA devices read GPU memory directly
+                "FI_EFA_FORK_SAFE": "1",  # Ray and data loaders fork after libfabric has registered memory
+            }
+        )
     return env
 
 
@@ -65,8 +79,10 @@ def cluster_part(outputs: dict[str, Any], work_root: str | None = None) -> dict[
     """The pipeline config keys that depend on the cluster, by section."""
     work_root = work_root or outputs["work_root"]
     if not work_root:
-        raise ConfigError("the cluster has no shared file system (fsx_storage_capacity_gib = 0), and the data stages "
-                          "write their outputs from every node: enable FSx or pass --work-root with a path all nodes share")
+        raise ConfigError(
+            "the cluster has no shared file system (fsx_storage_capacity_gib = 0), and the data stages "
+            "write their outputs from every node: enable FSx or pass --work-root with a path all nodes share"
+        )
     gpus, vcpus, nodes = int(outputs["gpus_per_node"]), int(outputs["vcpus_per_node"]), int(outputs["node_count"])
     if gpus < 1 or nodes < 1:
         raise ConfigError(f"the cluster has {nodes} node(s) with {gpus} GPU(s) each: nothing to train on")
@@ -100,9 +116,11 @@ def apply_to(base: dict[str, Any], part: dict[str, Any], bucket: str) -> dict[st
         batch = old["num_workers"] * old["micro_batch_size"] * old["gradient_accumulation_steps"]
         per_step = train["num_workers"] * train["micro_batch_size"]
         if batch % per_step:
-            raise ConfigError(f"the base config's global batch of {batch} sequences does not divide over "
-                              f"{train['num_workers']} GPUs x micro batch {train['micro_batch_size']}: "
-                              "change train.micro_batch_size in the base config or the cluster's node count")
+            raise ConfigError(
+                f"the base config's global batch of {batch} sequences does not divide over "
+                f"{train['num_workers']} GPUs x micro batch {train['micro_batch_size']}: "
+                "change train.micro_batch_size in the base config or the cluster's node count"
+            )
         train["gradient_accumulation_steps"] = batch // per_step
     return out
 
@@ -118,7 +136,9 @@ def rebase_model_paths(config: dict[str, Any], base_dir: Path, out_dir: Path) ->
     return config
 
 
-def filled_in(outputs_path: Path, base: Path, work_root: str | None = None, out_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
+def filled_in(
+    outputs_path: Path, base: Path, work_root: str | None = None, out_dir: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     """The base pipeline config with the cluster part of `outputs_path` in place, as YAML text (with a header
     naming both) and as data; with `out_dir`, its model paths are made relative to that folder."""
     values = read_outputs(outputs_path)

@@ -21,8 +21,9 @@ def prepare_data_from_config(path: str | Path) -> Path:
     return prepare_data(raw["data"], Path(raw.get("work_root", "work")))
 
 
-def train_from_config(path: str | Path, overrides: dict[str, Any], resume: bool = False,
-                      allow_new_data: bool = False) -> str:
+def train_from_config(
+    path: str | Path, overrides: dict[str, Any], resume: bool = False, allow_new_data: bool = False
+) -> str:
     """Train by the config's `train:` section with `overrides`; without train.data the `data:` section is
     prepared first (finished data stages are reused). Returns where the run lives."""
     from neox.train.config import load_train_config

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from neox.errors import ConfigError, RunStateError
-from neox.pipeline.configfile import check_type
 from neox.data.download import EmptyFolder
 from neox.data.prepare import data_sources, upstream_outputs
+from neox.errors import ConfigError, RunStateError
+from neox.pipeline.configfile import check_type
 from neox.pipeline.layout import DATA_FILE, TOKENIZER_FILE, WEIGHTS_FILE, run_of
 from neox.pipeline.stage import read_manifest
 from neox.registry.lineage import CHECKPOINT_TAG
@@ -37,10 +37,14 @@ class RetrainConfig:
         if self.mode not in ("continue", "scratch"):
             raise ConfigError(f"retrain.mode must be continue or scratch, got {self.mode!r}")
         if not isinstance(self.data, dict) or not isinstance(self.train, dict):
-            raise ConfigError("retrain.data and retrain.train are mappings of keys replacing the data/train sections' keys")
+            raise ConfigError(
+                "retrain.data and retrain.train are mappings of keys replacing the data/train sections' keys"
+            )
         if {"init_from", "name", "split"} & set(self.train):
-            raise ConfigError("retrain.train sets neither init_from nor name (the retrain flow derives them) nor split "
-                              "(evaluation holds out the split of the train section)")
+            raise ConfigError(
+                "retrain.train sets neither init_from nor name (the retrain flow derives them) nor split "
+                "(evaluation holds out the split of the train section)"
+            )
 
 
 def retrain_config(section: dict[str, Any] | None) -> RetrainConfig:
@@ -65,19 +69,25 @@ def champion_lineage(version, work_root: str | Path) -> Champion:
     run = run_of(checkpoint)
     run_data = None if run is None else run / DATA_FILE
     if not (checkpoint / WEIGHTS_FILE).is_file() or run_data is None or not run_data.is_file():
-        raise RunStateError(f"champion version {version.version}: its checkpoint {checkpoint} or training run is gone, "
-                          "so there is nothing to continue from (use retrain.mode: scratch)")
+        raise RunStateError(
+            f"champion version {version.version}: its checkpoint {checkpoint} or training run is gone, "
+            "so there is nothing to continue from (use retrain.mode: scratch)"
+        )
     download = upstream_outputs(json.loads(run_data.read_text())["data"], work_root).get("download")
     if download is None:
-        raise RunStateError(f"champion version {version.version}: its download stage output is not under {work_root}, "
-                          "so the shards it saw are unknown (use retrain.mode: scratch)")
+        raise RunStateError(
+            f"champion version {version.version}: its download stage output is not under {work_root}, "
+            "so the shards it saw are unknown (use retrain.mode: scratch)"
+        )
     return Champion(str(version.version), checkpoint, tuple(read_manifest(download)["stats"]["sources"].values()))
 
 
 INPUT_KEYS = ("corpus", "sample_shards", "sources", "pile_mirror")
 
 
-def retrain_data(data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path, champion: Champion | None) -> dict[str, Any] | None:
+def retrain_data(
+    data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path, champion: Champion | None
+) -> dict[str, Any] | None:
     """The data section the retrain runs on; None when continuing and no shard arrived since the champion.
     Input keys in retrain.data (corpus, sources, pile_mirror) replace all of the data section's."""
     base = {k: v for k, v in data.items() if k not in INPUT_KEYS} if set(INPUT_KEYS) & set(cfg.data) else data
@@ -85,8 +95,10 @@ def retrain_data(data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path
     if cfg.mode == "scratch":
         return section
     if champion is None:
-        raise RunStateError("retrain.mode continue needs a champion to continue from: run the pretrain flow first "
-                          "(or use retrain.mode: scratch)")
+        raise RunStateError(
+            "retrain.mode continue needs a champion to continue from: run the pretrain flow first "
+            "(or use retrain.mode: scratch)"
+        )
     seen = set(champion.sources)
     try:
         new = [s.url for s in data_sources(section, Path(work_root)) if s.url not in seen]
@@ -98,7 +110,9 @@ def retrain_data(data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path
     return {**rest, "sources": new, "tokenizer": {"from": str(champion.checkpoint / TOKENIZER_FILE)}}
 
 
-def retrain_overrides(base_name: str, cfg: RetrainConfig, tokenized: str | Path, champion: Champion | None) -> dict[str, Any]:
+def retrain_overrides(
+    base_name: str, cfg: RetrainConfig, tokenized: str | Path, champion: Champion | None
+) -> dict[str, Any]:
     """The train section's replacements: the retrain's own keys, a run name per (champion, data) and, when
     continuing, the champion's weights to start from."""
     data_key = Path(tokenized).name[:8]

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from neox.eval.run import EVAL_METRICS_FILE, metrics_table
+from neox.pipeline.configfile import read_pipeline_config
 from neox.pipeline.layout import TOKENIZER_FILE, TRAIN_METRICS_FILE, final_hf, final_model
 from neox.pipeline.stage import read_manifest, stage_output
-from neox.pipeline.configfile import read_pipeline_config
 from neox.train.config import load_train_config
 
 
@@ -23,19 +23,34 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
     tokenized, run_dir = Path(result["tokenized"]), Path(result["run"])
     tokenize_manifest = read_manifest(tokenized)
     # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
-    dedup_stats = read_manifest(stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
+    dedup_stats = read_manifest(
+        stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"])
+    )["stats"]
     curve = (run_dir / TRAIN_METRICS_FILE).read_text().splitlines()
     first, last = json.loads(curve[0]), json.loads(curve[-1])
     print(f"\n== neox-pipeline: {title}")
     if result.get("continued_from"):
         print(f"   continued from champion version {result['continued_from']}")
-    print(f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "
-          f"({dedup_stats['exact_duplicates']} exact, {dedup_stats['near_duplicates']} near duplicates)")
-    print(f"   tokenize: {tokenize_manifest['stats']['tokens']:,} tokens, vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}")
-    print(f"   training: loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']} ({run_dir})")
+    print(
+        f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "
+        f"({dedup_stats['exact_duplicates']} exact, {dedup_stats['near_duplicates']} near duplicates)"
+    )
+    print(
+        f"   tokenize: {tokenize_manifest['stats']['tokens']:,} tokens, "
+        f"vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}"
+    )
+    print(
+        f"   training: loss {first['loss']:.3f} at step {first['step']} -> "
+        f"{last['loss']:.3f} at step {last['step']} ({run_dir})"
+    )
     ok = check_export(run_dir)
     print("   lm-eval:")
-    print("\n".join("     " + line for line in metrics_table(json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())).splitlines()))
+    print(
+        "\n".join(
+            "     " + line
+            for line in metrics_table(json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())).splitlines()
+        )
+    )
     name = (raw.get("registry") or {}).get("name", "neox-tiny")
     verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
     print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
@@ -44,7 +59,10 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
         print(f"   {seconds:7.1f} s  {stage}")
     print(f"   {total_seconds:7.1f} s  in all")
     print("\n   Prefect UI: .venv/bin/prefect server start      (flow runs, subflows, task states, artifacts)")
-    print(f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}   (runs, metrics, models, aliases)")
+    print(
+        f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}"
+        "   (runs, metrics, models, aliases)"
+    )
     print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")
     return ok
 
@@ -53,8 +71,8 @@ def check_export(run_dir: Path) -> bool:
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
-    from neox.model.generate import SamplingConfig, generate
     from neox.model.checkpoint import load_model
+    from neox.model.generate import SamplingConfig, generate
 
     ours = load_model(final_model(run_dir))
     theirs = AutoModelForCausalLM.from_pretrained(final_hf(run_dir)).eval()
@@ -62,7 +80,9 @@ def check_export(run_dir: Path) -> bool:
     ids = torch.tensor([tok.encode("def main():\n    return").ids])
     with torch.no_grad():
         diff = (theirs(ids).logits - ours(ids)).abs().max().item()
-    sample = generate(ours, ids, SamplingConfig(max_new_tokens=24, temperature=0.8, top_p=0.95), torch.Generator().manual_seed(0))
+    sample = generate(
+        ours, ids, SamplingConfig(max_new_tokens=24, temperature=0.8, top_p=0.95), torch.Generator().manual_seed(0)
+    )
     print(f"   Hugging Face export: max |logit difference| vs ours {diff:.2e}")
     print(f"   sample: {tok.decode(sample[0].tolist())!r}")
     return diff <= 1e-4

@@ -13,11 +13,16 @@ from neox.pipeline.stage import MANIFEST, sha256_file
 CHECKPOINT_TAG = "neox.checkpoint"  # the version's checkpoint folder: what retraining and re-scoring load
 
 
-
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -25,8 +30,11 @@ def git_commit() -> str:
 def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, str]:
     """Where a checkpoint came from: the training run (its MLflow run, newest DeepSpeed checkpoint), the tokenized
     dataset it read, and, when the data stages ran under `work_root`, the dedup and download manifests."""
-    tags = {"neox.model_config_sha256": sha256_file(checkpoint / CONFIG_FILE), "neox.git_commit": git_commit(),
-            CHECKPOINT_TAG: str(checkpoint.resolve())}
+    tags = {
+        "neox.model_config_sha256": sha256_file(checkpoint / CONFIG_FILE),
+        "neox.git_commit": git_commit(),
+        CHECKPOINT_TAG: str(checkpoint.resolve()),
+    }
     run = run_of(checkpoint)
     if run is None:
         return tags
@@ -43,8 +51,10 @@ def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, st
 
 
 def data_lineage(tokenized: Path, work_root: str | Path | None) -> dict[str, str]:
-    tags = {"neox.tokenized_manifest_sha256": sha256_file(tokenized / MANIFEST),
-            "neox.tokenizer_sha256": sha256_file(tokenized / TOKENIZER_FILE)}
+    tags = {
+        "neox.tokenized_manifest_sha256": sha256_file(tokenized / MANIFEST),
+        "neox.tokenizer_sha256": sha256_file(tokenized / TOKENIZER_FILE),
+    }
     if work_root is None:
         return tags
     from neox.data.prepare import upstream_outputs

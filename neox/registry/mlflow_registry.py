@@ -21,8 +21,14 @@ CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-cham
 DECISION_TAG = "neox.promotion"
 
 
-def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: str | Path | None = None,
-             experiment: str = "neox-pipeline", tags: dict[str, str] | None = None) -> str:
+def register(
+    eval_output: str | Path,
+    name: str,
+    tracking_uri: str,
+    work_root: str | Path | None = None,
+    experiment: str = "neox-pipeline",
+    tags: dict[str, str] | None = None,
+) -> str:
     """Register the checkpoint an eval stage output scored, as a new version of `name` logged in that eval's
     MLflow run (created in this tracking store if needed); returns the version. Registering the same eval
     again returns its existing version. `tags` are added to the lineage (the flow run id under Prefect)."""
@@ -39,12 +45,20 @@ def register(eval_output: str | Path, name: str, tracking_uri: str, work_root: s
     if hf_export_of(checkpoint).exists():
         artifacts["hf"] = str(hf_export_of(checkpoint))
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=TextGenerator(), artifacts=artifacts,
-                                       pip_requirements=_requirements(),
-                                       signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"],
-                                                                               params={"max_new_tokens": 32}))
-    version = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
-                                          tags={**lineage_tags(checkpoint, work_root), **(tags or {})}).version
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TextGenerator(),
+            artifacts=artifacts,
+            pip_requirements=_requirements(),
+            signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params={"max_new_tokens": 32}),
+        )
+    version = client.create_model_version(
+        name,
+        info.model_uri,
+        run_id=run_id,
+        model_id=info.model_id,
+        tags={**lineage_tags(checkpoint, work_root), **(tags or {})},
+    ).version
     return version
 
 
@@ -75,8 +89,9 @@ def champion_version(name: str, tracking_uri: str):
     return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), name, CHAMPION)
 
 
-def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str,
-            champion_metrics: dict[str, float] | None = None) -> Decision:
+def promote(
+    name: str, version: str, rule: PromotionRule, tracking_uri: str, champion_metrics: dict[str, float] | None = None
+) -> Decision:
     """Give `version` the candidate alias and move champion to it if the rule says so (the old champion keeps
     `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat.
     `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
@@ -92,9 +107,14 @@ def promote(name: str, version: str, rule: PromotionRule, tracking_uri: str,
     if champion is not None and champion_metrics is None:
         champion_metrics = client.get_run(champion.run_id).data.metrics
     decision = decide(candidate_metrics, champion_metrics, rule)
-    record = {"promoted": decision.promote, "reasons": list(decision.reasons), "candidate_metrics": candidate_metrics,
-              "champion_version": champion.version if champion else None, "champion_metrics": champion_metrics,
-              "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data"}
+    record = {
+        "promoted": decision.promote,
+        "reasons": list(decision.reasons),
+        "candidate_metrics": candidate_metrics,
+        "champion_version": champion.version if champion else None,
+        "champion_metrics": champion_metrics,
+        "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data",
+    }
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(record, sort_keys=True)[:5000])
     if decision.promote:
         if champion is not None:  # first, so a retry after a crash here still finds the old champion

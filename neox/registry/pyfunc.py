@@ -32,7 +32,9 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         new_tokens = int((params or {}).get("max_new_tokens", 32))
         out = []
         for prompt in prompts:
-            ids = (self.tokenizer.encode(prompt).ids or [self.eod])[-(limit - new_tokens):]
-            tokens = generate(self.model, torch.tensor([ids]), SamplingConfig(max_new_tokens=new_tokens, eos_token_id=self.eod))
-            out.append(self.tokenizer.decode(tokens[0, len(ids):].tolist()))
+            ids = (self.tokenizer.encode(prompt).ids or [self.eod])[-(limit - new_tokens) :]
+            tokens = generate(
+                self.model, torch.tensor([ids]), SamplingConfig(max_new_tokens=new_tokens, eos_token_id=self.eod)
+            )
+            out.append(self.tokenizer.decode(tokens[0, len(ids) :].tolist()))
         return out

@@ -67,7 +67,9 @@ def promotion_rule(section: dict[str, Any] | None) -> PromotionRule:
 
 def _guard(entry: Any) -> Guard:
     if not isinstance(entry, dict) or not {"metric", "direction"} <= set(entry) <= {"metric", "direction", "tolerance"}:
-        raise ConfigError(f"registry.rule.guards entries need metric, direction and optionally tolerance, got {entry!r}")
+        raise ConfigError(
+            f"registry.rule.guards entries need metric, direction and optionally tolerance, got {entry!r}"
+        )
     return Guard(str(entry["metric"]), entry["direction"], float(entry.get("tolerance", 0.0)))
 
 
@@ -94,8 +96,10 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, rule:
         return Decision(True, (f"the champion has no {rule.metric}",))
     gain = _gain(rule.direction, candidate[rule.metric], champion[rule.metric])
     if gain <= rule.min_improvement:
-        reasons.append(f"{rule.metric} {candidate[rule.metric]:.6g} vs champion {champion[rule.metric]:.6g}: "
-                       f"improvement {gain:.6g} is not more than {rule.min_improvement:.6g}")
+        reasons.append(
+            f"{rule.metric} {candidate[rule.metric]:.6g} vs champion {champion[rule.metric]:.6g}: "
+            f"improvement {gain:.6g} is not more than {rule.min_improvement:.6g}"
+        )
     for guard in rule.guards:
         if guard.metric in candidate and guard.metric in champion:
             loss = -_gain(guard.direction, candidate[guard.metric], champion[guard.metric])

@@ -66,12 +66,14 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to continue a checkpoint of another model shape, or (unless allowed) on another dataset."""
     if state["model_config"] != config["model"]:
         changed = sorted(k for k in config["model"] if state["model_config"].get(k) != config["model"][k])
-        raise ResumeError(f"the checkpoint's model differs from the config ({', '.join(changed)}); start a new run name")
+        raise ResumeError(
+            f"the checkpoint's model differs from the config ({', '.join(changed)}); start a new run name"
+        )
     if state["data_fingerprint"] != config["data_fingerprint"] and not config["allow_new_data"]:
         raise ResumeError(
             "the checkpoint was trained on another dataset (fingerprint "
-            f"{state['data_fingerprint'][:12]} vs {config['data_fingerprint'][:12]}); pass --allow-new-data to continue "
-            "pretraining on the new data"
+            f"{state['data_fingerprint'][:12]} vs {config['data_fingerprint'][:12]}); "
+            "pass --allow-new-data to continue pretraining on the new data"
         )
 
 
@@ -89,7 +91,11 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int) -> 
     (written locally, then published to object storage when the run lives there)."""
     import deepspeed
 
-    gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters())) if zero_stage == 3 else contextlib.nullcontext()
+    gather = (
+        deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
+        if zero_stage == 3
+        else contextlib.nullcontext()
+    )
     with gather:
         if rank == 0:
             from neox.model.checkpoint import save_model

@@ -23,7 +23,8 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class TrainConfig:
     model: tuple[str, ...]  # GPT-NeoX YAML file(s)
     data: str | None = None  # a tokenize stage output directory
-    init_from: str | None = None  # start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh
+    # start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh
+    init_from: str | None = None
     name: str = "neox"  # the run's name under storage_path
     storage_path: str = "work/train"  # Ray Train storage: a local directory or s3://bucket/prefix
     split: str = "969,30,1"
@@ -55,13 +56,26 @@ class TrainConfig:
     max_failures: int = 0
     num_to_keep: int = 2
     ray_address: str | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)  # environment of every training worker (NCCL/EFA settings)
+    env: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # environment of every training worker (NCCL/EFA settings)
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "neox-pipeline"
 
     def __post_init__(self) -> None:
-        positive = ("seq_length", "micro_batch_size", "gradient_accumulation_steps", "train_iters", "log_interval",
-                    "eval_interval", "eval_iters", "checkpoint_interval", "num_workers", "cpus_per_worker", "num_to_keep")
+        positive = (
+            "seq_length",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "train_iters",
+            "log_interval",
+            "eval_interval",
+            "eval_iters",
+            "checkpoint_interval",
+            "num_workers",
+            "cpus_per_worker",
+            "num_to_keep",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -79,7 +93,9 @@ class TrainConfig:
             raise ConfigError(f"train.env maps environment variable names to values, got {self.env!r}")
         for name, value in self.env.items():
             if not (isinstance(name, str) and ENV_NAME.fullmatch(name)) or not isinstance(value, str):
-                raise ConfigError(f"train.env: {name!r}: {value!r} is not an environment variable name and a string value")
+                raise ConfigError(
+                    f"train.env: {name!r}: {value!r} is not an environment variable name and a string value"
+                )
 
     @property
     def global_batch_size(self) -> int:
@@ -104,13 +120,27 @@ def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
         out["betas"] = tuple(float(b) for b in params["betas"])
     if "eps" in params:
         out["eps"] = float(params["eps"])
-    direct = {"min_lr": "min_lr", "weight_decay": "weight_decay", "gradient_clipping": "gradient_clipping",
-              "train_iters": "train_iters", "lr_decay_iters": "lr_decay_iters", "warmup": "warmup",
-              "lr_decay_style": "lr_decay_style", "seq_length": "seq_length", "seed": "seed", "split": "split",
-              "log_interval": "log_interval", "eval_interval": "eval_interval", "eval_iters": "eval_iters",
-              "train_micro_batch_size_per_gpu": "micro_batch_size", "gradient_accumulation_steps": "gradient_accumulation_steps",
-              "gas": "gradient_accumulation_steps", "checkpoint_factor": "checkpoint_interval",
-              "checkpoint_activations": "activation_checkpointing", "precision": "precision"}
+    direct = {
+        "min_lr": "min_lr",
+        "weight_decay": "weight_decay",
+        "gradient_clipping": "gradient_clipping",
+        "train_iters": "train_iters",
+        "lr_decay_iters": "lr_decay_iters",
+        "warmup": "warmup",
+        "lr_decay_style": "lr_decay_style",
+        "seq_length": "seq_length",
+        "seed": "seed",
+        "split": "split",
+        "log_interval": "log_interval",
+        "eval_interval": "eval_interval",
+        "eval_iters": "eval_iters",
+        "train_micro_batch_size_per_gpu": "micro_batch_size",
+        "gradient_accumulation_steps": "gradient_accumulation_steps",
+        "gas": "gradient_accumulation_steps",
+        "checkpoint_factor": "checkpoint_interval",
+        "checkpoint_activations": "activation_checkpointing",
+        "precision": "precision",
+    }
     for key, field in direct.items():
         if key in neox:
             out[field] = neox[key]
@@ -128,7 +158,9 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
     model = section.get("model")
     if not model:
         raise ConfigError("train.model must name at least one GPT-NeoX model YAML")
-    models = tuple(str(base_dir / m) if not Path(m).is_absolute() else m for m in ([model] if isinstance(model, str) else model))
+    models = tuple(
+        str(base_dir / m) if not Path(m).is_absolute() else m for m in ([model] if isinstance(model, str) else model)
+    )
     section["model"] = models
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(section) - known)
@@ -138,8 +170,13 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
     values.update(section)
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
-    if isinstance(values.get("env"), dict):  # YAML reads `FI_EFA_USE_DEVICE_RDMA: 1` as a number; the environment holds text
-        values["env"] = {k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in values["env"].items()}
+    if isinstance(
+        values.get("env"), dict
+    ):  # YAML reads `FI_EFA_USE_DEVICE_RDMA: 1` as a number; the environment holds text
+        values["env"] = {
+            k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in values["env"].items()
+        }
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{key: check_type(f"train.{key}", value, fields[key]) for key, value in values.items()})
 

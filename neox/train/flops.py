@@ -13,7 +13,12 @@ def flops_per_step(cfg: ModelConfig, global_batch: int, seq_length: int, activat
     factor = 4 if activation_checkpointing else 3
     h, layers = cfg.hidden_size, cfg.num_layers
     return (
-        24 * factor * global_batch * seq_length * layers * h**2
+        24
+        * factor
+        * global_batch
+        * seq_length
+        * layers
+        * h**2
         * (1 + seq_length / (6 * h) + cfg.vocab_size / (16 * layers * h))
     )
 

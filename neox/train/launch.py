@@ -33,12 +33,18 @@ def check_init_from(checkpoint: str, model_cfg, data: Path) -> None:
         raise ConfigError(f"train.init_from {checkpoint} is not a neox checkpoint ({WEIGHTS_FILE} is missing)")
     start = load_model_config_from(checkpoint)
     if start != model_cfg:
-        changed = sorted(f.name for f in dataclasses.fields(start) if getattr(start, f.name) != getattr(model_cfg, f.name))
-        raise ConfigError(f"train.init_from {checkpoint} holds another model shape ({', '.join(changed)} differ from train.model)")
+        changed = sorted(
+            f.name for f in dataclasses.fields(start) if getattr(start, f.name) != getattr(model_cfg, f.name)
+        )
+        raise ConfigError(
+            f"train.init_from {checkpoint} holds another model shape ({', '.join(changed)} differ from train.model)"
+        )
     ours, theirs = Path(checkpoint) / TOKENIZER_FILE, data / TOKENIZER_FILE
     if ours.exists() and sha256_file(ours) != sha256_file(theirs):
-        raise ConfigError(f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
-                          "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)")
+        raise ConfigError(
+            f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
+            "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)"
+        )
 
 
 def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> str:
@@ -53,7 +59,8 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     vocab = manifest["stats"]["vocab_size"]
     model_cfg, _ = load_model_config(*cfg.model, vocab_size=vocab)
     if cfg.seq_length > model_cfg.max_position_embeddings:
-        raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {model_cfg.max_position_embeddings}")
+        positions = model_cfg.max_position_embeddings
+        raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")
     if cfg.init_from:
         check_init_from(cfg.init_from, model_cfg, Path(cfg.data))
         cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
@@ -63,8 +70,11 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     local_dir = storage.local_dir()
     local_dir.mkdir(parents=True, exist_ok=True)
 
-    params = {**{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
-              **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}, "data.key": manifest["key"]}
+    params = {
+        **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+        **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()},
+        "data.key": manifest["key"],
+    }
     loop_config = {
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(model_cfg),
@@ -81,7 +91,10 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         if state is not None:
             check_compatible(state, loop_config)
     loop_config["mlflow_run_id"] = open_mlflow_run(cfg, storage, params, resume)
-    storage.write_text(json.dumps({"data": str(Path(cfg.data).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}), DATA_FILE)
+    storage.write_text(
+        json.dumps({"data": str(Path(cfg.data).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}),
+        DATA_FILE,
+    )
     ensure_ray(cfg.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -116,8 +129,10 @@ def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
     if state is None:
         return train(cfg), "trained"
     if cfg.data is not None and state["data_fingerprint"] != sha256_file(Path(cfg.data) / MANIFEST):
-        raise RunStateError(f"{storage.uri} holds a run on another dataset: give train.name a new value "
-                          "(or continue it on purpose with neox train --resume --allow-new-data)")
+        raise RunStateError(
+            f"{storage.uri} holds a run on another dataset: give train.name a new value "
+            "(or continue it on purpose with neox train --resume --allow-new-data)"
+        )
     if state["step"] >= cfg.train_iters and storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None:
         return storage.uri, "reused"
     return train(cfg, resume=True), "resumed"

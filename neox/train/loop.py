@@ -41,7 +41,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
 
-    cfg = TrainConfig(**{**config["train"], "model": tuple(config["train"]["model"]), "betas": tuple(config["train"]["betas"])})
+    cfg = TrainConfig(
+        **{**config["train"], "model": tuple(config["train"]["model"]), "betas": tuple(config["train"]["betas"])}
+    )
     mcfg = ModelConfig(**config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -53,9 +55,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     evals = cfg.train_iters // cfg.eval_interval + 1
     datasets = build_split_datasets(
-        config["data_prefix"], cfg.split,
+        config["data_prefix"],
+        cfg.split,
         {"train": cfg.train_iters * cfg.global_batch_size, "valid": evals * cfg.eval_iters * cfg.global_batch_size},
-        seq_length=cfg.seq_length, seed=cfg.seed, cache_dir=config["index_cache"],
+        seq_length=cfg.seq_length,
+        seed=cfg.seed,
+        cache_dir=config["index_cache"],
     )
     train_set, valid_set = datasets["train"], datasets.get("valid")
     tracker = Tracker(config, cfg, mcfg, world, start_step) if rank == 0 else None

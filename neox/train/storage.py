@@ -55,8 +55,11 @@ class RunStorage:
     def checkpoints(self) -> list[str]:
         """Names of the run's checkpoint folders (Ray Train's `checkpoint_<timestamp>`), oldest first."""
         selector = fs.FileSelector(self.root, allow_not_found=True)
-        return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
-                      if info.type == fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
+        return sorted(
+            info.base_name
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+        )
 
     def local_dir(self) -> Path:
         """A local directory for the run's working files: the run folder itself, or for object storage a
@@ -70,8 +73,12 @@ class RunStorage:
         if self.is_local:
             return
         if local.is_dir():
-            fs.copy_files(str(local), self.path(*parts), source_filesystem=fs.LocalFileSystem(),
-                          destination_filesystem=self.filesystem)
+            fs.copy_files(
+                str(local),
+                self.path(*parts),
+                source_filesystem=fs.LocalFileSystem(),
+                destination_filesystem=self.filesystem,
+            )
         else:
             self.write_text(local.read_text(), *parts)
 
@@ -84,8 +91,11 @@ def s3_filesystem() -> fs.S3FileSystem:
         scheme, _, host = endpoint.partition("://")
         options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        options.update(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
-                       session_token=env.get("AWS_SESSION_TOKEN"))
+        options.update(
+            access_key=env["AWS_ACCESS_KEY_ID"],
+            secret_key=env["AWS_SECRET_ACCESS_KEY"],
+            session_token=env.get("AWS_SESSION_TOKEN"),
+        )
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region

@@ -19,8 +19,8 @@ from neox.train.storage import RunStorage
 def absolute_tracking_uri(uri: str) -> str:
     """Workers run in other directories: a relative sqlite path must not resolve there."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -81,7 +81,14 @@ class Tracker:
         self.tokens_per_step = cfg.global_batch_size * cfg.seq_length
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float | None, scale: float, seconds: float) -> None:
-        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": scale, "step_time_s": seconds}
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "loss_scale": scale,
+            "step_time_s": seconds,
+        }
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
         self.window.append((loss, seconds))
@@ -89,7 +96,7 @@ class Tracker:
             return
         mean_time = sum(s for _, s in self.window) / len(self.window)
         metrics = {
-            "train/loss": sum(l for l, _ in self.window) / len(self.window),
+            "train/loss": sum(loss for loss, _ in self.window) / len(self.window),
             "train/lr": lr,
             "train/loss_scale": scale,
             "train/step_time_s": mean_time,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neox.pipeline.cluster import apply_to, cluster_part, read_outputs
 from neox.errors import ConfigError
 from neox.pipeline.check import check_pipeline_config
+from neox.pipeline.cluster import apply_to, cluster_part, read_outputs
 from neox.pipeline.configfile import read_pipeline_config
 from neox.train.config import load_train_config
 from tests.conftest import REPO, neox
@@ -35,7 +35,9 @@ def test_the_cluster_part_has_one_worker_per_gpu_and_nccl_over_efa():
     train = part["train"]
     assert (train["num_workers"], train["use_gpu"], train["cpus_per_worker"]) == (96, True, 10)  # 96 vCPUs / 8 GPUs - 2
     assert train["storage_path"] == "/fsx/neox-work/train"  # shared: eval and the registry read it by path
-    assert train["mlflow_tracking_uri"] == "http://10.42.0.10:5000"  # the head's VPC address: rank 0 logs from a GPU node
+    assert (
+        train["mlflow_tracking_uri"] == "http://10.42.0.10:5000"
+    )  # the head's VPC address: rank 0 logs from a GPU node
     assert train["env"]["FI_PROVIDER"] == "efa" and train["env"]["FI_EFA_USE_DEVICE_RDMA"] == "1"
     assert part["eval"] == {"device": "cuda", "ray_address": "10.42.0.10:6379"}  # lm-eval on a GPU node
 
@@ -90,4 +92,7 @@ def test_a_cluster_without_a_shared_file_system_needs_a_work_root(tmp_path):
         cluster_part(outputs)
     part = cluster_part(outputs, work_root="/shared/neox")
     assert (part["work_root"], part["train"]["storage_path"]) == ("/shared/neox", "/shared/neox/train")
-    assert "error: the cluster has no shared file system" in neox("cluster", "config", outputs_file(tmp_path, work_root=None), ok=False).stderr
+    assert (
+        "error: the cluster has no shared file system"
+        in neox("cluster", "config", outputs_file(tmp_path, work_root=None), ok=False).stderr
+    )

@@ -36,7 +36,9 @@ def unwrap(value):
 def module(path: Path) -> dict[str, dict]:
     """A module's blocks by kind, merged over its .tf files: variable/output/module/locals by name, resource/data
     by "TYPE.NAME", provider/terraform as parsed."""
-    out: dict[str, dict] = {kind: {} for kind in ("variable", "output", "module", "locals", "resource", "data", "provider", "terraform")}
+    out: dict[str, dict] = {
+        kind: {} for kind in ("variable", "output", "module", "locals", "resource", "data", "provider", "terraform")
+    }
     for tf in sorted(path.glob("*.tf")):
         with tf.open() as f:
             parsed = hcl2.load(f, serialization_options=OPTIONS)
@@ -66,8 +68,12 @@ def text_outside(path: Path, kinds: tuple[str, ...]) -> str:
 
 def resources(kind: str) -> dict[str, dict]:
     """Every resource of a type across the root and its modules, by "module/NAME"."""
-    return {f"{path.name}/{key.split('.', 1)[1]}": body for path in MODULE_DIRS
-            for key, body in module(path)["resource"].items() if key.split(".")[0] == kind}
+    return {
+        f"{path.name}/{key.split('.', 1)[1]}": body
+        for path in MODULE_DIRS
+        for key, body in module(path)["resource"].items()
+        if key.split(".")[0] == kind
+    }
 
 
 @pytest.mark.parametrize("path", MODULE_DIRS, ids=lambda p: p.name)
@@ -95,26 +101,41 @@ def test_module_calls_give_each_module_exactly_what_it_declares_and_use_only_its
     for name, call in root["module"].items():
         child = module((ROOT / call["source"]).resolve())
         inputs = set(call) - {"source", "depends_on", "providers", "count", "for_each"}
-        assert inputs <= set(child["variable"]), f"module {name} is given unknown inputs {inputs - set(child['variable'])}"
+        assert inputs <= set(child["variable"]), (
+            f"module {name} is given unknown inputs {inputs - set(child['variable'])}"
+        )
         required = {v for v, body in child["variable"].items() if "default" not in body}
         assert required <= inputs, f"module {name} lacks required inputs {required - inputs}"
     text = text_outside(ROOT, ())
     for name, output in re.findall(r"\bmodule\.([a-z0-9_]+)\.([A-Za-z0-9_]+)", text):
         assert name in root["module"], f"no module {name}"
-        assert output in module((ROOT / root["module"][name]["source"]).resolve())["output"], f"module.{name} has no output {output}"
+        assert output in module((ROOT / root["module"][name]["source"]).resolve())["output"], (
+            f"module.{name} has no output {output}"
+        )
 
 
 def test_the_instance_type_list_is_the_clusters_known_gpu_types():
     condition = module(ROOT)["variable"]["instance_type"]["validation"]["condition"]
     validated = set(re.findall(r'\\"([a-z0-9]+\.[0-9]*xlarge)\\"', json.dumps(condition)))
-    assert validated == set(module(ROOT / "modules" / "cluster")["locals"]["gpu_types"]) == {"p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"}
+    assert (
+        validated
+        == set(module(ROOT / "modules" / "cluster")["locals"]["gpu_types"])
+        == {"p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"}
+    )
     assert module(ROOT)["variable"]["instance_type"]["default"] == "p4d.24xlarge"
 
 
-@pytest.mark.parametrize("name, must_mention", [
-    ("instance_type", "contains("), ("node_count", ">= 1"), ("vpc_cidr", "cidrhost("), ("admin_cidr", "0.0.0.0/0"),
-    ("bucket_name", "regex("), ("name", "regex("),
-])
+@pytest.mark.parametrize(
+    "name, must_mention",
+    [
+        ("instance_type", "contains("),
+        ("node_count", ">= 1"),
+        ("vpc_cidr", "cidrhost("),
+        ("admin_cidr", "0.0.0.0/0"),
+        ("bucket_name", "regex("),
+        ("name", "regex("),
+    ],
+)
 def test_the_variables_a_mistake_is_costly_in_are_validated(name, must_mention):
     validation = module(ROOT)["variable"][name]["validation"]
     assert must_mention in validation["condition"] and validation["error_message"]
@@ -133,7 +154,9 @@ def test_gpu_nodes_have_efa_on_every_network_card_and_share_the_placement_group(
     (placement,) = resources("aws_placement_group").values()
     assert placement["strategy"] == "cluster"
     assert module(ROOT)["module"]["cluster"]["placement_group_name"] == "${module.network.placement_group_name}"
-    assert all(spec["efa_interfaces"] >= 4 for spec in module(ROOT / "modules" / "cluster")["locals"]["gpu_types"].values())
+    assert all(
+        spec["efa_interfaces"] >= 4 for spec in module(ROOT / "modules" / "cluster")["locals"]["gpu_types"].values()
+    )
 
 
 def test_the_bucket_is_encrypted_versioned_private_and_expires_old_checkpoint_versions():
@@ -143,18 +166,31 @@ def test_the_bucket_is_encrypted_versioned_private_and_expires_old_checkpoint_ve
     (versioning,) = resources("aws_s3_bucket_versioning").values()
     assert versioning["versioning_configuration"]["status"] == "Enabled"
     (block,) = resources("aws_s3_bucket_public_access_block").values()
-    assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"))
+    assert all(
+        block[k] is True
+        for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+    )
     (lifecycle,) = resources("aws_s3_bucket_lifecycle_configuration").values()
-    (checkpoints,) = [rule for rule in lifecycle["rule"] if rule.get("filter", {}).get("prefix") == "${var.checkpoint_prefix}"]
+    (checkpoints,) = [
+        rule for rule in lifecycle["rule"] if rule.get("filter", {}).get("prefix") == "${var.checkpoint_prefix}"
+    ]
     assert checkpoints["noncurrent_version_expiration"]["noncurrent_days"] == "${var.checkpoint_retention_days}"
     # the runs' prefix is where FSx exports the work root's train/ folder, which neox cluster config trains into
     assert module(ROOT)["module"]["storage"]["checkpoint_prefix"] == "${local.work_dir}/train/"
-    assert module(ROOT / "modules" / "cluster")["locals"]["work_root"] == '${var.fsx_dns_name == null ? null : "/fsx/${var.work_dir}"}'
+    assert (
+        module(ROOT / "modules" / "cluster")["locals"]["work_root"]
+        == '${var.fsx_dns_name == null ? null : "/fsx/${var.work_dir}"}'
+    )
 
     (key,) = resources("aws_kms_key").values()
     assert key["enable_key_rotation"] is True
-    (policy,) = [d for k, d in module(ROOT / "modules" / "storage")["data"].items() if k == "aws_iam_policy_document.bucket"]
-    assert policy["statement"]["effect"] == "Deny" and policy["statement"]["condition"]["variable"] == "aws:SecureTransport"
+    (policy,) = [
+        d for k, d in module(ROOT / "modules" / "storage")["data"].items() if k == "aws_iam_policy_document.bucket"
+    ]
+    assert (
+        policy["statement"]["effect"] == "Deny"
+        and policy["statement"]["condition"]["variable"] == "aws:SecureTransport"
+    )
 
 
 def test_nothing_is_reachable_from_the_internet():
@@ -168,18 +204,27 @@ def test_nothing_is_reachable_from_the_internet():
                 for cidr_key in ("cidr_ipv4", "cidr_ipv6", "cidr_blocks", "ipv6_cidr_blocks"):
                     assert "0.0.0.0/0" not in str(rule.get(cidr_key)) and "::/0" not in str(rule.get(cidr_key)), name
     ingress = resources("aws_vpc_security_group_ingress_rule")
-    assert {n: r.get("cidr_ipv4") for n, r in ingress.items() if "cidr_ipv4" in r} == {"network/admin_ssh": "${var.admin_cidr}"}
+    assert {n: r.get("cidr_ipv4") for n, r in ingress.items() if "cidr_ipv4" in r} == {
+        "network/admin_ssh": "${var.admin_cidr}"
+    }
     for name, rule in resources("aws_vpc_security_group_egress_rule").items():  # out to the world: web ports only
-        assert rule.get("cidr_ipv4") != "0.0.0.0/0" or (rule["ip_protocol"], rule["from_port"]) in (("tcp", 443), ("tcp", 80)), name
+        assert rule.get("cidr_ipv4") != "0.0.0.0/0" or (rule["ip_protocol"], rule["from_port"]) in (
+            ("tcp", 443),
+            ("tcp", 80),
+        ), name
     assert all(s["map_public_ip_on_launch"] is False for s in resources("aws_subnet").values())
     assert "associate_public_ip_address" not in everything
     assert module(ROOT)["variable"]["admin_cidr"]["default"] is None  # SSM only unless asked
 
 
 def test_the_nodes_role_reaches_only_the_clusters_bucket_and_key():
-    (policy,) = [d for k, d in module(ROOT / "modules" / "cluster")["data"].items() if k == "aws_iam_policy_document.bucket"]
+    (policy,) = [
+        d for k, d in module(ROOT / "modules" / "cluster")["data"].items() if k == "aws_iam_policy_document.bucket"
+    ]
     for statement in policy["statement"]:
-        assert set(statement["resources"]) <= {"${var.bucket_arn}", "${var.bucket_arn}/*", "${var.kms_key_arn}"}, statement
+        assert set(statement["resources"]) <= {"${var.bucket_arn}", "${var.bucket_arn}/*", "${var.kms_key_arn}"}, (
+            statement
+        )
         assert not any(a.endswith("*") for a in statement["actions"]), statement
     attachments = resources("aws_iam_role_policy_attachment")
     assert [a["policy_arn"] for a in attachments.values()] == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
@@ -210,6 +255,7 @@ def test_the_outputs_are_what_neox_cluster_config_reads():
 def render(template: str, values: dict[str, str]) -> str:
     """Terraform's template syntax as bootstrap.sh.tftpl uses it: ${name} and %{ if name == "x" ~} ... %{ else ~}
     ... %{ endif ~} (no nesting), with `~` trimming the newline after the directive."""
+
     def branch(match: re.Match) -> str:
         name, op, literal, then, otherwise = match.groups()
         holds = (values[name] == literal) == (op == "==")
@@ -221,19 +267,32 @@ def render(template: str, values: dict[str, str]) -> str:
     return re.sub(r"(?<!\$)\$\{([a-z_]+)\}", lambda m: values[m.group(1)], out)
 
 
-@pytest.mark.parametrize("role, fsx", [("head", "fs-0123.fsx.us-east-1.amazonaws.com"), ("worker", "fs-0123.fsx.us-east-1.amazonaws.com"), ("worker", "")])
+@pytest.mark.parametrize(
+    "role, fsx",
+    [
+        ("head", "fs-0123.fsx.us-east-1.amazonaws.com"),
+        ("worker", "fs-0123.fsx.us-east-1.amazonaws.com"),
+        ("worker", ""),
+    ],
+)
 def test_the_bootstrap_script_renders_to_valid_bash_with_exactly_the_variables_terraform_passes(tmp_path, role, fsx):
     template = (ROOT / "modules" / "cluster" / "bootstrap.sh.tftpl").read_text()
     passed = set(module(ROOT / "modules" / "cluster")["locals"]["bootstrap"]) | {"role"}
     referenced = set(re.findall(r"(?<!\$)\$\{([a-z_]+)\}", template)) | set(re.findall(r"%\{ if (\w+)", template))
     assert referenced == passed
-    values = {name: f"test-{name}" for name in passed} | {"role": role, "fsx_dns_name": fsx, "head_ip": "10.42.0.10",
-                                                      "project_dir": "/opt/neox-pipeline"}
+    values = {name: f"test-{name}" for name in passed} | {
+        "role": role,
+        "fsx_dns_name": fsx,
+        "head_ip": "10.42.0.10",
+        "project_dir": "/opt/neox-pipeline",
+    }
     script = tmp_path / "bootstrap.sh"
     script.write_text(render(template, values))
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert ("ray start --head" in text) == (role == "head") and ("--address=10.42.0.10:6379" in text) == (role == "worker")
+    assert ("ray start --head" in text) == (role == "head") and ("--address=10.42.0.10:6379" in text) == (
+        role == "worker"
+    )
     assert ("mount /fsx" in text) == bool(fsx) and "make -C" in text and "setup PYTHON=python3.11" in text
 
 

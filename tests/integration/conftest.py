@@ -55,8 +55,12 @@ def write_config(directory: Path, tokenized: Path, **train) -> Path:
 
 def launch(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [NEOX, "train", str(config), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, **(env or {})},
+        [NEOX, "train", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -72,8 +76,6 @@ def straight(tmp_path_factory, tokenized) -> Path:
     directory = tmp_path_factory.mktemp("straight")
     finish(launch(write_config(directory, tokenized)))
     return directory / "storage" / "run"
-
-
 
 
 def free_port() -> int:

@@ -17,9 +17,9 @@ import torch
 from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
 from neox.data.tokenizer import eod_id, load_tokenizer
-from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, EvalDataConfig, eval_data_stage
-from neox.eval.run import EVAL_METRICS_FILE, eval_stage, EvalConfig
+from neox.eval.run import EVAL_METRICS_FILE, EvalConfig, eval_stage
+from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import read_manifest, sha256_file
 from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
 
@@ -42,9 +42,24 @@ def tracking(work) -> str:
 @pytest.fixture(scope="module")
 def trained_eval(work, eval_data, straight, tracking) -> Path:
     """`neox eval` on the trained checkpoint, as a user runs it (metrics table, MLflow run, stage output)."""
-    out = subprocess.run([NEOX, "eval", str(straight / "final" / "model"), "--eval-data", str(eval_data),
-                          "--batch-size", "8", "--work-root", str(work), "--mlflow-tracking-uri", tracking],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            NEOX,
+            "eval",
+            str(straight / "final" / "model"),
+            "--eval-data",
+            str(eval_data),
+            "--batch-size",
+            "8",
+            "--work-root",
+            str(work),
+            "--mlflow-tracking-uri",
+            tracking,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "neox_heldout/bits_per_byte" in out.stdout and "MLflow run" in out.stdout
     return Path(out.stdout.strip().splitlines()[-1])
@@ -67,15 +82,24 @@ def test_eval_data_holds_only_documents_training_left_out(eval_data, tokenized):
     for passage in (json.loads(line) for line in (eval_data / LASTWORD_FILE).read_text().splitlines()):
         text = texts[passage["document"]]
         assert text.startswith(passage["context"]) and passage["target"].isalpha() and len(passage["target"]) >= 3
-        assert text[len(passage["context"]):].lstrip().startswith(passage["target"])
+        assert text[len(passage["context"]) :].lstrip().startswith(passage["target"])
 
 
 def test_our_adapter_scores_like_lm_eval_hf_on_the_offline_tasks(trained_eval, straight, eval_data, work):
     ours = json.loads((trained_eval / EVAL_METRICS_FILE).read_text())
     reference = eval_stage(straight / "final" / "model", eval_data, work, EvalConfig(model="hf", batch_size=8))
     theirs = json.loads((reference / EVAL_METRICS_FILE).read_text())
-    assert set(ours) == set(theirs) >= {"neox_heldout/word_perplexity", "neox_heldout/byte_perplexity",
-                                         "neox_heldout/bits_per_byte", "neox_lastword/acc", "neox_lastword/perplexity"}
+    assert (
+        set(ours)
+        == set(theirs)
+        >= {
+            "neox_heldout/word_perplexity",
+            "neox_heldout/byte_perplexity",
+            "neox_heldout/bits_per_byte",
+            "neox_lastword/acc",
+            "neox_lastword/perplexity",
+        }
+    )
     for name in ours:
         if "perplexity" in name:  # exp of a sum over thousands of tokens: compare on the log scale
             assert abs(math.log(ours[name]) - math.log(theirs[name])) <= 1e-4, (name, ours[name], theirs[name])
@@ -84,17 +108,25 @@ def test_our_adapter_scores_like_lm_eval_hf_on_the_offline_tasks(trained_eval, s
     assert 0 < ours["neox_heldout/bits_per_byte"] < 8
 
 
-def test_evaluation_runs_as_a_ray_task_on_the_cluster_with_the_same_results(trained_eval, straight, eval_data, tmp_path):
+def test_evaluation_runs_as_a_ray_task_on_the_cluster_with_the_same_results(
+    trained_eval, straight, eval_data, tmp_path
+):
     """eval.ray_address: a flow on a head node without a GPU has lm-eval run on the cluster (here: the session's
     local Ray; on a cluster the task holds a GPU). Same stage key and metrics, computed in a Ray worker."""
     import os
 
     import ray
 
-    remote = eval_stage(straight / "final" / "model", eval_data, tmp_path,
-                        EvalConfig(batch_size=8, ray_address=ray.get_runtime_context().gcs_address))
+    remote = eval_stage(
+        straight / "final" / "model",
+        eval_data,
+        tmp_path,
+        EvalConfig(batch_size=8, ray_address=ray.get_runtime_context().gcs_address),
+    )
     assert remote.name == trained_eval.name  # where it ran is not part of the key
-    assert json.loads((remote / EVAL_METRICS_FILE).read_text()) == json.loads((trained_eval / EVAL_METRICS_FILE).read_text())
+    assert json.loads((remote / EVAL_METRICS_FILE).read_text()) == json.loads(
+        (trained_eval / EVAL_METRICS_FILE).read_text()
+    )
     ran_on = read_manifest(remote)["stats"]["ran_on"]
     assert ran_on["pid"] != os.getpid() and ran_on["host"]  # a Ray worker process, not this one
 
@@ -106,10 +138,14 @@ def test_generate_until_matches_lm_eval_hf(straight, eval_data):
     from neox.eval.adapter import NeoxLM
 
     passages = [json.loads(line)["context"] for line in (eval_data / LASTWORD_FILE).read_text().splitlines()[:4]]
-    requests = [Instance("generate_until", {}, (text[-200:], {"until": ["\n\n"], "max_gen_toks": 12}), i)
-                for i, text in enumerate(passages)]
+    requests = [
+        Instance("generate_until", {}, (text[-200:], {"until": ["\n\n"], "max_gen_toks": 12}), i)
+        for i, text in enumerate(passages)
+    ]
     ours = NeoxLM(pretrained=str(straight / "final" / "model"), batch_size=4).generate_until(requests)
-    theirs = HFLM(pretrained=str(straight / "final" / "hf"), device="cpu", batch_size=4, dtype="float32").generate_until(requests)
+    theirs = HFLM(
+        pretrained=str(straight / "final" / "hf"), device="cpu", batch_size=4, dtype="float32"
+    ).generate_until(requests)
     assert ours == theirs and any(ours)
 
 
@@ -123,25 +159,30 @@ def test_eval_is_logged_to_mlflow(trained_eval, tracking):
     client = MlflowClient(tracking_uri=tracking)
     run = client.get_run(run_id)
     assert run.data.metrics == pytest.approx(json.loads((trained_eval / EVAL_METRICS_FILE).read_text()))
-    assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run_id)] == ["results.json"]
+    assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run_id)] == [
+        "results.json"
+    ]
 
 
 def untrained_checkpoint(directory: Path, straight: Path, seed: int) -> Path:
-    from neox.model.gpt_neox import GPTNeoX, init_weights
     from neox.model.checkpoint import load_model, save_model
+    from neox.model.gpt_neox import GPTNeoX, init_weights
 
     cfg = load_model(straight / "final" / "model").cfg
     model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
-    return save_model(model, directory / f"untrained{seed}" / "final" / "model",
-                      tokenizer_file=straight / "final" / "model" / TOKENIZER_FILE)
+    return save_model(
+        model,
+        directory / f"untrained{seed}" / "final" / "model",
+        tokenizer_file=straight / "final" / "model" / TOKENIZER_FILE,
+    )
 
 
 def test_registration_promotion_and_loading_the_champion(work, eval_data, straight, tokenized, trained_eval, tracking):
     import mlflow
     from mlflow import MlflowClient
 
-    from neox.model.generate import SamplingConfig, generate
     from neox.model.checkpoint import load_model
+    from neox.model.generate import SamplingConfig, generate
     from neox.registry.mlflow_registry import CANDIDATE, CHAMPION, DECISION_TAG, PREVIOUS_CHAMPION, promote, register
     from neox.registry.rule import PromotionRule
 
@@ -166,7 +207,10 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
         assert client.get_model_version_by_alias("tiny", CANDIDATE).version == worse
     record = json.loads(client.get_model_version("tiny", worse).tags[DECISION_TAG])
     assert not record["promoted"] and record["champion_version"] == trained
-    assert record["candidate_metrics"]["neox_heldout/bits_per_byte"] > record["champion_metrics"]["neox_heldout/bits_per_byte"]
+    assert (
+        record["candidate_metrics"]["neox_heldout/bits_per_byte"]
+        > record["champion_metrics"]["neox_heldout/bits_per_byte"]
+    )
     assert promote("tiny", trained, rule, tracking).reasons == ("already champion",)
     assert register(trained_eval, "tiny", tracking) == trained  # the same evaluation is one version
 
@@ -184,8 +228,11 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     text = champion.predict(["Once upon a time"], params={"max_new_tokens": 12})
     tok = load_tokenizer(straight / "final" / "model" / TOKENIZER_FILE)
     ids = tok.encode("Once upon a time").ids
-    expected = generate(load_model(straight / "final" / "model"), torch.tensor([ids]),
-                        SamplingConfig(max_new_tokens=12, eos_token_id=eod_id(tok)))[0, len(ids):].tolist()
+    expected = generate(
+        load_model(straight / "final" / "model"),
+        torch.tensor([ids]),
+        SamplingConfig(max_new_tokens=12, eos_token_id=eod_id(tok)),
+    )[0, len(ids) :].tolist()
     assert text == [tok.decode(expected)] and text[0]
 
 
@@ -194,7 +241,7 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     from huggingface_hub import constants
     from lm_eval.tasks import TaskManager
 
-    from neox.eval.run import check_task_data, PYTHIA_SUITE, TaskDataUnavailable
+    from neox.eval.run import PYTHIA_SUITE, TaskDataUnavailable, check_task_data
 
     manager = TaskManager()
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -228,11 +275,31 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
     bucket = f"mlflow-{os.getpid()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"],
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", f"s3://{bucket}/artifacts"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            f"s3://{bucket}/artifacts",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", server)
@@ -240,7 +307,9 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
         assert promote("tiny-http", version, PromotionRule(), uri).promote
         assert MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version == version
         mlflow.set_tracking_uri(uri)
-        assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(["def main():"], params={"max_new_tokens": 4})[0]
+        assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(
+            ["def main():"], params={"max_new_tokens": 4}
+        )[0]
         keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
         assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("results.json") for k in keys)
     finally:

@@ -23,8 +23,11 @@ DATA_STAGES = ("download", "dedup", "tokenizer", "tokenize")
 
 
 def files_state(root: Path) -> dict[str, tuple[int, str]]:
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file() and "index-cache" not in p.parts}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "index-cache" not in p.parts
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,31 +35,68 @@ def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
     """One work root and MLflow store for the module's flow runs, and the environment of a fresh Prefect."""
     root = tmp_path_factory.mktemp("flows")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"))
-    return {"root": root, "work": root / "work", "env": env, "shards": [str(p) for p in list_shards(small_corpus)],
-            "tokenizer": str(corpus_tokenizer)}
+    env.update(
+        PREFECT_HOME=str(root / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"),
+    )
+    return {
+        "root": root,
+        "work": root / "work",
+        "env": env,
+        "shards": [str(p) for p in list_shards(small_corpus)],
+        "tokenizer": str(corpus_tokenizer),
+    }
 
 
-def write_config(setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None, env: dict | None = None) -> Path:
+def write_config(
+    setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None, env: dict | None = None
+) -> Path:
     path = setting["root"] / f"{name}-{threshold}.yaml"
-    path.write_text(yaml.safe_dump({**({"retrain": retrain} if retrain else {}),
-        "work_root": str(setting["work"]),
-        "data": {"sources": setting["shards"], "tokenizer": {"from": setting["tokenizer"]}, "tokenize": {"prefix": "corpus"},
-                 "dedup": {"threshold": threshold}},
-        "train": {"model": str(REPO / "configs" / "model" / "tiny.yml"), "name": name, "storage_path": str(setting["work"] / "train"),
-                  "split": SPLIT, "seq_length": 64, "micro_batch_size": 4, "train_iters": 20, "eval_interval": 10,
-                  "eval_iters": 1, "checkpoint_interval": 10, "log_interval": 5, "num_workers": 2,
-                  "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}", **({"env": env} if env else {})},
-        "eval": {"batch_size": 8, "data": {"max_documents": 8, "lastword_chars": 300}},
-        "registry": {"name": "flow-tiny"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **({"retrain": retrain} if retrain else {}),
+                "work_root": str(setting["work"]),
+                "data": {
+                    "sources": setting["shards"],
+                    "tokenizer": {"from": setting["tokenizer"]},
+                    "tokenize": {"prefix": "corpus"},
+                    "dedup": {"threshold": threshold},
+                },
+                "train": {
+                    "model": str(REPO / "configs" / "model" / "tiny.yml"),
+                    "name": name,
+                    "storage_path": str(setting["work"] / "train"),
+                    "split": SPLIT,
+                    "seq_length": 64,
+                    "micro_batch_size": 4,
+                    "train_iters": 20,
+                    "eval_interval": 10,
+                    "eval_iters": 1,
+                    "checkpoint_interval": 10,
+                    "log_interval": 5,
+                    "num_workers": 2,
+                    "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}",
+                    **({"env": env} if env else {}),
+                },
+                "eval": {"batch_size": 8, "data": {"max_documents": 8, "lastword_chars": 300}},
+                "registry": {"name": "flow-tiny"},
+            }
+        )
+    )
     return path
 
 
 def run_flow(setting: dict, code: str, config: Path, env: dict | None = None, ok: bool = True) -> str:
-    done = subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, env={**setting["env"], **(env or {})},
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        cwd=REPO,
+        env={**setting["env"], **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = done.stdout + done.stderr
     assert (done.returncode == 0) == ok, out[-5000:]
     return out
@@ -79,7 +119,9 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
 
     work = setting["work"]
     assert "neox_heldout/bits_per_byte" in uninterrupted
-    tags = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}").get_model_version("flow-tiny", "1").tags
+    tags = (
+        MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}").get_model_version("flow-tiny", "1").tags
+    )
     (dedup,) = [d for d in (work / "dedup").iterdir() if (d / "manifest.json").exists()]
     download = work / "download" / read_manifest(dedup)["inputs"]["shards"]  # the corpus, not the fetched tokenizer
     assert tags["neox.corpus_manifest_sha256"] == sha256_file(download / "manifest.json")
@@ -98,7 +140,9 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
 def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted_run(setting, uninterrupted):
     work = setting["work"]
     # the fault is asked for through train.env, which only the training workers' environment gets
-    failed = run_flow(setting, PRETRAIN, write_config(setting, "interrupted", env={"NEOX_FAIL_AFTER_CHECKPOINT": 10}), ok=False)
+    failed = run_flow(
+        setting, PRETRAIN, write_config(setting, "interrupted", env={"NEOX_FAIL_AFTER_CHECKPOINT": 10}), ok=False
+    )
     assert "failing on purpose after the step-10 checkpoint" in failed and "Finished in state Failed" in failed
     config = write_config(setting, "interrupted")
     upstream = {stage: files_state(work / stage) for stage in DATA_STAGES}
@@ -107,9 +151,13 @@ def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted
     assert "train: resumed" in resumed and "resumed from the step-10 checkpoint" in resumed
     assert {stage: files_state(work / stage) for stage in DATA_STAGES} == upstream
     straight, interrupted = work / "train" / "straight", work / "train" / "interrupted"
-    assert (interrupted / "final" / "model" / "model.safetensors").read_bytes() == \
-        (straight / "final" / "model" / "model.safetensors").read_bytes()
-    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, interrupted)]
+    assert (interrupted / "final" / "model" / "model.safetensors").read_bytes() == (
+        straight / "final" / "model" / "model.safetensors"
+    ).read_bytes()
+    losses = [
+        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (straight, interrupted)
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 20
     # the same weights are the same evaluation, hence the same registered version
     assert "flow-tiny version 1 is `champion` (already champion)" in resumed
@@ -118,8 +166,11 @@ def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted
 def test_a_new_dedup_threshold_redoes_dedup_and_what_follows_only(setting, uninterrupted):
     work = setting["work"]
     before = {stage: files_state(work / stage) for stage in DATA_STAGES}
-    out = run_flow(setting, "import sys; from flows.data import data_prep; print(data_prep(sys.argv[1]))",
-                   write_config(setting, "straight", threshold=0.6))
+    out = run_flow(
+        setting,
+        "import sys; from flows.data import data_prep; print(data_prep(sys.argv[1]))",
+        write_config(setting, "straight", threshold=0.6),
+    )
     assert "download: reused" in out and "tokenizer: reused" in out
     assert "dedup: wrote" in out and "tokenize: wrote" in out
     after = {stage: files_state(work / stage) for stage in DATA_STAGES}
@@ -137,10 +188,21 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
 
     port = free_port()
     prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {**setting["env"], "PREFECT_HOME": str(setting["root"] / "prefect-server"), "NEOX_PIPELINE_DIR": str(REPO),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    processes = [subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    env = {
+        **setting["env"],
+        "PREFECT_HOME": str(setting["root"] / "prefect-server"),
+        "NEOX_PIPELINE_DIR": str(REPO),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    processes = [
+        subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         wait_for_http(f"http://127.0.0.1:{port}/api/health", processes[0])
 
@@ -153,15 +215,33 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         deployed = prefect_cli("--no-prompt", "deploy", "--all")
         assert "pretrain/pretrain" in deployed and "evaluate_and_promote/evaluate-and-promote" in deployed
         assert "0 3 * * 1" in prefect_cli("deployment", "inspect", "retrain/scheduled-retrain")  # the weekly cron
-        processes.append(subprocess.Popen([prefect, "worker", "start", "--pool", "neox-local"], cwd=REPO, env=env,
-                                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [prefect, "worker", "start", "--pool", "neox-local"],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         config = write_config(setting, "deployed")
-        out = prefect_cli("deployment", "run", "pretrain/pretrain", "--params", json.dumps({"config": str(config)}),
-                          "--watch", "--watch-timeout", "600", timeout=700)
+        out = prefect_cli(
+            "deployment",
+            "run",
+            "pretrain/pretrain",
+            "--params",
+            json.dumps({"config": str(config)}),
+            "--watch",
+            "--watch-timeout",
+            "600",
+            timeout=700,
+        )
         assert "Completed" in out, out[-3000:]
         train = setting["work"] / "train"
-        assert (train / "deployed" / "final" / "model" / "model.safetensors").read_bytes() == \
-            (train / "straight" / "final" / "model" / "model.safetensors").read_bytes()
+        assert (train / "deployed" / "final" / "model" / "model.safetensors").read_bytes() == (
+            train / "straight" / "final" / "model" / "model.safetensors"
+        ).read_bytes()
     finally:
         for process in processes:  # the server and the worker with everything they started, nothing else
             os.killpg(process.pid, signal.SIGKILL)
@@ -181,8 +261,15 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
 
     incoming = setting["root"] / "incoming"
     incoming.mkdir()
-    config = write_config(setting, "straight", retrain={
-        "mode": "continue", "data": {"sources": [f"{incoming}/"]}, "train": {"train_iters": 10, "lr": 3.0e-4, "warmup": 0.0}})
+    config = write_config(
+        setting,
+        "straight",
+        retrain={
+            "mode": "continue",
+            "data": {"sources": [f"{incoming}/"]},
+            "train": {"train_iters": 10, "lr": 3.0e-4, "warmup": 0.0},
+        },
+    )
     assert "retrain skipped (no new shards since champion v1)" in run_flow(setting, RETRAIN, config)
 
     docs = [d for d in read_shard(list_shards(sample_corpus)[0], Rejects())][300:450]  # never in the small corpus
@@ -190,8 +277,10 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
     out = run_flow(setting, RETRAIN, config)
     assert "continued from champion version 1" in out and "flow-tiny version 2" in out
     (run,) = (setting["work"] / "train").glob("straight-v1-*")
-    fresh, continued = ([json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
-                        for r in (setting["work"] / "train" / "straight", run))
+    fresh, continued = (
+        [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+        for r in (setting["work"] / "train" / "straight", run)
+    )
     # it starts from the champion's 20 steps of training (7.2 here), not from a fresh init's ~ln(vocab) (7.8)
     assert len(continued) == 10 and continued[0] < fresh[0] - 0.4
 
@@ -225,22 +314,40 @@ def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outp
         path.write_text(yaml.safe_dump({**raw, "registry": {"name": name}}))
     # each its own PREFECT_HOME: two temporary Prefect APIs starting at once on one SQLite file is Prefect's
     # limitation (README), not what this test is about
-    runs = {name: subprocess.Popen([sys.executable, "-c", PRETRAIN, str(path)], cwd=REPO,
-                                   env={**setting["env"], "PREFECT_HOME": str(setting["root"] / f"prefect-{name}")},
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name, path in configs.items()}
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", PRETRAIN, str(path)],
+            cwd=REPO,
+            env={**setting["env"], "PREFECT_HOME": str(setting["root"] / f"prefect-{name}")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, path in configs.items()
+    }
     outs = {name: run.communicate(timeout=900)[0] for name, run in runs.items()}
     for name, run in runs.items():
         assert run.returncode == 0, outs[name][-5000:]
         assert f"{name} version 1 is `champion`" in outs[name]
 
     work = shared["work"]
-    outputs = {stage: sorted(p for p in (work / stage).iterdir() if (p / MANIFEST).exists()) for stage in (*DATA_STAGES, "eval")}
-    assert {stage: len(found) for stage, found in outputs.items()} == {"download": 2, "dedup": 2, "tokenizer": 1, "tokenize": 2, "eval": 2}
+    outputs = {
+        stage: sorted(p for p in (work / stage).iterdir() if (p / MANIFEST).exists())
+        for stage in (*DATA_STAGES, "eval")
+    }
+    assert {stage: len(found) for stage, found in outputs.items()} == {
+        "download": 2,
+        "dedup": 2,
+        "tokenizer": 1,
+        "tokenize": 2,
+        "eval": 2,
+    }
     for found in outputs.values():  # (download: the corpus and the fetched tokenizer file)
         for output in found:
             verify_output(output)
     assert not [p for p in work.rglob(".*.tmp-*")]  # no half-published output left behind
     data = {name: json.loads((work / "train" / name / "data.json").read_text())["data"] for name in configs}
     assert data["conc-a"] != data["conc-b"] and {Path(d).parent.name for d in data.values()} == {"tokenize"}
-    assert (work / "train" / "conc-a" / "final" / "model" / "model.safetensors").read_bytes() == \
-        (setting["work"] / "train" / "straight" / "final" / "model" / "model.safetensors").read_bytes()
+    assert (work / "train" / "conc-a" / "final" / "model" / "model.safetensors").read_bytes() == (
+        setting["work"] / "train" / "straight" / "final" / "model" / "model.safetensors"
+    ).read_bytes()

@@ -160,7 +160,9 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
     refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"s3://{bucket}/exp/run already holds a run" in refused.stderr
     wider = tmp_path / "wider.yml"
-    wider.write_text((REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
+    wider.write_text(
+        (REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128')
+    )
     config = write_config(tmp_path, tokenized, storage_path=f"s3://{bucket}/exp", model=str(wider))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "model differs" in refused.stderr
@@ -176,15 +178,43 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
     port = free_port()
     nodes = []
     try:
-        nodes.append(subprocess.Popen(
-            [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-             "--node-ip-address=127.0.0.1", f"--temp-dir={short / 'head'}"],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={port}",
+                    "--num-cpus=1",
+                    "--include-dashboard=false",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={short / 'head'}",
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         time.sleep(8)
-        nodes.append(subprocess.Popen(
-            [RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-             f"--temp-dir={short / 'worker'}"],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--block",
+                    f"--address=127.0.0.1:{port}",
+                    "--num-cpus=1",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={short / 'worker'}",
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         time.sleep(5)
         config = write_config(tmp_path, tokenized, zero_stage=2, precision="bf16", ray_address=f"127.0.0.1:{port}")
         finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
@@ -196,7 +226,9 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
         shutil.rmtree(short, ignore_errors=True)
 
 
-def test_resume_is_refused_for_other_data_or_another_model_shape(tmp_path, tokenized, straight, small_corpus, corpus_tokenizer):
+def test_resume_is_refused_for_other_data_or_another_model_shape(
+    tmp_path, tokenized, straight, small_corpus, corpus_tokenizer
+):
     """Checked by the driver from the newest checkpoint, before any worker starts."""
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
 
@@ -204,10 +236,16 @@ def test_resume_is_refused_for_other_data_or_another_model_shape(tmp_path, token
     other_data = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="other"))
     config = write_config(tmp_path, other_data, storage_path=str(storage))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "trained on another dataset" in refused.stderr and "--allow-new-data" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "trained on another dataset" in refused.stderr
+        and "--allow-new-data" in refused.stderr
+    )
 
     wider = tmp_path / "wider.yml"
-    wider.write_text((REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
+    wider.write_text(
+        (REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128')
+    )
     config = write_config(tmp_path, tokenized, storage_path=str(storage), model=str(wider))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "model differs" in refused.stderr and "hidden_size" in refused.stderr

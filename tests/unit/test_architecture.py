@@ -13,8 +13,13 @@ import pytest
 from tests.conftest import REPO
 
 # The stage contract: what every stage and the model may use. It imports nothing of neox but neox.errors.
-CONTRACT = ("neox.errors", "neox.pipeline.layout", "neox.pipeline.stage", "neox.pipeline.atomic",
-            "neox.pipeline.configfile")
+CONTRACT = (
+    "neox.errors",
+    "neox.pipeline.layout",
+    "neox.pipeline.stage",
+    "neox.pipeline.atomic",
+    "neox.pipeline.configfile",
+)
 # Longest prefix wins: a module may import what its entry allows (and the standard library, third parties).
 ALLOWED = {
     "neox": (),
@@ -72,4 +77,7 @@ def test_each_module_imports_only_what_its_layer_may(path):
 def test_run_layout_registry_rule_lineage_and_retraining_do_not_import_torch():
     modules = "neox.pipeline.layout, neox.registry.rule, neox.registry.lineage, neox.pipeline.retrain"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

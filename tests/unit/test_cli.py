@@ -25,17 +25,24 @@ def test_params_prints_the_published_count():
 
 
 def test_init_export_import_generate(tmp_path, tokenizer_file):
-    neox("init-model", "configs/model/tiny.yml", "--out", tmp_path / "init", "--tokenizer", tokenizer_file, "--seed", "3")
+    neox(
+        "init-model", "configs/model/tiny.yml", "--out", tmp_path / "init", "--tokenizer", tokenizer_file, "--seed", "3"
+    )
     neox("export-hf", tmp_path / "init", tmp_path / "hf", "--dtype", "float32")
     tokens = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.vocab_size == pad_vocab_size(tokens, 128)
     neox("import-hf", tmp_path / "hf", tmp_path / "back")
 
     prompt = "Once upon a time"
-    greedy = [neox("generate", tmp_path / m, "--prompt", prompt, "--max-new-tokens", "8").stdout for m in ("init", "hf", "back")]
+    greedy = [
+        neox("generate", tmp_path / m, "--prompt", prompt, "--max-new-tokens", "8").stdout
+        for m in ("init", "hf", "back")
+    ]
     assert greedy[0].startswith(prompt) and len(greedy[0]) > len(prompt) + 1
     assert greedy[0] == greedy[1] == greedy[2]  # our checkpoint, its HF export and the re-import agree
-    sampled = neox("generate", tmp_path / "init", "--prompt", prompt, "--temperature", "1.0", "--top-p", "0.9", "--seed", "1")
+    sampled = neox(
+        "generate", tmp_path / "init", "--prompt", prompt, "--temperature", "1.0", "--top-p", "0.9", "--seed", "1"
+    )
     assert sampled.stdout.startswith(prompt)
 
 

@@ -15,8 +15,9 @@ from neox.pipeline.stage import ManifestError
 from neox.train.checkpointing import ResumeError
 from tests.conftest import REPO
 
-BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
-                      if isinstance(value, type) and issubclass(value, BaseException)}
+BUILTIN_EXCEPTIONS = {
+    name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, BaseException)
+}
 
 
 def test_only_neox_errors_derives_from_a_built_in_exception():
@@ -33,14 +34,17 @@ def test_only_neox_errors_derives_from_a_built_in_exception():
     assert not offenders
 
 
-@pytest.mark.parametrize("error, kind, builtin", [
-    (CorruptShardError, errors.DataError, ValueError),
-    (ManifestError, errors.DataError, ValueError),
-    (EmptyFolder, errors.MissingInput, FileNotFoundError),
-    (ChecksumMismatch, errors.ServiceError, RuntimeError),
-    (ResumeError, errors.RunStateError, RuntimeError),
-    (errors.OutputExists, errors.RunStateError, FileExistsError),
-    (errors.ConfigError, errors.NeoxError, ValueError),
-])
+@pytest.mark.parametrize(
+    "error, kind, builtin",
+    [
+        (CorruptShardError, errors.DataError, ValueError),
+        (ManifestError, errors.DataError, ValueError),
+        (EmptyFolder, errors.MissingInput, FileNotFoundError),
+        (ChecksumMismatch, errors.ServiceError, RuntimeError),
+        (ResumeError, errors.RunStateError, RuntimeError),
+        (errors.OutputExists, errors.RunStateError, FileExistsError),
+        (errors.ConfigError, errors.NeoxError, ValueError),
+    ],
+)
 def test_each_error_has_its_kind_under_the_root_and_its_built_in(error, kind, builtin):
     assert issubclass(error, kind) and issubclass(error, errors.NeoxError) and issubclass(error, builtin)

@@ -57,7 +57,9 @@ def indexed(tmp_path):
     sizes = rng.randint(1, 18, size=60)
     for d, size in enumerate(sizes):
         (np.arange(size, dtype=np.int32) + d * 1000).tofile(tmp_path / f"{d}.bin")
-    merge_parts(tmp_path / "data", [(tmp_path / f"{d}.bin", np.array([s])) for d, s in enumerate(sizes)], np.dtype(np.int32))
+    merge_parts(
+        tmp_path / "data", [(tmp_path / f"{d}.bin", np.array([s])) for d, s in enumerate(sizes)], np.dtype(np.int32)
+    )
     return IndexedDataset(tmp_path / "data")
 
 
@@ -97,7 +99,9 @@ def test_samples_are_contiguous_windows_packed_across_documents(indexed):
 def test_a_sample_is_a_pure_function_of_its_inputs(indexed, tmp_path):
     a = GPT2Dataset(indexed, np.arange(60), num_samples=40, seq_length=8, seed=7)
     b = GPT2Dataset(indexed, np.arange(60), num_samples=40, seq_length=8, seed=7, cache_dir=tmp_path / "cache")
-    c = GPT2Dataset(indexed, np.arange(60), num_samples=40, seq_length=8, seed=7, cache_dir=tmp_path / "cache")  # from cache
+    c = GPT2Dataset(
+        indexed, np.arange(60), num_samples=40, seq_length=8, seed=7, cache_dir=tmp_path / "cache"
+    )  # from cache
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
     for i in (0, 13, 39):
         np.testing.assert_array_equal(a[i], b[i])
@@ -115,13 +119,15 @@ def test_more_samples_than_one_epoch_tile_the_documents(indexed):
 def test_splits_never_share_documents(indexed):
     sets = build_split_datasets(indexed.prefix, "8,1,1", {"train": 30, "valid": 5, "test": 5}, seq_length=4, seed=0)
     docs = {name: {int(t) // 1000 for i in range(len(ds)) for t in ds[i]} for name, ds in sets.items()}
-    assert docs["train"] <= set(range(48)) and docs["valid"] <= set(range(48, 54)) and docs["test"] <= set(range(54, 60))
+    assert (
+        docs["train"] <= set(range(48)) and docs["valid"] <= set(range(48, 54)) and docs["test"] <= set(range(54, 60))
+    )
 
 
 def test_blending_equals_gpt_neox_and_respects_weights(indexed):
     for weights, size in (([0.7, 0.3], 100), ([1, 2, 5], 333)):
         index, sample = blending_indices(weights, size)
-        assert list(zip(index.tolist(), sample.tolist())) == gpt_neox_blending(weights, size)
+        assert list(zip(index.tolist(), sample.tolist(), strict=True)) == gpt_neox_blending(weights, size)
     a = GPT2Dataset(indexed, np.arange(30), num_samples=60, seq_length=4, seed=0)
     b = GPT2Dataset(indexed, np.arange(30, 60), num_samples=20, seq_length=4, seed=0)
     blend = BlendedDataset([a, b], [0.75, 0.25])

@@ -45,7 +45,10 @@ def planted(tmp_path_factory):
     rng.shuffle(docs)
     out = tmp_path_factory.mktemp("planted")
     for s in range(4):
-        write_shard(out / f"{s:02d}.jsonl.zst", ({"text": d["text"], "meta": {"pile_set_name": "Synthetic", "group": d["group"]}} for d in docs[s::4]))
+        write_shard(
+            out / f"{s:02d}.jsonl.zst",
+            ({"text": d["text"], "meta": {"pile_set_name": "Synthetic", "group": d["group"]}} for d in docs[s::4]),
+        )
     return out
 
 
@@ -84,7 +87,12 @@ def test_sample_corpus_clusters_include_the_codepage_tables(tmp_path_factory, ra
 
 def test_bad_lines_are_kept_as_rejects_and_empty_input_is_refused(tmp_path, ray_local):
     (tmp_path / "in").mkdir()
-    lines = [json.dumps({"text": "one two three"}), "{not json", json.dumps({"text": "one  two three"}), json.dumps({"meta": {}})]
+    lines = [
+        json.dumps({"text": "one two three"}),
+        "{not json",
+        json.dumps({"text": "one  two three"}),
+        json.dumps({"meta": {}}),
+    ]
     write_lines(tmp_path / "in" / "00.jsonl.zst", (line.encode() + b"\n" for line in lines))
     out = dedup_shards(tmp_path / "in", tmp_path / "work")
     stats = verify_output(out)["stats"]

@@ -15,7 +15,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from neox.data.download import ChecksumMismatch, download_sources, DownloadError, pile_catalog, Retry, scratch_dir, Source, sources_from_strings
+from neox.data.download import (
+    ChecksumMismatch,
+    Source,
+    download_sources,
+    pile_catalog,
+    scratch_dir,
+    sources_from_strings,
+)
+from neox.data.transports import DownloadError, Retry
 from neox.pipeline.stage import verify_output
 
 FAST = Retry(attempts=4, backoff_s=0.01, timeout_s=10)
@@ -93,7 +101,10 @@ def test_first_download_records_the_checksum_and_reuse_verifies_it(tmp_path, ser
     assert known[url] == sha(server.files["/val.jsonl.zst"])
     # the mirror's file changes: a later download of the same URL (another stage key) is refused
     server.files["/val.jsonl.zst"] = os.urandom(200_000)
-    with pytest.raises(ChecksumMismatch, match=rf"{url}: sha256 {sha(server.files['/val.jsonl.zst'])} does not match the expected {known[url]}"):
+    with pytest.raises(
+        ChecksumMismatch,
+        match=rf"{url}: sha256 {sha(server.files['/val.jsonl.zst'])} does not match the expected {known[url]}",
+    ):
         download_sources([Source(url, name="val-again.jsonl.zst")], tmp_path / "a", retry=FAST)
     parts = scratch_dir(tmp_path / "a", [Source(url, name="val-again.jsonl.zst")]) / ".parts"
     assert parts.is_dir() and not any(parts.iterdir())  # the bad file was deleted
@@ -130,7 +141,9 @@ def test_local_paths_and_file_urls(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.jsonl.zst").write_bytes(b"a" * 1000)
     (tmp_path / "src" / "b.jsonl.zst").write_bytes(b"b" * 10)
-    sources = sources_from_strings([str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b'b' * 10)}"])
+    sources = sources_from_strings(
+        [str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b'b' * 10)}"]
+    )
     out = download_sources(sources, tmp_path / "work")
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst", "manifest.json"]
     assert download_sources(sources, tmp_path / "work") == out  # reused
@@ -145,12 +158,20 @@ def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_en
     first = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
     (incoming / "c.jsonl.zst").write_bytes(b"arrived later")
     second = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
-    assert second != first and sorted(p.name for p in second.iterdir()) == ["a.jsonl", "b.jsonl.zst", "c.jsonl.zst", "manifest.json"]
+    assert second != first and sorted(p.name for p in second.iterdir()) == [
+        "a.jsonl",
+        "b.jsonl.zst",
+        "c.jsonl.zst",
+        "manifest.json",
+    ]
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="incoming")
     for key in ("week1/00.jsonl.zst", "week1/01.jsonl.zst", "week1/nested/02.jsonl.zst", "week2/03.jsonl.zst"):
         s3.put_object(Bucket="incoming", Key=key, Body=b"x")
-    assert [s.url for s in sources_from_strings(["s3://incoming/week1/"])] == ["s3://incoming/week1/00.jsonl.zst", "s3://incoming/week1/01.jsonl.zst"]
+    assert [s.url for s in sources_from_strings(["s3://incoming/week1/"])] == [
+        "s3://incoming/week1/00.jsonl.zst",
+        "s3://incoming/week1/01.jsonl.zst",
+    ]
     with pytest.raises(FileNotFoundError, match="no shards .* in the source folder s3://incoming/none/"):
         sources_from_strings(["s3://incoming/none/"])
     with pytest.raises(FileNotFoundError, match="source folder .*missing does not exist"):
@@ -169,7 +190,10 @@ def test_concurrent_runs_with_the_same_sources_take_turns_and_share_one_output(t
     (tmp_path / "src" / "a.jsonl.zst").write_bytes(data)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    runs = [context.Process(target=_download_in_another_process, args=(f"{tmp_path}/src/", str(tmp_path / "work"), queue)) for _ in range(3)]
+    runs = [
+        context.Process(target=_download_in_another_process, args=(f"{tmp_path}/src/", str(tmp_path / "work"), queue))
+        for _ in range(3)
+    ]
     for run in runs:
         run.start()
     outputs = {queue.get(timeout=60) for _ in runs}
@@ -196,7 +220,12 @@ def test_hf_source_without_network_fails_fast_with_instructions(tmp_path, monkey
 def test_pile_catalog_lists_every_shard_under_the_mirror():
     sources = pile_catalog("https://mirror.example/pile/")
     assert len(sources) == 32
-    assert sources[0].url == "https://mirror.example/pile/train/00.jsonl.zst" and sources[0].name == "train-00.jsonl.zst"
-    assert sources[29].name == "train-29.jsonl.zst" and [s.name for s in sources[30:]] == ["val.jsonl.zst", "test.jsonl.zst"]
+    assert (
+        sources[0].url == "https://mirror.example/pile/train/00.jsonl.zst" and sources[0].name == "train-00.jsonl.zst"
+    )
+    assert sources[29].name == "train-29.jsonl.zst" and [s.name for s in sources[30:]] == [
+        "val.jsonl.zst",
+        "test.jsonl.zst",
+    ]
     with pytest.raises(ValueError, match="unsupported source scheme"):
         Source("ftp://x/y")

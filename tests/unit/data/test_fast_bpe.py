@@ -35,7 +35,9 @@ def test_fast_engine_gives_the_ids_of_tokenizers(corpus_tokenizer):
 def test_other_pipelines_are_left_to_tokenizers():
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(["some words here"] * 10, trainers.BpeTrainer(vocab_size=100, special_tokens=["[UNK]"], show_progress=False))
+    tok.train_from_iterator(
+        ["some words here"] * 10, trainers.BpeTrainer(vocab_size=100, special_tokens=["[UNK]"], show_progress=False)
+    )
     assert fast_encoder(tok.to_str()) is None
 
 

@@ -11,7 +11,10 @@ from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard,
 
 
 def records(n):
-    return [{"text": f"document {i} " * (i % 7 + 1), "meta": {"pile_set_name": "Github" if i % 2 else "Docs"}} for i in range(n)]
+    return [
+        {"text": f"document {i} " * (i % 7 + 1), "meta": {"pile_set_name": "Github" if i % 2 else "Docs"}}
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("name", ["a.jsonl.zst", "a.jsonl"])
@@ -48,7 +51,9 @@ def test_truncated_stream_names_the_shard_and_offset(tmp_path):
     write_shard(tmp_path / "full.jsonl.zst", records(20000))
     data = (tmp_path / "full.jsonl.zst").read_bytes()
     (tmp_path / "cut.jsonl.zst").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorruptShardError, match=rf"cut.jsonl.zst: truncated zstd stream.*offset 0 .*byte {len(data) // 2}"):
+    with pytest.raises(
+        CorruptShardError, match=rf"cut.jsonl.zst: truncated zstd stream.*offset 0 .*byte {len(data) // 2}"
+    ):
         list(read_shard(tmp_path / "cut.jsonl.zst", Rejects()))
 
 

@@ -31,7 +31,9 @@ def gpt_neox_reference(shards, tokenizer_file):
     return sequences
 
 
-def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(tmp_path, ray_local, small_corpus, corpus_tokenizer):
+def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(
+    tmp_path, ray_local, small_corpus, corpus_tokenizer
+):
     one = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w1", TokenizeConfig(batch_size=7), workers=1)
     two = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w2", TokenizeConfig(batch_size=64), workers=2)
     for suffix in (".bin", ".idx"):
@@ -49,9 +51,17 @@ def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(tmp_path
 
 
 def test_bad_lines_are_counted_and_kept_with_their_location(tmp_path, ray_local, corpus_tokenizer):
-    lines = [json.dumps({"text": "hello world"}), "{broken", json.dumps({"meta": {}}), json.dumps({"text": ""}), json.dumps({"text": "bye"})]
+    lines = [
+        json.dumps({"text": "hello world"}),
+        "{broken",
+        json.dumps({"meta": {}}),
+        json.dumps({"text": ""}),
+        json.dumps({"text": "bye"}),
+    ]
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "00.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "in" / "00.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode())
+    )
     out = tokenize_shards(tmp_path / "in", corpus_tokenizer, tmp_path / "work")
     stats = verify_output(out)["stats"]
     assert stats["documents"] == 3 and stats["sequences"] == 2 and stats["empty_documents"] == 1
@@ -97,7 +107,9 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_runs_on_tokenizers(tmp_path, ray_
     tok = Tokenizer(models.WordLevel(unk_token="<|padding|>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     texts = [d.text for shard in list_shards(small_corpus) for d in read_shard(shard, Rejects())]
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"]))
+    tok.train_from_iterator(
+        texts, trainers.WordLevelTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"])
+    )
     tok.save(str(tmp_path / "words.json"))
     out = tokenize_shards(small_corpus, tmp_path / "words.json", tmp_path / "work")
     assert verify_output(out)["stats"]["engine"] == "tokenizers"

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from neox.errors import ConfigError
-from neox.model.config import load_model_config, load_neox_yaml, ModelConfig, pad_vocab_size
+from neox.model.config import ModelConfig, load_model_config, load_neox_yaml, pad_vocab_size
 
 # The shape of EleutherAI/gpt-neox's configs/pythia/160M.yml: JSON-like YAML with comments, hyphenated and
 # underscored keys, Python-style booleans, trailing commas and nested DeepSpeed sections.
@@ -75,9 +75,13 @@ def test_unknown_keys_are_kept_and_reported(tmp_path, caplog):
 
 def test_wrong_type_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"'num_layers' must be int, got '12'"):
-        load_model_config(write(tmp_path, PYTHIA_STYLE.replace('"num-layers": 12', '"num-layers": "12"')), vocab_size=100)
+        load_model_config(
+            write(tmp_path, PYTHIA_STYLE.replace('"num-layers": 12', '"num-layers": "12"')), vocab_size=100
+        )
     with pytest.raises(ConfigError, match=r"'gpt_j_residual' must be bool"):
-        load_model_config(write(tmp_path, PYTHIA_STYLE.replace('"gpt-j-residual": true', '"gpt-j-residual": 1')), vocab_size=100)
+        load_model_config(
+            write(tmp_path, PYTHIA_STYLE.replace('"gpt-j-residual": true', '"gpt-j-residual": 1')), vocab_size=100
+        )
 
 
 def test_later_files_override_earlier(tmp_path):

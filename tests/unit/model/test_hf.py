@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from neox.errors import ConfigError
-from neox.model.hf import export_hf, import_hf, load_hf_model
-from neox.model.generate import SamplingConfig, generate
 from neox.model.checkpoint import load_model, save_model
+from neox.model.generate import SamplingConfig, generate
+from neox.model.hf import export_hf, import_hf, load_hf_model
 from tests.conftest import tiny_model
 
 
@@ -30,7 +30,9 @@ def export_tiny(tmp_path, tokenizer_file=None, dtype=torch.float32, **overrides)
 @pytest.mark.parametrize("tanh_gelu", [True, False], ids=["tanh-gelu", "exact-gelu"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_transformers_computes_our_logits(tmp_path, parallel_residual, tanh_gelu, tied):
-    ours, theirs = export_tiny(tmp_path, gpt_j_residual=parallel_residual, bias_gelu_fusion=tanh_gelu, no_weight_tying=not tied)
+    ours, theirs = export_tiny(
+        tmp_path, gpt_j_residual=parallel_residual, bias_gelu_fusion=tanh_gelu, no_weight_tying=not tied
+    )
     expected_act = "gelu_pytorch_tanh" if tanh_gelu else "gelu"
     assert theirs.config.hidden_act == expected_act
     assert theirs.config.use_parallel_residual is parallel_residual
@@ -74,10 +76,17 @@ def test_export_writes_dtype_and_tokenizer(tmp_path, tokenizer_file):
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_import_then_export_round_trips_bit_exactly(tmp_path, tied):
     config = GPTNeoXConfig(
-        vocab_size=384, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=200,
-        max_position_embeddings=128, hidden_act="gelu_pytorch_tanh", use_parallel_residual=False,
+        vocab_size=384,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=200,
+        max_position_embeddings=128,
+        hidden_act="gelu_pytorch_tanh",
+        use_parallel_residual=False,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0, "partial_rotary_factor": 0.5},
-        tie_word_embeddings=tied, layer_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        layer_norm_eps=1e-6,
     )
     torch.manual_seed(4)
     original = GPTNeoXForCausalLM(config).eval()
@@ -100,7 +109,9 @@ def test_import_then_export_round_trips_bit_exactly(tmp_path, tied):
 
 
 def test_import_keeps_the_weights_dtype(tmp_path):
-    config = GPTNeoXConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = GPTNeoXConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     GPTNeoXForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     model = load_hf_model(tmp_path / "bf16")
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())

@@ -23,7 +23,12 @@ def test_the_pile_configs_keep_the_published_batch_and_schedule():
     pythia = load_train_config(REPO / "configs" / "pipeline" / "pile-pythia-160m.yaml")
     assert (pythia.global_batch_size, pythia.seq_length, pythia.train_iters, pythia.lr) == (1024, 2048, 143000, 6e-4)
     neox20b = load_train_config(REPO / "configs" / "pipeline" / "pile-neox-20b.yaml")
-    assert (neox20b.global_batch_size, neox20b.train_iters, neox20b.lr, neox20b.zero_stage) == (1536, 150000, 0.97e-4, 3)
+    assert (neox20b.global_batch_size, neox20b.train_iters, neox20b.lr, neox20b.zero_stage) == (
+        1536,
+        150000,
+        0.97e-4,
+        3,
+    )
     assert neox20b.activation_checkpointing and neox20b.precision == pythia.precision == "bf16"
     assert neox20b.storage_path.startswith("/fsx/") and neox20b.ray_address == "auto"
 
@@ -34,7 +39,10 @@ def test_the_pile_configs_keep_the_published_batch_and_schedule():
         ({"trian": {}}, "unknown section\\(s\\) trian"),
         ({"data": {"dedupe": {}}}, "unknown data config key\\(s\\): dedupe"),
         ({"train": {"zero_stage": 5}}, "zero_stage must be 0, 1, 2 or 3"),
-        ({"train": {"storage_path": "s3://bucket/train"}}, "flows evaluate, register and retrain from the final checkpoint by its file path"),
+        (
+            {"train": {"storage_path": "s3://bucket/train"}},
+            "flows evaluate, register and retrain from the final checkpoint by its file path",
+        ),
         ({"eval": {"dtype": "int8"}}, "eval.dtype must be float32, bfloat16 or float16"),
         ({"eval": {"tasks": []}}, "eval.tasks names no task"),
         ({"registry": {"name": "m", "rule": {"metrc": "x"}}}, "unknown registry.rule key\\(s\\): metrc"),

@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 
 from neox.errors import ConfigError
-from neox.registry.rule import decide, Guard, promotion_rule, PromotionRule
+from neox.registry.rule import Guard, PromotionRule, decide, promotion_rule
 
-RULE = PromotionRule(metric="bpb", direction="minimize", min_improvement=0.01,
-                     guards=(Guard("acc", "maximize", tolerance=0.02),), floors={"bpb": {"max": 5.0}, "acc": {"min": 0.1}})
+RULE = PromotionRule(
+    metric="bpb",
+    direction="minimize",
+    min_improvement=0.01,
+    guards=(Guard("acc", "maximize", tolerance=0.02),),
+    floors={"bpb": {"max": 5.0}, "acc": {"min": 0.1}},
+)
 
 
 def test_a_clearly_better_candidate_is_promoted():
@@ -43,9 +48,15 @@ def test_maximize_direction():
 
 
 def test_rule_from_a_config_section():
-    rule = promotion_rule({"metric": "acc", "direction": "maximize", "min_improvement": 0,
-                           "guards": [{"metric": "bpb", "direction": "minimize", "tolerance": 0.1}],
-                           "floors": {"acc": {"min": 0.2}}})
+    rule = promotion_rule(
+        {
+            "metric": "acc",
+            "direction": "maximize",
+            "min_improvement": 0,
+            "guards": [{"metric": "bpb", "direction": "minimize", "tolerance": 0.1}],
+            "floors": {"acc": {"min": 0.2}},
+        }
+    )
     assert rule.guards == (Guard("bpb", "minimize", 0.1),) and rule.min_improvement == 0.0
     assert promotion_rule(None) == PromotionRule()
 

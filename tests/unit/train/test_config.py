@@ -24,9 +24,15 @@ def test_gpt_neox_yaml_supplies_the_defaults_and_the_section_overrides_them():
 
 
 def test_deepspeed_config_follows_the_train_config():
-    cfg = build_train_config({"model": PYTHIA_160M, "micro_batch_size": 2, "gradient_accumulation_steps": 4, "num_workers": 2})
+    cfg = build_train_config(
+        {"model": PYTHIA_160M, "micro_batch_size": 2, "gradient_accumulation_steps": 4, "num_workers": 2}
+    )
     ds = deepspeed_config(cfg, world_size=2)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 2, 4)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        16,
+        2,
+        4,
+    )
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0  # dynamic loss scaling
     assert ds["zero_optimization"]["stage"] == 1 and ds["optimizer"]["params"]["torch_adam"] is True
     # ZeRO's flat buffers hold the fp32 master weights of a mixed-precision run, even on one rank
@@ -49,7 +55,10 @@ def test_deepspeed_config_follows_the_train_config():
         ({}, "train.model must name"),
         ({"model": PYTHIA_160M, "env": ["FI_PROVIDER=efa"]}, "train.env maps environment variable names to values"),
         ({"model": PYTHIA_160M, "env": {"FI PROVIDER": "efa"}}, "is not an environment variable name"),
-        ({"model": PYTHIA_160M, "env": {"NCCL_DEBUG": {"level": "INFO"}}}, "is not an environment variable name and a string"),
+        (
+            {"model": PYTHIA_160M, "env": {"NCCL_DEBUG": {"level": "INFO"}}},
+            "is not an environment variable name and a string",
+        ),
     ],
 )
 def test_bad_train_config_is_a_clear_error(section, message):
@@ -75,9 +84,9 @@ def test_model_paths_are_relative_to_the_config_file(tmp_path):
 
 
 def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_path):
+    from neox.model.checkpoint import save_model
     from neox.model.config import load_model_config
     from neox.model.gpt_neox import GPTNeoX
-    from neox.model.checkpoint import save_model
     from neox.train.launch import check_init_from
 
     tiny = str(REPO / "configs" / "model" / "tiny.yml")

@@ -16,7 +16,9 @@ def test_linear_warmup_then_cosine_to_min_lr():
     assert lr_at(0, 1.0, 0.1, warmup_iters=10, decay_iters=110) == 0.0
     assert lr_at(5, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(0.5)
     assert lr_at(10, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(1.0)
-    assert lr_at(60, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(0.1 + 0.9 / 2 * (math.cos(math.pi / 2) + 1))
+    assert lr_at(60, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(
+        0.1 + 0.9 / 2 * (math.cos(math.pi / 2) + 1)
+    )
     assert lr_at(110, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(0.1)
     assert lr_at(500, 1.0, 0.1, warmup_iters=10, decay_iters=110) == pytest.approx(0.1)  # stays at min_lr
 

@@ -28,7 +28,11 @@ def test_a_local_run_is_its_own_working_folder(tmp_path):
 def test_an_s3_run_works_through_the_aws_environment(tmp_path, s3_env):
     boto3.client("s3").create_bucket(Bucket="runs")
     storage = run_storage("s3://runs/team/", "exp")
-    assert not storage.is_local and storage.uri == "s3://runs/team/exp" and (storage.parent, storage.name) == ("runs/team", "exp")
+    assert (
+        not storage.is_local
+        and storage.uri == "s3://runs/team/exp"
+        and (storage.parent, storage.name) == ("runs/team", "exp")
+    )
     shutil.rmtree(storage.local_dir(), ignore_errors=True)  # the scratch folder of an earlier test session
     assert storage.checkpoints() == [] and storage.read_text("mlflow_run_id") is None
     storage.write_text("abc", "mlflow_run_id")
@@ -46,13 +50,21 @@ def test_an_s3_run_works_through_the_aws_environment(tmp_path, s3_env):
     remote.publish(local / "metrics.jsonl", "metrics.jsonl")
     listing = boto3.client("s3").list_objects_v2(Bucket="runs")["Contents"]
     keys = sorted(o["Key"] for o in listing if not o["Key"].endswith("/"))  # pyarrow also writes folder markers
-    assert keys == ["team/exp/checkpoint_000001/neox_state.json", "team/exp/final/hf/config.json",
-                    "team/exp/metrics.jsonl", "team/exp/mlflow_run_id"]
+    assert keys == [
+        "team/exp/checkpoint_000001/neox_state.json",
+        "team/exp/final/hf/config.json",
+        "team/exp/metrics.jsonl",
+        "team/exp/mlflow_run_id",
+    ]
 
 
 @pytest.mark.parametrize(
     "storage_path, name, message",
-    [("gs://bucket/runs", "exp", "local path or s3://"), ("s3://", "exp", "names no bucket"), ("runs", "a/b", "plain folder name")],
+    [
+        ("gs://bucket/runs", "exp", "local path or s3://"),
+        ("s3://", "exp", "names no bucket"),
+        ("runs", "a/b", "plain folder name"),
+    ],
 )
 def test_bad_storage_is_a_clear_error(storage_path, name, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,28 @@
+"""The `neox` command line. Each command only handles its arguments and calls the library; `neox COMMAND --help`
+explains it. Commands are defined by topic in this package's modules, registered on import."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from neox.cli.app import app
+from neox.errors import NeoxError
+
+# isort: off
+# importing a module registers its commands, in the order `neox --help` lists them
+from neox.cli import model, data, train, evaluate, cluster  # noqa: F401
+# isort: on
+
+
+def main() -> None:
+    try:
+        app()
+    except NeoxError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

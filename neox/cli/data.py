@@ -1,0 +1,134 @@
+"""`neox` commands for the data stages: sample-corpus, download, dedup, train-tokenizer, tokenize, data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neox.cli.app import RayOption, WorkersOption, WorkRootOption, app
+
+
+@app.command("sample-corpus")
+def sample_corpus(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write 00.jsonl.zst, 01.jsonl.zst, ... into.")],
+    shards: Annotated[int, typer.Option(help="Number of shards.")] = 4,
+) -> None:
+    """Build Pile-format shards from text every Python install carries: the standard library's .py sources
+    (as 'Github') and pydoc topics (as 'Docs'), about 32 MB. The default corpus of `make demo`.
+
+    Example: neox sample-corpus work/mirror --shards 4
+    """
+    from neox.data.sample import build_sample_corpus
+
+    paths = build_sample_corpus(out_dir, shards=shards)
+    typer.echo(f"wrote {len(paths)} shards to {out_dir}")
+
+
+@app.command()
+def download(
+    urls: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sources: https://, http://, s3://bucket/key, file:///path, a path, or hf://datasets/ORG/NAME; "
+            "append #sha256=HEX to check a published checksum."
+        ),
+    ] = None,
+    pile_mirror: Annotated[
+        str | None, typer.Option(help="Download the Pile's train 00-29, val and test shards from this mirror base URL.")
+    ] = None,
+    work_root: WorkRootOption = Path("work"),
+    workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 4,
+    retries: Annotated[int, typer.Option(help="Attempts per file (resuming each time).")] = 5,
+) -> None:
+    """Download raw shards: resumable (HTTP Range, S3 ranged GETs), retried with backoff, sha256-checked
+    (a published checksum, or the one recorded at the first download), published atomically.
+
+    Example: neox download https://host/pile/val.jsonl.zst s3://bucket/shards/00.jsonl.zst --work-root work
+    """
+    from neox.data.download import download_sources, sources_for
+    from neox.data.transports import Retry
+
+    out = download_sources(
+        sources_for(urls or [], pile_mirror), work_root, workers=workers, retry=Retry(attempts=retries)
+    )
+    typer.echo(str(out))
+
+
+@app.command()
+def dedup(
+    input_dir: Annotated[Path, typer.Argument(help="Directory of Pile-format shards (*.jsonl.zst or *.jsonl).")],
+    work_root: WorkRootOption = Path("work"),
+    ngram: Annotated[int, typer.Option(help="Words per shingle.")] = 5,
+    num_perm: Annotated[int, typer.Option(help="MinHash permutations.")] = 128,
+    bands: Annotated[int, typer.Option(help="LSH bands.")] = 16,
+    rows: Annotated[int, typer.Option(help="Rows per LSH band (bands x rows <= num_perm).")] = 8,
+    threshold: Annotated[float, typer.Option(help="Minimum estimated Jaccard similarity of a near-duplicate.")] = 0.8,
+    workers: WorkersOption = None,
+    ray_address: RayOption = None,
+) -> None:
+    """Remove exact duplicates (normalised text hash) and near-duplicates (MinHash LSH over word n-grams),
+    keeping the first document of each cluster. The manifest lists counts per pile_set_name and every cluster.
+
+    Example: neox dedup work/download/<key> --work-root work
+    """
+    from neox.data.dedup import DedupConfig, dedup_shards
+
+    cfg = DedupConfig(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold)
+    typer.echo(str(dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address)))
+
+
+@app.command("train-tokenizer")
+def train_tokenizer(
+    input_dir: Annotated[Path | None, typer.Argument(help="Shards to train on (omit with --from).")] = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")] = 50277,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Use an existing tokenizer.json (path or URL) instead of training.")
+    ] = None,
+    work_root: WorkRootOption = Path("work"),
+) -> None:
+    """Train a byte-level BPE like GPT-NeoX-20B's (<|endoftext|>, <|padding|>), or adopt an existing
+    tokenizer.json such as 20B_tokenizer.json. Prints the tokenizer's path.
+
+    Example: neox train-tokenizer work/dedup/<key> --vocab-size 8192
+    """
+    from neox.data.tokenizer import tokenizer_stage
+
+    typer.echo(str(tokenizer_stage(work_root, vocab_size, input_dir=input_dir, source=from_)))
+
+
+@app.command()
+def tokenize(
+    input_dir: Annotated[Path, typer.Argument(help="Directory of Pile-format shards.")],
+    tokenizer: Annotated[Path, typer.Option(help="tokenizer.json to encode with.")],
+    prefix: Annotated[str, typer.Option(help="Output name: PREFIX_text_document.{bin,idx}.")] = "corpus",
+    work_root: WorkRootOption = Path("work"),
+    workers: WorkersOption = None,
+    ray_address: RayOption = None,
+) -> None:
+    """Tokenize shards into a GPT-NeoX/Megatron mmap indexed dataset (.bin/.idx), byte-compatible with
+    gpt-neox's preprocess_data.py --append-eod. Prints the stage output directory.
+
+    Example: neox tokenize work/dedup/<key> --tokenizer work/tokenizer/<key>/tokenizer.json
+    """
+    from neox.data.tokenize import TokenizeConfig, tokenize_shards
+
+    out = tokenize_shards(
+        input_dir, tokenizer, work_root, TokenizeConfig(prefix=prefix), workers=workers, ray_address=ray_address
+    )
+    typer.echo(str(out))
+
+
+@app.command("data")
+def data_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `data:` section.")],
+) -> None:
+    """Run the data stages a pipeline config describes (corpus -> download -> dedup -> tokenizer -> tokenize);
+    finished stages are reused. Prints the tokenized dataset's directory.
+
+    Example: neox data configs/pipeline/local.yaml
+    """
+    from neox.pipeline.commands import prepare_data_from_config
+
+    typer.echo(str(prepare_data_from_config(config)))

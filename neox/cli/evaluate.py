@@ -1,0 +1,123 @@
+"""`neox` commands for evaluation and the registry: eval-data, eval, register, promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neox.cli.app import TrackingOption, WorkRootOption, app
+
+
+@app.command("eval-data")
+def eval_data_command(
+    dataset: Annotated[Path, typer.Argument(help="A tokenize stage output (the dataset the model trained on).")],
+    work_root: WorkRootOption = Path("work"),
+    split: Annotated[str, typer.Option(help="The training run's train/valid/test split weights.")] = "969,30,1",
+    part: Annotated[str, typer.Option(help="Which part of the split to build from: test (default) or valid.")] = "test",
+    max_documents: Annotated[int, typer.Option(help="Documents to take from that part at most.")] = 500,
+    lastword_chars: Annotated[
+        int, typer.Option(help="Characters of each last-word passage before its target word.")
+    ] = 400,
+) -> None:
+    """Build the offline lm-eval task data (held-out perplexity and LAMBADA-style last word) from the documents
+    the training split left out. Prints the output folder for `neox eval --eval-data`.
+
+    Example: neox eval-data work/tokenize/<key> --split 949,50,1
+    """
+    from neox.eval.data import EvalDataConfig, eval_data_stage
+
+    cfg = EvalDataConfig(split=split, part=part, max_documents=max_documents, lastword_chars=lastword_chars)
+    typer.echo(str(eval_data_stage(dataset, work_root, cfg)))
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A neox checkpoint folder, e.g. <run>/final/model.")],
+    eval_data: Annotated[
+        Path | None, typer.Option(help="The eval-data stage output (needed by the offline tasks).")
+    ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated tasks: neox_heldout, neox_lastword, and/or lm-eval task names "
+            "(pythia: the Pythia suite)."
+        ),
+    ] = "neox_heldout,neox_lastword",
+    model: Annotated[
+        str, typer.Option(help="neox (our adapter) or hf (lm-eval's own model on <run>/final/hf).")
+    ] = "neox",
+    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Examples per task (default: whole tasks).")] = None,
+    work_root: WorkRootOption = Path("work"),
+    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the eval run.")] = "neox-pipeline",
+) -> None:
+    """Evaluate a checkpoint with lm-eval; print the metrics table, log them (and lm-eval's results JSON) to a
+    new MLflow run, and write both into the eval stage output, whose folder is printed last.
+
+    Example: neox eval work/train/demo/final/model --eval-data work/eval-data/<key>
+    """
+    from neox.eval.run import EVAL_METRICS_FILE, EvalConfig, eval_stage, log_eval, metrics_table, task_names
+
+    cfg = EvalConfig(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
+    out = eval_stage(checkpoint, eval_data, work_root, cfg)
+    typer.echo(metrics_table(json.loads((out / EVAL_METRICS_FILE).read_text())))
+    typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")
+    typer.echo(str(out))
+
+
+@app.command("register")
+def register_command(
+    eval_output: Annotated[Path, typer.Argument(help="An eval stage output (printed by `neox eval`).")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "neox-tiny",
+    work_root: Annotated[Path | None, typer.Option(help="Where the data stages ran, for the lineage tags.")] = Path(
+        "work"
+    ),
+    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    promote: Annotated[bool, typer.Option(help="Run the promotion gate on the new version.")] = True,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the eval run the version is logged in.")
+    ] = "neox-pipeline",
+    config: Annotated[
+        Path | None, typer.Option(help="Pipeline config whose registry.rule is the promotion rule.")
+    ] = None,
+) -> None:
+    """Register the evaluated checkpoint as a new MLflow model version (lineage in its tags), then run the
+    promotion gate: alias `candidate`, and `champion` if its metrics beat the current champion's.
+
+    Example: neox register work/eval/<key> --name neox-tiny
+    """
+    from neox.registry.mlflow_registry import register
+
+    version = register(eval_output, name, mlflow_tracking_uri, work_root, experiment)
+    typer.echo(f"{name} version {version}")
+    if promote:
+        _promote(name, version, config, mlflow_tracking_uri)
+
+
+@app.command("promote")
+def promote_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version to consider for champion.")],
+    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    config: Annotated[
+        Path | None, typer.Option(help="Pipeline config whose registry.rule is the promotion rule.")
+    ] = None,
+) -> None:
+    """Run the promotion gate on a registered version (idempotent: safe to repeat).
+
+    Example: neox promote neox-tiny 3 --config configs/pipeline/local.yaml
+    """
+    _promote(name, version, config, mlflow_tracking_uri)
+
+
+def _promote(name: str, version: str, config: Path | None, tracking_uri: str) -> None:
+    from neox.pipeline.commands import promote_by_config
+
+    decision = promote_by_config(name, version, tracking_uri, config)
+    verdict = "champion" if decision.promote else "not promoted"
+    typer.echo(f"{name} version {version}: {verdict} ({'; '.join(decision.reasons)})")

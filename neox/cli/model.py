@@ -1,0 +1,124 @@
+"""`neox` commands on models: params, init-model, export-hf, import-hf, generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neox.cli.app import app
+
+DtypeOption = Annotated[str, typer.Option(help="Weight dtype to write: float32, bfloat16 or float16.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists (swapped in only when complete).")]
+
+
+@app.command()
+def params(
+    config: Annotated[
+        list[Path], typer.Argument(help="GPT-NeoX YAML config file(s); later files override earlier ones.")
+    ],
+    vocab_size: Annotated[
+        int, typer.Option(help="Tokenizer vocabulary size before padding (50277 for the 20B tokenizer).")
+    ] = 50277,
+) -> None:
+    """Print the parameter count of the model a GPT-NeoX config describes.
+
+    The vocabulary is padded like GPT-NeoX does (to a multiple of make_vocab_size_divisible_by x
+    model_parallel_size). The model is built on the meta device, so even 20B costs no memory.
+
+    Example: neox params configs/model/pythia-160m.yml --vocab-size 50277
+    """
+    from neox.model.config import load_model_config
+    from neox.model.gpt_neox import count_parameters
+
+    cfg, _ = load_model_config(*config, vocab_size=vocab_size)
+    typer.echo(f"{count_parameters(cfg):,}")
+
+
+@app.command("init-model")
+def init_model(
+    config: Annotated[list[Path], typer.Argument(help="GPT-NeoX YAML config file(s).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+    vocab_size: Annotated[
+        int | None, typer.Option(help="Tokenizer vocabulary size (default: the tokenizer's).")
+    ] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json to store with the model.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = 0,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a freshly initialised (untrained) model checkpoint with GPT-NeoX's init methods.
+
+    Example: neox init-model configs/model/tiny.yml --out runs/tiny-init --tokenizer tokenizer.json
+    """
+    from neox.model.checkpoint import init_checkpoint
+
+    model = init_checkpoint(
+        config, out_dir, vocab_size=vocab_size, tokenizer_file=tokenizer, seed=seed, overwrite=overwrite
+    )
+    typer.echo(f"wrote {out_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+@app.command("export-hf")
+def export_hf(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A neox model checkpoint directory (config.yml + model.safetensors).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Hugging Face GPTNeoXForCausalLM directory to write.")],
+    dtype: DtypeOption = "float32",
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Export a checkpoint as a Hugging Face GPTNeoXForCausalLM directory (config.json, model.safetensors,
+    tokenizer files when the checkpoint has a tokenizer), loadable offline by AutoModelForCausalLM.
+
+    Example: neox export-hf runs/tiny-init hf/tiny --dtype bfloat16
+    """
+    from neox.model import hf
+    from neox.model.checkpoint import parse_dtype
+
+    hf.export_hf(checkpoint, out_dir, dtype=parse_dtype(dtype), overwrite=overwrite)
+    typer.echo(f"wrote {out_dir}")
+
+
+@app.command("import-hf")
+def import_hf(
+    hf_dir: Annotated[
+        Path, typer.Argument(help="A Hugging Face GPTNeoXForCausalLM directory (e.g. a Pythia download).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="neox checkpoint directory to write.")],
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Convert a Hugging Face GPT-NeoX model into a neox checkpoint, bit for bit.
+
+    Example: neox import-hf ~/models/pythia-70m runs/pythia-70m
+    """
+    from neox.model import hf
+
+    hf.import_hf(hf_dir, out_dir, overwrite=overwrite)
+    typer.echo(f"wrote {out_dir}")
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Argument(help="A neox checkpoint or a Hugging Face GPT-NeoX directory.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding; higher is more random.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample only among the k most likely tokens (0: off).")] = 0,
+    top_p: Annotated[
+        float, typer.Option(help="Sample only from the smallest set of tokens with this probability mass (1: off).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json (default: the one stored with the model).")
+    ] = None,
+) -> None:
+    """Continue a prompt with the model, using its KV cache.
+
+    Example: neox generate runs/pythia-70m --prompt "Once upon a time" --max-new-tokens 20 --temperature 0.8 --top-p 0.9
+    """
+    from neox.model.generate import SamplingConfig
+    from neox.model.prompt import continue_prompt
+
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    typer.echo(continue_prompt(model, prompt, sampling, seed=seed, tokenizer_file=tokenizer))

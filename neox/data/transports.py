@@ -1,0 +1,122 @@
+"""How a source's bytes arrive: one function per URL scheme (http/https, s3, file or a local path, hf://datasets)
+that appends the bytes from `offset` on to a part file, calling `progress(n)` per chunk. The download stage
+(`neox.data.download`) resumes, retries and verifies around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
+from neox.errors import ConfigError, MissingInput, ServiceError
+
+CHUNK = 1 << 20
+HTTP_CHUNK = 1 << 16
+
+
+class DownloadError(ServiceError):
+    """A source that could not be fetched intact after every retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    attempts: int = 5
+    backoff_s: float = 1.0  # first wait; doubles each try, with up to 50% random jitter
+    timeout_s: float = 60.0  # per network read
+
+
+def _fetch_http(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    import requests
+
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as response:
+        if response.status_code == 416:  # nothing left: the part is already complete
+            return
+        if response.status_code not in (200, 206):
+            raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
+        if offset and response.status_code == 200:  # server ignored Range: start over
+            part.unlink(missing_ok=True)
+        expected = response.headers.get("Content-Length")
+        received = 0
+        with open(part, "ab") as out:
+            # small reads: when a connection breaks, urllib3 drops the chunk in progress
+            for chunk in response.iter_content(HTTP_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                progress(len(chunk))
+        if expected is not None and received != int(expected):
+            raise ConnectionError(f"{url}: connection closed after {received} of {expected} bytes")
+
+
+def _fetch_s3(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    import boto3
+    from botocore.config import Config
+
+    parsed = urllib.parse.urlparse(url)
+    client = boto3.client("s3", config=Config(read_timeout=retry.timeout_s, retries={"max_attempts": 1}))
+    size = client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
+    if offset >= size:
+        return
+    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={offset}-")["Body"]
+    with open(part, "ab") as out:
+        for chunk in body.iter_chunks(CHUNK):
+            out.write(chunk)
+            progress(len(chunk))
+
+
+def _fetch_file(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
+    if not path.is_file():
+        raise MissingInput(f"source file {path} does not exist")
+    with open(path, "rb") as src, open(part, "ab") as out:
+        src.seek(offset)
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            progress(len(chunk))
+
+
+def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+    """A Hugging Face dataset as one Pile-format shard (needs the hub, or its local cache)."""
+    from neox.data.jsonl import write_shard
+
+    parsed = urllib.parse.urlparse(url)
+    repo = parsed.path.strip("/") if parsed.netloc == "datasets" else None
+    if not repo:
+        raise ConfigError(f"{url}: expected hf://datasets/ORG/NAME[?split=train&config=NAME&text=FIELD]")
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    import datasets
+    from huggingface_hub import constants
+
+    hint = (
+        "Without network access, pre-cache it on a connected machine (HF_DATASETS_CACHE=DIR) and set "
+        "HF_HUB_OFFLINE=1 here, or download its files and give a file:// or local path instead."
+    )
+    from neox.runtime.network import reachable
+
+    if not constants.HF_HUB_OFFLINE and not reachable(constants.ENDPOINT):
+        # fail in seconds rather than after the hub client's own retries
+        raise DownloadError(f"{url}: the Hugging Face hub ({constants.ENDPOINT}) is not reachable. {hint}")
+    try:
+        dataset = datasets.load_dataset(repo, query.get("config"), split=query.get("split", "train"))
+    except Exception as err:  # datasets raises many types for "cannot reach the hub"
+        raise DownloadError(
+            f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}"
+        ) from None
+    field = query.get("text", "text")
+    part.unlink(missing_ok=True)  # a generated shard is rebuilt whole, not resumed
+    tmp = part.with_name(part.name + ".jsonl.zst")
+    write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
+    os.replace(tmp, part)
+    progress(part.stat().st_size)
+
+
+TRANSPORTS = {
+    "http": _fetch_http,
+    "https": _fetch_http,
+    "s3": _fetch_s3,
+    "file": _fetch_file,
+    "": _fetch_file,
+    "hf": _fetch_hf,
+}
