@@ -4,8 +4,9 @@ Every error a user can cause or fix (a bad config, a run folder in the wrong sta
 cannot be reached) is a `NeoxError` whose message names the key, file or URL and what to do; the CLI prints it as
 one line and exits 2. Anything else is a bug and keeps its traceback.
 
-Each kind also derives from the built-in exception callers caught before the root existed (`ValueError`,
-`RuntimeError`, `FileNotFoundError`, ...), so `except ValueError` around a config still works.
+Each kind also derives from a built-in exception, so code written against the built-ins keeps working:
+`ConfigError` and `DataError` are `ValueError`s, `RunStateError` and `ServiceError` are `RuntimeError`s,
+`MissingInput` is a `FileNotFoundError` and `OutputExists` a `FileExistsError`.
 """
 
 from __future__ import annotations

@@ -10,10 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from neox.eval.data import eval_data_stage
-from neox.eval.run import EVAL_METRICS_FILE, eval_configs, eval_stage, log_eval
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, eval_configs, eval_stage, log_eval
 from neox.pipeline.configfile import read_pipeline_config
 from neox.pipeline.layout import WEIGHTS_FILE
-from neox.registry.lineage import CHECKPOINT_TAG
 from neox.registry.mlflow_registry import champion_version
 from neox.train.config import load_train_config
 from neox.train.tracking import absolute_tracking_uri
@@ -51,7 +50,7 @@ def score_champion(config: str, candidate_version: str, tokenized: str) -> dict[
     champion = champion_version(name, tracking)
     if champion is None or str(champion.version) == str(candidate_version):
         return None
-    checkpoint = Path(champion.tags.get(CHECKPOINT_TAG, ""))
+    checkpoint = Path(champion.tags.get(CHECKPOINT_PATH_TAG, ""))
     if not (checkpoint / WEIGHTS_FILE).is_file():
         get_run_logger().warning(
             "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint

@@ -22,7 +22,3 @@ def main() -> None:
     except NeoxError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from neox.cli.app import RayOption, WorkersOption, WorkRootOption, app
+from neox.errors import ConfigError
 
 
 @app.command("sample-corpus")
@@ -50,9 +51,10 @@ def download(
     from neox.data.download import download_sources, sources_for
     from neox.data.transports import Retry
 
-    out = download_sources(
-        sources_for(urls or [], pile_mirror), work_root, workers=workers, retry=Retry(attempts=retries)
-    )
+    sources = sources_for(urls or [], pile_mirror)
+    if not sources:
+        raise ConfigError("give source URLs or --pile-mirror")
+    out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries))
     typer.echo(str(out))
 
 

@@ -192,11 +192,8 @@ def source_set(sources: list[Source]) -> dict:
 
 
 def sources_for(urls: list[str], pile_mirror: str | None = None) -> list[Source]:
-    """The sources a command line names: URLs (see `sources_from_strings`) and the Pile catalog of a mirror."""
-    sources = sources_from_strings(urls) + (pile_catalog(pile_mirror) if pile_mirror else [])
-    if not sources:
-        raise ConfigError("give source URLs or --pile-mirror")
-    return sources
+    """URLs (see `sources_from_strings`) and, with a mirror, the Pile's catalog under it; may be empty."""
+    return sources_from_strings(urls) + (pile_catalog(pile_mirror) if pile_mirror else [])
 
 
 def sources_from_strings(urls: list[str]) -> list[Source]:

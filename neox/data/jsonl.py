@@ -46,7 +46,7 @@ class Rejects:
     def __init__(self, path: Path | None = None):
         self.path = path
         self.counts: dict[str, int] = {}
-        self._file = open(path, "w", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self._file = open(path, "w", encoding="utf-8") if path is not None else None
 
     def add(self, shard: str, line: int, reason: str, raw: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1

@@ -17,26 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from neox.data.dedup import DedupConfig, dedup_shards
-from neox.data.download import Source, download_sources, pile_catalog, sources_from_strings
+from neox.data.download import Source, download_sources, sources_for
 from neox.data.sample import build_sample_corpus
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
 from neox.data.tokenizer import tokenizer_stage
 from neox.errors import ConfigError
+from neox.pipeline.configfile import check_type
 
 KEYS = {"corpus", "sample_shards", "sources", "pile_mirror", "dedup", "tokenizer", "tokenize", "workers", "ray_address"}
 
 
 def data_sources(section: dict[str, Any], work_root: Path) -> list[Source]:
     if section.get("corpus") == "sample":
-        shards = build_sample_corpus(work_root / "mirror", shards=int(section.get("sample_shards", 4)))
+        shards = build_sample_corpus(
+            work_root / "mirror", shards=check_type("data.sample_shards", section.get("sample_shards", 4), "int")
+        )
         return [Source(p.resolve().as_uri()) for p in shards]
     if section.get("corpus") is not None:
         raise ConfigError(
             f"data.corpus must be 'sample' (or use data.sources / data.pile_mirror), got {section['corpus']!r}"
         )
-    sources = sources_from_strings(list(section.get("sources") or []))
-    if section.get("pile_mirror"):
-        sources += pile_catalog(section["pile_mirror"])
+    sources = sources_for(list(section.get("sources") or []), section.get("pile_mirror"))
     if not sources:
         raise ConfigError("the data section names no input: set corpus: sample, sources: [...] or pile_mirror")
     return sources
@@ -64,10 +65,12 @@ def dedup_stage(downloaded: str | Path, section: dict[str, Any], work_root: str 
 
 def tokenizer_from_section(deduped: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
     """Train a BPE on the deduplicated shards, or take the one `tokenizer.from` names."""
-    tok = dict(section.get("tokenizer") or {"vocab_size": 50277})
+    tok = section.get("tokenizer") or {"vocab_size": 50277}
+    if not isinstance(tok, dict):
+        raise ConfigError(f"data.tokenizer is a mapping ({{vocab_size: N}} or {{from: PATH}}), got {tok!r}")
     return tokenizer_stage(
         work_root,
-        int(tok.get("vocab_size", 50277)),
+        check_type("data.tokenizer.vocab_size", tok.get("vocab_size", 50277), "int"),
         input_dir=None if "from" in tok else deduped,
         source=tok.get("from"),
     )

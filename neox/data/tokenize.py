@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,15 @@ from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError
 from neox.pipeline.layout import TOKENIZER_FILE
-from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.pipeline.stage import (
+    find_verified,
+    input_fingerprint,
+    publish_stage,
+    read_manifest,
+    sha256_file,
+    stage_key,
+    stage_output,
+)
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "tokenize"
@@ -162,5 +169,7 @@ def _fast_engine_agrees(tokenizer_json: str, shard: Path, sample_docs: int = 200
 
 def data_prefix(output: str | Path) -> Path:
     """The `.bin/.idx` prefix inside a tokenize stage output."""
-    manifest = json.loads((Path(output) / "manifest.json").read_text())
+    manifest = read_manifest(output)
+    if manifest.get("stage") != STAGE:
+        raise DataError(f"{output} is a {manifest.get('stage')} stage output, not a tokenized dataset (neox tokenize)")
     return Path(output) / manifest["stats"]["data_prefix"]

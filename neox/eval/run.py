@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from neox.errors import ConfigError, ServiceError
-from neox.pipeline.layout import WEIGHTS_FILE, hf_export_of, run_of
+from neox.errors import ConfigError, MissingInput, ServiceError
+from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of, run_of
 from neox.pipeline.stage import (
     find_verified,
     input_fingerprint,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 STAGE = "eval"
 CODE_VERSION = "1"
 RESULTS_FILE = "results.json"
+CHECKPOINT_PATH_TAG = "neox.checkpoint"  # the evaluated checkpoint folder, on the eval run and its model version
 EVAL_METRICS_FILE = "metrics.json"  # the flat {task/metric: value} scores (not training's metrics.jsonl)
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 OFFLINE_TASKS = ("neox_heldout", "neox_lastword")
@@ -138,7 +139,7 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
         from lm_eval.models.huggingface import HFLM
 
         hf_dir = hf_export_of(checkpoint)
-        if not (hf_dir / "config.json").exists():
+        if not (hf_dir / HF_CONFIG_FILE).exists():
             raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
         model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
     results = lm_eval.simple_evaluate(
@@ -194,6 +195,8 @@ def eval_stage(
 ) -> Path:
     """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
     checkpoint = Path(checkpoint)
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise MissingInput(f"{checkpoint} is not a neox checkpoint: {WEIGHTS_FILE} is missing")
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
     del config["ray_address"]  # where it runs does not change what it computes
     inputs = {"checkpoint": sha256_file(checkpoint / WEIGHTS_FILE)}
@@ -234,7 +237,7 @@ def log_eval(
         tags={
             "neox.stage": "eval",
             "neox.eval_key": manifest["key"],
-            "neox.checkpoint": str(checkpoint),
+            CHECKPOINT_PATH_TAG: str(checkpoint),
             **(tags or {}),
         },
     )

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from neox.errors import ConfigError, MissingInput
+from neox.errors import ConfigError, DataError, MissingInput
 from neox.model.config import ModelConfig, load_model_config
 from neox.model.gpt_neox import GPTNeoX, init_weights
 from neox.pipeline.atomic import atomic_directory
@@ -30,6 +30,8 @@ def save_model(
     model: GPTNeoX, out_dir: str | Path, tokenizer_file: str | Path | None = None, overwrite: bool = False
 ) -> Path:
     """Write model (config + weights, and the tokenizer file if given) to out_dir, atomically."""
+    if tokenizer_file is not None and not Path(tokenizer_file).is_file():
+        raise MissingInput(f"tokenizer file {tokenizer_file} does not exist")
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.cfg.to_neox(), sort_keys=False))
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
@@ -58,7 +60,10 @@ def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device:
     state = load_file(weights, device=str(device))
     if dtype is not None:
         state = {name: tensor.to(dtype) for name, tensor in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:  # torch's message lists the missing, unexpected and mis-shaped tensors
+        raise DataError(f"{weights} does not hold the model {CONFIG_FILE} describes: {err}") from None
     return model.eval()
 
 
@@ -79,10 +84,20 @@ def init_checkpoint(
     if vocab_size is None:
         if tokenizer_file is None:
             raise ConfigError("give --vocab-size or --tokenizer (its size sets the vocabulary)")
-        from tokenizers import Tokenizer
-
-        vocab_size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+        vocab_size = read_tokenizer(tokenizer_file).get_vocab_size()
     cfg, _ = load_model_config(*model_configs, vocab_size=vocab_size)
     model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
     save_model(model, out_dir, tokenizer_file=tokenizer_file, overwrite=overwrite)
     return model
+
+
+def read_tokenizer(path: str | Path):
+    """A `tokenizers` tokenizer from its JSON file, with the file named in the error when it is not one."""
+    from tokenizers import Tokenizer
+
+    if not Path(path).is_file():
+        raise MissingInput(f"tokenizer file {path} does not exist")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for any unreadable file
+        raise DataError(f"{path} is not a Hugging Face tokenizers JSON file: {err}") from None

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from neox.errors import ConfigError
+from neox.errors import ConfigError, DataError
 from neox.model.checkpoint import load_model, save_model
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX
 from neox.pipeline.atomic import atomic_directory
-from neox.pipeline.layout import TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.layout import HF_CONFIG_FILE, HF_TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 HF_PREFIX = "gpt_neox."
 OUTPUT_LAYER = "embed_out.weight"
@@ -141,7 +141,7 @@ def export_hf(
     bos, eos = _special_token_ids(tokenizer_file)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         config = hf_config(model.cfg, dtype, eos_token_id=eos, bos_token_id=bos)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {name: t.detach().to(dtype).contiguous() for name, t in model.state_dict().items()}
         save_file(to_hf_state_dict(state), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_file is not None:
@@ -152,7 +152,7 @@ def export_hf(
                 "model_max_length": model.cfg.max_position_embeddings,
                 **special,
             }
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+            (tmp / HF_TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return Path(out_dir)
 
 
@@ -160,10 +160,13 @@ def load_hf_model(hf_dir: str | Path) -> GPTNeoX:
     """Our model holding the weights of a GPTNeoXForCausalLM directory (single or sharded safetensors),
     with their dtype and bits as they are."""
     hf_dir = Path(hf_dir)
-    config_path = hf_dir / "config.json"
+    config_path = hf_dir / HF_CONFIG_FILE
     if not config_path.exists():
         raise ConfigError(f"{hf_dir} is not a Hugging Face model directory: config.json is missing")
-    cfg = model_config_from_hf(json.loads(config_path.read_text()))
+    try:
+        cfg = model_config_from_hf(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{config_path} is not a readable GPT-NeoX config ({type(err).__name__}: {err})") from None
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{hf_dir} has no .safetensors weights (convert .bin checkpoints with transformers first)")

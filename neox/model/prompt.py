@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from neox.errors import ConfigError
-from neox.model.checkpoint import load_model
+from neox.model.checkpoint import load_model, read_tokenizer
 from neox.model.generate import SamplingConfig, generate
 from neox.model.gpt_neox import GPTNeoX
 from neox.model.hf import EOS_TOKEN, load_hf_model
-from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE
+from neox.pipeline.layout import CONFIG_FILE, HF_CONFIG_FILE, TOKENIZER_FILE
 
 
 def load_model_folder(folder: str | Path) -> GPTNeoX:
@@ -21,7 +21,7 @@ def load_model_folder(folder: str | Path) -> GPTNeoX:
     folder = Path(folder)
     if (folder / CONFIG_FILE).exists():
         return load_model(folder)
-    if (folder / "config.json").exists():
+    if (folder / HF_CONFIG_FILE).exists():
         return load_hf_model(folder)
     raise ConfigError(f"{folder} is neither a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face model (config.json)")
 
@@ -31,13 +31,11 @@ def continue_prompt(
 ) -> str:
     """The prompt followed by the model's continuation (greedy at temperature 0, else sampled with `seed`);
     generation stops at <|endoftext|>. The tokenizer is the one stored with the model unless one is given."""
-    from tokenizers import Tokenizer
-
     model = load_model_folder(folder)
     tokenizer_file = Path(tokenizer_file or Path(folder) / TOKENIZER_FILE)
     if not tokenizer_file.exists():
         raise ConfigError(f"no tokenizer: {tokenizer_file} does not exist (pass --tokenizer)")
-    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok = read_tokenizer(tokenizer_file)
     ids = tok.encode(prompt).ids
     if not ids:
         raise ConfigError("the prompt encodes to no tokens")

@@ -16,6 +16,11 @@ from pathlib import Path
 
 from neox.errors import OutputExists
 
+# mkstemp creates files readable by their owner only; a published file gets the mode any new file would (the
+# umask is read once, at import, because reading it means setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_directory(
@@ -75,6 +80,7 @@ def atomic_write_text(path: str | Path, text: str, check: Callable[[Path], None]
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)

@@ -9,6 +9,7 @@ from typing import Any
 
 from neox.errors import ConfigError
 from neox.pipeline.configfile import read_pipeline_config
+from neox.registry.rule import Decision, promotion_rule
 
 
 def prepare_data_from_config(path: str | Path) -> Path:
@@ -37,10 +38,9 @@ def train_from_config(
     return train(cfg, resume=resume, allow_new_data=allow_new_data)
 
 
-def promote_by_config(name: str, version: str, tracking_uri: str, path: str | Path | None = None):
+def promote_by_config(name: str, version: str, tracking_uri: str, path: str | Path | None = None) -> Decision:
     """Run the promotion gate on a version with the config's `registry.rule` (the default rule without one)."""
     from neox.registry.mlflow_registry import promote
-    from neox.registry.rule import promotion_rule
 
     section = (read_pipeline_config(path).get("registry") or {}) if path else {}
     return promote(name, version, promotion_rule(section.get("rule")), tracking_uri)

@@ -36,9 +36,11 @@ def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.
     """A YAML file that must hold a mapping, with the file named in every error."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - SafeLoader or a subclass
+        data = yaml.load(path.read_text(), Loader=loader)  # SafeLoader or a subclass: no Python objects
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, a binary file, no permission
+        raise ConfigError(f"{path} cannot be read as a {kind} file: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid {kind}: {err}") from None
     if not isinstance(data, dict):

@@ -11,7 +11,8 @@ It imports nothing heavy (no torch), so the registry, retraining and the summary
             checkpoint/                    the DeepSpeed checkpoint (DeepSpeed's "tag" folder)
             rng_rank<R>.pt                 rank R's torch and numpy RNG state
         final/model/                       the final weights as a model checkpoint (below)
-        final/hf/                          the same weights as a Hugging Face GPTNeoXForCausalLM folder
+        final/hf/                          the same weights as a Hugging Face GPTNeoXForCausalLM folder:
+            config.json, model.safetensors, tokenizer.json, tokenizer_config.json
 
     a model checkpoint (final/model, `neox init-model`, `neox import-hf`)
         config.yml                         the model's GPT-NeoX keys
@@ -39,6 +40,8 @@ DEEPSPEED_TAG = "checkpoint"
 FINAL_DIR = "final"
 MODEL_DIR = "model"
 HF_DIR = "hf"
+HF_CONFIG_FILE = "config.json"  # in final/hf: transformers' config (the weights are model.safetensors there too)
+HF_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 FINAL_MODEL = (FINAL_DIR, MODEL_DIR)  # as path parts, for run folders on object storage too
 FINAL_HF = (FINAL_DIR, HF_DIR)
 

@@ -21,10 +21,10 @@ from typing import Any, Literal
 from neox.data.download import EmptyFolder
 from neox.data.prepare import data_sources, upstream_outputs
 from neox.errors import ConfigError, RunStateError
+from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.configfile import check_type
 from neox.pipeline.layout import DATA_FILE, TOKENIZER_FILE, WEIGHTS_FILE, run_of
 from neox.pipeline.stage import read_manifest
-from neox.registry.lineage import CHECKPOINT_TAG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Champion:
 
 def champion_lineage(version, work_root: str | Path) -> Champion:
     """What a registered champion version was trained from, read through its lineage tags and stage manifests."""
-    checkpoint = Path(version.tags.get(CHECKPOINT_TAG, ""))
+    checkpoint = Path(version.tags.get(CHECKPOINT_PATH_TAG, ""))
     run = run_of(checkpoint)
     run_data = None if run is None else run / DATA_FILE
     if not (checkpoint / WEIGHTS_FILE).is_file() or run_data is None or not run_data.is_file():

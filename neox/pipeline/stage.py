@@ -1,4 +1,4 @@
-"""The stage contract (DESIGN.md): a stage's output lives at `<work_root>/<stage>/<key>/`, where `key` hashes
+"""The stage contract (docs/architecture.md): a stage's output lives at `<work_root>/<stage>/<key>/`, where `key` hashes
 the stage's config section, its inputs' keys and its code version. It is written into a temporary sibling and
 renamed into place ending with `manifest.json` (files with sha256 and sizes, counts, stats, inputs, timings).
 A stage whose manifest exists and verifies is skipped."""
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neox.errors import DataError
+from neox.errors import DataError, MissingInput
 from neox.pipeline.atomic import atomic_directory
 
 MANIFEST = "manifest.json"
@@ -128,6 +128,8 @@ def input_fingerprint(path: str | Path) -> str:
     """What an input contributes to a stage key: a stage output's key (after verifying it), or for a plain
     directory of files the sha256 over their names and contents."""
     path = Path(path)
+    if not path.exists():
+        raise MissingInput(f"{path} does not exist")
     if (path / MANIFEST).exists():
         return verify_output(path)["key"]
     if path.is_file():

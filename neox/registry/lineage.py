@@ -7,10 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
+from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, MLFLOW_RUN_FILE, TOKENIZER_FILE, newest_checkpoint, run_of
 from neox.pipeline.stage import MANIFEST, sha256_file
-
-CHECKPOINT_TAG = "neox.checkpoint"  # the version's checkpoint folder: what retraining and re-scoring load
 
 
 def git_commit() -> str:
@@ -33,7 +32,7 @@ def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, st
     tags = {
         "neox.model_config_sha256": sha256_file(checkpoint / CONFIG_FILE),
         "neox.git_commit": git_commit(),
-        CHECKPOINT_TAG: str(checkpoint.resolve()),
+        CHECKPOINT_PATH_TAG: str(checkpoint.resolve()),
     }
     run = run_of(checkpoint)
     if run is None:

@@ -11,7 +11,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from neox.pipeline.layout import hf_export_of
+from neox.errors import RunStateError
+from neox.pipeline.layout import WEIGHTS_FILE, hf_export_of
 from neox.pipeline.stage import read_manifest
 from neox.registry.lineage import lineage_tags
 from neox.registry.pyfunc import TextGenerator
@@ -35,6 +36,8 @@ def register(
     from neox.eval.run import log_eval
 
     checkpoint = Path(read_manifest(eval_output)["stats"]["checkpoint"])
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise RunStateError(f"the checkpoint {eval_output} evaluated, {checkpoint}, is gone: nothing to register")
     run_id = log_eval(eval_output, tracking_uri, experiment)
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = [v for v in _versions(client, name) if v.run_id == run_id]

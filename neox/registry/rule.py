@@ -70,7 +70,8 @@ def _guard(entry: Any) -> Guard:
         raise ConfigError(
             f"registry.rule.guards entries need metric, direction and optionally tolerance, got {entry!r}"
         )
-    return Guard(str(entry["metric"]), entry["direction"], float(entry.get("tolerance", 0.0)))
+    tolerance = check_type("registry.rule.guards.tolerance", entry.get("tolerance", 0.0), "float")
+    return Guard(str(entry["metric"]), entry["direction"], tolerance)
 
 
 def _gain(direction: Direction, new: float, old: float) -> float:

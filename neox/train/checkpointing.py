@@ -1,7 +1,7 @@
 """A training run's checkpoints: every rank saves its part and Ray Train merges them; a restore loads the newest
-one after vetting it against the config; the driver reads a checkpoint's neox state without torch to refuse a
-resume before anything starts; and the final weights are exported as a model checkpoint and a Hugging Face folder.
-File names come from `neox.pipeline.layout`."""
+one after vetting it against the config; rank 0 also writes the checkpoint's neox state as JSON, which the driver
+reads to refuse a resume before any worker starts; and the final weights are exported as a model checkpoint and
+a Hugging Face folder. File names come from `neox.pipeline.layout`."""
 
 from __future__ import annotations
 

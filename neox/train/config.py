@@ -115,11 +115,11 @@ def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     params = (neox.get("optimizer") or {}).get("params") or {}
     if "lr" in params:
-        out["lr"] = float(params["lr"])
+        out["lr"] = check_type("optimizer.params.lr", params["lr"], "float")
     if "betas" in params:
-        out["betas"] = tuple(float(b) for b in params["betas"])
+        out["betas"] = tuple(check_type("optimizer.params.betas", b, "float") for b in params["betas"])
     if "eps" in params:
-        out["eps"] = float(params["eps"])
+        out["eps"] = check_type("optimizer.params.eps", params["eps"], "float")
     direct = {
         "min_lr": "min_lr",
         "weight_decay": "weight_decay",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from neox.data.dataset import build_split_datasets
-from neox.errors import NeoxError
+from neox.errors import RunStateError
 from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
@@ -26,7 +26,7 @@ from neox.train.tracking import Tracker
 FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure
 
 
-class InjectedFault(NeoxError):
+class InjectedFault(RunStateError):
     """The failure NEOX_FAIL_AFTER_CHECKPOINT asks for, so tests can stop a run at a known point."""
 
 

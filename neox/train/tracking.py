@@ -74,7 +74,7 @@ class Tracker:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         earlier = (self.storage.read_text(TRAIN_METRICS_FILE) or "").splitlines()
         self.metrics_path.write_text("".join(line + "\n" for line in earlier if logged_step(line) <= start_step))
-        self.metrics_file = open(self.metrics_path, "a")  # noqa: SIM115
+        self.metrics_file = open(self.metrics_path, "a")
         self.window: list[tuple[float, float]] = []
         self.flops = flops_per_step(mcfg, cfg.global_batch_size, cfg.seq_length, cfg.activation_checkpointing)
         self.peak = gpu_peak_tflops() if cfg.use_gpu else None

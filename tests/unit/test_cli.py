@@ -53,6 +53,10 @@ def test_init_export_import_generate(tmp_path, tokenizer_file):
         (["export-hf", "not-a-checkpoint", "out"], "config.yml is missing"),
         (["init-model", "configs/model/tiny.yml", "--out", "x"], "give --vocab-size or --tokenizer"),
         (["generate", "configs", "--prompt", "hi"], "neither a neox checkpoint (config.yml) nor a Hugging Face model"),
+        (["eval", "configs", "--eval-data", "configs"], "is not a neox checkpoint: model.safetensors is missing"),
+        (["eval-data", "configs"], "configs has no manifest.json: not a completed stage output"),
+        (["eval-data", "missing"], "missing does not exist"),
+        (["check", "configs"], "configs cannot be read as a pipeline YAML file"),
     ],
 )
 def test_errors_are_one_clear_line(args, message):
