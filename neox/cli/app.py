@@ -16,7 +16,8 @@ app = typer.Typer(
 )
 
 WorkRootOption = Annotated[
-    Path, typer.Option(help="Root of the content-addressed stage outputs (<work-root>/<stage>/<key>/).")
+    Path,
+    typer.Option(file_okay=False, help="Root of the content-addressed stage outputs (<work-root>/<stage>/<key>/)."),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="Shards processed at once (default: every CPU Ray has).")]
 RayOption = Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from neox.cli.app import TrackingOption, WorkRootOption, app
+
+if TYPE_CHECKING:
+    from neox.registry.rule import PromotionRule
 
 
 @app.command("eval-data")
@@ -91,12 +94,14 @@ def register_command(
 
     Example: neox register work/eval/<key> --name neox-tiny
     """
+    from neox.pipeline.commands import promotion_rule_from_config
     from neox.registry.mlflow_registry import register
 
+    rule = promotion_rule_from_config(config)  # a bad rule is reported before anything is registered
     version = register(eval_output, name, mlflow_tracking_uri, work_root, experiment)
     typer.echo(f"{name} version {version}")
     if promote:
-        _promote(name, version, config, mlflow_tracking_uri)
+        _promote(name, version, rule, mlflow_tracking_uri)
 
 
 @app.command("promote")
@@ -112,12 +117,14 @@ def promote_command(
 
     Example: neox promote neox-tiny 3 --config configs/pipeline/local.yaml
     """
-    _promote(name, version, config, mlflow_tracking_uri)
+    from neox.pipeline.commands import promotion_rule_from_config
+
+    _promote(name, version, promotion_rule_from_config(config), mlflow_tracking_uri)
 
 
-def _promote(name: str, version: str, config: Path | None, tracking_uri: str) -> None:
-    from neox.pipeline.commands import promote_by_config
+def _promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) -> None:
+    from neox.registry.mlflow_registry import promote
 
-    decision = promote_by_config(name, version, tracking_uri, config)
+    decision = promote(name, version, rule, tracking_uri)
     verdict = "champion" if decision.promote else "not promoted"
     typer.echo(f"{name} version {version}: {verdict} ({'; '.join(decision.reasons)})")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from neox.data.jsonl import write_shard
 from neox.errors import ConfigError
+from neox.pipeline.atomic import make_folder
 
 
 def stdlib_documents() -> Iterator[dict[str, Any]]:
@@ -42,8 +43,7 @@ def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> 
     `seed` so every shard (and every split cut from the end) mixes both sources."""
     if shards < 1:
         raise ConfigError(f"shards must be at least 1, got {shards}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     documents = list(stdlib_documents()) + list(pydoc_documents())
     random.Random(seed).shuffle(documents)
     paths = []

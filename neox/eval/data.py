@@ -29,6 +29,8 @@ HELDOUT_FILE = "heldout.jsonl"
 LASTWORD_FILE = "lastword.jsonl"
 WORD = re.compile(r"\b[A-Za-z]{3,}\b")
 
+HELDOUT_PARTS = ("test", "valid")  # never "train": evaluation data must be what training did not read
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalDataConfig:
@@ -38,8 +40,8 @@ class EvalDataConfig:
     lastword_chars: int = 400  # passage length before the target word: keep it within the model's context
 
     def __post_init__(self) -> None:
-        if self.part not in SPLITS:
-            raise ConfigError(f"eval_data.part must be one of {', '.join(SPLITS)}, got {self.part!r}")
+        if self.part not in HELDOUT_PARTS:
+            raise ConfigError(f"eval_data.part must be one of {', '.join(HELDOUT_PARTS)}, got {self.part!r}")
         if self.max_documents < 1 or self.lastword_chars < 20:
             raise ConfigError("eval_data.max_documents must be >= 1 and eval_data.lastword_chars >= 20")
 

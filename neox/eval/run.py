@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from neox.errors import ConfigError, MissingInput, ServiceError
+from neox.errors import ConfigError, DataError, MissingInput, ServiceError
 from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of, run_of
 from neox.pipeline.stage import (
     find_verified,
@@ -71,6 +72,10 @@ class EvalConfig:
             raise ConfigError(f"eval.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"eval.device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit must be >= 1 (or unset for whole tasks), got {self.limit}")
 
 
 def offline_task_config(name: str, eval_data: Path) -> dict[str, Any]:
@@ -152,8 +157,11 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
 
 def evaluated_here(checkpoint: str, eval_data: str | None, cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """lm-eval's results as plain JSON data (so they travel back from a Ray worker), and where they were computed."""
+    import torch
     from lm_eval.utils import handle_non_serializable
 
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():  # checked where lm-eval runs (a Ray task)
+        raise ConfigError(f"eval.device is {cfg.device}, but {socket.gethostname()} has no CUDA GPU")
     results = json.loads(json.dumps(run_lm_eval(checkpoint, eval_data, cfg), default=handle_non_serializable))
     return results, {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -201,6 +209,10 @@ def eval_stage(
     del config["ray_address"]  # where it runs does not change what it computes
     inputs = {"checkpoint": sha256_file(checkpoint / WEIGHTS_FILE)}
     if eval_data is not None:
+        from neox.eval.data import STAGE as EVAL_DATA_STAGE
+
+        if read_manifest(eval_data).get("stage") != EVAL_DATA_STAGE:
+            raise DataError(f"{eval_data} is not an eval-data stage output (neox eval-data)")
         inputs["eval_data"] = input_fingerprint(eval_data)
     key = stage_key(STAGE, CODE_VERSION, config, inputs)
     if find_verified(work_root, STAGE, key) is None:

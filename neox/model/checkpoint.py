@@ -81,10 +81,13 @@ def init_checkpoint(
     overwrite: bool = False,
 ) -> GPTNeoX:
     """Write an untrained model with GPT-NeoX's init methods; the vocabulary is `vocab_size` or the tokenizer's."""
+    if vocab_size is None and tokenizer_file is None:
+        raise ConfigError("give --vocab-size or --tokenizer (its size sets the vocabulary)")
+    tokens = None if tokenizer_file is None else read_tokenizer(tokenizer_file).get_vocab_size()
     if vocab_size is None:
-        if tokenizer_file is None:
-            raise ConfigError("give --vocab-size or --tokenizer (its size sets the vocabulary)")
-        vocab_size = read_tokenizer(tokenizer_file).get_vocab_size()
+        vocab_size = tokens
+    elif tokens is not None and vocab_size < tokens:  # ids past the embedding would crash generation later
+        raise ConfigError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokens} tokens")
     cfg, _ = load_model_config(*model_configs, vocab_size=vocab_size)
     model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
     save_model(model, out_dir, tokenizer_file=tokenizer_file, overwrite=overwrite)

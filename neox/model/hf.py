@@ -135,6 +135,7 @@ def export_hf(
     """Write a GPTNeoXForCausalLM directory (config.json, model.safetensors, tokenizer files when the
     checkpoint has a tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained` loads offline."""
     checkpoint = Path(checkpoint)
+    refuse_same_folder(checkpoint, out_dir)
     model = load_model(checkpoint)
     tokenizer_file = checkpoint / TOKENIZER_FILE
     tokenizer_file = tokenizer_file if tokenizer_file.exists() else None
@@ -186,6 +187,13 @@ def load_hf_model(hf_dir: str | Path) -> GPTNeoX:
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Convert a GPTNeoXForCausalLM directory into our checkpoint format, bit for bit."""
+    refuse_same_folder(hf_dir, out_dir)
     model = load_hf_model(hf_dir)
     tokenizer = Path(hf_dir) / TOKENIZER_FILE
     return save_model(model, out_dir, tokenizer_file=tokenizer if tokenizer.exists() else None, overwrite=overwrite)
+
+
+def refuse_same_folder(source: str | Path, out_dir: str | Path) -> None:
+    """A conversion writing over its own input would replace the model it reads (with --overwrite, silently)."""
+    if Path(source).resolve() == Path(out_dir).resolve():
+        raise ConfigError(f"the output folder {out_dir} is the model being converted: give another output folder")

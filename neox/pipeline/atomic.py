@@ -14,12 +14,22 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from neox.errors import OutputExists
+from neox.errors import ConfigError, OutputExists
 
 # mkstemp creates files readable by their owner only; a published file gets the mode any new file would (the
 # umask is read once, at import, because reading it means setting it)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def make_folder(path: str | Path) -> Path:
+    """`mkdir -p`, with an error naming the path when a part of it is an existing file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"cannot create the folder {path}: {path} or a folder above it is a file") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -36,7 +46,7 @@ def atomic_directory(
     final = Path(final)
     if final.exists() and not overwrite:
         raise OutputExists(f"{final} already exists (pass overwrite to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(final.parent)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -75,7 +85,9 @@ def atomic_write_text(path: str | Path, text: str, check: Callable[[Path], None]
     """Write `text` to a unique temporary sibling of `path` and rename it into place. `check(temporary)` runs
     before the rename: when it raises, `path` stays as it was (a config that fails validation is not written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give a file name to write")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

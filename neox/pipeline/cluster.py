@@ -45,6 +45,8 @@ def read_outputs(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: no such file (write it with `terraform output -json > {path}` in infra/terraform/aws)"
         ) from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, a binary file, no permission
+        raise ConfigError(f"{path} cannot be read as `terraform output -json`: {err}") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not JSON ({err}); write it with `terraform output -json > {path}`") from None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) and "value" in v for v in raw.values()):

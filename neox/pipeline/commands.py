@@ -1,5 +1,5 @@
-"""What the `neox data`, `neox train` and `neox promote` commands run from a pipeline config file: the stage
-functions with the config's sections, so the CLI itself only handles arguments."""
+"""What the `neox data`, `neox train`, `neox register` and `neox promote` commands take from a pipeline config
+file: the stage functions with the config's sections, and the promotion rule, so the CLI only handles arguments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from neox.errors import ConfigError
 from neox.pipeline.configfile import read_pipeline_config
-from neox.registry.rule import Decision, promotion_rule
+from neox.registry.rule import PromotionRule, promotion_rule
 
 
 def prepare_data_from_config(path: str | Path) -> Path:
@@ -38,9 +38,9 @@ def train_from_config(
     return train(cfg, resume=resume, allow_new_data=allow_new_data)
 
 
-def promote_by_config(name: str, version: str, tracking_uri: str, path: str | Path | None = None) -> Decision:
-    """Run the promotion gate on a version with the config's `registry.rule` (the default rule without one)."""
-    from neox.registry.mlflow_registry import promote
-
+def promotion_rule_from_config(path: str | Path | None = None) -> PromotionRule:
+    """The config's `registry.rule` (the default rule without a config)."""
     section = (read_pipeline_config(path).get("registry") or {}) if path else {}
-    return promote(name, version, promotion_rule(section.get("rule")), tracking_uri)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: the registry section takes name and rule, got {section!r}")
+    return promotion_rule(section.get("rule"))

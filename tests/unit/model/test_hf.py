@@ -125,3 +125,14 @@ def test_import_rejects_what_is_not_gpt_neox(tmp_path):
     with pytest.raises(ConfigError, match="config.json is missing"):
         import_hf(tmp_path / "nowhere", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_conversion_never_writes_over_its_own_input(tmp_path):
+    save_model(tiny_model(), tmp_path / "ckpt")
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    before = {p.name: p.read_bytes() for folder in ("ckpt", "hf") for p in (tmp_path / folder).iterdir()}
+    with pytest.raises(ConfigError, match="is the model being converted"):
+        export_hf(tmp_path / "ckpt", tmp_path / "ckpt", overwrite=True)
+    with pytest.raises(ConfigError, match="is the model being converted"):
+        import_hf(tmp_path / "hf", tmp_path / "hf", overwrite=True)
+    assert before == {p.name: p.read_bytes() for folder in ("ckpt", "hf") for p in (tmp_path / folder).iterdir()}
