@@ -58,11 +58,12 @@ def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:
     return {"context": text[: last.start()].rstrip(), "target": last.group()}
 
 
-def document_range(tokenized: str | Path, cfg: EvalDataConfig) -> tuple[int, int]:
+def document_range(tokenized: str | Path, split: str, part: str) -> tuple[int, int]:
+    """The [start, end) document indices of one part of the split (the ranges GPT2Dataset reads)."""
     indexed = IndexedDataset(data_prefix(tokenized))
-    bounds = split_boundaries(cfg.split, len(indexed))
-    part = SPLITS.index(cfg.part)
-    return bounds[part], bounds[part + 1]
+    bounds = split_boundaries(split, len(indexed))
+    index = SPLITS.index(part)
+    return bounds[index], bounds[index + 1]
 
 
 def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataConfig = EvalDataConfig()) -> Path:
@@ -71,7 +72,7 @@ def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataC
     inputs = {"tokenized": input_fingerprint(tokenized)}
     key = stage_key(STAGE, CODE_VERSION, config, inputs)
     if find_verified(work_root, STAGE, key) is None:
-        start, end = document_range(tokenized, cfg)
+        start, end = document_range(tokenized, cfg.split, cfg.part)
         if end <= start:
             raise ConfigError(f"split {cfg.split!r} leaves no {cfg.part} documents: give the {cfg.part} part a weight")
         tok = load_tokenizer(Path(tokenized) / TOKENIZER_FILE)
@@ -96,6 +97,6 @@ def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataC
                 documents=documents,
                 passages=passages,
                 document_range=[start, end],
-                train_range=list(document_range(tokenized, dataclasses.replace(cfg, part="train"))),
+                train_range=list(document_range(tokenized, cfg.split, "train")),
             )
     return stage_output(work_root, STAGE, key)
