@@ -18,14 +18,13 @@ from flows.evaluate import evaluate_and_promote
 from flows.train import train
 from neox.pipeline.check import check_pipeline_config
 from neox.pipeline.layout import final_model
-from neox.pipeline.retrain import retrain_config, retrain_overrides
-from neox.train.config import load_train_config
+from neox.pipeline.retrain import RetrainConfig, retrain_overrides
 from tasks.retrain import plan_retrain
 
 
 @flow(name="retrain")
 def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
-    raw = check_pipeline_config(config)
+    cfg = check_pipeline_config(config)
     timings = {}
     started = time.perf_counter()
     data, champion = plan_retrain(config)
@@ -37,9 +36,7 @@ def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     tokenized = data_prep(config, data)
     timings["data_prep"] = time.perf_counter() - started
     started = time.perf_counter()
-    overrides = retrain_overrides(
-        load_train_config(config).name, retrain_config(raw.get("retrain")), tokenized, champion
-    )
+    overrides = retrain_overrides(cfg.train.name, cfg.retrain or RetrainConfig(), tokenized, champion)
     run = train(config, tokenized, overrides)
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -8,15 +8,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from neox.data.prepare import check_section, download_stage
+from neox.data.prepare import data_config, download_stage
 from tasks.report import report_stage
 
 
 # retried: a download resumes from its partial file, so a retry after a dropped connection loses nothing
 @task(name="download", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def download(data: dict[str, Any], work_root: str) -> str:
-    check_section(data)
     started = time.time()
-    out = download_stage(data, work_root)
+    out = download_stage(data_config(data), work_root)
     report_stage("download", out, started)
     return str(out)

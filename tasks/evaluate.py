@@ -9,8 +9,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from neox.eval.config import eval_configs
 from neox.eval.data import eval_data_stage
-from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, eval_configs, eval_stage, log_eval
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, eval_stage, log_eval
 from neox.pipeline.configfile import read_pipeline_config
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.registry.mlflow_registry import champion_version

@@ -76,8 +76,9 @@ def dedup(
     Example: neox dedup work/download/<key> --work-root work
     """
     from neox.data.dedup import DedupConfig, dedup_shards
+    from neox.pipeline.configfile import parse
 
-    cfg = DedupConfig(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold)
+    cfg = parse(DedupConfig, dict(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold))
     typer.echo(str(dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address)))
 
 
@@ -115,9 +116,15 @@ def tokenize(
     Example: neox tokenize work/dedup/<key> --tokenizer work/tokenizer/<key>/tokenizer.json
     """
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
+    from neox.pipeline.configfile import parse
 
     out = tokenize_shards(
-        input_dir, tokenizer, work_root, TokenizeConfig(prefix=prefix), workers=workers, ray_address=ray_address
+        input_dir,
+        tokenizer,
+        work_root,
+        parse(TokenizeConfig, {"prefix": prefix}),
+        workers=workers,
+        ray_address=ray_address,
     )
     typer.echo(str(out))
 

@@ -30,9 +30,13 @@ def eval_data_command(
 
     Example: neox eval-data work/tokenize/<key> --split 949,50,1
     """
-    from neox.eval.data import EvalDataConfig, eval_data_stage
+    from neox.eval.config import EvalDataConfig
+    from neox.eval.data import eval_data_stage
+    from neox.pipeline.configfile import parse
 
-    cfg = EvalDataConfig(split=split, part=part, max_documents=max_documents, lastword_chars=lastword_chars)
+    cfg = parse(
+        EvalDataConfig, dict(split=split, part=part, max_documents=max_documents, lastword_chars=lastword_chars)
+    )
     typer.echo(str(eval_data_stage(dataset, work_root, cfg)))
 
 
@@ -64,9 +68,12 @@ def eval_command(
 
     Example: neox eval work/train/demo/final/model --eval-data work/eval-data/<key>
     """
-    from neox.eval.run import EVAL_METRICS_FILE, EvalConfig, eval_stage, log_eval, metrics_table, task_names
+    from neox.eval.config import EvalConfig
+    from neox.eval.run import EVAL_METRICS_FILE, eval_stage, log_eval, metrics_table, task_names
+    from neox.pipeline.configfile import parse
 
-    cfg = EvalConfig(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
+    options = dict(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
+    cfg = parse(EvalConfig, options)
     out = eval_stage(checkpoint, eval_data, work_root, cfg)
     typer.echo(metrics_table(json.loads((out / EVAL_METRICS_FILE).read_text())))
     typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")

@@ -18,14 +18,16 @@ import hashlib
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import ray
+from pydantic import Field, Strict
 from rensa import RMinHash
 
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
-from neox.errors import ConfigError, DataError
+from neox.errors import DataError
+from neox.pipeline.configfile import NonNegative, Positive, section
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
@@ -33,22 +35,26 @@ STAGE = "dedup"
 CODE_VERSION = "1"
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class DedupConfig:
-    ngram: int = 5  # words per shingle
-    num_perm: int = 128
-    bands: int = 16
-    rows: int = 8
-    threshold: float = 0.8  # minimum estimated Jaccard for a near-duplicate
-    seed: int = 1
+    """`data.dedup`: exact duplicates by normalised text, near duplicates by MinHash LSH over word n-grams."""
+
+    ngram: Positive = 5
+    """Words per shingle."""
+    num_perm: Positive = 128
+    """MinHash permutations."""
+    bands: Positive = 16
+    """LSH bands."""
+    rows: Positive = 8
+    """Rows per LSH band (bands x rows <= num_perm)."""
+    threshold: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.8
+    """Minimum estimated Jaccard similarity of a near duplicate, in (0, 1]."""
+    seed: NonNegative = 1
+    """Seed of the MinHash permutations."""
 
     def __post_init__(self) -> None:
-        if self.ngram < 1 or self.bands < 1 or self.rows < 1:
-            raise ConfigError("ngram, bands and rows must be at least 1")
         if self.bands * self.rows > self.num_perm:
-            raise ConfigError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
+            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
 
 
 def normalize(text: str) -> str:

@@ -14,75 +14,93 @@ tokenizer -> tokenize. Each stage is content-addressed, so a rerun reuses what i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, Strict
 
 from neox.data.dedup import DedupConfig, dedup_shards
 from neox.data.download import Source, download_sources, sources_for
 from neox.data.sample import build_sample_corpus
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
-from neox.data.tokenizer import tokenizer_stage
-from neox.errors import ConfigError
-from neox.pipeline.configfile import check_type
+from neox.data.tokenizer import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, tokenizer_stage
+from neox.pipeline.configfile import Positive, Str, parse, section
 
-KEYS = {"corpus", "sample_shards", "sources", "pile_mirror", "dedup", "tokenizer", "tokenize", "workers", "ray_address"}
-
-
-def data_sources(section: dict[str, Any], work_root: Path) -> list[Source]:
-    if section.get("corpus") == "sample":
-        shards = build_sample_corpus(
-            work_root / "mirror", shards=check_type("data.sample_shards", section.get("sample_shards", 4), "int")
-        )
-        return [Source(p.resolve().as_uri()) for p in shards]
-    if section.get("corpus") is not None:
-        raise ConfigError(
-            f"data.corpus must be 'sample' (or use data.sources / data.pile_mirror), got {section['corpus']!r}"
-        )
-    sources = sources_for(list(section.get("sources") or []), section.get("pile_mirror"))
-    if not sources:
-        raise ConfigError("the data section names no input: set corpus: sample, sources: [...] or pile_mirror")
-    return sources
+# A tokenizer larger than this is a typo: tokenizers allocates memory by it (10^9 aborts the process).
+MAX_VOCAB_SIZE = 1 << 20
 
 
-def check_section(section: dict[str, Any]) -> None:
-    unknown = sorted(set(section) - KEYS)
-    if unknown:
-        raise ConfigError(f"unknown data config key(s): {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
+@section
+class TokenizerConfig:
+    """`data.tokenizer`: train a byte-level BPE like GPT-NeoX-20B's on the deduplicated shards, or take one."""
+
+    vocab_size: Annotated[int, Strict(), Field(ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)] | None = None
+    """Vocabulary size of the BPE to train, special tokens included (50277 when neither key is given)."""
+    source: Str | None = Field(default=None, alias="from")
+    """An existing tokenizer.json (path or URL, e.g. EleutherAI's 20B_tokenizer.json) instead of training one."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size is not None and self.source is not None:
+            raise ValueError("give vocab_size (train a tokenizer) or from (take one), not both")
 
 
-def download_stage(section: dict[str, Any], work_root: str | Path) -> Path:
-    return download_sources(data_sources(section, Path(work_root)), work_root)
+@section
+class DataConfig:
+    """`data:`: where the raw shards come from, and the dedup, tokenizer and tokenize stages."""
+
+    corpus: Literal["sample"] | None = None
+    """`sample`: the embedded corpus (Python's stdlib sources and pydoc topics), fetched over file://."""
+    sample_shards: Positive = 4
+    """Shards the sample corpus is written as."""
+    sources: tuple[Str, ...] = ()
+    """Shard URLs (https://, http://, s3://, file://, a path, hf://datasets/...; append #sha256=HEX); a URL
+    ending in / stands for every shard in that folder at run time."""
+    pile_mirror: Str | None = None
+    """Base URL of a Pile mirror: its train 00-29, val and test shards."""
+    dedup: DedupConfig = DedupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    workers: Positive | None = None
+    """Shards processed at once (default: every CPU Ray has)."""
+    ray_address: Str | None = None
+    """Ray cluster for the dedup and tokenize tasks (default: RAY_ADDRESS, else a local Ray)."""
+
+    def __post_init__(self) -> None:
+        if self.corpus is not None and (self.sources or self.pile_mirror):
+            raise ValueError("corpus: sample replaces sources and pile_mirror: give one kind of input")
+        if self.corpus is None and not self.sources and not self.pile_mirror:
+            raise ValueError("the data section names no input: set corpus: sample, sources: [...] or pile_mirror")
 
 
-def dedup_stage(downloaded: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
-    try:
-        cfg = DedupConfig(**(section.get("dedup") or {}))
-    except TypeError as err:
-        raise ConfigError(f"data.dedup: {err}") from None
-    return dedup_shards(
-        downloaded, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address")
-    )
+def data_config(section: dict[str, Any] | DataConfig) -> DataConfig:
+    """The typed data section (a mapping from a pipeline config is checked here, every key by its path)."""
+    return section if isinstance(section, DataConfig) else parse(DataConfig, section, "data")
 
 
-def tokenizer_from_section(deduped: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
+def data_sources(data: DataConfig, work_root: Path) -> list[Source]:
+    if data.corpus == "sample":
+        return [Source(p.resolve().as_uri()) for p in build_sample_corpus(work_root / "mirror", data.sample_shards)]
+    return sources_for(list(data.sources), data.pile_mirror)
+
+
+def download_stage(data: DataConfig, work_root: str | Path) -> Path:
+    return download_sources(data_sources(data, Path(work_root)), work_root)
+
+
+def dedup_stage(downloaded: str | Path, data: DataConfig, work_root: str | Path) -> Path:
+    return dedup_shards(downloaded, work_root, data.dedup, workers=data.workers, ray_address=data.ray_address)
+
+
+def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str | Path) -> Path:
     """Train a BPE on the deduplicated shards, or take the one `tokenizer.from` names."""
-    tok = section.get("tokenizer") or {"vocab_size": 50277}
-    if not isinstance(tok, dict):
-        raise ConfigError(f"data.tokenizer is a mapping ({{vocab_size: N}} or {{from: PATH}}), got {tok!r}")
-    return tokenizer_stage(
-        work_root,
-        check_type("data.tokenizer.vocab_size", tok.get("vocab_size", 50277), "int"),
-        input_dir=None if "from" in tok else deduped,
-        source=tok.get("from"),
-    )
+    tok = data.tokenizer
+    if tok.source is not None:
+        return tokenizer_stage(work_root, DEFAULT_VOCAB_SIZE, source=tok.source)
+    return tokenizer_stage(work_root, tok.vocab_size or DEFAULT_VOCAB_SIZE, input_dir=deduped)
 
 
-def tokenize_stage(deduped: str | Path, tokenizer: str | Path, section: dict[str, Any], work_root: str | Path) -> Path:
-    try:
-        cfg = TokenizeConfig(**(section.get("tokenize") or {}))
-    except TypeError as err:
-        raise ConfigError(f"data.tokenize: {err}") from None
+def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig, work_root: str | Path) -> Path:
     return tokenize_shards(
-        deduped, tokenizer, work_root, cfg, workers=section.get("workers"), ray_address=section.get("ray_address")
+        deduped, tokenizer, work_root, data.tokenize, workers=data.workers, ray_address=data.ray_address
     )
 
 
@@ -99,9 +117,9 @@ def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, 
     return found
 
 
-def prepare_data(section: dict[str, Any], work_root: str | Path) -> Path:
+def prepare_data(section: dict[str, Any] | DataConfig, work_root: str | Path) -> Path:
     """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
-    check_section(section)
-    downloaded = download_stage(section, work_root)
-    deduped = dedup_stage(downloaded, section, work_root)
-    return tokenize_stage(deduped, tokenizer_from_section(deduped, section, work_root), section, work_root)
+    data = data_config(section)
+    downloaded = download_stage(data, work_root)
+    deduped = dedup_stage(downloaded, data, work_root)
+    return tokenize_stage(deduped, tokenizer_from_section(deduped, data, work_root), data, work_root)

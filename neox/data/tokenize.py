@@ -24,7 +24,8 @@ from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.tokenizer import eod_id, load_tokenizer
-from neox.errors import ConfigError, DataError
+from neox.errors import DataError
+from neox.pipeline.configfile import PlainName, Positive, section
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import (
     find_verified,
@@ -41,16 +42,14 @@ STAGE = "tokenize"
 CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class TokenizeConfig:
-    prefix: str = "corpus"  # output files: {prefix}_text_document.{bin,idx}
-    batch_size: int = 1000  # documents per encode_batch call
+    """`data.tokenize`: the GPT-NeoX mmap indexed dataset the shards are tokenized into."""
 
-    def __post_init__(self) -> None:
-        if not self.prefix or "/" in self.prefix:
-            raise ConfigError(f"prefix must be a plain file name, got {self.prefix!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+    prefix: PlainName = "corpus"
+    """Output file names: PREFIX_text_document.bin and .idx."""
+    batch_size: Positive = 1000
+    """Documents per encode_batch call."""
 
 
 def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:

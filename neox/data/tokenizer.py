@@ -18,14 +18,16 @@ from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage,
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
 SPECIAL_TOKENS = [EOD_TOKEN, PAD_TOKEN]  # ids 0 and 1, as in the 20B tokenizer
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # the byte alphabet and the special tokens
+DEFAULT_VOCAB_SIZE = 50277  # GPT-NeoX-20B's
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
     """A byte-level BPE with the 20B tokenizer's pipeline: NFC normalisation, ByteLevel pre-tokenizer (GPT-2
     split pattern, no prefix space), ByteLevel decoder and post-processor, special tokens <|endoftext|> and
     <|padding|> first."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ConfigError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet + specials)")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (the byte alphabet + specials)")
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

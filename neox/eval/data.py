@@ -20,6 +20,7 @@ from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError
+from neox.eval.config import EvalDataConfig
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
 
@@ -28,22 +29,6 @@ CODE_VERSION = "1"
 HELDOUT_FILE = "heldout.jsonl"
 LASTWORD_FILE = "lastword.jsonl"
 WORD = re.compile(r"\b[A-Za-z]{3,}\b")
-
-HELDOUT_PARTS = ("test", "valid")  # never "train": evaluation data must be what training did not read
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalDataConfig:
-    split: str = "969,30,1"  # must be the training run's split, so "test" is what training left out
-    part: str = "test"
-    max_documents: int = 500
-    lastword_chars: int = 400  # passage length before the target word: keep it within the model's context
-
-    def __post_init__(self) -> None:
-        if self.part not in HELDOUT_PARTS:
-            raise ConfigError(f"eval_data.part must be one of {', '.join(HELDOUT_PARTS)}, got {self.part!r}")
-        if self.max_documents < 1 or self.lastword_chars < 20:
-            raise ConfigError("eval_data.max_documents must be >= 1 and eval_data.lastword_chars >= 20")
 
 
 def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from neox.errors import ConfigError, DataError, MissingInput, ServiceError
+from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, EvalConfig
 from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of, run_of
 from neox.pipeline.stage import (
     find_verified,
@@ -30,17 +30,12 @@ from neox.pipeline.stage import (
     stage_output,
 )
 
-if TYPE_CHECKING:
-    from neox.eval.data import EvalDataConfig
-
 STAGE = "eval"
 CODE_VERSION = "1"
 RESULTS_FILE = "results.json"
 CHECKPOINT_PATH_TAG = "neox.checkpoint"  # the evaluated checkpoint folder, on the eval run and its model version
 EVAL_METRICS_FILE = "metrics.json"  # the flat {task/metric: value} scores (not training's metrics.jsonl)
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
-OFFLINE_TASKS = ("neox_heldout", "neox_lastword")
-PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "hellaswag")
 
 
 def task_names(spec: str) -> tuple[str, ...]:
@@ -51,31 +46,6 @@ def task_names(spec: str) -> tuple[str, ...]:
 
 class TaskDataUnavailable(ServiceError):
     """Standard task data that is neither reachable nor cached."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    tasks: tuple[str, ...] = OFFLINE_TASKS  # offline task names and/or lm-eval's (e.g. PYTHIA_SUITE)
-    batch_size: int = 16
-    device: str = "cpu"
-    limit: int | None = None  # examples per task; None runs whole tasks
-    model: str = "neox"  # our adapter; "hf" runs lm-eval's own model on the checkpoint's Hugging Face export
-    dtype: str = "float32"  # the weights' dtype while evaluating; bfloat16 halves the memory (GPT-NeoX-20B: 41 GB)
-    ray_address: str | None = None  # run lm-eval as a Ray task there, holding one GPU when device is cuda
-
-    def __post_init__(self) -> None:
-        if not self.tasks:
-            raise ConfigError("eval.tasks names no task")
-        if self.model not in ("neox", "hf"):
-            raise ConfigError(f"eval.model must be neox or hf, got {self.model!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"eval.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"eval.device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"eval.limit must be >= 1 (or unset for whole tasks), got {self.limit}")
 
 
 def offline_task_config(name: str, eval_data: Path) -> dict[str, Any]:
@@ -263,23 +233,3 @@ def log_eval(
     client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
-
-
-def eval_configs(section: dict[str, Any] | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
-    """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
-    so the held-out part is what training left out."""
-    from neox.eval.data import EvalDataConfig
-    from neox.pipeline.configfile import check_type
-
-    section = dict(section or {})
-    data = dict(section.pop("data", None) or {})
-    configs = []
-    for cls, values, prefix in ((EvalDataConfig, {**data, "split": split}, "eval.data"), (EvalConfig, section, "eval")):
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ConfigError(f"unknown {prefix} key(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-        if "tasks" in values:
-            values["tasks"] = tuple(values["tasks"])
-        configs.append(cls(**{k: check_type(f"{prefix}.{k}", v, fields[k]) for k, v in values.items()}))
-    return configs[0], configs[1]

@@ -9,40 +9,22 @@ other key untouched so later stages (training, data) read what they own.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, Strict
 
 from neox.errors import ConfigError
-from neox.pipeline.configfile import check_type, read_yaml_mapping
-
-log = logging.getLogger(__name__)
+from neox.model.gpt_neox_keys import GPT_NEOX_KEYS
+from neox.pipeline.configfile import Bool, Positive, parse, read_yaml_mapping, section
 
 InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
-
-# Keys GPT-NeoX defines that the model does not read (training, data, logging, launch). They are kept for
-# the stages that own them and not reported; any key in neither set is reported as unknown (likely a typo).
-KNOWN_NON_MODEL_KEYS = frozenset(
-    """
-    pipe_parallel_size output_layer_parallelism attention_config sparsity_config
-    scaled_upper_triang_masked_softmax_fusion scaled_masked_softmax_fusion rope_fusion
-    optimizer min_lr zero_optimization train_micro_batch_size_per_gpu train_batch_size gas
-    gradient_accumulation_steps data_impl num_workers checkpoint_activations checkpoint_num_layers
-    partition_activations synchronize_each_layer contiguous_checkpointing gradient_clipping weight_decay
-    precision fp16 bf16 fp32_allreduce train_iters lr_decay_iters lr_decay_style warmup distributed_backend
-    checkpoint_factor extra_save_iters eval_interval eval_iters log_interval steps_per_print keep_last_n_checkpoints
-    wall_clock_breakdown train_data_paths valid_data_paths test_data_paths data_path train_data_weights
-    valid_data_weights test_data_weights split tokenizer_type vocab_file merge_file save load
-    checkpoint_validation_with_forward_pass launcher deepspeed_slurm hostfile include master_port
-    tensorboard_dir log_dir use_wandb wandb_group wandb_team wandb_project wandb_host seed
-    memory_efficient_layer_norm zero_allow_untested_optimizer checkpoint_scale num_kv_heads
-    make_vocab_size_divisible_by model_parallel_size
-    """.split()
-)
+PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
+Dropout = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
 def pad_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128, model_parallel_size: int = 1) -> int:
@@ -52,49 +34,50 @@ def pad_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128, mod
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
-@dataclasses.dataclass(frozen=True)
+@section
+class VocabPadding:
+    """The GPT-NeoX keys that size the embedding and the positions, besides the model's own."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("make_vocab_size_divisible_by", "model_parallel_size", "seq_length")
+    make_vocab_size_divisible_by: Positive = 128
+    model_parallel_size: Positive = 1
+    seq_length: Positive | None = None
+
+
+@section
 class ModelConfig:
     """The GPT-NeoX architecture, field names as in GPT-NeoX's YAML (underscore form)."""
 
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    vocab_size: int  # embedding rows, already padded (see pad_vocab_size)
-    max_position_embeddings: int = 2048
-    intermediate_size: int | None = None  # None: 4 * hidden_size
-    rotary_pct: float = 1.0
-    rotary_emb_base: int = 10000
-    gpt_j_residual: bool = False
-    no_weight_tying: bool = False
-    # GPT-NeoX's fused bias+GELU kernel computes the tanh approximation; so does every Pythia/20B run.
-    bias_gelu_fusion: bool = False
-    layernorm_epsilon: float = 1e-5
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
+    num_layers: Positive
+    hidden_size: Positive
+    num_attention_heads: Positive
+    vocab_size: Positive
+    """Embedding rows, already padded (see pad_vocab_size)."""
+    max_position_embeddings: Positive = 2048
+    intermediate_size: Positive | None = None
+    """Width of the MLP (default 4 x hidden_size)."""
+    rotary_pct: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 1.0
+    rotary_emb_base: Positive = 10000
+    gpt_j_residual: Bool = False
+    no_weight_tying: Bool = False
+    bias_gelu_fusion: Bool = False
+    """GPT-NeoX's fused bias+GELU kernel computes the tanh approximation; so does every Pythia/20B run."""
+    layernorm_epsilon: PositiveFloat = 1e-5
+    hidden_dropout: Dropout = 0.0
+    attention_dropout: Dropout = 0.0
     init_method: InitMethod = "normal"
     output_layer_init_method: InitMethod = "scaled_normal"
-    init_method_std: float = 0.02
+    init_method_std: PositiveFloat = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             heads = self.num_attention_heads
-            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({heads})")
-        if not 0.0 < self.rotary_pct <= 1.0:
-            raise ConfigError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({heads})")
         if self.rotary_ndims % 2:
-            raise ConfigError(
+            raise ValueError(
                 f"rotary_pct={self.rotary_pct} of head size {self.head_size} gives {self.rotary_ndims} rotary dims; "
                 "rotate-half needs an even number"
             )
-        for name in ("init_method", "output_layer_init_method"):
-            if getattr(self, name) not in get_args(InitMethod):
-                raise ConfigError(f"{name} must be one of {get_args(InitMethod)}, got {getattr(self, name)!r}")
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def head_size(self) -> int:
@@ -120,34 +103,28 @@ class ModelConfig:
         carry `vocab_size` (already padded, as our checkpoints store it).
         """
         rest = dict(raw)
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            if field.name in rest:
-                values[field.name] = check_type(field.name, rest.pop(field.name), field.type)
+        values = {f.name: rest.pop(f.name) for f in dataclasses.fields(cls) if f.name in rest}
         _check_architecture_switches(rest, values.get("num_attention_heads"))
-        divisible_by = check_type("make_vocab_size_divisible_by", rest.pop("make_vocab_size_divisible_by", 128), "int")
-        model_parallel = check_type("model_parallel_size", rest.pop("model_parallel_size", 1), "int")
-        seq_length = rest.pop("seq_length", None)
-        if seq_length is not None:
-            seq_length = check_type("seq_length", seq_length, "int")
-            values.setdefault("max_position_embeddings", seq_length)
-            if seq_length > values["max_position_embeddings"]:
-                raise ConfigError(
-                    f"seq_length ({seq_length}) exceeds max_position_embeddings ({values['max_position_embeddings']})"
-                )
-            rest["seq_length"] = seq_length  # the data and training stages read it too
+        sizes = parse(VocabPadding, {k: rest.pop(k) for k in VocabPadding.KEYS if k in rest})
         if vocab_size is not None:
-            values["vocab_size"] = pad_vocab_size(vocab_size, divisible_by, model_parallel)
+            divisor = sizes.make_vocab_size_divisible_by
+            values["vocab_size"] = pad_vocab_size(vocab_size, divisor, sizes.model_parallel_size)
+        if sizes.seq_length is not None:
+            values.setdefault("max_position_embeddings", sizes.seq_length)
+            rest["seq_length"] = sizes.seq_length  # the data and training stages read it too
         missing = [n for n in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size") if n not in values]
         if missing:
             hint = " (pass the tokenizer's vocabulary size, e.g. --vocab-size)" if missing == ["vocab_size"] else ""
             raise ConfigError(f"model config is missing {', '.join(missing)}{hint}")
-        rest["make_vocab_size_divisible_by"] = divisible_by
-        rest["model_parallel_size"] = model_parallel
-        unknown = sorted(k for k in rest if k not in KNOWN_NON_MODEL_KEYS | _SWITCHES.keys() | {"seq_length"})
-        if unknown:
-            log.warning("config keys not known to GPT-NeoX or neox-pipeline (kept, unused): %s", ", ".join(unknown))
-        return cls(**values), rest
+        cfg = parse(cls, values)
+        if sizes.seq_length is not None and sizes.seq_length > cfg.max_position_embeddings:
+            raise ConfigError(
+                f"seq_length ({sizes.seq_length}) exceeds max_position_embeddings ({cfg.max_position_embeddings})"
+            )
+        rest["make_vocab_size_divisible_by"] = sizes.make_vocab_size_divisible_by
+        rest["model_parallel_size"] = sizes.model_parallel_size
+        check_known_keys(rest)
+        return cfg, rest
 
     def to_neox(self) -> dict[str, Any]:
         """The GPT-NeoX-style dict that `from_neox` reads back to an equal config."""
@@ -167,6 +144,20 @@ _SWITCHES: dict[str, Any] = {
     "use_bias_in_attn_linear": True,
     "apply_query_key_layer_scaling": False,
 }
+
+
+def check_known_keys(rest: dict[str, Any]) -> None:
+    """Keys left after the model took its own must be gpt-neox's (training, data, logging, launch keys the other
+    stages read or ignore): anything else is a typo, refused with the nearest known key."""
+    known = GPT_NEOX_KEYS | _SWITCHES.keys() | {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(k for k in rest if k not in known)
+    if unknown:
+        raise ConfigError("; ".join(f"{key}: {unknown_key_hint(key, known)}" for key in unknown))
+
+
+def unknown_key_hint(key: str, known: set[str]) -> str:
+    guess = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f"not a GPT-NeoX key (did you mean {guess[0]}?)" if guess else "not a GPT-NeoX key"
 
 
 def _check_architecture_switches(rest: dict[str, Any], num_attention_heads: int | None) -> None:

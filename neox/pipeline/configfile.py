@@ -1,35 +1,107 @@
-"""Reading config files: a YAML file that must hold a mapping (the file named in every error), and a YAML value
-checked against a dataclass field's annotation (the key named in every error)."""
+"""Reading config files, and the one mechanism every config section is typed and checked with.
+
+A section is a frozen pydantic dataclass declared with `@section` (unknown keys refused, a docstring under each
+field that becomes its description in the JSON Schema and docs/configuration.md) whose scalar fields use the
+strict types below: YAML's `"5"` is not an int and `true` is not a number. `parse(cls, raw, "data.dedup")`
+builds one from a mapping or raises a `ConfigError` listing every problem by its dotted path, with the nearest
+valid key for a typo (`data.dedup.thresold: unknown key (did you mean threshold?)`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from neox.errors import ConfigError
 
+T = TypeVar("T")
 
-def check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Check a YAML value against a dataclass field's annotation ("int", "float | None", ...), or raise naming
-    the key. Other annotations (literals, tuples) are left to the dataclass's own validation."""
-    annotation = str(annotation)
-    if value is None and annotation.endswith("| None"):
-        return None
-    base = annotation.split(" |")[0]
-    if base not in ("bool", "int", "float", "str"):
-        return value
-    if base == "bool" and isinstance(value, bool):
-        return value
-    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base == "str" and isinstance(value, str):
-        return value
-    expected = annotation.replace(" | None", " or null")
-    raise ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an int is a valid float, a string or a bool is not
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Positive = Annotated[int, Strict(), Field(ge=1)]
+NonNegative = Annotated[int, Strict(), Field(ge=0)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
+PlainName = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # a file or folder name
+
+SECTION_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+
+
+def section(cls: type[T]) -> type[T]:
+    """Make `cls` a config section: a frozen dataclass validated by pydantic, unknown keys refused."""
+    return dataclass(frozen=True, config=SECTION_CONFIG)(cls)
+
+
+def parse(cls: type[T], raw: Any, where: str = "") -> T:
+    """`cls` from a mapping (None counts as empty), or a ConfigError naming each problem by its dotted path."""
+    try:
+        return TypeAdapter(cls).validate_python({} if raw is None else raw)
+    except ValidationError as err:
+        raise ConfigError("\n".join(describe(cls, where, problem) for problem in err.errors())) from None
+
+
+def describe(cls: type, where: str, problem: dict[str, Any]) -> str:
+    """One line for one pydantic error: the dotted path, what is wrong, and for a typo the nearest key."""
+    loc = [str(part) for part in problem["loc"]]
+    path = ".".join(p for p in (where, *loc) if p) or "the config"
+    if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = field_names(type_at(cls, problem["loc"][:-1]))
+        guess = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]}?" if guess else f"known: {', '.join(sorted(known))}"
+        return f"{path}: unknown key ({hint})"
+    if problem["type"] == "value_error":  # a section's own cross-field check: its message says it all
+        return f"{path}: {problem['msg'].removeprefix('Value error, ')}"
+    if problem["type"] in ("dataclass_type", "model_type", "dict_type"):
+        return f"{path}: must be a mapping of keys, got {problem.get('input')!r}"
+    if problem["type"] in ("tuple_type", "list_type"):
+        return f"{path}: must be a list, got {problem.get('input')!r}"
+    return f"{path}: {problem['msg'][0].lower()}{problem['msg'][1:]}, got {problem.get('input')!r}"
+
+
+def type_at(cls: Any, loc: tuple) -> Any:
+    """The type a location inside `cls` holds (following fields, list items and optional values)."""
+    for part in loc:
+        cls = unwrap(cls)
+        if dataclasses.is_dataclass(cls) and isinstance(part, str):
+            hints = typing.get_type_hints(cls, include_extras=True)
+            fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+            aliases = {alias_of(f): f.name for f in dataclasses.fields(cls)}
+            cls = fields.get(part) or fields.get(aliases.get(part, ""), Any)
+        elif typing.get_args(cls):
+            cls = typing.get_args(cls)[0]
+    return unwrap(cls)
+
+
+def unwrap(cls: Any) -> Any:
+    """The type inside `Annotated[...]` and `X | None`."""
+    while True:
+        if typing.get_origin(cls) is Annotated:
+            cls = typing.get_args(cls)[0]
+        elif typing.get_origin(cls) in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(cls) if a is not type(None)]
+            if len(rest) != 1:
+                return cls
+            cls = rest[0]
+        else:
+            return cls
+
+
+def alias_of(field: dataclasses.Field) -> str:
+    default = field.default
+    return getattr(default, "alias", None) or field.name
+
+
+def field_names(cls: Any) -> list[str]:
+    return [alias_of(f) for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
 def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.SafeLoader) -> dict[str, Any]:

@@ -19,41 +19,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neox.data.download import EmptyFolder
-from neox.data.prepare import data_sources, upstream_outputs
-from neox.errors import ConfigError, RunStateError
+from neox.data.prepare import data_config, data_sources, upstream_outputs
+from neox.errors import RunStateError
 from neox.eval.run import CHECKPOINT_PATH_TAG
-from neox.pipeline.configfile import check_type
+from neox.pipeline.configfile import Str, parse, section
 from neox.pipeline.layout import DATA_FILE, TOKENIZER_FILE, WEIGHTS_FILE, run_of
 from neox.pipeline.stage import read_manifest
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class RetrainConfig:
+    """`retrain:`: what the retrain flow (the scheduled-retrain deployment) does."""
+
     mode: Literal["continue", "scratch"] = "continue"
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """continue: the champion's weights on the shards that arrived since it was trained; scratch: a new model."""
+    data: dict[Str, Any] = dataclasses.field(default_factory=dict)
+    """Keys replacing the data section's (checked merged with it); input keys replace all of its inputs."""
+    train: dict[Str, Any] = dataclasses.field(default_factory=dict)
+    """Keys replacing the train section's (checked merged with it)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("continue", "scratch"):
-            raise ConfigError(f"retrain.mode must be continue or scratch, got {self.mode!r}")
-        if not isinstance(self.data, dict) or not isinstance(self.train, dict):
-            raise ConfigError(
-                "retrain.data and retrain.train are mappings of keys replacing the data/train sections' keys"
-            )
         if {"init_from", "name", "split"} & set(self.train):
-            raise ConfigError(
+            raise ValueError(
                 "retrain.train sets neither init_from nor name (the retrain flow derives them) nor split "
                 "(evaluation holds out the split of the train section)"
             )
 
 
 def retrain_config(section: dict[str, Any] | None) -> RetrainConfig:
-    section = dict(section or {})
-    fields = {f.name: f.type for f in dataclasses.fields(RetrainConfig)}
-    unknown = sorted(set(section) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown retrain config key(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-    return RetrainConfig(**{k: check_type(f"retrain.{k}", v, fields[k]) for k, v in section.items()})
+    return parse(RetrainConfig, section, "retrain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +79,18 @@ def champion_lineage(version, work_root: str | Path) -> Champion:
 INPUT_KEYS = ("corpus", "sample_shards", "sources", "pile_mirror")
 
 
+def merged_data(data: dict[str, Any], cfg: RetrainConfig) -> dict[str, Any]:
+    """The data section with retrain.data's keys in place; its input keys (corpus, sources, pile_mirror)
+    replace all of the data section's."""
+    base = {k: v for k, v in data.items() if k not in INPUT_KEYS} if set(INPUT_KEYS) & set(cfg.data) else data
+    return {**base, **cfg.data}
+
+
 def retrain_data(
     data: dict[str, Any], cfg: RetrainConfig, work_root: str | Path, champion: Champion | None
 ) -> dict[str, Any] | None:
-    """The data section the retrain runs on; None when continuing and no shard arrived since the champion.
-    Input keys in retrain.data (corpus, sources, pile_mirror) replace all of the data section's."""
-    base = {k: v for k, v in data.items() if k not in INPUT_KEYS} if set(INPUT_KEYS) & set(cfg.data) else data
-    section = {**base, **cfg.data}
+    """The data section the retrain runs on; None when continuing and no shard arrived since the champion."""
+    section = merged_data(data, cfg)
     if cfg.mode == "scratch":
         return section
     if champion is None:
@@ -101,7 +100,7 @@ def retrain_data(
         )
     seen = set(champion.sources)
     try:
-        new = [s.url for s in data_sources(section, Path(work_root)) if s.url not in seen]
+        new = [s.url for s in data_sources(data_config(section), Path(work_root)) if s.url not in seen]
     except EmptyFolder:  # a watched folder nothing has arrived in yet
         return None
     if not new:

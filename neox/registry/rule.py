@@ -11,39 +11,57 @@ champion). No MLflow here; `neox.registry.mlflow_registry` applies the decision.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from neox.errors import ConfigError
-from neox.pipeline.configfile import check_type
+from pydantic import Field, Strict
+
+from neox.pipeline.configfile import Float, NonNegativeFloat, parse, section
 
 Direction = Literal["minimize", "maximize"]
 
 
-@dataclasses.dataclass(frozen=True)
+Metric = Annotated[str, Strict(), Field(min_length=1)]  # task/metric, as lm-eval names them
+
+
+@section
 class Guard:
     """A metric that must not get worse than the champion's by more than `tolerance` (absolute)."""
 
-    metric: str
+    metric: Metric
     direction: Direction
-    tolerance: float = 0.0
+    tolerance: NonNegativeFloat = 0.0
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class PromotionRule:
-    metric: str = "neox_heldout/bits_per_byte"
+    """`registry.rule`: when a candidate earns the `champion` alias."""
+
+    metric: Metric = "neox_heldout/bits_per_byte"
+    """The primary metric, task/metric as lm-eval reports it."""
     direction: Direction = "minimize"
-    min_improvement: float = 0.0  # absolute; the candidate must beat the champion by more than this
+    min_improvement: NonNegativeFloat = 0.0
+    """Absolute; the candidate must beat the champion by more than this."""
     guards: tuple[Guard, ...] = ()
-    # absolute bounds the first champion must meet: {metric: {"max": x}} or {"min": y}
-    floors: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Metrics that must not regress by more than their tolerance."""
+    floors: dict[Metric, dict[Literal["min", "max"], Float]] = dataclasses.field(default_factory=dict)
+    """Absolute bounds the first champion must meet: {metric: {max: x}} and/or {min: y}."""
 
     def __post_init__(self) -> None:
-        for direction in (self.direction, *(g.direction for g in self.guards)):
-            if direction not in ("minimize", "maximize"):
-                raise ConfigError(f"promotion direction must be minimize or maximize, got {direction!r}")
-        for metric, bound in self.floors.items():
-            if not bound or set(bound) - {"min", "max"}:
-                raise ConfigError(f"registry.rule.floors.{metric} must give `min` and/or `max`, got {bound!r}")
+        empty = [metric for metric, bound in self.floors.items() if not bound]
+        if empty:
+            raise ValueError(f"floors of {', '.join(empty)} give neither min nor max")
+
+    def metrics(self) -> list[str]:
+        return [self.metric, *(g.metric for g in self.guards), *self.floors]
+
+
+@section
+class RegistryConfig:
+    """`registry:`: the MLflow registered model every evaluated checkpoint becomes a version of."""
+
+    name: Annotated[str, Strict(), Field(min_length=1)] = "neox-tiny"
+    """Registered model name."""
+    rule: PromotionRule = PromotionRule()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,24 +72,12 @@ class Decision:
 
 def promotion_rule(section: dict[str, Any] | None) -> PromotionRule:
     """The `rule:` of a pipeline config's `registry:` section."""
-    section = dict(section or {})
-    known = {f.name for f in dataclasses.fields(PromotionRule)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"unknown registry.rule key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    guards = tuple(_guard(g) for g in section.pop("guards", None) or [])
-    fields = {f.name: f.type for f in dataclasses.fields(PromotionRule)}
-    values = {k: check_type(f"registry.rule.{k}", v, fields[k]) for k, v in section.items()}
-    return PromotionRule(guards=guards, **values)
+    return parse(PromotionRule, section, "registry.rule")
 
 
-def _guard(entry: Any) -> Guard:
-    if not isinstance(entry, dict) or not {"metric", "direction"} <= set(entry) <= {"metric", "direction", "tolerance"}:
-        raise ConfigError(
-            f"registry.rule.guards entries need metric, direction and optionally tolerance, got {entry!r}"
-        )
-    tolerance = check_type("registry.rule.guards.tolerance", entry.get("tolerance", 0.0), "float")
-    return Guard(str(entry["metric"]), entry["direction"], tolerance)
+def registry_config(section: dict[str, Any] | None) -> RegistryConfig:
+    """A pipeline config's `registry:` section."""
+    return parse(RegistryConfig, section, "registry")
 
 
 def _gain(direction: Direction, new: float, old: float) -> float:

@@ -9,93 +9,121 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, Strict, WithJsonSchema
+
+from neox.data.dataset import split_boundaries
 from neox.errors import ConfigError
 from neox.model.config import load_neox_yaml
-from neox.pipeline.configfile import check_type, read_pipeline_config
+from neox.pipeline.configfile import (
+    Bool,
+    NonNegative,
+    NonNegativeFloat,
+    PlainName,
+    Positive,
+    Str,
+    parse,
+    read_pipeline_config,
+    section,
+)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+Fraction = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
+ONE_OR_MORE_PATHS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class TrainConfig:
-    model: tuple[str, ...]  # GPT-NeoX YAML file(s)
-    data: str | None = None  # a tokenize stage output directory
-    # start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh
-    init_from: str | None = None
-    name: str = "neox"  # the run's name under storage_path
-    storage_path: str = "work/train"  # Ray Train storage: a local directory or s3://bucket/prefix
-    split: str = "969,30,1"
-    seq_length: int = 2048
-    micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    train_iters: int = 100
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup: float = 0.01  # fraction of lr_decay_iters
-    lr_decay_iters: int | None = None  # default: train_iters
-    lr_decay_style: str = "cosine"
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    gradient_clipping: float = 1.0
-    zero_stage: int = 1
+    """`train:`: the model YAML(s) whose GPT-NeoX optimizer, schedule, batch and ZeRO keys are the defaults, and
+    the keys that override them."""
+
+    model: Annotated[tuple[Str, ...], WithJsonSchema(ONE_OR_MORE_PATHS)]
+    """GPT-NeoX model YAML file(s), relative to the pipeline config; later files override earlier ones."""
+    data: Str | None = None
+    """A tokenize stage output to train on (default: the data section's)."""
+    init_from: Str | None = None
+    """Start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh."""
+    name: PlainName = "neox"
+    """The run's folder name under storage_path."""
+    storage_path: Str = "work/train"
+    """Where runs live: a local or shared folder, or s3://bucket/prefix (neox train only)."""
+    split: Str = "969,30,1"
+    """Train, valid and test weights of the document split (gpt-neox's `split`)."""
+    seq_length: Positive = 2048
+    """Tokens per training sequence (at most the model's max_position_embeddings)."""
+    micro_batch_size: Positive = 4
+    """Sequences per worker per forward pass."""
+    gradient_accumulation_steps: Positive = 1
+    """Micro-batches per optimizer step."""
+    train_iters: Positive = 100
+    """Optimizer steps."""
+    lr: PositiveFloat = 6e-4
+    """Peak learning rate."""
+    min_lr: NonNegativeFloat = 6e-5
+    """Learning rate at the end of the decay."""
+    warmup: Fraction = 0.01
+    """Warm-up, as a fraction of lr_decay_iters."""
+    lr_decay_iters: Positive | None = None
+    """Steps the learning rate decays over (default: train_iters)."""
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    """Shape of the decay."""
+    weight_decay: NonNegativeFloat = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: PositiveFloat = 1e-8
+    """AdamW epsilon."""
+    gradient_clipping: NonNegativeFloat = 1.0
+    """Global gradient norm clip (0: off)."""
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    """DeepSpeed ZeRO stage."""
     precision: Precision = "fp32"
-    activation_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model inside the DeepSpeed engine
-    log_interval: int = 10
-    eval_interval: int = 100
-    eval_iters: int = 10
-    checkpoint_interval: int = 100
-    seed: int = 1234
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    max_failures: int = 0
-    num_to_keep: int = 2
-    ray_address: str | None = None
-    env: dict[str, str] = dataclasses.field(
-        default_factory=dict
-    )  # environment of every training worker (NCCL/EFA settings)
-    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
-    mlflow_experiment: str = "neox-pipeline"
+    """fp32, bf16, or fp16 with dynamic loss scaling."""
+    activation_checkpointing: Bool = False
+    """Recompute each layer's activations in the backward pass instead of storing them."""
+    compile: Bool = False
+    """torch.compile the model inside the DeepSpeed engine."""
+    log_interval: Positive = 10
+    """Steps between metric means in MLflow and on the console."""
+    eval_interval: Positive = 100
+    """Steps between validation losses."""
+    eval_iters: Positive = 10
+    """Batches per validation."""
+    checkpoint_interval: Positive = 100
+    """Steps between checkpoints."""
+    seed: NonNegative = 1234
+    """Seed of the initialisation and the sample order."""
+    num_workers: Positive = 2
+    """Ray Train workers (one per GPU, or per CPU slot)."""
+    use_gpu: Bool = False
+    """One GPU per worker."""
+    cpus_per_worker: Positive = 1
+    """CPUs per worker (its torch threads on CPU)."""
+    max_failures: Annotated[int, Strict(), Field(ge=-1)] = 0
+    """Worker-group restarts from the newest checkpoint Ray Train may make (-1: no limit)."""
+    num_to_keep: Positive = 2
+    """Checkpoints kept."""
+    ray_address: Str | None = None
+    """Ray cluster to train on (default: RAY_ADDRESS, else a local Ray)."""
+    env: dict[Str, Str] = dataclasses.field(default_factory=dict)
+    """Environment variables of every training worker, set before it starts (NCCL/EFA settings)."""
+    mlflow_tracking_uri: Str = "sqlite:///mlflow.db"
+    """Where metrics go: a sqlite:/// file or an http:// MLflow server."""
+    mlflow_experiment: Str = "neox-pipeline"
+    """MLflow experiment of the training run."""
 
     def __post_init__(self) -> None:
-        positive = (
-            "seq_length",
-            "micro_batch_size",
-            "gradient_accumulation_steps",
-            "train_iters",
-            "log_interval",
-            "eval_interval",
-            "eval_iters",
-            "checkpoint_interval",
-            "num_workers",
-            "cpus_per_worker",
-            "num_to_keep",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ConfigError(f"train.warmup is a fraction of lr_decay_iters in [0, 1), got {self.warmup}")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"train.min_lr ({self.min_lr}) exceeds train.lr ({self.lr})")
         if not self.model:
-            raise ConfigError("train.model must name at least one GPT-NeoX model YAML")
-        if not isinstance(self.env, dict):
-            raise ConfigError(f"train.env maps environment variable names to values, got {self.env!r}")
-        for name, value in self.env.items():
-            if not (isinstance(name, str) and ENV_NAME.fullmatch(name)) or not isinstance(value, str):
-                raise ConfigError(
-                    f"train.env: {name!r}: {value!r} is not an environment variable name and a string value"
-                )
+            raise ValueError("model must name at least one GPT-NeoX model YAML")
+        split_boundaries(self.split, 1)  # refuses a split that does not parse
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
+        bad = [name for name in self.env if not ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"env: {', '.join(bad)} are not environment variable names")
 
     @property
     def global_batch_size(self) -> int:
@@ -114,12 +142,9 @@ def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
     """Our training fields from the GPT-NeoX keys of a model YAML."""
     out: dict[str, Any] = {}
     params = (neox.get("optimizer") or {}).get("params") or {}
-    if "lr" in params:
-        out["lr"] = check_type("optimizer.params.lr", params["lr"], "float")
-    if "betas" in params:
-        out["betas"] = tuple(check_type("optimizer.params.betas", b, "float") for b in params["betas"])
-    if "eps" in params:
-        out["eps"] = check_type("optimizer.params.eps", params["eps"], "float")
+    for key in ("lr", "betas", "eps"):  # checked with the train section's keys
+        if key in params:
+            out[key] = params[key]
     direct = {
         "min_lr": "min_lr",
         "weight_decay": "weight_decay",
@@ -162,23 +187,15 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
         str(base_dir / m) if not Path(m).is_absolute() else m for m in ([model] if isinstance(model, str) else model)
     )
     section["model"] = models
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"unknown train config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values = _from_gpt_neox(load_neox_yaml(*models))
     values.update(section)
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    if isinstance(
-        values.get("env"), dict
-    ):  # YAML reads `FI_EFA_USE_DEVICE_RDMA: 1` as a number; the environment holds text
-        values["env"] = {
-            k: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for k, v in values["env"].items()
-        }
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{key: check_type(f"train.{key}", value, fields[key]) for key, value in values.items()})
+    if isinstance(values.get("env"), dict):  # YAML reads `FI_EFA_USE_DEVICE_RDMA: 1` as a number; env is text
+        values["env"] = {k: as_text(v) for k, v in values["env"].items()}
+    return parse(TrainConfig, values, "train")
+
+
+def as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

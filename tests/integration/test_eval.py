@@ -17,8 +17,9 @@ import torch
 from neox.data.indexed import IndexedDataset
 from neox.data.tokenize import data_prefix
 from neox.data.tokenizer import eod_id, load_tokenizer
-from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, EvalDataConfig, eval_data_stage
-from neox.eval.run import EVAL_METRICS_FILE, EvalConfig, eval_stage
+from neox.eval.config import EvalConfig, EvalDataConfig
+from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, eval_data_stage
+from neox.eval.run import EVAL_METRICS_FILE, eval_stage
 from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import read_manifest, sha256_file
 from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
@@ -241,7 +242,8 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     from huggingface_hub import constants
     from lm_eval.tasks import TaskManager
 
-    from neox.eval.run import PYTHIA_SUITE, TaskDataUnavailable, check_task_data
+    from neox.eval.config import PYTHIA_SUITE
+    from neox.eval.run import TaskDataUnavailable, check_task_data
 
     manager = TaskManager()
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there

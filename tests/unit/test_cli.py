@@ -57,8 +57,8 @@ def test_init_export_import_generate(tmp_path, tokenizer_file):
         (["eval-data", "configs"], "configs has no manifest.json: not a completed stage output"),
         (["eval-data", "missing"], "missing does not exist"),
         (["check", "configs"], "configs cannot be read as a pipeline YAML file"),
-        (["eval", "configs", "--device", "tpu"], "eval.device must be cpu, cuda or cuda:N"),
-        (["eval-data", "configs", "--part", "train"], "eval_data.part must be one of test, valid"),
+        (["eval", "configs", "--device", "tpu"], "device: string should match pattern"),
+        (["eval-data", "configs", "--part", "train"], "part: input should be 'test' or 'valid'"),
         (["generate", "configs", "--prompt", "hi", "--temperature", "nan"], "temperature must be >= 0 and finite"),
         (
             ["init-model", "configs/model/tiny.yml", "--out", "README.md/m", "--vocab-size", "99"],

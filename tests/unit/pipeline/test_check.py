@@ -1,7 +1,10 @@
-"""A pipeline config is checked whole before any stage runs: every shipped config passes, a mistake in any
-section is reported naming it."""
+"""A pipeline config is checked whole before any stage runs: every shipped config passes, and a mistake at any
+depth of any section is refused, naming its dotted path (and for a typo the key that was meant)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -12,6 +15,7 @@ from neox.train.config import load_train_config
 from tests.conftest import REPO
 
 PIPELINES = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
+DELETE = object()
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
@@ -33,30 +37,106 @@ def test_the_pile_configs_keep_the_published_batch_and_schedule():
     assert neox20b.storage_path.startswith("/fsx/") and neox20b.ray_address == "auto"
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"trian": {}}, "unknown section\\(s\\) trian"),
-        ({"data": {"dedupe": {}}}, "unknown data config key\\(s\\): dedupe"),
-        ({"train": {"zero_stage": 5}}, "zero_stage must be 0, 1, 2 or 3"),
-        (
-            {"train": {"storage_path": "s3://bucket/train"}},
-            "flows evaluate, register and retrain from the final checkpoint by its file path",
-        ),
-        ({"eval": {"dtype": "int8"}}, "eval.dtype must be float32, bfloat16 or float16"),
-        ({"eval": {"tasks": []}}, "eval.tasks names no task"),
-        ({"registry": {"name": "m", "rule": {"metrc": "x"}}}, "unknown registry.rule key\\(s\\): metrc"),
-        ({"retrain": {"mode": "again"}}, "retrain.mode must be continue or scratch"),
-        ({"retrain": {"train": {"split": "1,1,1"}}}, "nor split"),
-        ({"retrain": {"train": {"lr": "fast"}}}, "'train.lr' must be float"),
-    ],
-)
-def test_a_mistake_in_any_section_is_reported_before_anything_runs(tmp_path, change, message):
+MISTAKES = [
+    # top level
+    ("trian", {}, "trian: unknown key (did you mean train?)"),
+    ("work_root", 3, "work_root: input should be a valid string"),
+    ("data", DELETE, "data: field required"),
+    # data
+    ("data.corpus", "sampel", "data.corpus: input should be 'sample'"),
+    ("data.sample_shards", 0, "data.sample_shards: input should be greater than or equal to 1"),
+    ("data.sources", ["a.jsonl.zst"], "data: corpus: sample replaces sources and pile_mirror"),
+    ("data.corpus", DELETE, "data: the data section names no input"),
+    ("data.dedupe", {}, "data.dedupe: unknown key (did you mean dedup?)"),
+    ("data.dedup.thresold", 0.5, "data.dedup.thresold: unknown key (did you mean threshold?)"),
+    ("data.dedup.threshold", 1.7, "data.dedup.threshold: input should be less than or equal to 1"),
+    ("data.dedup.ngram", "5", "data.dedup.ngram: input should be a valid integer, got '5'"),
+    ("data.dedup.bands", 64, "data.dedup: bands x rows (64 x 8) exceeds num_perm (128)"),
+    ("data.tokenizer.vocab_sise", 8192, "data.tokenizer.vocab_sise: unknown key (did you mean vocab_size?)"),
+    ("data.tokenizer.vocab_size", 10**12, "data.tokenizer.vocab_size: input should be less than or equal to"),
+    ("data.tokenizer.from", "tok.json", "data.tokenizer: give vocab_size (train a tokenizer) or from"),
+    ("data.tokenizer", "big", "data.tokenizer: must be a mapping of keys, got 'big'"),
+    ("data.tokenize.prefix", "../x", "data.tokenize.prefix: string should match pattern"),
+    ("data.workers", -2, "data.workers: input should be greater than or equal to 1"),
+    # train
+    ("train.lr_decay_style", "cosin", "train.lr_decay_style: input should be 'cosine', 'linear' or 'constant'"),
+    ("train.betas", [0.9], "train.betas.1: field required"),
+    ("train.lr", -0.1, "train.lr: input should be greater than 0"),
+    ("train.lr", "fast", "train.lr: input should be a valid number, got 'fast'"),
+    ("train.weight_decay", -1, "train.weight_decay: input should be greater than or equal to 0"),
+    ("train.seed", -5, "train.seed: input should be greater than or equal to 0"),
+    ("train.seq_length", 4096, "train.seq_length 4096 exceeds the model's max_position_embeddings 128"),
+    ("train.split", "abc", "split must look like '969,30,1'"),
+    ("train.name", "../../escape", "train.name: string should match pattern"),
+    ("train.zero_stage", 5, "train.zero_stage: input should be 0, 1, 2 or 3"),
+    ("train.num_workers", True, "train.num_workers: input should be a valid integer, got True"),
+    ("train.min_lr", 0.5, "train: min_lr (0.5) exceeds lr (0.001)"),
+    ("train.warmpu", 0.1, "train.warmpu: unknown key (did you mean warmup?)"),
+    ("train.env", {"1BAD": "x"}, "train: env: 1BAD are not environment variable names"),
+    ("train.model", DELETE, "train.model must name at least one GPT-NeoX model YAML"),
+    ("train.storage_path", "s3://bucket/train", "flows evaluate, register and retrain from the final checkpoint"),
+    # eval
+    ("eval.dtype", "int8", "eval.dtype: input should be 'float32', 'bfloat16' or 'float16'"),
+    ("eval.tasks", [], "eval: tasks names no task"),
+    ("eval.device", "tpu", "eval.device: string should match pattern"),
+    ("eval.data.part", "train", "eval.data.part: input should be 'test' or 'valid'"),
+    ("eval.data.max_documents", 0, "eval.data.max_documents: input should be greater than or equal to 1"),
+    ("eval.data.split", "1,1,1", "eval.data.split: unknown key"),
+    # registry
+    ("registry.nmae", "m", "registry.nmae: unknown key (did you mean name?)"),
+    ("registry.rule.metrc", "x", "registry.rule.metrc: unknown key (did you mean metric?)"),
+    ("registry.rule.metric", "neox_heldout/bits_per_bite", "neox_heldout reports word_perplexity, byte_perplexity"),
+    ("registry.rule.metric", "lambada/acc", "lambada is not in eval.tasks"),
+    ("registry.rule.direction", "down", "registry.rule.direction: input should be 'minimize' or 'maximize'"),
+    ("registry.rule.guards", [{"metric": "neox_lastword/acc"}], "registry.rule.guards.0.direction: field required"),
+    ("registry.rule.floors", {"neox_heldout/bits_per_byte": {"max": "eight"}}, "input should be a valid number"),
+    ("registry.rule.floors", {"neox_heldout/bits_per_byte": {"maximum": 8}}, "input should be 'min' or 'max'"),
+    # retrain
+    ("retrain.mode", "again", "retrain.mode: input should be 'continue' or 'scratch'"),
+    ("retrain.train", {"split": "1,1,1"}, "nor split"),
+    ("retrain.train", {"lr": "fast"}, "train.lr: input should be a valid number"),
+    ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
+]
+
+
+def with_change(raw: dict, dotted: str, value) -> dict:
+    *parents, key = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        del node[key]
+    else:
+        node[key] = value
+    return raw
+
+
+@pytest.mark.parametrize("dotted, value, message", MISTAKES, ids=[f"{m[0]}={m[1]!r}"[:60] for m in MISTAKES])
+def test_a_mistake_at_any_depth_is_refused_naming_its_path(tmp_path, dotted, value, message):
     raw = yaml.safe_load((REPO / "configs" / "pipeline" / "local.yaml").read_text())
     raw["train"]["model"] = str(REPO / "configs" / "model" / "tiny.yml")
-    for section, value in change.items():
-        raw[section] = {**raw[section], **value} if section in ("data", "train") else value
     path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=message):
+    path.write_text(yaml.safe_dump(with_change(raw, dotted, value)))
+    with pytest.raises(ConfigError) as err:
         check_pipeline_config(path)
+    assert message in str(err.value)
+
+
+def test_a_typo_in_the_model_yaml_is_refused_with_the_key_meant(tmp_path):
+    model = (REPO / "configs" / "model" / "tiny.yml").read_text().replace('"gpt_j_residual"', '"gpt_j_residul"')
+    (tmp_path / "tiny.yml").write_text(model)
+    raw = yaml.safe_load((REPO / "configs" / "pipeline" / "local.yaml").read_text())
+    raw["train"]["model"] = str(tmp_path / "tiny.yml")
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="gpt_j_residul: not a GPT-NeoX key \\(did you mean gpt_j_residual\\?\\)"):
+        check_pipeline_config(tmp_path / "pipeline.yaml")
+
+
+def test_neox_check_imports_no_torch_deepspeed_or_mlflow_and_prints_no_warnings():
+    code = (
+        "import sys; from neox.pipeline.check import describe; print(describe('configs/pipeline/local.yaml'));"
+        "print(sorted(m for m in ('torch', 'deepspeed', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]") and "ok" in out.stdout
+    assert out.stderr == ""

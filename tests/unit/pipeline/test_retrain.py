@@ -69,10 +69,10 @@ def test_continue_starts_from_the_champion_weights_in_a_run_named_by_champion_an
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"mode": "again"}, "retrain.mode must be continue or scratch"),
+        ({"mode": "again"}, "retrain.mode: input should be 'continue' or 'scratch'"),
         ({"train": {"init_from": "x"}}, "derives them"),
-        ({"data": ["x"]}, "are mappings"),
-        ({"when": "weekly"}, "unknown retrain config key\\(s\\): when"),
+        ({"data": ["x"]}, "retrain.data: must be a mapping of keys"),
+        ({"when": "weekly"}, "retrain.when: unknown key \\(known: data, mode, train\\)"),
     ],
 )
 def test_bad_retrain_sections_are_clear_errors(section, message):

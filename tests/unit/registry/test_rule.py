@@ -64,11 +64,12 @@ def test_rule_from_a_config_section():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"metirc": "acc"}, "unknown registry.rule key"),
-        ({"direction": "up"}, "minimize or maximize"),
-        ({"guards": [{"metric": "acc"}]}, "guards entries need metric, direction"),
-        ({"floors": {"acc": {"above": 1}}}, "must give `min` and/or `max`"),
-        ({"min_improvement": "a lot"}, "must be float"),
+        ({"metirc": "acc"}, "registry.rule.metirc: unknown key \\(did you mean metric\\?\\)"),
+        ({"direction": "up"}, "registry.rule.direction: input should be 'minimize' or 'maximize'"),
+        ({"guards": [{"metric": "acc"}]}, "registry.rule.guards.0.direction: field required"),
+        ({"floors": {"acc": {"above": 1}}}, "registry.rule.floors.acc.above"),
+        ({"floors": {"acc": {}}}, "floors of acc give neither min nor max"),
+        ({"min_improvement": "a lot"}, "registry.rule.min_improvement: input should be a valid number"),
     ],
 )
 def test_bad_rule_is_a_clear_error(section, message):

@@ -48,16 +48,19 @@ def test_deepspeed_config_follows_the_train_config():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"model": PYTHIA_160M, "zero_stage": 4}, "zero_stage must be 0, 1, 2 or 3"),
-        ({"model": PYTHIA_160M, "micro_batch_sise": 4}, "unknown train config key"),
-        ({"model": PYTHIA_160M, "train_iters": "ten"}, "'train.train_iters' must be int"),
-        ({"model": PYTHIA_160M, "precision": "fp8"}, "precision must be fp32, bf16 or fp16"),
+        ({"model": PYTHIA_160M, "zero_stage": 4}, "train.zero_stage: input should be 0, 1, 2 or 3"),
+        (
+            {"model": PYTHIA_160M, "micro_batch_sise": 4},
+            "micro_batch_sise: unknown key \\(did you mean micro_batch_size",
+        ),
+        ({"model": PYTHIA_160M, "train_iters": "ten"}, "train.train_iters: input should be a valid integer, got 'ten'"),
+        ({"model": PYTHIA_160M, "precision": "fp8"}, "train.precision: input should be 'fp32', 'bf16' or 'fp16'"),
         ({}, "train.model must name"),
-        ({"model": PYTHIA_160M, "env": ["FI_PROVIDER=efa"]}, "train.env maps environment variable names to values"),
-        ({"model": PYTHIA_160M, "env": {"FI PROVIDER": "efa"}}, "is not an environment variable name"),
+        ({"model": PYTHIA_160M, "env": ["FI_PROVIDER=efa"]}, "train.env: must be a mapping of keys"),
+        ({"model": PYTHIA_160M, "env": {"FI PROVIDER": "efa"}}, "env: FI PROVIDER are not environment variable names"),
         (
             {"model": PYTHIA_160M, "env": {"NCCL_DEBUG": {"level": "INFO"}}},
-            "is not an environment variable name and a string",
+            "train.env.NCCL_DEBUG: input should be a valid string",
         ),
     ],
 )

@@ -1,0 +1,90 @@
+"""The pipeline config, typed and checked whole at the edge (a CLI command or a flow's start): a typo in the
+registry rule should not surface after hours of data preparation and training.
+
+    work_root: work        # where stage outputs live
+    data: {...}            # neox.data.prepare.DataConfig
+    train: {...}           # neox.train.config.TrainConfig, over the model YAML's GPT-NeoX keys
+    eval: {...}            # neox.eval.config.EvalSection
+    registry: {...}        # neox.registry.rule.RegistryConfig
+    retrain: {...}         # neox.pipeline.retrain.RetrainConfig (optional)
+
+Every key at every depth is known, every value typed and in range; errors name the dotted path. Besides each
+section's own checks: train.seq_length fits the model's positions, every metric of the promotion rule is one the
+configured eval tasks report, and the retrain section's keys are valid merged into the sections they replace.
+Nothing here imports torch, DeepSpeed or MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from neox.data.prepare import DataConfig, data_config
+from neox.errors import ConfigError
+from neox.eval.config import OFFLINE_TASKS, EvalSection
+from neox.model.config import load_model_config
+from neox.pipeline.configfile import Str, parse, read_pipeline_config, section
+from neox.pipeline.retrain import RetrainConfig, merged_data
+from neox.registry.rule import RegistryConfig
+from neox.train.config import TrainConfig, build_train_config
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+PLACEHOLDER_VOCAB = 50277  # the architecture is checked before a tokenizer exists; its size only pads the embedding
+
+
+@section
+class PipelineConfig:
+    """A pipeline config file: the stages' sections, each checked whole."""
+
+    data: DataConfig
+    train: TrainConfig
+    work_root: Str = "work"
+    """Where stage outputs live: <work_root>/<stage>/<key>/."""
+    eval: EvalSection = EvalSection()
+    registry: RegistryConfig = RegistryConfig()
+    retrain: RetrainConfig | None = None
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """The config file at `path`, every section typed and checked (model YAML paths relative to the file)."""
+    try:
+        return _load(Path(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _load(path: Path) -> PipelineConfig:
+    raw = read_pipeline_config(path)
+    if not isinstance(raw.get("train"), dict):
+        raise ConfigError("no `train:` section (a mapping with at least `model:`)")
+    train = build_train_config(raw["train"], base_dir=path.parent)
+    cfg = parse(PipelineConfig, {**raw, "train": train})
+    model, _ = load_model_config(*train.model, vocab_size=PLACEHOLDER_VOCAB)
+    if train.seq_length > model.max_position_embeddings:
+        positions = model.max_position_embeddings
+        raise ConfigError(
+            f"train.seq_length {train.seq_length} exceeds the model's max_position_embeddings {positions}"
+        )
+    check_rule_metrics(cfg)
+    if cfg.retrain is not None:
+        data_config(merged_data(raw["data"], cfg.retrain))
+        build_train_config({**raw["train"], **cfg.retrain.train}, base_dir=path.parent)
+    return cfg
+
+
+def check_rule_metrics(cfg: PipelineConfig) -> None:
+    """A promotion metric no eval task reports would never promote (and exit 0): each must name a configured task,
+    and for our offline tasks one of the metrics it reports."""
+    rule, tasks = cfg.registry.rule, set(cfg.eval.tasks)
+    for metric in rule.metrics():
+        task, _, name = metric.partition("/")
+        if task not in tasks:
+            raise ConfigError(f"registry.rule: {metric} is not reported: {task} is not in eval.tasks {sorted(tasks)}")
+        if task in OFFLINE_TASKS and name not in offline_metrics(task):
+            known = ", ".join(offline_metrics(task))
+            raise ConfigError(f"registry.rule: {metric} is not reported: {task} reports {known}")
+
+
+def offline_metrics(task: str) -> list[str]:
+    return [m["metric"] for m in yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text())["metric_list"]]
