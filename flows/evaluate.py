@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from prefect import flow
 
+from neox.eval.config import eval_configs
+from neox.pipeline.config import load_pipeline_config
 from tasks.evaluate import evaluate, score_champion
 from tasks.register import promote_version, register_model
 
 
 @flow(name="evaluate_and_promote")
 def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
-    evaluated = evaluate(config, checkpoint, tokenized)
-    version = register_model(config, evaluated)
-    decision = promote_version(config, version, score_champion(config, version, tokenized))
+    cfg = load_pipeline_config(config)
+    heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)
+    tracking, registry = cfg.train.tracking_uri, cfg.registry
+    evaluated = evaluate(
+        checkpoint, tokenized, heldout, evaluation, cfg.work_root, tracking, cfg.train.mlflow_experiment
+    )
+    version = register_model(evaluated, registry, tracking, cfg.work_root)
+    champion = score_champion(version, tokenized, heldout, evaluation, cfg.work_root, registry, tracking)
+    decision = promote_version(version, registry, tracking, champion)
     return {"eval": evaluated, "version": version, "promoted": decision.promote, "reasons": list(decision.reasons)}

@@ -37,12 +37,13 @@ def pretrain(config: str = "configs/pipeline/local.yaml") -> dict:
 
 
 def main() -> None:
+    from neox.pipeline.config import load_pipeline_config
     from neox.pipeline.summary import print_summary
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()
     result = pretrain(config)
-    if not print_summary(config, result, time.perf_counter() - started):
+    if not print_summary(load_pipeline_config(config), result, time.perf_counter() - started):
         sys.exit("the Hugging Face export check failed")
 
 

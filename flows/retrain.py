@@ -25,9 +25,10 @@ from tasks.retrain import plan_retrain
 @flow(name="retrain")
 def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     cfg = check_pipeline_config(config)
+    plan = cfg.retrain or RetrainConfig()
     timings = {}
     started = time.perf_counter()
-    data, champion = plan_retrain(config)
+    data, champion = plan_retrain(plan, cfg.data, cfg.registry, cfg.train.tracking_uri, cfg.work_root)
     if data is None:
         get_run_logger().info(
             "retrain: no shard arrived since champion v%s was trained; nothing to do", champion.version
@@ -36,7 +37,7 @@ def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     tokenized = data_prep(config, data)
     timings["data_prep"] = time.perf_counter() - started
     started = time.perf_counter()
-    overrides = retrain_overrides(cfg.train.name, cfg.retrain or RetrainConfig(), tokenized, champion)
+    overrides = retrain_overrides(cfg.train.name, plan, tokenized, champion)
     run = train(config, tokenized, overrides)
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -52,6 +53,7 @@ def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
 
 
 def main() -> None:
+    from neox.pipeline.config import load_pipeline_config
     from neox.pipeline.summary import print_summary
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
@@ -60,7 +62,7 @@ def main() -> None:
     if "skipped" in result:
         print(f"\n== neox-pipeline: retrain skipped ({result['skipped']})")
         return
-    if not print_summary(config, result, time.perf_counter() - started, title="retrain"):
+    if not print_summary(load_pipeline_config(config), result, time.perf_counter() - started, title="retrain"):
         sys.exit("the Hugging Face export check failed")
 
 

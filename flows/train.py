@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from neox.train.config import load_train_config
 from tasks.train import train as train_task
 
 
 @flow(name="train")
 def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
     """`overrides`: train-section keys replaced for this run (the retrain flow's name, init_from, schedule)."""
-    return train_task(config, tokenized, overrides)
+    return train_task(load_train_config(config, overrides), tokenized)

@@ -8,41 +8,27 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from neox.pipeline.configfile import read_pipeline_config
 from neox.registry.mlflow_registry import DECISION_TAG, promote, register
-from neox.registry.rule import Decision, promotion_rule
-from neox.train.config import load_train_config
-from neox.train.tracking import absolute_tracking_uri
-
-
-def registry_settings(config: str) -> tuple[dict, str, str]:
-    """The config's registry section, registered model name and (absolute) MLflow tracking URI."""
-    cfg = load_train_config(config)
-    section = read_pipeline_config(config).get("registry") or {}
-    return section, section.get("name", "neox-tiny"), absolute_tracking_uri(cfg.mlflow_tracking_uri)
+from neox.registry.rule import Decision, RegistryConfig
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_model(config: str, eval_output: str) -> str:
-    _, name, tracking = registry_settings(config)
-    version = register(
-        eval_output,
-        name,
-        tracking,
-        read_pipeline_config(config).get("work_root", "work"),
-        tags={"neox.prefect_flow_run_id": str(runtime.flow_run.id)},
-    )
-    get_run_logger().info("registered %s version %s", name, version)
+def register_model(eval_output: str, registry: RegistryConfig, tracking_uri: str, work_root: str) -> str:
+    tags = {"neox.prefect_flow_run_id": str(runtime.flow_run.id)}
+    version = register(eval_output, registry.name, tracking_uri, work_root, tags=tags)
+    get_run_logger().info("registered %s version %s", registry.name, version)
     return version
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_version(config: str, version: str, champion_metrics: dict[str, float] | None = None) -> Decision:
-    section, name, tracking = registry_settings(config)
-    decision = promote(name, version, promotion_rule(section.get("rule")), tracking, champion_metrics)
+def promote_version(
+    version: str, registry: RegistryConfig, tracking_uri: str, champion_metrics: dict[str, float] | None = None
+) -> Decision:
+    name = registry.name
+    decision = promote(name, version, registry.rule, tracking_uri, champion_metrics)
     from mlflow import MlflowClient
 
-    tags = MlflowClient(tracking_uri=tracking).get_model_version(name, version).tags
+    tags = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).tags
     record = json.loads(tags.get(DECISION_TAG, "{}"))
     verdict = "champion" if decision.promote else "not promoted"
     create_markdown_artifact(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from neox.data.prepare import data_config, tokenize_stage
+from neox.data.prepare import DataConfig, tokenize_stage
 from tasks.report import report_stage
 
 
 @task(name="tokenize", cache_policy=NO_CACHE)
-def tokenize(deduped: str, tokenizer: str, data: dict[str, Any], work_root: str) -> str:
+def tokenize(deduped: str, tokenizer: str, data: DataConfig, work_root: str) -> str:
     started = time.time()
-    out = tokenize_stage(deduped, tokenizer, data_config(data), work_root)
+    out = tokenize_stage(deduped, tokenizer, data, work_root)
     report_stage("tokenize", out, started)
     return str(out)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from neox.data.prepare import data_config, tokenizer_from_section
+from neox.data.prepare import DataConfig, tokenizer_from_section
 from tasks.report import report_stage
 
 
 @task(name="train-tokenizer", cache_policy=NO_CACHE)
-def train_tokenizer(deduped: str, data: dict[str, Any], work_root: str) -> str:
+def train_tokenizer(deduped: str, data: DataConfig, work_root: str) -> str:
     started = time.time()
-    out = tokenizer_from_section(deduped, data_config(data), work_root)
+    out = tokenizer_from_section(deduped, data, work_root)
     report_stage("tokenizer", Path(out).parent, started)
     return str(out)

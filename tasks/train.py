@@ -3,6 +3,7 @@ checkpoint (and Ray Train itself replaces failed workers within `max_failures`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,14 +12,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from neox.pipeline.layout import TRAIN_METRICS_FILE
-from neox.train.config import load_train_config
+from neox.train.config import TrainConfig
 from neox.train.launch import train_or_resume
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
-    cfg = load_train_config(config, {**(overrides or {}), "data": tokenized})
-    run, outcome = train_or_resume(cfg)
+def train(cfg: TrainConfig, tokenized: str) -> str:
+    run, outcome = train_or_resume(dataclasses.replace(cfg, data=tokenized))
     get_run_logger().info("train: %s %s", outcome, run)
     if "://" not in run:
         records = [json.loads(line) for line in (Path(run) / TRAIN_METRICS_FILE).read_text().splitlines()]

@@ -68,10 +68,10 @@ class EvalSection(EvalConfig):
     data: HeldoutOptions = HeldoutOptions()
 
 
-def eval_configs(section: dict[str, Any] | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
+def eval_configs(section: dict[str, Any] | EvalSection | None, split: str) -> tuple[EvalDataConfig, EvalConfig]:
     """The eval-data and eval configs of a pipeline config's `eval:` section; `split` is the training run's,
     so the held-out part is what training left out."""
-    parsed = parse(EvalSection, section, "eval")
+    parsed = section if isinstance(section, EvalSection) else parse(EvalSection, section, "eval")
     own = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(EvalConfig)}
     options = dataclasses.asdict(parsed.data)
     return parse(EvalDataConfig, {**options, "split": split}, "eval.data"), parse(EvalConfig, own, "eval")

@@ -49,6 +49,11 @@ def parse(cls: type[T], raw: Any, where: str = "") -> T:
         raise ConfigError("\n".join(describe(cls, where, problem) for problem in err.errors())) from None
 
 
+def as_mapping(value: Any) -> dict[str, Any]:
+    """A section as the mapping a config file holds (keys by their YAML names: `from`, not `source`)."""
+    return TypeAdapter(type(value)).dump_python(value, by_alias=True)
+
+
 def describe(cls: type, where: str, problem: dict[str, Any]) -> str:
     """One line for one pydantic error: the dotted path, what is wrong, and for a typo the nearest key."""
     loc = [str(part) for part in problem["loc"]]

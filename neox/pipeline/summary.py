@@ -11,21 +11,17 @@ from typing import Any
 import torch
 
 from neox.eval.run import EVAL_METRICS_FILE, metrics_table
-from neox.pipeline.configfile import read_pipeline_config
+from neox.pipeline.config import PipelineConfig
 from neox.pipeline.layout import TOKENIZER_FILE, TRAIN_METRICS_FILE, final_hf, final_model
 from neox.pipeline.stage import read_manifest, stage_output
-from neox.train.config import load_train_config
 
 
-def print_summary(config: str, result: dict[str, Any], total_seconds: float, title: str = "pretrain") -> bool:
+def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: float, title: str = "pretrain") -> bool:
     """Print the summary; returns whether the Hugging Face export check passed."""
-    raw, cfg = read_pipeline_config(config), load_train_config(config)
     tokenized, run_dir = Path(result["tokenized"]), Path(result["run"])
     tokenize_manifest = read_manifest(tokenized)
     # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
-    dedup_stats = read_manifest(
-        stage_output(raw.get("work_root", "work"), "dedup", tokenize_manifest["inputs"]["shards"])
-    )["stats"]
+    dedup_stats = read_manifest(stage_output(cfg.work_root, "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
     curve = (run_dir / TRAIN_METRICS_FILE).read_text().splitlines()
     first, last = json.loads(curve[0]), json.loads(curve[-1])
     print(f"\n== neox-pipeline: {title}")
@@ -51,7 +47,7 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
             for line in metrics_table(json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())).splitlines()
         )
     )
-    name = (raw.get("registry") or {}).get("name", "neox-tiny")
+    name = cfg.registry.name
     verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
     print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
     print("\n   stage timings:")
@@ -60,7 +56,7 @@ def print_summary(config: str, result: dict[str, Any], total_seconds: float, tit
     print(f"   {total_seconds:7.1f} s  in all")
     print("\n   Prefect UI: .venv/bin/prefect server start      (flow runs, subflows, task states, artifacts)")
     print(
-        f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}"
+        f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.train.mlflow_tracking_uri}"
         "   (runs, metrics, models, aliases)"
     )
     print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")

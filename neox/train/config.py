@@ -126,6 +126,15 @@ class TrainConfig:
             raise ValueError(f"env: {', '.join(bad)} are not environment variable names")
 
     @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI with a relative sqlite path made absolute: workers and flows run elsewhere."""
+        prefix = "sqlite:///"
+        uri = self.mlflow_tracking_uri
+        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+            return prefix + str(Path(uri[len(prefix) :]).resolve())
+        return uri
+
+    @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.gradient_accumulation_steps * self.num_workers
 

@@ -18,7 +18,7 @@ from neox.train.checkpointing import check_compatible, latest_state
 from neox.train.config import TrainConfig
 from neox.train.loop import train_loop_per_worker
 from neox.train.storage import RunStorage, run_storage
-from neox.train.tracking import absolute_tracking_uri, open_mlflow_run
+from neox.train.tracking import open_mlflow_run
 
 
 def storage_of(cfg: TrainConfig) -> RunStorage:
@@ -83,7 +83,7 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         "index_cache": str(local_dir / INDEX_CACHE_DIR),
         "storage": storage,
         "allow_new_data": allow_new_data,
-        "mlflow_tracking_uri": absolute_tracking_uri(cfg.mlflow_tracking_uri),
+        "mlflow_tracking_uri": cfg.tracking_uri,
         "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
     }
     if resume:  # refuse before anything is started or written

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from neox.model.config import ModelConfig
@@ -16,21 +15,13 @@ from neox.train.flops import flops_per_step, gpu_peak_tflops
 from neox.train.storage import RunStorage
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """Workers run in other directories: a relative sqlite path must not resolve there."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
 def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any], resume: bool) -> str:
     """The run's MLflow run id: a new run with the resolved config as params, or on resume the run it began."""
     from mlflow import MlflowClient
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=absolute_tracking_uri(cfg.mlflow_tracking_uri))
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
     marker = storage.read_text(MLFLOW_RUN_FILE)
     if resume and marker:
         run_id = marker.strip()
