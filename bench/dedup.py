@@ -70,7 +70,7 @@ def main() -> None:
         seconds = {}
         for workers in (1, args.workers):
             started = time.perf_counter()
-            out = dedup_shards(corpus, Path(tmp) / f"work-{workers}", cfg, workers=workers)
+            out = dedup_shards(corpus, Path(tmp) / f"work-{workers}", cfg, workers=workers).path
             seconds[workers] = time.perf_counter() - started
         ray.shutdown()
         stats = verify_output(out)["stats"]

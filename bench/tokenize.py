@@ -95,7 +95,7 @@ def main() -> None:
         ensure_ray(num_cpus=args.workers)
         ray_s = time.perf_counter() - started
         started = time.perf_counter()
-        out = tokenize_shards(corpus, tokenizer, tmp / "work", workers=args.workers)
+        out = tokenize_shards(corpus, tokenizer, tmp / "work", workers=args.workers).path
         ours_s = time.perf_counter() - started
         ray.shutdown()
 

@@ -227,6 +227,7 @@ def main() -> None:
     from neox.data.sample import build_sample_corpus
     from neox.data.tokenize import data_prefix, tokenize_shards
     from neox.data.tokenizer import tokenizer_stage
+    from neox.pipeline.layout import TOKENIZER_FILE
 
     torch.set_num_threads(args.threads)
 
@@ -234,8 +235,8 @@ def main() -> None:
         tmp = Path(tmp)
         print("building data: sample corpus -> 8192-token BPE -> .bin/.idx ...", flush=True)
         build_sample_corpus(tmp / "corpus", shards=2)
-        tokenizer = tokenizer_stage(tmp / "work", vocab_size=8192, input_dir=tmp / "corpus")
-        tokenized = tokenize_shards(tmp / "corpus", tokenizer, tmp / "work")
+        tokenizer = tokenizer_stage(tmp / "work", vocab_size=8192, input_dir=tmp / "corpus").path / TOKENIZER_FILE
+        tokenized = tokenize_shards(tmp / "corpus", tokenizer, tmp / "work").path
         model_yaml = tmp / "model.yml"
         model_yaml.write_text(
             yaml.safe_dump(

@@ -18,5 +18,7 @@ def data_prep(config: str = "configs/pipeline/local.yaml", data: DataConfig | No
     """`data`: a data section to run instead of the config's (the retrain flow's new shards)."""
     cfg = load_pipeline_config(config)
     data, work_root = data or cfg.data, cfg.work_root
-    deduped = dedup(download(data, work_root), data, work_root)
-    return tokenize(deduped, train_tokenizer(deduped, data, work_root), data, work_root)
+    downloaded = download(data, work_root).result()
+    deduped = dedup(downloaded, data, work_root).result()
+    tokenizer = train_tokenizer(deduped, data, work_root).result()
+    return tokenize(deduped, tokenizer, data, work_root).result()

@@ -16,9 +16,8 @@ def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
     cfg = load_pipeline_config(config)
     heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)
     tracking, registry = cfg.train.tracking_uri, cfg.registry
-    evaluated = evaluate(
-        checkpoint, tokenized, heldout, evaluation, cfg.work_root, tracking, cfg.train.mlflow_experiment
-    )
+    experiment = cfg.train.mlflow_experiment
+    evaluated = evaluate(checkpoint, tokenized, heldout, evaluation, cfg.work_root, tracking, experiment).result()
     version = register_model(evaluated, registry, tracking, cfg.work_root)
     champion = score_champion(version, tokenized, heldout, evaluation, cfg.work_root, registry, tracking)
     decision = promote_version(version, registry, tracking, champion)

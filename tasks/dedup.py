@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from neox.data.prepare import DataConfig, dedup_stage
-from tasks.report import report_stage
+from tasks.report import STAGE_TASK, stage_state
 
 
-@task(name="dedup", cache_policy=NO_CACHE)
-def dedup(downloaded: str, data: DataConfig, work_root: str) -> str:
-    started = time.time()
-    out = dedup_stage(downloaded, data, work_root)
-    report_stage("dedup", out, started)
-    return str(out)
+@task(name="dedup", cache_policy=NO_CACHE, **STAGE_TASK)
+def dedup(downloaded: str, data: DataConfig, work_root: str) -> State:
+    return stage_state("dedup", dedup_stage(downloaded, data, work_root))

@@ -4,29 +4,30 @@ current champion scored on the same data."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from neox.eval.config import EvalConfig, EvalDataConfig
 from neox.eval.data import eval_data_stage
 from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, eval_stage, log_eval
 from neox.pipeline.layout import WEIGHTS_FILE
+from neox.pipeline.stage import StageResult
 from neox.registry.mlflow_registry import champion_version
 from neox.registry.rule import RegistryConfig
-from tasks.report import report_stage
+from tasks.report import STAGE_TASK, stage_state
 
 
 def eval_on_heldout(
     checkpoint: str | Path, tokenized: str, heldout: EvalDataConfig, evaluation: EvalConfig, work_root: str
-) -> Path:
+) -> StageResult:
     """Run (or reuse) the evaluation of `checkpoint` on the held-out split of `tokenized`."""
-    return eval_stage(checkpoint, eval_data_stage(tokenized, work_root, heldout), work_root, evaluation)
+    return eval_stage(checkpoint, eval_data_stage(tokenized, work_root, heldout).path, work_root, evaluation)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=NO_CACHE, **STAGE_TASK)
 def evaluate(
     checkpoint: str,
     tokenized: str,
@@ -35,13 +36,11 @@ def evaluate(
     work_root: str,
     tracking_uri: str,
     experiment: str,
-) -> str:
-    started = time.time()
-    out = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root)
-    run_id = log_eval(out, tracking_uri, experiment)
-    metrics = json.loads((Path(out) / EVAL_METRICS_FILE).read_text())
-    report_stage("eval", out, started, {"mlflow_run_id": run_id, **metrics})
-    return str(out)
+) -> State:
+    result = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root)
+    run_id = log_eval(result.path, tracking_uri, experiment)
+    metrics = json.loads((result.path / EVAL_METRICS_FILE).read_text())
+    return stage_state("eval", result, {"mlflow_run_id": run_id, **metrics})
 
 
 @task(name="score-champion", cache_policy=NO_CACHE)
@@ -67,7 +66,7 @@ def score_champion(
             "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint
         )
         return None
-    output = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root)
+    output = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root).path
     metrics = json.loads((output / EVAL_METRICS_FILE).read_text())
     get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
     return metrics

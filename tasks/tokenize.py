@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from neox.data.prepare import DataConfig, tokenize_stage
-from tasks.report import report_stage
+from tasks.report import STAGE_TASK, stage_state
 
 
-@task(name="tokenize", cache_policy=NO_CACHE)
-def tokenize(deduped: str, tokenizer: str, data: DataConfig, work_root: str) -> str:
-    started = time.time()
-    out = tokenize_stage(deduped, tokenizer, data, work_root)
-    report_stage("tokenize", out, started)
-    return str(out)
+@task(name="tokenize", cache_policy=NO_CACHE, **STAGE_TASK)
+def tokenize(deduped: str, tokenizer: str, data: DataConfig, work_root: str) -> State:
+    return stage_state("tokenize", tokenize_stage(deduped, tokenizer, data, work_root))

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from neox.data.prepare import DataConfig, tokenizer_from_section
-from tasks.report import report_stage
+from tasks.report import STAGE_TASK, stage_state
 
 
-@task(name="train-tokenizer", cache_policy=NO_CACHE)
-def train_tokenizer(deduped: str, data: DataConfig, work_root: str) -> str:
-    started = time.time()
-    out = tokenizer_from_section(deduped, data, work_root)
-    report_stage("tokenizer", Path(out).parent, started)
-    return str(out)
+@task(name="train-tokenizer", cache_policy=NO_CACHE, **STAGE_TASK)
+def train_tokenizer(deduped: str, data: DataConfig, work_root: str) -> State:
+    return stage_state("tokenizer", tokenizer_from_section(deduped, data, work_root))

@@ -54,7 +54,7 @@ def download(
     sources = sources_for(urls or [], pile_mirror)
     if not sources:
         raise ConfigError("give source URLs or --pile-mirror")
-    out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries))
+    out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries)).path
     typer.echo(str(out))
 
 
@@ -79,7 +79,7 @@ def dedup(
     from neox.pipeline.configfile import parse
 
     cfg = parse(DedupConfig, dict(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold))
-    typer.echo(str(dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address)))
+    typer.echo(str(dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address).path))
 
 
 @app.command("train-tokenizer")
@@ -97,8 +97,10 @@ def train_tokenizer(
     Example: neox train-tokenizer work/dedup/<key> --vocab-size 8192
     """
     from neox.data.tokenizer import tokenizer_stage
+    from neox.pipeline.layout import TOKENIZER_FILE
 
-    typer.echo(str(tokenizer_stage(work_root, vocab_size, input_dir=input_dir, source=from_)))
+    result = tokenizer_stage(work_root, vocab_size, input_dir=input_dir, source=from_)
+    typer.echo(str(result.path / TOKENIZER_FILE))
 
 
 @app.command()
@@ -125,7 +127,7 @@ def tokenize(
         parse(TokenizeConfig, {"prefix": prefix}),
         workers=workers,
         ray_address=ray_address,
-    )
+    ).path
     typer.echo(str(out))
 
 

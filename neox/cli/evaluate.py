@@ -37,7 +37,7 @@ def eval_data_command(
     cfg = parse(
         EvalDataConfig, dict(split=split, part=part, max_documents=max_documents, lastword_chars=lastword_chars)
     )
-    typer.echo(str(eval_data_stage(dataset, work_root, cfg)))
+    typer.echo(str(eval_data_stage(dataset, work_root, cfg).path))
 
 
 @app.command("eval")
@@ -74,7 +74,7 @@ def eval_command(
 
     options = dict(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
     cfg = parse(EvalConfig, options)
-    out = eval_stage(checkpoint, eval_data, work_root, cfg)
+    out = eval_stage(checkpoint, eval_data, work_root, cfg).path
     typer.echo(metrics_table(json.loads((out / EVAL_METRICS_FILE).read_text())))
     typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")
     typer.echo(str(out))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from rensa import RMinHash
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
 from neox.errors import DataError
 from neox.pipeline.configfile import NonNegative, Positive, section
-from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "dedup"
@@ -157,40 +158,28 @@ def dedup_shards(
     cfg: DedupConfig = DedupConfig(),
     workers: int | None = None,
     ray_address: str | None = None,
-) -> Path:
-    """Run (or reuse) the dedup stage; returns its output directory of deduplicated shards."""
+) -> StageResult:
+    """Run (or reuse) the dedup stage; its output is a folder of deduplicated shards."""
     shards = list_shards(input_dir)
-    inputs = {"shards": input_fingerprint(input_dir)}
-    config = dataclasses.asdict(cfg)
-    key = stage_key(STAGE, CODE_VERSION, config, inputs)
-    if find_verified(work_root, STAGE, key) is not None:
-        return stage_output(work_root, STAGE, key)
 
-    ensure_ray(ray_address)
-    area = Path(work_root) / STAGE
-    area.mkdir(parents=True, exist_ok=True)
-    signer = ray.remote(num_cpus=1)(sign_shard)
-    reject_parts = [area / f".{key}.{s.name}.rejects" for s in shards]
-    try:
-        calls = [(signer, (s, cfg, part)) for s, part in zip(shards, reject_parts, strict=True)]
+    def body(run: StageRun) -> None:
+        ensure_ray(ray_address)
+        signer = ray.remote(num_cpus=1)(sign_shard)
+        parts = run.tmp / ".rejects"  # each shard's rejected lines, merged into rejects.jsonl below
+        parts.mkdir()
+        calls = [(signer, (s, cfg, parts / s.name)) for s in shards]
         signed = run_ordered(calls, workers, "dedup: sign", "shard")
-        _publish(signed, shards, work_root, cfg, inputs, workers)
-    finally:
-        for part in reject_parts:
-            part.unlink(missing_ok=True)
-    return stage_output(work_root, STAGE, key)
+        write_kept_documents(signed, shards, run, cfg, workers)
+        shutil.rmtree(parts)
+
+    inputs = {"shards": input_fingerprint(input_dir)}
+    return run_stage(work_root, STAGE, CODE_VERSION, dataclasses.asdict(cfg), inputs, body)
 
 
-def _publish(
-    signed: list[dict[str, Any]],
-    shards: list[Path],
-    work_root: str | Path,
-    cfg: DedupConfig,
-    inputs: dict[str, str],
-    workers: int | None,
+def write_kept_documents(
+    signed: list[dict[str, Any]], shards: list[Path], run: StageRun, cfg: DedupConfig, workers: int | None
 ) -> None:
-    """Cluster the signed documents and publish the kept ones with the manifest."""
-    config = dataclasses.asdict(cfg)
+    """Cluster the signed documents and write the kept ones into the stage's output, with its stats."""
     ids = [(r["shard"], line) for r in signed for line in r["lines"]]
     if not ids:
         raise DataError(f"no documents in {shards[0].parent}: every line was empty or rejected")
@@ -214,29 +203,24 @@ def _publish(
         entry = {"id": f"{ids[i][0]}:{ids[i][1]}", "set": sets[i]}
         return entry | ({"path": paths[i]} if paths[i] else {})
 
-    with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
-        writer = ray.remote(num_cpus=1)(write_kept)
-        calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name])) for s in shards]
-        written = sum(run_ordered(calls, workers, "dedup: write", "shard"))
-        reject_counts = merge_rejects(
-            [(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl"
-        )
-        kept = sum(len(lines) for lines in keep_by_shard.values())
-        if written != kept:  # the shards changed under us between the two passes
-            raise DataError(f"wrote {written} documents, expected {kept}; was the input modified?")
-        kept_sets = Counter(sets[i] for i, root in enumerate(roots) if root == i)
-        run.stats.update(
-            documents_in=len(ids),
-            documents_out=kept,
-            bytes_in=sum(r["bytes"] for r in signed),
-            exact_duplicates=len(exact_members),
-            near_duplicates=len(removed) - len(exact_members),
-            rejects=reject_counts,
-            per_set={
-                name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())
-            },
-            clusters=[
-                {"kept": describe(root), "dropped": [describe(i) for i in dropped]}
-                for root, dropped in sorted(members.items())
-            ],
-        )
+    writer = ray.remote(num_cpus=1)(write_kept)
+    calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name])) for s in shards]
+    written = sum(run_ordered(calls, workers, "dedup: write", "shard"))
+    reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl")
+    kept = sum(len(lines) for lines in keep_by_shard.values())
+    if written != kept:  # the shards changed under us between the two passes
+        raise DataError(f"wrote {written} documents, expected {kept}; was the input modified?")
+    kept_sets = Counter(sets[i] for i, root in enumerate(roots) if root == i)
+    run.stats.update(
+        documents_in=len(ids),
+        documents_out=kept,
+        bytes_in=sum(r["bytes"] for r in signed),
+        exact_duplicates=len(exact_members),
+        near_duplicates=len(removed) - len(exact_members),
+        rejects=reject_counts,
+        per_set={name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())},
+        clusters=[
+            {"kept": describe(root), "dropped": [describe(i) for i in dropped]}
+            for root, dropped in sorted(members.items())
+        ],
+    )

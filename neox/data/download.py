@@ -29,7 +29,7 @@ from tqdm import tqdm
 from neox.data.transports import TRANSPORTS, DownloadError, Retry
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
-from neox.pipeline.stage import find_verified, publish_stage, sha256_file, stage_key, stage_output
+from neox.pipeline.stage import StageResult, StageRun, run_stage, sha256_file, stage_key
 
 STAGE = "download"
 CODE_VERSION = "1"
@@ -146,21 +146,19 @@ class KnownChecksums:
             atomic_write_text(self.path, json.dumps(self.values, indent=1, sort_keys=True))
 
 
-def download_sources(sources: list[Source], work_root: str | Path, workers: int = 4, retry: Retry = Retry()) -> Path:
-    """Run (or reuse) the download stage for these sources; returns the directory holding them by name."""
+def download_sources(
+    sources: list[Source], work_root: str | Path, workers: int = 4, retry: Retry = Retry()
+) -> StageResult:
+    """Run (or reuse) the download stage for these sources; its output folder holds them by name."""
     if not sources:
         raise ConfigError("no sources to download")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"two sources share a file name: {sorted(n for n in names if names.count(n) > 1)}")
-    config = source_set(sources)
-    key = stage_key(STAGE, CODE_VERSION, config, {})
     area, scratch = Path(work_root) / STAGE, scratch_dir(work_root, sources)
-    # one run at a time per source set (a concurrent run with the same sources waits, then reuses the output);
-    # partial files live under the key, so runs with other source sets never touch them
-    with file_lock(area / f".{key}.lock"):
-        if find_verified(work_root, STAGE, key) is not None:
-            return stage_output(work_root, STAGE, key)
+
+    # partial files live under the source set's key, so a rerun resumes them and other source sets never touch them
+    def body(run: StageRun) -> None:
         for sub in (".parts", ".cache"):
             (scratch / sub).mkdir(parents=True, exist_ok=True)
         known = KnownChecksums(area / "known_sha256.json")
@@ -168,16 +166,17 @@ def download_sources(sources: list[Source], work_root: str | Path, workers: int 
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 files = list(pool.map(lambda s: download_one(s, scratch, known, retry, bar.update), sources))
-        with publish_stage(work_root, STAGE, CODE_VERSION, config, {}) as run:
-            for source, file in zip(sources, files, strict=True):
-                os.replace(file, run.tmp / source.name)
-            run.stats.update(
-                files=len(sources),
-                bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
-                sources={s.name: s.url for s in sources},
-            )
-        shutil.rmtree(scratch, ignore_errors=True)
-    return stage_output(work_root, STAGE, key)
+        for source, file in zip(sources, files, strict=True):
+            os.replace(file, run.tmp / source.name)
+        run.stats.update(
+            files=len(sources),
+            bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
+            sources={s.name: s.url for s in sources},
+        )
+
+    result = run_stage(work_root, STAGE, CODE_VERSION, source_set(sources), {}, body)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
 
 
 def scratch_dir(work_root: str | Path, sources: list[Source]) -> Path:

@@ -24,6 +24,8 @@ from neox.data.sample import build_sample_corpus
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
 from neox.data.tokenizer import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, tokenizer_stage
 from neox.pipeline.configfile import Positive, Str, parse, section
+from neox.pipeline.layout import TOKENIZER_FILE
+from neox.pipeline.stage import StageResult
 
 # A tokenizer larger than this is a typo: tokenizers allocates memory by it (10^9 aborts the process).
 MAX_VOCAB_SIZE = 1 << 20
@@ -82,15 +84,15 @@ def data_sources(data: DataConfig, work_root: Path) -> list[Source]:
     return sources_for(list(data.sources), data.pile_mirror)
 
 
-def download_stage(data: DataConfig, work_root: str | Path) -> Path:
+def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:
     return download_sources(data_sources(data, Path(work_root)), work_root)
 
 
-def dedup_stage(downloaded: str | Path, data: DataConfig, work_root: str | Path) -> Path:
+def dedup_stage(downloaded: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
     return dedup_shards(downloaded, work_root, data.dedup, workers=data.workers, ray_address=data.ray_address)
 
 
-def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str | Path) -> Path:
+def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
     """Train a BPE on the deduplicated shards, or take the one `tokenizer.from` names."""
     tok = data.tokenizer
     if tok.source is not None:
@@ -98,9 +100,11 @@ def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str
     return tokenizer_stage(work_root, tok.vocab_size or DEFAULT_VOCAB_SIZE, input_dir=deduped)
 
 
-def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig, work_root: str | Path) -> Path:
+def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
+    """Tokenize the deduplicated shards with the tokenizer stage's output (its folder)."""
+    tokenizer_file = Path(tokenizer) / TOKENIZER_FILE
     return tokenize_shards(
-        deduped, tokenizer, work_root, data.tokenize, workers=data.workers, ray_address=data.ray_address
+        deduped, tokenizer_file, work_root, data.tokenize, workers=data.workers, ray_address=data.ray_address
     )
 
 
@@ -120,6 +124,6 @@ def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, 
 def prepare_data(section: dict[str, Any] | DataConfig, work_root: str | Path) -> Path:
     """Run (or reuse) every data stage; returns the tokenize stage's output directory."""
     data = data_config(section)
-    downloaded = download_stage(data, work_root)
-    deduped = dedup_stage(downloaded, data, work_root)
-    return tokenize_stage(deduped, tokenizer_from_section(deduped, data, work_root), data, work_root)
+    downloaded = download_stage(data, work_root).path
+    deduped = dedup_stage(downloaded, data, work_root).path
+    return tokenize_stage(deduped, tokenizer_from_section(deduped, data, work_root).path, data, work_root).path

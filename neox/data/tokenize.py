@@ -27,15 +27,7 @@ from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
 from neox.pipeline.configfile import PlainName, Positive, section
 from neox.pipeline.layout import TOKENIZER_FILE
-from neox.pipeline.stage import (
-    find_verified,
-    input_fingerprint,
-    publish_stage,
-    read_manifest,
-    sha256_file,
-    stage_key,
-    stage_output,
-)
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "tokenize"
@@ -105,20 +97,15 @@ def tokenize_shards(
     cfg: TokenizeConfig = TokenizeConfig(),
     workers: int | None = None,
     ray_address: str | None = None,
-) -> Path:
-    """Run (or reuse) the tokenize stage; returns its output directory. `workers` caps the shards tokenized
-    at once (default: as many as Ray has CPUs)."""
+) -> StageResult:
+    """Run (or reuse) the tokenize stage. `workers` caps the shards tokenized at once (default: as many as Ray has
+    CPUs)."""
     shards = list_shards(input_dir)
     tok = load_tokenizer(tokenizer_file)
-    inputs = {"shards": input_fingerprint(input_dir), "tokenizer": sha256_file(tokenizer_file)}
-    config = dataclasses.asdict(cfg)
-    key = stage_key(STAGE, CODE_VERSION, config, inputs)
-    if find_verified(work_root, STAGE, key) is not None:
-        return stage_output(work_root, STAGE, key)
 
-    ensure_ray(ray_address)
-    task = ray.remote(num_cpus=1)(tokenize_shard)
-    with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
+    def body(run: StageRun) -> None:
+        ensure_ray(ray_address)
+        task = ray.remote(num_cpus=1)(tokenize_shard)
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
         tokenizer_json = tok.to_str()
@@ -153,7 +140,9 @@ def tokenize_shards(
             data_prefix=prefix.name,
             engine="tiktoken" if fast else "tokenizers",
         )
-    return stage_output(work_root, STAGE, key)
+
+    inputs = {"shards": input_fingerprint(input_dir), "tokenizer": sha256_file(tokenizer_file)}
+    return run_stage(work_root, STAGE, CODE_VERSION, dataclasses.asdict(cfg), inputs, body)
 
 
 def _fast_engine_agrees(tokenizer_json: str, shard: Path, sample_docs: int = 200) -> bool:

@@ -13,7 +13,7 @@ from neox.data.download import Source, download_sources
 from neox.data.jsonl import Rejects, list_shards, read_shard
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.pipeline.layout import TOKENIZER_FILE
-from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, sha256_file, stage_key, stage_output
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage, sha256_file
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
@@ -68,29 +68,29 @@ CODE_VERSION = "1"
 
 def tokenizer_stage(
     work_root: str | Path, vocab_size: int, input_dir: str | Path | None = None, source: str | None = None
-) -> Path:
+) -> StageResult:
     """Run (or reuse) the tokenizer stage: train a BPE on the shards in input_dir, or take an existing
-    tokenizer.json from `source` (a path or URL, fetched by the download stage). Output: tokenizer.json with
-    its sha256 and vocabulary size in the manifest."""
+    tokenizer.json from `source` (a path or URL, fetched by the download stage). Its output folder holds
+    tokenizer.json, with its sha256 and vocabulary size in the manifest."""
     if (input_dir is None) == (source is None):
         raise ConfigError("give either input shards to train on or an existing tokenizer source, not both")
     if source is not None:
-        fetched = download_sources([Source(source, name=TOKENIZER_FILE)], work_root) / TOKENIZER_FILE
+        fetched = download_sources([Source(source, name=TOKENIZER_FILE)], work_root).path / TOKENIZER_FILE
         config, inputs = {"source": source}, {"tokenizer": sha256_file(fetched)}
     else:
         config, inputs = {"vocab_size": vocab_size}, {"shards": input_fingerprint(input_dir)}
-    key = stage_key(STAGE, CODE_VERSION, config, inputs)
-    if find_verified(work_root, STAGE, key) is None:
-        with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
-            if source is not None:
-                shutil.copyfile(fetched, run.tmp / TOKENIZER_FILE)
-                tok = load_tokenizer(run.tmp / TOKENIZER_FILE)
-            else:
-                rejects = Rejects()
-                texts = (doc.text for shard in list_shards(input_dir) for doc in read_shard(shard, rejects))
-                tok = train_bpe(texts, vocab_size)
-                tok.save(str(run.tmp / TOKENIZER_FILE))
-            run.stats.update(
-                vocab_size=tok.get_vocab_size(), eod_id=eod_id(tok), sha256=sha256_file(run.tmp / TOKENIZER_FILE)
-            )
-    return stage_output(work_root, STAGE, key) / TOKENIZER_FILE
+
+    def body(run: StageRun) -> None:
+        if source is not None:
+            shutil.copyfile(fetched, run.tmp / TOKENIZER_FILE)
+            tok = load_tokenizer(run.tmp / TOKENIZER_FILE)
+        else:
+            rejects = Rejects()
+            texts = (doc.text for shard in list_shards(input_dir) for doc in read_shard(shard, rejects))
+            tok = train_bpe(texts, vocab_size)
+            tok.save(str(run.tmp / TOKENIZER_FILE))
+        run.stats.update(
+            vocab_size=tok.get_vocab_size(), eod_id=eod_id(tok), sha256=sha256_file(run.tmp / TOKENIZER_FILE)
+        )
+
+    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body)

@@ -22,7 +22,7 @@ from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError
 from neox.eval.config import EvalDataConfig
 from neox.pipeline.layout import TOKENIZER_FILE
-from neox.pipeline.stage import find_verified, input_fingerprint, publish_stage, stage_key, stage_output
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
 
 STAGE = "eval-data"
 CODE_VERSION = "1"
@@ -51,37 +51,38 @@ def document_range(tokenized: str | Path, split: str, part: str) -> tuple[int, i
     return bounds[index], bounds[index + 1]
 
 
-def eval_data_stage(tokenized: str | Path, work_root: str | Path, cfg: EvalDataConfig = EvalDataConfig()) -> Path:
-    """Run (or reuse) the stage; returns its output folder."""
-    config = dataclasses.asdict(cfg)
-    inputs = {"tokenized": input_fingerprint(tokenized)}
-    key = stage_key(STAGE, CODE_VERSION, config, inputs)
-    if find_verified(work_root, STAGE, key) is None:
+def eval_data_stage(
+    tokenized: str | Path, work_root: str | Path, cfg: EvalDataConfig = EvalDataConfig()
+) -> StageResult:
+    """Run (or reuse) the eval-data stage."""
+
+    def body(run: StageRun) -> None:
         start, end = document_range(tokenized, cfg.split, cfg.part)
         if end <= start:
             raise ConfigError(f"split {cfg.split!r} leaves no {cfg.part} documents: give the {cfg.part} part a weight")
         tok = load_tokenizer(Path(tokenized) / TOKENIZER_FILE)
         eod = eod_id(tok)
         indexed = IndexedDataset(data_prefix(tokenized))
-        with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
-            documents = passages = 0
-            with open(run.tmp / HELDOUT_FILE, "w") as heldout, open(run.tmp / LASTWORD_FILE, "w") as lastword:
-                for index in range(start, min(end, start + cfg.max_documents)):
-                    text = tok.decode([int(t) for t in indexed[index] if t != eod], skip_special_tokens=False)
-                    if not text.strip():
-                        continue
-                    heldout.write(json.dumps({"text": text, "document": index}) + "\n")
-                    documents += 1
-                    passage = lastword_passage(text, cfg.lastword_chars)
-                    if passage is not None:
-                        lastword.write(json.dumps({**passage, "document": index}) + "\n")
-                        passages += 1
-            if not documents or not passages:
-                raise ConfigError(f"the {cfg.part} split of {tokenized} yields no usable documents")
-            run.stats.update(
-                documents=documents,
-                passages=passages,
-                document_range=[start, end],
-                train_range=list(document_range(tokenized, cfg.split, "train")),
-            )
-    return stage_output(work_root, STAGE, key)
+        documents = passages = 0
+        with open(run.tmp / HELDOUT_FILE, "w") as heldout, open(run.tmp / LASTWORD_FILE, "w") as lastword:
+            for index in range(start, min(end, start + cfg.max_documents)):
+                text = tok.decode([int(t) for t in indexed[index] if t != eod], skip_special_tokens=False)
+                if not text.strip():
+                    continue
+                heldout.write(json.dumps({"text": text, "document": index}) + "\n")
+                documents += 1
+                passage = lastword_passage(text, cfg.lastword_chars)
+                if passage is not None:
+                    lastword.write(json.dumps({**passage, "document": index}) + "\n")
+                    passages += 1
+        if not documents or not passages:
+            raise ConfigError(f"the {cfg.part} split of {tokenized} yields no usable documents")
+        run.stats.update(
+            documents=documents,
+            passages=passages,
+            document_range=[start, end],
+            train_range=list(document_range(tokenized, cfg.split, "train")),
+        )
+
+    inputs = {"tokenized": input_fingerprint(tokenized)}
+    return run_stage(work_root, STAGE, CODE_VERSION, dataclasses.asdict(cfg), inputs, body)

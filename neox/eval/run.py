@@ -20,15 +20,7 @@ import yaml
 from neox.errors import ConfigError, DataError, MissingInput, ServiceError
 from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, EvalConfig
 from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of, run_of
-from neox.pipeline.stage import (
-    find_verified,
-    input_fingerprint,
-    publish_stage,
-    read_manifest,
-    sha256_file,
-    stage_key,
-    stage_output,
-)
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
 
 STAGE = "eval"
 CODE_VERSION = "1"
@@ -170,7 +162,7 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 def eval_stage(
     checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path, cfg: EvalConfig = EvalConfig()
-) -> Path:
+) -> StageResult:
     """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / WEIGHTS_FILE).is_file():
@@ -184,15 +176,15 @@ def eval_stage(
         if read_manifest(eval_data).get("stage") != EVAL_DATA_STAGE:
             raise DataError(f"{eval_data} is not an eval-data stage output (neox eval-data)")
         inputs["eval_data"] = input_fingerprint(eval_data)
-    key = stage_key(STAGE, CODE_VERSION, config, inputs)
-    if find_verified(work_root, STAGE, key) is None:
+
+    def body(run: StageRun) -> None:
         results, ran_on = evaluate(checkpoint, eval_data, cfg)
         metrics = flat_metrics(results)
-        with publish_stage(work_root, STAGE, CODE_VERSION, config, inputs) as run:
-            (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-            (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
-    return stage_output(work_root, STAGE, key)
+        (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
+
+    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body)
 
 
 def log_eval(

@@ -1,7 +1,8 @@
-"""The stage contract (docs/architecture.md): a stage's output lives at `<work_root>/<stage>/<key>/`, where `key` hashes
-the stage's config section, its inputs' keys and its code version. It is written into a temporary sibling and
-renamed into place ending with `manifest.json` (files with sha256 and sizes, counts, stats, inputs, timings).
-A stage whose manifest exists and verifies is skipped."""
+"""The stage contract (docs/architecture.md), as one helper every stage goes through (`run_stage`): a stage's output
+lives at `<work_root>/<stage>/<key>/`, where `key` hashes the stage's config section, its inputs' keys and its code
+version. Under a lock per key, an output whose manifest verifies (every file's sha256 and size) is reused; a
+damaged one is said on the console and redone; otherwise the stage body writes into a temporary sibling, which is
+renamed into place ending with `manifest.json` (files, counts, stats, inputs, timings). The result says which."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from neox.errors import DataError, MissingInput
-from neox.pipeline.atomic import atomic_directory
+from neox.pipeline.atomic import atomic_directory, file_lock
 
 MANIFEST = "manifest.json"
 
@@ -46,6 +48,39 @@ class StageRun:
 
     tmp: Path
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """A stage's output folder, and whether a verified earlier output was reused rather than written now."""
+
+    path: Path
+    reused: bool
+
+
+def run_stage(
+    work_root: str | Path,
+    stage: str,
+    code_version: str,
+    config: dict[str, Any],
+    inputs: dict[str, str],
+    body: Callable[[StageRun], None],
+) -> StageResult:
+    """Reuse the verified output of this key, or run `body` (writing into `run.tmp`, filling `run.stats`) and
+    publish it. Concurrent runs of the same key take turns; the second reuses the first's output."""
+    key = stage_key(stage, code_version, config, inputs)
+    output = stage_output(work_root, stage, key)
+    # lock files stay (removing one races a process about to take it); they live apart from the outputs
+    with file_lock(Path(work_root) / ".locks" / f"{stage}-{key}.lock"):
+        if (output / MANIFEST).exists():
+            try:
+                verify_output(output)
+                return StageResult(output, reused=True)
+            except ManifestError as err:
+                print(f"{stage}: {err}; redoing the stage", file=sys.stderr, flush=True)
+        with publish_stage(work_root, stage, code_version, config, inputs) as run:
+            body(run)
+    return StageResult(output, reused=False)
 
 
 def stage_output(work_root: str | Path, stage: str, key: str) -> Path:
@@ -111,17 +146,6 @@ def is_intact(output: Path) -> bool:
         return True
     except ManifestError:
         return False
-
-
-def find_verified(work_root: str | Path, stage: str, key: str) -> dict[str, Any] | None:
-    """The manifest of an existing, intact output for this key, or None when the stage must run."""
-    output = stage_output(work_root, stage, key)
-    if not (output / MANIFEST).exists():
-        return None
-    try:
-        return verify_output(output)
-    except ManifestError:
-        return None
 
 
 def input_fingerprint(path: str | Path) -> str:

@@ -23,7 +23,7 @@ SPLIT = "900,50,50"  # leaves ~15 held-out documents of the small corpus for the
 def tokenized(tmp_path_factory, ray_local, small_corpus, corpus_tokenizer) -> Path:
     from neox.data.tokenize import tokenize_shards
 
-    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work"))
+    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work")).path
 
 
 def write_config(directory: Path, tokenized: Path, **train) -> Path:

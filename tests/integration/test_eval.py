@@ -32,7 +32,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_data(work, tokenized) -> Path:
-    return eval_data_stage(tokenized, work, EvalDataConfig(split=SPLIT, max_documents=15, lastword_chars=300))
+    return eval_data_stage(tokenized, work, EvalDataConfig(split=SPLIT, max_documents=15, lastword_chars=300)).path
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_eval_data_holds_only_documents_training_left_out(eval_data, tokenized):
 
 def test_our_adapter_scores_like_lm_eval_hf_on_the_offline_tasks(trained_eval, straight, eval_data, work):
     ours = json.loads((trained_eval / EVAL_METRICS_FILE).read_text())
-    reference = eval_stage(straight / "final" / "model", eval_data, work, EvalConfig(model="hf", batch_size=8))
+    reference = eval_stage(straight / "final" / "model", eval_data, work, EvalConfig(model="hf", batch_size=8)).path
     theirs = json.loads((reference / EVAL_METRICS_FILE).read_text())
     assert (
         set(ours)
@@ -123,7 +123,7 @@ def test_evaluation_runs_as_a_ray_task_on_the_cluster_with_the_same_results(
         eval_data,
         tmp_path,
         EvalConfig(batch_size=8, ray_address=ray.get_runtime_context().gcs_address),
-    )
+    ).path
     assert remote.name == trained_eval.name  # where it ran is not part of the key
     assert json.loads((remote / EVAL_METRICS_FILE).read_text()) == json.loads(
         (trained_eval / EVAL_METRICS_FILE).read_text()
@@ -191,7 +191,7 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     client = MlflowClient(tracking_uri=tracking)
 
     def evaluated(checkpoint: Path) -> Path:
-        return eval_stage(checkpoint, eval_data, work, EvalConfig(batch_size=8))
+        return eval_stage(checkpoint, eval_data, work, EvalConfig(batch_size=8)).path
 
     first = register(evaluated(untrained_checkpoint(work, straight, 0)), "tiny", tracking)
     assert promote("tiny", first, rule, tracking).promote  # no champion yet, no floors

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,9 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
     again = run_flow(setting, PRETRAIN, write_config(setting, "straight"))
     for stage in (*DATA_STAGES, "eval"):
         assert f"{stage}: reused the verified output" in again, stage
+    for task in ("download", "dedup", "train-tokenizer", "tokenize", "evaluate"):  # shown as Cached in Prefect
+        assert re.search(rf"Task run '{task}-\w+' - Finished in state Cached\(", again), task
+        assert not re.search(rf"Task run '{task}-\w+' - Finished in state Cached\(", uninterrupted), task
     assert "train: reused" in again and "flow-tiny version 1 is `champion` (already champion)" in again
     assert files_state(work) == before  # same files, same bytes, same mtimes
 

@@ -233,7 +233,7 @@ def test_resume_is_refused_for_other_data_or_another_model_shape(
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
 
     storage = straight.parent
-    other_data = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="other"))
+    other_data = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="other")).path
     config = write_config(tmp_path, other_data, storage_path=str(storage))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert (

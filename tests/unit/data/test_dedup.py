@@ -53,7 +53,7 @@ def planted(tmp_path_factory):
 
 
 def test_planted_duplicates_are_removed_and_nothing_else(tmp_path, ray_local, planted):
-    out = dedup_shards(planted, tmp_path / "work", workers=2)
+    out = dedup_shards(planted, tmp_path / "work", workers=2).path
     kept = Counter(d.meta["group"] for shard in list_shards(out) for d in read_shard(shard, Rejects()))
     sizes = Counter(d.meta["group"] for shard in list_shards(planted) for d in read_shard(shard, Rejects()))
     removed = sizes - kept
@@ -71,13 +71,13 @@ def test_planted_duplicates_are_removed_and_nothing_else(tmp_path, ray_local, pl
 
 
 def test_output_does_not_depend_on_worker_count(tmp_path, ray_local, planted):
-    one = dedup_shards(planted, tmp_path / "a", workers=1)
-    two = dedup_shards(planted, tmp_path / "b", workers=2)
+    one = dedup_shards(planted, tmp_path / "a", workers=1).path
+    two = dedup_shards(planted, tmp_path / "b", workers=2).path
     assert [p.read_bytes() for p in list_shards(one)] == [p.read_bytes() for p in list_shards(two)]
 
 
 def test_sample_corpus_clusters_include_the_codepage_tables(tmp_path_factory, ray_local, sample_corpus):
-    out = dedup_shards(sample_corpus, tmp_path_factory.mktemp("work"))
+    out = dedup_shards(sample_corpus, tmp_path_factory.mktemp("work")).path
     manifest = json.loads((out / "manifest.json").read_text())
     clusters = [{m.get("path") for m in [c["kept"], *c["dropped"]]} for c in manifest["stats"]["clusters"]]
     codepages = [c for c in clusters if sum(1 for p in c if p and p.startswith("encodings/cp")) >= 2]
@@ -94,7 +94,7 @@ def test_bad_lines_are_kept_as_rejects_and_empty_input_is_refused(tmp_path, ray_
         json.dumps({"meta": {}}),
     ]
     write_lines(tmp_path / "in" / "00.jsonl.zst", (line.encode() + b"\n" for line in lines))
-    out = dedup_shards(tmp_path / "in", tmp_path / "work")
+    out = dedup_shards(tmp_path / "in", tmp_path / "work").path
     stats = verify_output(out)["stats"]
     assert (stats["documents_in"], stats["documents_out"], stats["exact_duplicates"]) == (2, 1, 1)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]

@@ -87,7 +87,7 @@ def sha(data: bytes) -> str:
 def test_a_cut_connection_resumes_with_range_and_the_checksum_matches(tmp_path, server):
     data = server.files["/train/00.jsonl.zst"]
     server.cut_after["/train/00.jsonl.zst"] = 1_000_000
-    out = download_sources([Source(f"{server.url}/train/00.jsonl.zst", sha256=sha(data))], tmp_path, retry=FAST)
+    out = download_sources([Source(f"{server.url}/train/00.jsonl.zst", sha256=sha(data))], tmp_path, retry=FAST).path
     assert (out / "00.jsonl.zst").read_bytes() == data
     ranges = [r for path, r in server.requests if path == "/train/00.jsonl.zst"]
     assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) >= 900_000  # resumed
@@ -133,7 +133,7 @@ def test_s3_source_through_a_local_moto_server(tmp_path, s3_env):
     parts.mkdir(parents=True)
     ident = hashlib.sha256(b"s3://pile/shards/00.jsonl.zst").hexdigest()[:16]
     (parts / f"{ident}.part").write_bytes(data[:1_000_000])
-    result = download_sources(sources, tmp_path / "work", retry=FAST)
+    result = download_sources(sources, tmp_path / "work", retry=FAST).path
     assert (result / "00.jsonl.zst").read_bytes() == data
 
 
@@ -144,9 +144,9 @@ def test_local_paths_and_file_urls(tmp_path):
     sources = sources_from_strings(
         [str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b'b' * 10)}"]
     )
-    out = download_sources(sources, tmp_path / "work")
+    out = download_sources(sources, tmp_path / "work").path
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst", "manifest.json"]
-    assert download_sources(sources, tmp_path / "work") == out  # reused
+    assert download_sources(sources, tmp_path / "work").reused
 
 
 def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_env):
@@ -155,9 +155,9 @@ def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_en
     for name in ("b.jsonl.zst", "a.jsonl", "notes.txt"):
         (incoming / name).write_bytes(name.encode())
     assert [s.name for s in sources_from_strings([f"{incoming}/"])] == ["a.jsonl", "b.jsonl.zst"]
-    first = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
+    first = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work").path
     (incoming / "c.jsonl.zst").write_bytes(b"arrived later")
-    second = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work")
+    second = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work").path
     assert second != first and sorted(p.name for p in second.iterdir()) == [
         "a.jsonl",
         "b.jsonl.zst",
@@ -179,7 +179,7 @@ def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_en
 
 
 def _download_in_another_process(url: str, work_root: str, queue) -> None:
-    queue.put(str(download_sources(sources_from_strings([url]), work_root)))
+    queue.put(str(download_sources(sources_from_strings([url]), work_root).path))
 
 
 def test_concurrent_runs_with_the_same_sources_take_turns_and_share_one_output(tmp_path):

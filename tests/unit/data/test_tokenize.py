@@ -34,8 +34,10 @@ def gpt_neox_reference(shards, tokenizer_file):
 def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(
     tmp_path, ray_local, small_corpus, corpus_tokenizer
 ):
-    one = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w1", TokenizeConfig(batch_size=7), workers=1)
-    two = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w2", TokenizeConfig(batch_size=64), workers=2)
+    one = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w1", TokenizeConfig(batch_size=7), workers=1).path
+    two = tokenize_shards(
+        small_corpus, corpus_tokenizer, tmp_path / "w2", TokenizeConfig(batch_size=64), workers=2
+    ).path
     for suffix in (".bin", ".idx"):
         assert open(f"{data_prefix(one)}{suffix}", "rb").read() == open(f"{data_prefix(two)}{suffix}", "rb").read()
     ds = IndexedDataset(data_prefix(one))
@@ -62,7 +64,7 @@ def test_bad_lines_are_counted_and_kept_with_their_location(tmp_path, ray_local,
     (tmp_path / "in" / "00.jsonl.zst").write_bytes(
         zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode())
     )
-    out = tokenize_shards(tmp_path / "in", corpus_tokenizer, tmp_path / "work")
+    out = tokenize_shards(tmp_path / "in", corpus_tokenizer, tmp_path / "work").path
     stats = verify_output(out)["stats"]
     assert stats["documents"] == 3 and stats["sequences"] == 2 and stats["empty_documents"] == 1
     assert sum(stats["rejects"].values()) == 2
@@ -89,15 +91,21 @@ def test_empty_input_is_a_clear_error(tmp_path, ray_local, corpus_tokenizer):
     assert os.listdir(tmp_path / "work" / "tokenize") == []
 
 
-def test_finished_output_is_reused_and_damaged_output_redone(tmp_path, ray_local, small_corpus, corpus_tokenizer):
-    first = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
+def test_finished_output_is_reused_and_damaged_output_redone(
+    tmp_path, ray_local, small_corpus, corpus_tokenizer, capfd
+):
+    written = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
+    first = written.path
     stamp = os.stat(first / "manifest.json").st_mtime_ns
-    assert tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work") == first
+    reused = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
+    assert not written.reused and reused.reused and reused.path == first
     assert os.stat(first / "manifest.json").st_mtime_ns == stamp  # skipped, not rewritten
     with open(f"{data_prefix(first)}.bin", "r+b") as f:
         f.write(b"\xff\xff")
-    again = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
-    assert again == first and verify_output(again)  # redone and intact
+    redone = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work")
+    again = redone.path
+    assert not redone.reused and again == first and verify_output(again)  # redone and intact
+    assert "does not match its manifest entry" in capfd.readouterr().err  # and said so on the console
     assert np.asarray(IndexedDataset(data_prefix(again))[0][:1]).tolist() != [65535]
 
 
@@ -111,7 +119,7 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_runs_on_tokenizers(tmp_path, ray_
         texts, trainers.WordLevelTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"])
     )
     tok.save(str(tmp_path / "words.json"))
-    out = tokenize_shards(small_corpus, tmp_path / "words.json", tmp_path / "work")
+    out = tokenize_shards(small_corpus, tmp_path / "words.json", tmp_path / "work").path
     assert verify_output(out)["stats"]["engine"] == "tokenizers"
     ds = IndexedDataset(data_prefix(out))
     expected = gpt_neox_reference(list_shards(small_corpus), tmp_path / "words.json")

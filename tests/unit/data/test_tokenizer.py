@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neox.data.tokenizer import eod_id, load_tokenizer, train_bpe
+from neox.pipeline.layout import TOKENIZER_FILE
 
 
 def test_trained_bpe_is_byte_level_with_gpt_neox_special_tokens(corpus_tokenizer):
@@ -30,11 +31,11 @@ def test_tokenizer_stage_trains_once_and_adopts_existing_files(tmp_path, small_c
     from neox.data.tokenizer import tokenizer_stage
     from neox.pipeline.stage import sha256_file, verify_output
 
-    trained = tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus)
-    assert load_tokenizer(trained).get_vocab_size() == 1024
-    assert verify_output(trained.parent)["stats"]["sha256"] == sha256_file(trained)
-    assert tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus) == trained  # reused
-    adopted = tokenizer_stage(tmp_path, vocab_size=0, source=f"file://{corpus_tokenizer}")
-    assert adopted.read_bytes() == corpus_tokenizer.read_bytes()
+    trained = tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus).path
+    assert load_tokenizer(trained / TOKENIZER_FILE).get_vocab_size() == 1024
+    assert verify_output(trained)["stats"]["sha256"] == sha256_file(trained / TOKENIZER_FILE)
+    assert tokenizer_stage(tmp_path, vocab_size=1024, input_dir=small_corpus).reused
+    adopted = tokenizer_stage(tmp_path, vocab_size=0, source=f"file://{corpus_tokenizer}").path
+    assert (adopted / TOKENIZER_FILE).read_bytes() == corpus_tokenizer.read_bytes()
     with pytest.raises(ValueError, match="either input shards"):
         tokenizer_stage(tmp_path, vocab_size=1024)

@@ -43,11 +43,11 @@ def test_overwrite_swaps_only_a_complete_replacement(tmp_path):
 def test_a_stage_output_published_meanwhile_by_a_concurrent_run_is_kept(tmp_path):
     """Two runs computing the same content-addressed stage: the later one keeps the first's output (a reader
     may hold it open) and drops its own copy."""
-    from neox.pipeline.stage import find_verified, publish_stage
+    from neox.pipeline.stage import publish_stage, verify_output
 
     with publish_stage(tmp_path, "demo", "1", {"x": 1}, {}) as late:
         (late.tmp / "out.txt").write_text("late")
         with publish_stage(tmp_path, "demo", "1", {"x": 1}, {}) as early:
             (early.tmp / "out.txt").write_text("early")
     (output,) = [p for p in (tmp_path / "demo").iterdir()]
-    assert (output / "out.txt").read_text() == "early" and find_verified(tmp_path, "demo", output.name) is not None
+    assert (output / "out.txt").read_text() == "early" and verify_output(output)
