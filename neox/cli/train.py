@@ -1,4 +1,4 @@
-"""`neox` commands for training: train, check."""
+"""`neox` commands for training: train, runs, check."""
 
 from __future__ import annotations
 
@@ -17,17 +17,23 @@ def train_command(
     ],
     data: Annotated[Path | None, typer.Option(help="Tokenize stage output to train on (overrides train.data).")] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the stopped run of the same name from its latest checkpoint.")
+        bool, typer.Option(help="Continue the stopped run of this config (same run key) from its latest checkpoint.")
     ] = False,
     allow_new_data: Annotated[
-        bool, typer.Option(help="On --resume, accept a different dataset (continued pretraining).")
+        bool,
+        typer.Option(
+            help="With --resume: continue the newest run of the same label and config, trained on another dataset, "
+            "on this one, as a new run (continued pretraining; its lineage names the run it continues)."
+        ),
     ] = False,
     train_iters: Annotated[int | None, typer.Option(help="Override train.train_iters.")] = None,
-    name: Annotated[str | None, typer.Option(help="Override train.name (the run's folder under storage_path).")] = None,
+    name: Annotated[str | None, typer.Option(help="Override train.name (the run's label).")] = None,
 ) -> None:
     """Train GPT-NeoX with DeepSpeed on Ray Train workers; metrics go to MLflow and the run folder, checkpoints
-    every checkpoint_interval steps, final weights to <run>/final/{model,hf}. Without train.data or --data,
-    the config's `data:` section is prepared first (finished data stages are reused). Prints the run folder.
+    every checkpoint_interval steps, final weights to <run>/final/{model,hf}. The run lives in
+    <storage_path>/<run key>, the key hashing everything that changes the weights (`neox runs` lists them).
+    Without train.data or --data, the config's `data:` section is prepared first (finished data stages are
+    reused). Prints the run folder.
 
     Example: neox train configs/pipeline/local.yaml
     """
@@ -39,6 +45,33 @@ def train_command(
         if v is not None
     }
     typer.echo(train_from_config(config, overrides, resume=resume, allow_new_data=allow_new_data))
+
+
+@app.command("runs")
+def runs_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Pipeline config YAML whose train.storage_path to list (or --storage-path).")
+    ] = None,
+    storage_path: Annotated[
+        str | None, typer.Option(help="Where the runs live (a folder or s3://bucket/prefix).")
+    ] = None,
+) -> None:
+    """List the training runs under a storage path: key, label, status (finished, stopped, new, or legacy for a
+    run from before runs were keyed, never reused), steps, dataset key and the final checkpoint, which is what the
+    evaluate-and-promote deployment's `checkpoint` parameter takes.
+
+    Example: neox runs configs/pipeline/local.yaml
+    """
+    from neox.errors import ConfigError
+    from neox.train.runs import list_runs, runs_table
+
+    if (config is None) == (storage_path is None):
+        raise ConfigError("give a pipeline config or --storage-path (one of them)")
+    if config is not None:
+        from neox.train.config import load_train_config
+
+        storage_path = load_train_config(config).storage_path
+    typer.echo(runs_table(list_runs(storage_path)))
 
 
 @app.command("check")

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from neox.pipeline.config import PipelineConfig
+from neox.train.identity import RUN_CONTROL
 
 HEADER = """# Configuration reference
 
@@ -17,6 +18,9 @@ writes the same as JSON Schema, for editors. A pipeline config is YAML with the 
 optional unless marked required. Unknown keys are errors at any depth, and `neox check CONFIG` checks a whole
 file, including the model YAML, without running anything. Keys of `train:` left out take the model YAML's
 GPT-NeoX values first (its optimizer, schedule, batch, ZeRO and precision keys), then the defaults below.
+A training run is identified by every `train:` key that changes the weights (with the resolved model, the
+dataset's key and the starting weights): change one and the pipeline trains a new run beside the old; the keys
+marked *run control* can change without that.
 """
 
 
@@ -45,6 +49,8 @@ def render(schema: dict, node: dict, path: str, parts: list[str]) -> None:
         else:
             kind, default = type_of(prop), json.dumps(prop["default"]) if "default" in prop else ""
         meaning = " ".join(prop.get("description", "").split()).replace("|", "\\|")
+        if path == "train" and key in RUN_CONTROL:
+            meaning += " *Run control: changing it keeps the same run.*"
         parts.append(f"| `{key}`{' (required)' if key in required else ''} | {kind} | {default} | {meaning} |")
     parts.append("")
     for key, target in nested:

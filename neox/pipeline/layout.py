@@ -1,7 +1,8 @@
 """The names of every file and folder of a training run and of a model checkpoint, spelled here and nowhere else.
 It imports nothing heavy (no torch), so the registry, retraining and the summary can find files without it.
 
-    <storage_path>/<name>/                 a training run
+    <storage_path>/<key>/                  a training run (neox.train.identity: the key hashes what changes the weights)
+        run.json                           its key, label (train.name), identity, dataset and lineage
         mlflow_run_id                      the MLflow run its metrics go to (a resume continues it)
         data.json                          the tokenized dataset it reads, and that dataset's fingerprint
         metrics.jsonl                      one JSON line per step (loss, lr, grad norm, step time)
@@ -30,6 +31,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
 # a training run
+RUN_FILE = "run.json"
 MLFLOW_RUN_FILE = "mlflow_run_id"
 DATA_FILE = "data.json"
 TRAIN_METRICS_FILE = "metrics.jsonl"

@@ -44,11 +44,13 @@ def save_and_report(engine, config: dict[str, Any], rank: int, step: int, loss: 
 
 
 def restore(engine, config: dict[str, Any], rank: int) -> int:
-    """Load the latest checkpoint Ray Train hands us (after a worker failure or on --resume); returns the
-    step to continue from (0 for a fresh run)."""
+    """Load the latest checkpoint Ray Train hands us (after a worker failure or on --resume), else the run this
+    one continues on new data (`initial_checkpoint`); returns the step to continue from (0 for a fresh run)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("initial_checkpoint"):
+        checkpoint = ray.train.Checkpoint(config["initial_checkpoint"], filesystem=config["storage"].filesystem)
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
@@ -79,10 +81,15 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
 
 def latest_state(storage: RunStorage) -> dict[str, Any] | None:
     """The neox state (step, data fingerprint, model config) of the run's newest checkpoint, if any."""
+    name = newest_checkpoint_name(storage)
+    return None if name is None else json.loads(storage.read_text(name, STATE_FILE))
+
+
+def newest_checkpoint_name(storage: RunStorage) -> str | None:
+    """The run's newest checkpoint folder that rank 0 finished writing (its neox state is there), if any."""
     for name in reversed(storage.checkpoints()):
-        state = storage.read_text(name, STATE_FILE)
-        if state is not None:
-            return json.loads(state)
+        if storage.read_text(name, STATE_FILE) is not None:
+            return name
     return None
 
 

@@ -47,9 +47,10 @@ class TrainConfig:
     init_from: Str | None = None
     """Start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh."""
     name: PlainName = "neox"
-    """The run's folder name under storage_path."""
+    """The run's label, shown in MLflow, the console and `neox runs`; the run's folder is its key."""
     storage_path: Str = "work/train"
-    """Where runs live: a local or shared folder, or s3://bucket/prefix (neox train only)."""
+    """Where runs live (<storage_path>/<run key>/): a local or shared folder, or s3://bucket/prefix (neox train
+    only)."""
     split: Str = "969,30,1"
     """Train, valid and test weights of the document split (gpt-neox's `split`)."""
     seq_length: Positive = 2048

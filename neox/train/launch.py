@@ -1,6 +1,7 @@
-"""The training stage's driver: resolve the config, open the MLflow run, and hand the per-worker loop to Ray
-Train's TorchTrainer (one worker per GPU, or per CPU slot), which restarts workers from the latest checkpoint
-when one dies and continues a stopped run of the same name with --resume."""
+"""The training stage's driver: plan the run (its key and folder), open the MLflow run, and hand the per-worker
+loop to Ray Train's TorchTrainer (one worker per GPU, or per CPU slot), which restarts workers from the latest
+checkpoint when one dies. A finished run of the same key is reused, a stopped one resumed; `--allow-new-data`
+continues a run of the same config on another dataset as a new run (continued pretraining)."""
 
 from __future__ import annotations
 
@@ -9,80 +10,99 @@ import json
 from pathlib import Path
 
 from neox.data.tokenize import data_prefix
-from neox.errors import ConfigError, RunStateError
-from neox.model.config import load_model_config
-from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, FINAL_MODEL, INDEX_CACHE_DIR, TOKENIZER_FILE, WEIGHTS_FILE
-from neox.pipeline.stage import MANIFEST, sha256_file, verify_output
+from neox.errors import RunStateError
+from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, FINAL_MODEL, INDEX_CACHE_DIR, RUN_FILE, TOKENIZER_FILE
+from neox.pipeline.stage import MANIFEST, sha256_file
 from neox.runtime.ray_cluster import ensure_ray
-from neox.train.checkpointing import check_compatible, latest_state
+from neox.train.checkpointing import check_compatible, latest_state, newest_checkpoint_name
 from neox.train.config import TrainConfig
+from neox.train.identity import differences
 from neox.train.loop import train_loop_per_worker
-from neox.train.storage import RunStorage, run_storage
+from neox.train.runs import RunPlan, list_runs, plan_run
 from neox.train.tracking import open_mlflow_run
 
 
-def storage_of(cfg: TrainConfig) -> RunStorage:
-    return run_storage(cfg.storage_path, cfg.name)
-
-
-def check_init_from(checkpoint: str, model_cfg, data: Path) -> None:
-    """Weights to start from must fit the configured model and speak the dataset's tokenizer."""
-    from neox.model.checkpoint import load_model_config_from
-
-    if not (Path(checkpoint) / WEIGHTS_FILE).is_file():
-        raise ConfigError(f"train.init_from {checkpoint} is not a neox checkpoint ({WEIGHTS_FILE} is missing)")
-    start = load_model_config_from(checkpoint)
-    if start != model_cfg:
-        changed = sorted(
-            f.name for f in dataclasses.fields(start) if getattr(start, f.name) != getattr(model_cfg, f.name)
-        )
-        raise ConfigError(
-            f"train.init_from {checkpoint} holds another model shape ({', '.join(changed)} differ from train.model)"
-        )
-    ours, theirs = Path(checkpoint) / TOKENIZER_FILE, data / TOKENIZER_FILE
-    if ours.exists() and sha256_file(ours) != sha256_file(theirs):
-        raise ConfigError(
-            f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
-            "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)"
-        )
-
-
 def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) -> str:
-    """Train; returns where the run lives (its local folder, or s3://… URI): checkpoints, metrics.jsonl,
-    final/model and final/hf."""
+    """Train the config's run; returns where it lives (its folder, or s3://… URI): checkpoints, metrics.jsonl,
+    final/model and final/hf. Without `resume` a run that already has checkpoints is refused."""
+    plan = plan_run(cfg)
+    state = latest_state(plan.storage)
+    if state is not None and not resume:
+        raise RunStateError(
+            f"{plan.storage.uri} already holds this run (step {state['step']} of {cfg.train_iters}): "
+            "pass --resume to continue it"
+        )
+    start = None
+    if state is None and resume:
+        plan, start = continued_run(plan, allow_new_data)
+    return launch(plan, resume=state is not None, initial_checkpoint=start, allow_new_data=allow_new_data)
+
+
+def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
+    """What a pipeline rerun wants: (run location, what happened). A finished run of this key is reused, a
+    stopped one resumes from its latest checkpoint, anything else starts fresh."""
+    plan = plan_run(cfg)
+    state = latest_state(plan.storage)
+    if state is None:
+        return launch(plan), "trained"
+    if state["step"] >= cfg.train_iters and plan.storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None:
+        return plan.storage.uri, "reused"
+    return launch(plan, resume=True), "resumed"
+
+
+def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
+    """`--resume` with no run of this key: the newest run of the same label that differs only in its dataset,
+    continued on this one as a new run when `--allow-new-data` says so; otherwise an error saying what differs.
+    Returns the new run's plan and the checkpoint it starts from."""
+    labelled = [r for r in list_runs(plan.cfg.storage_path) if r.record and r.label == plan.cfg.name]
+    previous = next((r for r in labelled if newest_checkpoint_name(r.storage)), None)
+    if previous is None:
+        raise RunStateError(f"--resume: no run labelled {plan.cfg.name!r} under {plan.cfg.storage_path} to continue")
+    changed = [c for c in differences(plan.identity, previous.record["identity"]) if c != "continued_from"]
+    model = [c.removeprefix("model.") for c in changed if c.startswith("model.")]
+    if model:
+        raise RunStateError(
+            f"--resume: the checkpoint's model differs ({', '.join(model)}) in the run labelled "
+            f"{plan.cfg.name!r} ({previous.key}); start a new run without --resume"
+        )
+    if changed != ["data"]:
+        raise RunStateError(
+            f"--resume: no run of this config to continue; the run labelled {plan.cfg.name!r} ({previous.key}) "
+            f"differs in {', '.join(changed)}; start a new run without --resume"
+        )
+    if not allow_new_data:
+        raise RunStateError(
+            f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained on another dataset "
+            f"({previous.data_key} vs {plan.identity['data']}): pass --allow-new-data to continue it on this one"
+        )
+    newer = plan_run(plan.cfg, continued_from={"run": previous.key, "step": previous.step})
+    return newer, previous.storage.path(newest_checkpoint_name(previous.storage))
+
+
+def launch(
+    plan: RunPlan, resume: bool = False, initial_checkpoint: str | None = None, allow_new_data: bool = False
+) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if cfg.data is None:
-        raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
-    manifest = verify_output(cfg.data)
-    vocab = manifest["stats"]["vocab_size"]
-    model_cfg, _ = load_model_config(*cfg.model, vocab_size=vocab)
-    if cfg.seq_length > model_cfg.max_position_embeddings:
-        positions = model_cfg.max_position_embeddings
-        raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")
-    if cfg.init_from:
-        check_init_from(cfg.init_from, model_cfg, Path(cfg.data))
-        cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
-    storage = storage_of(cfg)
-    if storage.checkpoints() and not resume:
-        raise RunStateError(f"{storage.uri} already holds a run: pass --resume to continue it, or choose another name")
+    cfg, storage = plan.cfg, plan.storage
     local_dir = storage.local_dir()
     local_dir.mkdir(parents=True, exist_ok=True)
-
     params = {
         **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
-        **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()},
-        "data.key": manifest["key"],
+        **{f"model.{k}": v for k, v in dataclasses.asdict(plan.model).items()},
+        "data.key": plan.manifest["key"],
+        "run.key": plan.key,
     }
     loop_config = {
         "train": dataclasses.asdict(cfg),
-        "model": dataclasses.asdict(model_cfg),
+        "model": dataclasses.asdict(plan.model),
         "data_prefix": str(data_prefix(cfg.data).resolve()),
         "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
         "index_cache": str(local_dir / INDEX_CACHE_DIR),
         "storage": storage,
         "allow_new_data": allow_new_data,
+        "initial_checkpoint": initial_checkpoint,
         "mlflow_tracking_uri": cfg.tracking_uri,
         "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
     }
@@ -90,11 +110,14 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
         state = latest_state(storage)
         if state is not None:
             check_compatible(state, loop_config)
+    if storage.read_text(RUN_FILE) is None:
+        storage.write_text(json.dumps(plan.record(), indent=1, sort_keys=True), RUN_FILE)
     loop_config["mlflow_run_id"] = open_mlflow_run(cfg, storage, params, resume)
     storage.write_text(
         json.dumps({"data": str(Path(cfg.data).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}),
         DATA_FILE,
     )
+    print(f"training run {plan.key} ({cfg.name}) in {storage.uri}", flush=True)
     ensure_ray(cfg.ray_address)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -119,20 +142,3 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     if result.error is not None:
         raise result.error
     return storage.uri
-
-
-def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
-    """What a pipeline rerun wants: (run location, what happened). A finished run of this name on this dataset
-    is reused, a stopped one resumes from its latest checkpoint, anything else starts fresh."""
-    storage = storage_of(cfg)
-    state = latest_state(storage)
-    if state is None:
-        return train(cfg), "trained"
-    if cfg.data is not None and state["data_fingerprint"] != sha256_file(Path(cfg.data) / MANIFEST):
-        raise RunStateError(
-            f"{storage.uri} holds a run on another dataset: give train.name a new value "
-            "(or continue it on purpose with neox train --resume --allow-new-data)"
-        )
-    if state["step"] >= cfg.train_iters and storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None:
-        return storage.uri, "reused"
-    return train(cfg, resume=True), "resumed"

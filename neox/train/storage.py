@@ -105,14 +105,26 @@ def s3_filesystem() -> fs.S3FileSystem:
 def run_storage(storage_path: str, name: str) -> RunStorage:
     """The run `name` under `storage_path` (a local path, or s3://bucket[/prefix])."""
     if "/" in name or not name:
-        raise ConfigError(f"train.name must be a plain folder name, got {name!r}")
+        raise ConfigError(f"a run's folder must be a plain name, got {name!r}")
+    filesystem, root, uri = storage_root(storage_path)
+    return RunStorage(filesystem, f"{root}/{name}", f"{uri}/{name}")
+
+
+def run_names(storage_path: str) -> list[str]:
+    """The folders directly under `storage_path` (one per run), by name; none when it does not exist yet."""
+    filesystem, root, _ = storage_root(storage_path)
+    infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == fs.FileType.Directory)
+
+
+def storage_root(storage_path: str) -> tuple[fs.FileSystem, str, str]:
+    """(file system, path inside it, URI) of a storage path: a local path, or s3://bucket[/prefix]."""
     scheme, sep, rest = storage_path.partition("://")
     if not sep:
-        root = Path(storage_path).resolve() / name
-        return RunStorage(fs.LocalFileSystem(), str(root), str(root))
+        root = str(Path(storage_path).resolve())
+        return fs.LocalFileSystem(), root, root
     if scheme != "s3":
         raise ConfigError(f"train.storage_path must be a local path or s3://bucket/prefix, got {storage_path!r}")
     if not rest.strip("/"):
         raise ConfigError(f"train.storage_path {storage_path!r} names no bucket")
-    root = f"{rest.strip('/')}/{name}"
-    return RunStorage(s3_filesystem(), root, f"s3://{root}")
+    return s3_filesystem(), rest.strip("/"), f"s3://{rest.strip('/')}"

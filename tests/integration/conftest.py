@@ -70,12 +70,26 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def planned_run(config: Path):
+    """The run a config trains (its key and storage), known before it starts."""
+    from neox.train.config import load_train_config
+    from neox.train.runs import plan_run
+
+    return plan_run(load_train_config(config))
+
+
+def run_folder(config: Path) -> Path:
+    return Path(planned_run(config).storage.uri)
+
+
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory, tokenized) -> Path:
     """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
     directory = tmp_path_factory.mktemp("straight")
-    finish(launch(write_config(directory, tokenized)))
-    return directory / "storage" / "run"
+    config = write_config(directory, tokenized)
+    out = finish(launch(config))
+    assert str(run_folder(config)) in out.splitlines()  # neox train prints the run's folder
+    return run_folder(config)
 
 
 def free_port() -> int:

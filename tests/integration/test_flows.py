@@ -51,8 +51,16 @@ def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
 
 
 def write_config(
-    setting: dict, name: str, threshold: float = 0.8, retrain: dict | None = None, env: dict | None = None
+    setting: dict,
+    name: str,
+    threshold: float = 0.8,
+    retrain: dict | None = None,
+    env: dict | None = None,
+    storage: str = "train",
+    registry: str = "flow-tiny",
 ) -> Path:
+    """A tiny pretrain config; `storage` is the folder under the work root its training runs live in (a run of
+    the same settings in the same folder is the same run, reused)."""
     path = setting["root"] / f"{name}-{threshold}.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -68,7 +76,7 @@ def write_config(
                 "train": {
                     "model": str(REPO / "configs" / "model" / "tiny.yml"),
                     "name": name,
-                    "storage_path": str(setting["work"] / "train"),
+                    "storage_path": str(setting["work"] / storage),
                     "split": SPLIT,
                     "seq_length": 64,
                     "micro_batch_size": 4,
@@ -82,11 +90,19 @@ def write_config(
                     **({"env": env} if env else {}),
                 },
                 "eval": {"batch_size": 8, "data": {"max_documents": 8, "lastword_chars": 300}},
-                "registry": {"name": "flow-tiny"},
+                "registry": {"name": registry},
             }
         )
     )
     return path
+
+
+def run_labelled(storage: Path, label: str) -> Path:
+    """The one training run of this label under a storage folder (runs live in folders named by their key)."""
+    from neox.train.runs import list_runs
+
+    (run,) = [r for r in list_runs(str(storage)) if r.label == label]
+    return Path(run.location)
 
 
 def run_flow(setting: dict, code: str, config: Path, env: dict | None = None, ok: bool = True) -> str:
@@ -144,17 +160,20 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
 def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted_run(setting, uninterrupted):
     work = setting["work"]
     # the fault is asked for through train.env, which only the training workers' environment gets
-    failed = run_flow(
-        setting, PRETRAIN, write_config(setting, "interrupted", env={"NEOX_FAIL_AFTER_CHECKPOINT": 10}), ok=False
-    )
+    # its own storage folder: with the uninterrupted run's settings in its folder it would be that run, reused
+    faulty = write_config(setting, "interrupted", env={"NEOX_FAIL_AFTER_CHECKPOINT": 10}, storage="train-interrupted")
+    failed = run_flow(setting, PRETRAIN, faulty, ok=False)
     assert "failing on purpose after the step-10 checkpoint" in failed and "Finished in state Failed" in failed
-    config = write_config(setting, "interrupted")
+    config = write_config(setting, "interrupted", storage="train-interrupted")  # env is run control: the same run
     upstream = {stage: files_state(work / stage) for stage in DATA_STAGES}
 
     resumed = run_flow(setting, PRETRAIN, config)
     assert "train: resumed" in resumed and "resumed from the step-10 checkpoint" in resumed
     assert {stage: files_state(work / stage) for stage in DATA_STAGES} == upstream
-    straight, interrupted = work / "train" / "straight", work / "train" / "interrupted"
+    straight, interrupted = (
+        run_labelled(work / "train", "straight"),
+        run_labelled(work / "train-interrupted", "interrupted"),
+    )
     assert (interrupted / "final" / "model" / "model.safetensors").read_bytes() == (
         straight / "final" / "model" / "model.safetensors"
     ).read_bytes()
@@ -167,22 +186,36 @@ def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted
     assert "flow-tiny version 1 is `champion` (already champion)" in resumed
 
 
-def test_a_new_dedup_threshold_redoes_dedup_and_what_follows_only(setting, uninterrupted):
+def test_a_new_dedup_threshold_redoes_dedup_and_everything_after_it_only(setting, uninterrupted):
+    """Through the whole pretrain flow: a new dataset is a new training run (its key holds the dataset's), then a
+    new evaluation and a new registered version."""
     work = setting["work"]
     before = {stage: files_state(work / stage) for stage in DATA_STAGES}
-    out = run_flow(
-        setting,
-        "import sys; from flows.data import data_prep; print(data_prep(sys.argv[1]))",
-        write_config(setting, "straight", threshold=0.6),
-    )
+    first_run = run_labelled(work / "train", "straight")
+    # its own label and registered model only to keep the other tests' lookups simple: neither changes the run key
+    config = write_config(setting, "dedup-0.6", threshold=0.6, registry="flow-dedup")
+    out = run_flow(setting, PRETRAIN, config)
     assert "download: reused" in out and "tokenizer: reused" in out
-    assert "dedup: wrote" in out and "tokenize: wrote" in out
+    assert "dedup: wrote" in out and "tokenize: wrote" in out and "train: trained" in out and "eval: wrote" in out
+    assert "flow-dedup version 1" in out
+    assert (
+        json.loads((run_labelled(work / "train", "dedup-0.6") / "data.json").read_text())["data"]
+        != (json.loads((first_run / "data.json").read_text())["data"])
+    )
     after = {stage: files_state(work / stage) for stage in DATA_STAGES}
     for stage in DATA_STAGES:  # nothing already there is touched; dedup and tokenize gain one output each
         assert set(before[stage].items()) <= set(after[stage].items()), stage
     assert len({Path(f).parts[0] for f in after["dedup"]}) == len({Path(f).parts[0] for f in before["dedup"]}) + 1
     assert len({Path(f).parts[0] for f in after["tokenize"]}) == len({Path(f).parts[0] for f in before["tokenize"]}) + 1
     assert after["download"] == before["download"] and after["tokenizer"] == before["tokenizer"]
+
+    (work / "train" / "tiny-local" / "checkpoint_000001").mkdir(parents=True)  # a run from before runs were keyed
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("neox")), "runs", str(config)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    rows = {line.split()[1]: line.split() for line in listed[1:]}
+    assert rows["straight"][2] == rows["dedup-0.6"][2] == "finished" and rows["straight"][3] == "20/20"
+    assert rows["straight"][5] == str(first_run / "final" / "model") and rows["tiny-local"][2] == "legacy"
 
 
 def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(setting, uninterrupted):
@@ -229,7 +262,7 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
                 stderr=subprocess.DEVNULL,
             )
         )
-        config = write_config(setting, "deployed")
+        config = write_config(setting, "deployed", storage="train-deployed")  # a run of its own, not the reused one
         out = prefect_cli(
             "deployment",
             "run",
@@ -242,9 +275,10 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
             timeout=700,
         )
         assert "Completed" in out, out[-3000:]
-        train = setting["work"] / "train"
-        assert (train / "deployed" / "final" / "model" / "model.safetensors").read_bytes() == (
-            train / "straight" / "final" / "model" / "model.safetensors"
+        deployed = run_labelled(setting["work"] / "train-deployed", "deployed")
+        straight = run_labelled(setting["work"] / "train", "straight")
+        assert (deployed / "final" / "model" / "model.safetensors").read_bytes() == (
+            straight / "final" / "model" / "model.safetensors"
         ).read_bytes()
     finally:
         for process in processes:  # the server and the worker with everything they started, nothing else
@@ -280,10 +314,12 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
     write_shard(incoming / "week-1.jsonl.zst", ({"text": d.text, "meta": d.meta} for d in docs))
     out = run_flow(setting, RETRAIN, config)
     assert "continued from champion version 1" in out and "flow-tiny version 2" in out
-    (run,) = (setting["work"] / "train").glob("straight-v1-*")
+    from neox.train.runs import list_runs
+
+    (run,) = [Path(r.location) for r in list_runs(str(setting["work"] / "train")) if r.label.startswith("straight-v1-")]
+    straight = run_labelled(setting["work"] / "train", "straight")
     fresh, continued = (
-        [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
-        for r in (setting["work"] / "train" / "straight", run)
+        [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (straight, run)
     )
     # it starts from the champion's 20 steps of training (7.2 here), not from a fresh init's ~ln(vocab) (7.8)
     assert len(continued) == 10 and continued[0] < fresh[0] - 0.4
@@ -295,7 +331,7 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
     # the champion was scored again on the new held-out documents, not compared through its old numbers
     assert decision["champion_metrics"] != client.get_run(v1.run_id).data.metrics
     train_run = client.get_run(v2.tags["neox.train_run_id"])
-    assert train_run.data.params["train.init_from"] == str(setting["work"] / "train" / "straight" / "final" / "model")
+    assert train_run.data.params["train.init_from"] == str(straight / "final" / "model")
 
     again = run_flow(setting, RETRAIN, config)
     if decision["promoted"]:  # v2 trained on week-1: nothing is new for it
@@ -350,8 +386,9 @@ def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outp
         for output in found:
             verify_output(output)
     assert not [p for p in work.rglob(".*.tmp-*")]  # no half-published output left behind
-    data = {name: json.loads((work / "train" / name / "data.json").read_text())["data"] for name in configs}
+    runs = {name: run_labelled(work / "train", name) for name in configs}
+    data = {name: json.loads((runs[name] / "data.json").read_text())["data"] for name in configs}
     assert data["conc-a"] != data["conc-b"] and {Path(d).parent.name for d in data.values()} == {"tokenize"}
-    assert (work / "train" / "conc-a" / "final" / "model" / "model.safetensors").read_bytes() == (
-        setting["work"] / "train" / "straight" / "final" / "model" / "model.safetensors"
+    assert (runs["conc-a"] / "final" / "model" / "model.safetensors").read_bytes() == (
+        run_labelled(setting["work"] / "train", "straight") / "final" / "model" / "model.safetensors"
     ).read_bytes()

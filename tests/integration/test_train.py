@@ -23,9 +23,8 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
-from neox.train.storage import run_storage
 from tests.conftest import REPO
-from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, write_config
+from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, planned_run, run_folder, write_config
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -109,9 +108,9 @@ def test_zero1_trains_logs_to_mlflow_and_exports(straight):
 
 def test_resume_after_sigkill_reproduces_the_straight_run_bit_for_bit(tmp_path, tokenized, straight):
     config = write_config(tmp_path, tokenized)
-    run_dir = tmp_path / "storage" / "run"
+    run_dir = run_folder(config)
     first = launch(config)
-    wait_for_checkpoint(run_storage(str(tmp_path / "storage"), "run"), 10, first)
+    wait_for_checkpoint(planned_run(config).storage, 10, first)
     wait_for_step(run_dir, 12, first)
     kill_group(first)
     assert not (run_dir / "final").exists()
@@ -137,7 +136,7 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
     bucket = f"runs-{os.getpid()}-{time.monotonic_ns()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     config = write_config(tmp_path, tokenized, max_failures=1, storage_path=f"s3://{bucket}/exp")
-    storage = run_storage(f"s3://{bucket}/exp", "run")
+    storage = planned_run(config).storage
     process = launch(config)
     wait_for_checkpoint(storage, 10, process)
     wait_for_step(storage.local_dir(), 12, process)  # rank 0's working copy, on this one node
@@ -151,14 +150,14 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
     assert {r["step"]: r["loss"] for r in published} == losses(straight)
     assert storage.checkpoints() and storage.read_text("mlflow_run_id")
     weights = tmp_path / "model.safetensors"
-    boto3.client("s3").download_file(bucket, "exp/run/final/model/model.safetensors", str(weights))
+    boto3.client("s3").download_file(bucket, f"exp/{storage.name}/final/model/model.safetensors", str(weights))
     reference = final_weights(straight)
     ours = load_file(weights)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
     assert storage.read_text("final", "hf", "config.json")
 
     refused = subprocess.run([NEOX, "train", str(config)], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and f"s3://{bucket}/exp/run already holds a run" in refused.stderr
+    assert refused.returncode == 2 and f"s3://{bucket}/exp/{storage.name} already holds this run" in refused.stderr
     wider = tmp_path / "wider.yml"
     wider.write_text(
         (REPO / "configs" / "model" / "tiny.yml").read_text().replace('"hidden_size": 64', '"hidden_size": 128')
@@ -218,7 +217,7 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
         time.sleep(5)
         config = write_config(tmp_path, tokenized, zero_stage=2, precision="bf16", ray_address=f"127.0.0.1:{port}")
         finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
-        curve = losses(tmp_path / "storage" / "run")
+        curve = losses(run_folder(config))
         assert sorted(curve) == list(range(1, STEPS + 1)) and curve[STEPS] < curve[1] - 0.5
     finally:
         for node in nodes:
@@ -258,7 +257,7 @@ def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
 
     config = write_config(tmp_path, tokenized, zero_stage=3, train_iters=20)
     finish(launch(config))
-    run_dir = tmp_path / "storage" / "run"
+    run_dir = run_folder(config)
     curve = losses(run_dir)
     assert curve[20] < curve[1] - 0.3
     ours = load_model(run_dir / "final" / "model")
@@ -271,7 +270,7 @@ def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
 def test_torch_compile_inside_the_engine_trains_the_same_model(tmp_path, tokenized, straight):
     config = write_config(tmp_path, tokenized, compile=True)
     finish(launch(config))
-    run_dir = tmp_path / "storage" / "run"
+    run_dir = run_folder(config)
     compiled, eager = losses(run_dir), losses(straight)
     assert sorted(compiled) == sorted(eager)
     # fused kernels round differently, so close rather than bitwise

@@ -90,7 +90,7 @@ def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_pat
     from neox.model.checkpoint import save_model
     from neox.model.config import load_model_config
     from neox.model.gpt_neox import GPTNeoX
-    from neox.train.launch import check_init_from
+    from neox.train.runs import check_init_from
 
     tiny = str(REPO / "configs" / "model" / "tiny.yml")
     cfg, _ = load_model_config(tiny, vocab_size=512)

@@ -63,7 +63,7 @@ def test_an_s3_run_works_through_the_aws_environment(tmp_path, s3_env):
     [
         ("gs://bucket/runs", "exp", "local path or s3://"),
         ("s3://", "exp", "names no bucket"),
-        ("runs", "a/b", "plain folder name"),
+        ("runs", "a/b", "must be a plain name"),
     ],
 )
 def test_bad_storage_is_a_clear_error(storage_path, name, message):

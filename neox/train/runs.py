@@ -1,0 +1,140 @@
+"""Training runs as content-addressed outputs: where a config's run lives (its key under storage_path, checked
+before anything starts), what a run folder's run.json says, and the runs a storage path holds (`neox runs`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from neox.errors import ConfigError
+from neox.model.config import ModelConfig, load_model_config
+from neox.pipeline.layout import CONFIG_FILE, FINAL_MODEL, RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.stage import sha256_file, verify_output
+from neox.train.checkpointing import latest_state
+from neox.train.config import TrainConfig
+from neox.train.identity import config_key, identity, key_of
+from neox.train.storage import RunStorage, run_names, run_storage
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A config's run, resolved: the model with the dataset's vocabulary, the identity and key, its storage."""
+
+    cfg: TrainConfig
+    model: ModelConfig
+    manifest: dict[str, Any]  # the tokenized dataset's
+    identity: dict[str, Any]
+    key: str
+    storage: RunStorage
+
+    def record(self) -> dict[str, Any]:
+        """The run.json written when the run starts."""
+        return {
+            "key": self.key,
+            "label": self.cfg.name,
+            "config_key": config_key(self.identity),
+            "identity": self.identity,
+            "data": str(Path(self.cfg.data).resolve()),
+            "created": time.time(),
+        }
+
+
+def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> RunPlan:
+    """The run `cfg` trains, after checking its dataset, model and starting weights."""
+    if cfg.data is None:
+        raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
+    manifest = verify_output(cfg.data)
+    model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"])
+    if cfg.seq_length > model.max_position_embeddings:
+        positions = model.max_position_embeddings
+        raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")
+    start = None
+    if cfg.init_from:
+        check_init_from(cfg.init_from, model, Path(cfg.data))
+        cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
+        start = sha256_file(Path(cfg.init_from) / WEIGHTS_FILE)
+    payload = identity(cfg, model, manifest["key"], start, continued_from)
+    key = key_of(payload)
+    return RunPlan(cfg, model, manifest, payload, key, run_storage(cfg.storage_path, key))
+
+
+def check_init_from(checkpoint: str, model_cfg: ModelConfig, data: Path) -> None:
+    """Weights to start from must fit the configured model and speak the dataset's tokenizer."""
+    from neox.model.checkpoint import load_model_config_from
+
+    if not (Path(checkpoint) / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"train.init_from {checkpoint} is not a neox checkpoint ({WEIGHTS_FILE} is missing)")
+    start = load_model_config_from(checkpoint)
+    if start != model_cfg:
+        changed = sorted(
+            f.name for f in dataclasses.fields(start) if getattr(start, f.name) != getattr(model_cfg, f.name)
+        )
+        raise ConfigError(
+            f"train.init_from {checkpoint} holds another model shape ({', '.join(changed)} differ from train.model)"
+        )
+    ours, theirs = Path(checkpoint) / TOKENIZER_FILE, data / TOKENIZER_FILE
+    if ours.exists() and sha256_file(ours) != sha256_file(theirs):
+        raise ConfigError(
+            f"train.init_from {checkpoint} was trained with another tokenizer than {data} was tokenized "
+            "with: tokenize the new data with the model's tokenizer (data.tokenizer.from)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One folder of a storage path, as `neox runs` lists it."""
+
+    key: str
+    label: str
+    status: str  # finished, stopped (has checkpoints), new (started, no checkpoint yet), legacy (before keys)
+    step: int
+    train_iters: int | None
+    data_key: str | None
+    location: str
+    record: dict[str, Any] | None  # its run.json
+    storage: RunStorage = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def final_model(self) -> str | None:
+        return "/".join((self.location, *FINAL_MODEL)) if self.status == "finished" else None
+
+
+def run_info(storage: RunStorage) -> RunInfo:
+    text = storage.read_text(RUN_FILE)
+    record = json.loads(text) if text else None
+    state = latest_state(storage) or {}
+    finished = storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None
+    if record is None:
+        status = "legacy"  # a run from before content-addressed runs: listed, never reused
+    else:
+        status = "finished" if finished else "stopped" if state else "new"
+    train = (record or {}).get("identity", {}).get("train", {})
+    return RunInfo(
+        key=storage.name if record else "-",
+        label=(record or {}).get("label", storage.name),
+        status=status,
+        step=int(state.get("step", 0)),
+        train_iters=train.get("train_iters"),
+        data_key=(record or {}).get("identity", {}).get("data"),
+        location=storage.uri,
+        record=record,
+        storage=storage,
+    )
+
+
+def list_runs(storage_path: str) -> list[RunInfo]:
+    """Every run under a storage path, newest first (legacy runs last)."""
+    runs = [run_info(run_storage(storage_path, name)) for name in run_names(storage_path)]
+    return sorted(runs, key=lambda r: -(r.record or {}).get("created", 0))
+
+
+def runs_table(runs: list[RunInfo]) -> str:
+    rows = [("KEY", "LABEL", "STATUS", "STEP", "DATA", "FINAL CHECKPOINT")]
+    for run in runs:
+        steps = f"{run.step}/{run.train_iters}" if run.train_iters else str(run.step)
+        rows.append((run.key, run.label, run.status, steps, run.data_key or "-", run.final_model or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)), row[-1]]) for row in rows)
