@@ -22,8 +22,8 @@ def train_command(
     allow_new_data: Annotated[
         bool,
         typer.Option(
-            help="With --resume: continue the newest run of the same label and config, trained on another dataset, "
-            "on this one, as a new run (continued pretraining; its lineage names the run it continues)."
+            help="With --resume: continue the newest run of the same label and model (weights, optimizer, step) as a "
+            "new run on this dataset and these settings (continued pretraining; its run.json names its origin)."
         ),
     ] = False,
     train_iters: Annotated[int | None, typer.Option(help="Override train.train_iters.")] = None,

@@ -51,9 +51,9 @@ def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
 
 
 def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
-    """`--resume` with no run of this key: the newest run of the same label that differs only in its dataset,
-    continued on this one as a new run when `--allow-new-data` says so; otherwise an error saying what differs.
-    Returns the new run's plan and the checkpoint it starts from."""
+    """`--resume` with no run of this key: with `--allow-new-data`, the newest run of the same label and model is
+    continued (weights, optimizer, schedule position) as a new run on this dataset and these settings, e.g. more
+    train_iters; otherwise an error saying what differs. Returns the new run's plan and its starting checkpoint."""
     labelled = [r for r in list_runs(plan.cfg.storage_path) if r.record and r.label == plan.cfg.name]
     previous = next((r for r in labelled if newest_checkpoint_name(r.storage)), None)
     if previous is None:
@@ -65,15 +65,16 @@ def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
             f"--resume: the checkpoint's model differs ({', '.join(model)}) in the run labelled "
             f"{plan.cfg.name!r} ({previous.key}); start a new run without --resume"
         )
-    if changed != ["data"]:
-        raise RunStateError(
-            f"--resume: no run of this config to continue; the run labelled {plan.cfg.name!r} ({previous.key}) "
-            f"differs in {', '.join(changed)}; start a new run without --resume"
-        )
-    if not allow_new_data:
+    if not allow_new_data and "data" in changed:
         raise RunStateError(
             f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained on another dataset "
             f"({previous.data_key} vs {plan.identity['data']}): pass --allow-new-data to continue it on this one"
+        )
+    if not allow_new_data:
+        raise RunStateError(
+            f"--resume: no run of this config to continue; the run labelled {plan.cfg.name!r} ({previous.key}) "
+            f"differs in {', '.join(changed)}: start a new run without --resume, or continue that one under these "
+            "settings with --allow-new-data"
         )
     newer = plan_run(plan.cfg, continued_from={"run": previous.key, "step": previous.step})
     return newer, previous.storage.path(newest_checkpoint_name(previous.storage))

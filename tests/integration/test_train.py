@@ -225,10 +225,11 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
         shutil.rmtree(short, ignore_errors=True)
 
 
-def test_resume_is_refused_for_other_data_or_another_model_shape(
+def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_new_one(
     tmp_path, tokenized, straight, small_corpus, corpus_tokenizer
 ):
-    """Checked by the driver from the newest checkpoint, before any worker starts."""
+    """A resume is checked by the driver before any worker starts: another model shape is refused, another dataset
+    needs --allow-new-data, which continues the run (weights, optimizer, step) on it as a new run naming its origin."""
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
 
     storage = straight.parent
@@ -248,6 +249,17 @@ def test_resume_is_refused_for_other_data_or_another_model_shape(
     config = write_config(tmp_path, tokenized, storage_path=str(storage), model=str(wider))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "model differs" in refused.stderr and "hidden_size" in refused.stderr
+
+    config = write_config(tmp_path, other_data, storage_path=str(storage), train_iters=STEPS + 5)
+    out = finish(launch(config, "--resume", "--allow-new-data"))
+    (continued,) = [Path(line) for line in out.splitlines() if line.startswith(f"{storage}/")]  # the printed folder
+    assert continued != straight and resumed_from(out) == STEPS
+    assert json.loads((continued / "run.json").read_text())["identity"]["continued_from"] == {
+        "run": straight.name,
+        "step": STEPS,
+    }
+    assert steps(continued) == list(range(STEPS + 1, STEPS + 6))  # it went on from step 30, on the other data
+    assert (continued / "final" / "model" / "model.safetensors").exists()
 
 
 def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
