@@ -251,6 +251,7 @@ def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_ne
     assert refused.returncode == 2 and "model differs" in refused.stderr and "hidden_size" in refused.stderr
 
     config = write_config(tmp_path, other_data, storage_path=str(storage), train_iters=STEPS + 5)
+    before = {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts}
     out = finish(launch(config, "--resume", "--allow-new-data"))
     (continued,) = [Path(line) for line in out.splitlines() if line.startswith(f"{storage}/")]  # the printed folder
     assert continued != straight and resumed_from(out) == STEPS
@@ -260,6 +261,8 @@ def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_ne
     }
     assert steps(continued) == list(range(STEPS + 1, STEPS + 6))  # it went on from step 30, on the other data
     assert (continued / "final" / "model" / "model.safetensors").exists()
+    # the run it continued is untouched: other settings or data are always another run beside it
+    assert {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts} == before
 
 
 def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
