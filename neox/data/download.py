@@ -173,10 +173,9 @@ def download_sources(
             bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
             sources={s.name: s.url for s in sources},
         )
+        shutil.rmtree(scratch, ignore_errors=True)  # inside the lock: another run may be resuming these parts
 
-    result = run_stage(work_root, STAGE, CODE_VERSION, source_set(sources), {}, body)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return result
+    return run_stage(work_root, STAGE, CODE_VERSION, source_set(sources), {}, body)
 
 
 def scratch_dir(work_root: str | Path, sources: list[Source]) -> Path:

@@ -20,10 +20,9 @@ from pydantic import Field, Strict
 
 from neox.errors import ConfigError
 from neox.model.gpt_neox_keys import GPT_NEOX_KEYS
-from neox.pipeline.configfile import Bool, Positive, parse, read_yaml_mapping, section
+from neox.pipeline.configfile import Bool, Positive, PositiveFloat, parse, read_yaml_mapping, section
 
 InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
-PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
 Dropout = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 

@@ -21,6 +21,7 @@ from neox.model.checkpoint import load_model, save_model
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX
 from neox.pipeline.atomic import atomic_directory
+from neox.pipeline.configfile import parse
 from neox.pipeline.layout import HF_CONFIG_FILE, HF_TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 HF_PREFIX = "gpt_neox."
@@ -80,7 +81,7 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     rope = hf.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise ConfigError(f"rope_type {rope['rope_type']!r} is not supported (only 'default' rotary)")
-    return ModelConfig(
+    values = dict(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
         num_attention_heads=hf["num_attention_heads"],
@@ -97,6 +98,7 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         attention_dropout=float(hf.get("attention_dropout", 0.0)),
         init_method_std=float(hf.get("initializer_range", 0.02)),
     )
+    return parse(ModelConfig, values, "config.json")
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,12 +3,15 @@ types in `neox.pipeline.config`, so the docs cannot drift from what `neox check`
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from neox.pipeline.config import PipelineConfig
+from neox.pipeline.configfile import unwrap
 from neox.train.identity import RUN_CONTROL
 
 HEADER = """# Configuration reference
@@ -31,30 +34,55 @@ def json_schema() -> dict[str, Any]:
 def markdown() -> str:
     schema = json_schema()
     parts = [HEADER]
-    render(schema, schema, "", parts)
+    render(schema, schema, "", parts, sections(PipelineConfig))
     return "\n".join(parts).rstrip() + "\n"
 
 
-def render(schema: dict, node: dict, path: str, parts: list[str]) -> None:
+def sections(cls: type, found: dict[str, type] | None = None) -> dict[str, type]:
+    """Every section class reachable from `cls`, by name (the JSON Schema's $defs titles)."""
+    found = {} if found is None else found
+    found[cls.__name__] = cls
+    for hint in typing.get_type_hints(cls, include_extras=True).values():
+        for inner in (unwrap(hint), *map(unwrap, typing.get_args(unwrap(hint)))):
+            if dataclasses.is_dataclass(inner) and inner.__name__ not in found:
+                sections(inner, found)
+    return found
+
+
+def field_description(cls: type | None, key: str) -> str:
+    """A field's docstring, looked up through base sections too (pydantic reads only a class's own)."""
+    for base in cls.__mro__ if cls else ():
+        info = getattr(base, "__pydantic_fields__", {}).get(key)
+        if info is not None and info.description:
+            return info.description
+    return ""
+
+
+def render(schema: dict, node: dict, path: str, parts: list[str], classes: dict[str, type]) -> None:
     """One table per section (a JSON Schema object), then the sections inside it, depth first."""
     title = f"`{path}`" if path else "Top level"
     parts += [f"## {title}", "", node.get("description", "").strip(), ""]
     parts += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     required, nested = set(node.get("required", ())), []
     for key, prop in node["properties"].items():
-        target = section_of(schema, prop)
+        target, listed = section_of(schema, prop), section_of(schema, prop.get("items", {}))
+        where = f"`{path + '.' if path else ''}{key}` below"
         if target is not None:
             nested.append((key, target))
-            kind, default = f"section (`{path + '.' if path else ''}{key}` below)", ""
+            kind, default = f"section ({where})", ""
+        elif listed is not None:
+            nested.append((key, listed))
+            kind, default = f"list of mappings ({where})", json.dumps(prop.get("default", []))
         else:
             kind, default = type_of(prop), json.dumps(prop["default"]) if "default" in prop else ""
-        meaning = " ".join(prop.get("description", "").split()).replace("|", "\\|")
+        text = prop.get("description") or field_description(classes.get(node.get("title", "")), key)
+        meaning = " ".join(text.split()).replace("|", "\\|")
         if path == "train" and key in RUN_CONTROL:
             meaning += " *Run control: changing it keeps the same run.*"
         parts.append(f"| `{key}`{' (required)' if key in required else ''} | {kind} | {default} | {meaning} |")
     parts.append("")
     for key, target in nested:
-        render(schema, target, f"{path}.{key}" if path else key, parts)
+        render(schema, target, f"{path}.{key}" if path else key, parts, classes)
 
 
 def section_of(schema: dict, prop: dict) -> dict | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from neox.errors import ConfigError
@@ -31,13 +31,20 @@ Str = Annotated[str, Strict()]
 Positive = Annotated[int, Strict(), Field(ge=1)]
 NonNegative = Annotated[int, Strict(), Field(ge=0)]
 NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
 PlainName = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # a file or folder name
 
 SECTION_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
 
 
 def section(cls: type[T]) -> type[T]:
-    """Make `cls` a config section: a frozen dataclass validated by pydantic, unknown keys refused."""
+    """Make `cls` a config section: a frozen dataclass validated by pydantic, unknown keys refused. A key given no
+    value (YAML's `dedup:`) takes its default (every nullable field defaults to null)."""
+
+    def empty_means_default(values: Any) -> Any:
+        return {k: v for k, v in values.items() if v is not None} if isinstance(values, dict) else values
+
+    cls._empty_means_default = model_validator(mode="before")(empty_means_default)
     return dataclass(frozen=True, config=SECTION_CONFIG)(cls)
 
 

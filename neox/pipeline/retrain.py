@@ -7,8 +7,9 @@ the shards that arrived since it was trained, or train a new model from scratch 
       train: {train_iters: 100, lr: 3.0e-4, warmup: 0.0}   # keys replacing the train section's
 
 `continue` starts from the champion's weights (fresh optimizer and schedule), tokenizes the new shards with the
-champion's tokenizer, and names the run after the champion version and the new data, so a rerun of the same
-retrain resumes or reuses it. Shards are new when their URL is not in the champion's download manifest.
+champion's tokenizer, and labels the run after the champion version and the new data; a rerun of the same
+retrain resumes or reuses it because its key (the champion's weights, the new data, the settings) is the same.
+Shards are new when their URL is not in the champion's download manifest.
 """
 
 from __future__ import annotations

@@ -28,8 +28,11 @@ class Guard:
     """A metric that must not get worse than the champion's by more than `tolerance` (absolute)."""
 
     metric: Metric
+    """The guarded metric, task/metric."""
     direction: Direction
+    """Whether lower (minimize) or higher (maximize) is better."""
     tolerance: NonNegativeFloat = 0.0
+    """How much worse than the champion's it may get (absolute)."""
 
 
 @section
@@ -39,6 +42,7 @@ class PromotionRule:
     metric: Metric = "neox_heldout/bits_per_byte"
     """The primary metric, task/metric as lm-eval reports it."""
     direction: Direction = "minimize"
+    """Whether lower (minimize) or higher (maximize) is better."""
     min_improvement: NonNegativeFloat = 0.0
     """Absolute; the candidate must beat the champion by more than this."""
     guards: tuple[Guard, ...] = ()
@@ -73,11 +77,6 @@ class Decision:
 def promotion_rule(section: dict[str, Any] | None) -> PromotionRule:
     """The `rule:` of a pipeline config's `registry:` section."""
     return parse(PromotionRule, section, "registry.rule")
-
-
-def registry_config(section: dict[str, Any] | None) -> RegistryConfig:
-    """A pipeline config's `registry:` section."""
-    return parse(RegistryConfig, section, "registry")
 
 
 def _gain(direction: Direction, new: float, old: float) -> float:

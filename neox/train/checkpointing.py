@@ -69,7 +69,7 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:
     if state["model_config"] != config["model"]:
         changed = sorted(k for k in config["model"] if state["model_config"].get(k) != config["model"][k])
         raise ResumeError(
-            f"the checkpoint's model differs from the config ({', '.join(changed)}); start a new run name"
+            f"the checkpoint's model differs from the config ({', '.join(changed)}); start a new run without --resume"
         )
     if state["data_fingerprint"] != config["data_fingerprint"] and not config["allow_new_data"]:
         raise ResumeError(

@@ -22,6 +22,7 @@ from neox.pipeline.configfile import (
     NonNegativeFloat,
     PlainName,
     Positive,
+    PositiveFloat,
     Str,
     parse,
     read_pipeline_config,
@@ -31,7 +32,6 @@ from neox.pipeline.configfile import (
 Precision = Literal["fp32", "bf16", "fp16"]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Fraction = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
-PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
 ONE_OR_MORE_PATHS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
 
 
@@ -193,6 +193,8 @@ def build_train_config(section: dict[str, Any], base_dir: Path = Path(".")) -> T
     model = section.get("model")
     if not model:
         raise ConfigError("train.model must name at least one GPT-NeoX model YAML")
+    if not isinstance(model, str) and not (isinstance(model, list) and all(isinstance(m, str) for m in model)):
+        raise ConfigError(f"train.model must be a model YAML path or a list of them, got {model!r}")
     models = tuple(
         str(base_dir / m) if not Path(m).is_absolute() else m for m in ([model] if isinstance(model, str) else model)
     )

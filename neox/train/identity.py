@@ -62,12 +62,6 @@ def key_of(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_key(payload: dict[str, Any]) -> str:
-    """The key without the dataset and lineage: runs of the same config on other data share it, which is what
-    `--resume --allow-new-data` (continued pretraining) looks for."""
-    return key_of({k: v for k, v in payload.items() if k not in ("data", "continued_from")})
-
-
 def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     """The identity fields two runs differ in, dotted (`train.lr`, `model.hidden_size`, `data`)."""
     out = []

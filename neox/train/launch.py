@@ -18,7 +18,7 @@ from neox.train.checkpointing import check_compatible, latest_state, newest_chec
 from neox.train.config import TrainConfig
 from neox.train.identity import differences
 from neox.train.loop import train_loop_per_worker
-from neox.train.runs import RunPlan, list_runs, plan_run
+from neox.train.runs import RunInfo, RunPlan, list_runs, plan_run
 from neox.train.tracking import open_mlflow_run
 
 
@@ -32,49 +32,86 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
             f"{plan.storage.uri} already holds this run (step {state['step']} of {cfg.train_iters}): "
             "pass --resume to continue it"
         )
-    start = None
-    if state is None and resume:
-        plan, start = continued_run(plan, allow_new_data)
-    return launch(plan, resume=state is not None, initial_checkpoint=start, allow_new_data=allow_new_data)
+    if state is not None or not resume:
+        return launch(plan, resume=state is not None, allow_new_data=allow_new_data)
+    earlier = continuation_of(plan)  # this config already continued another run: go on with that run
+    if earlier is not None:
+        return earlier.storage.uri if finished(earlier) else launch(earlier, resume=True, allow_new_data=True)
+    plan, start = continued_run(plan, allow_new_data)
+    return launch(plan, initial_checkpoint=start, allow_new_data=True)
 
 
 def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
     """What a pipeline rerun wants: (run location, what happened). A finished run of this key is reused, a
     stopped one resumes from its latest checkpoint, anything else starts fresh."""
     plan = plan_run(cfg)
-    state = latest_state(plan.storage)
-    if state is None:
+    if latest_state(plan.storage) is None:
         return launch(plan), "trained"
-    if state["step"] >= cfg.train_iters and plan.storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None:
+    if finished(plan):
         return plan.storage.uri, "reused"
     return launch(plan, resume=True), "resumed"
 
 
+def finished(plan: RunPlan) -> bool:
+    state = latest_state(plan.storage) or {}
+    return (
+        state.get("step", 0) >= plan.cfg.train_iters and plan.storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None
+    )
+
+
+# A continued run restores the optimizer and schedule state of the run it continues: lr, betas, eps and weight
+# decay come back with it, and the checkpoint's layout fixes the workers, ZeRO stage and precision. Only the data
+# and the schedule's length and shape (its lambda is computed from the config) can change.
+CONTINUABLE = frozenset({"data", "train.train_iters", "train.lr_decay_iters", "train.warmup", "train.min_lr"})
+
+
+def continuation_of(plan: RunPlan) -> RunPlan | None:
+    """The run an earlier `--resume --allow-new-data` of this very config started, if any (its key also holds
+    the run it continued, which this config alone does not say)."""
+    for run in labelled_runs(plan):
+        if differences(plan.identity, run.record["identity"]) == ["continued_from"]:
+            return plan_run(plan.cfg, continued_from=run.record["identity"]["continued_from"])
+    return None
+
+
+def labelled_runs(plan: RunPlan) -> list[RunInfo]:
+    """The keyed runs of this config's label that have a checkpoint, newest first."""
+    runs = list_runs(plan.cfg.storage_path)
+    return [r for r in runs if r.record and r.label == plan.cfg.name and newest_checkpoint_name(r.storage)]
+
+
 def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
     """`--resume` with no run of this key: with `--allow-new-data`, the newest run of the same label and model is
-    continued (weights, optimizer, schedule position) as a new run on this dataset and these settings, e.g. more
-    train_iters; otherwise an error saying what differs. Returns the new run's plan and its starting checkpoint."""
-    labelled = [r for r in list_runs(plan.cfg.storage_path) if r.record and r.label == plan.cfg.name]
-    previous = next((r for r in labelled if newest_checkpoint_name(r.storage)), None)
-    if previous is None:
+    continued (weights, optimizer, schedule position) as a new run on this dataset, and on a longer or reshaped
+    schedule; otherwise an error saying what differs. Returns the new run's plan and its starting checkpoint."""
+    labelled = labelled_runs(plan)
+    if not labelled:
         raise RunStateError(f"--resume: no run labelled {plan.cfg.name!r} under {plan.cfg.storage_path} to continue")
-    changed = [c for c in differences(plan.identity, previous.record["identity"]) if c != "continued_from"]
-    model = [c.removeprefix("model.") for c in changed if c.startswith("model.")]
-    if model:
+    same_model = [r for r in labelled if r.record["identity"]["model"] == plan.identity["model"]]
+    if not same_model:
+        changed = differences(plan.identity, labelled[0].record["identity"])
+        model = ", ".join(c.removeprefix("model.") for c in changed if c.startswith("model."))
         raise RunStateError(
-            f"--resume: the checkpoint's model differs ({', '.join(model)}) in the run labelled "
-            f"{plan.cfg.name!r} ({previous.key}); start a new run without --resume"
+            f"--resume: the checkpoint's model differs ({model}) in the run labelled {plan.cfg.name!r} "
+            f"({labelled[0].key}); start a new run without --resume"
         )
+    previous = same_model[0]
+    changed = {c for c in differences(plan.identity, previous.record["identity"]) if c != "continued_from"}
     if not allow_new_data and "data" in changed:
         raise RunStateError(
             f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained on another dataset "
             f"({previous.data_key} vs {plan.identity['data']}): pass --allow-new-data to continue it on this one"
         )
-    if not allow_new_data:
+    if not allow_new_data or changed - CONTINUABLE:
         raise RunStateError(
-            f"--resume: no run of this config to continue; the run labelled {plan.cfg.name!r} ({previous.key}) "
-            f"differs in {', '.join(changed)}: start a new run without --resume, or continue that one under these "
-            "settings with --allow-new-data"
+            f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) differs in {', '.join(sorted(changed))}; "
+            f"a continued run keeps its optimizer and layout and can change only {', '.join(sorted(CONTINUABLE))}: "
+            "start a new run without --resume"
+        )
+    if plan.cfg.train_iters <= previous.step:
+        raise RunStateError(
+            f"--allow-new-data: train_iters {plan.cfg.train_iters} is not past step {previous.step}, where the run "
+            f"labelled {plan.cfg.name!r} ({previous.key}) stopped: give more train_iters"
         )
     newer = plan_run(plan.cfg, continued_from={"run": previous.key, "step": previous.step})
     return newer, previous.storage.path(newest_checkpoint_name(previous.storage))

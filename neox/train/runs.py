@@ -15,7 +15,7 @@ from neox.pipeline.layout import CONFIG_FILE, FINAL_MODEL, RUN_FILE, TOKENIZER_F
 from neox.pipeline.stage import sha256_file, verify_output
 from neox.train.checkpointing import latest_state
 from neox.train.config import TrainConfig
-from neox.train.identity import config_key, identity, key_of
+from neox.train.identity import identity, key_of
 from neox.train.storage import RunStorage, run_names, run_storage
 
 
@@ -35,7 +35,6 @@ class RunPlan:
         return {
             "key": self.key,
             "label": self.cfg.name,
-            "config_key": config_key(self.identity),
             "identity": self.identity,
             "data": str(Path(self.cfg.data).resolve()),
             "created": time.time(),

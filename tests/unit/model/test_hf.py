@@ -124,6 +124,11 @@ def test_import_rejects_what_is_not_gpt_neox(tmp_path):
         import_hf(tmp_path / "llama", tmp_path / "out")
     with pytest.raises(ConfigError, match="config.json is missing"):
         import_hf(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "odd").mkdir()  # a GPT-NeoX config whose heads do not divide the hidden size
+    odd = {"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 100, "num_attention_heads": 3}
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({**odd, "vocab_size": 256}))
+    with pytest.raises(ConfigError, match="config.json: hidden_size \\(100\\) must be divisible"):
+        import_hf(tmp_path / "odd", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

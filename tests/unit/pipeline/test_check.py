@@ -74,6 +74,7 @@ MISTAKES = [
     ("train.warmpu", 0.1, "train.warmpu: unknown key (did you mean warmup?)"),
     ("train.env", {"1BAD": "x"}, "train: env: 1BAD are not environment variable names"),
     ("train.model", DELETE, "train.model must name at least one GPT-NeoX model YAML"),
+    ("train.model", 5, "train.model must be a model YAML path or a list of them, got 5"),
     ("train.storage_path", "s3://bucket/train", "flows evaluate, register and retrain from the final checkpoint"),
     # eval
     ("eval.dtype", "int8", "eval.dtype: input should be 'float32', 'bfloat16' or 'float16'"),
@@ -120,6 +121,18 @@ def test_a_mistake_at_any_depth_is_refused_naming_its_path(tmp_path, dotted, val
     with pytest.raises(ConfigError) as err:
         check_pipeline_config(path)
     assert message in str(err.value)
+
+
+def test_a_key_given_no_value_takes_its_default(tmp_path):
+    text = (REPO / "configs" / "pipeline" / "local.yaml").read_text()
+    raw = yaml.safe_load(text)
+    raw["train"]["model"] = str(REPO / "configs" / "model" / "tiny.yml")
+    for section in ("dedup", "tokenizer", "tokenize"):
+        raw["data"][section] = None  # as YAML reads `dedup:` with nothing after it
+    raw["eval"], raw["registry"] = None, {"name": "m", "rule": None}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    cfg = check_pipeline_config(tmp_path / "pipeline.yaml")
+    assert cfg.data.dedup.threshold == 0.8 and cfg.eval.batch_size == 16 and cfg.registry.rule.guards == ()
 
 
 def test_a_typo_in_the_model_yaml_is_refused_with_the_key_meant(tmp_path):
