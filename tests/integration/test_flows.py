@@ -192,12 +192,14 @@ def test_a_new_dedup_threshold_redoes_dedup_and_everything_after_it_only(setting
     work = setting["work"]
     before = {stage: files_state(work / stage) for stage in DATA_STAGES}
     first_run = run_labelled(work / "train", "straight")
+    first_files = files_state(first_run)
     # its own label and registered model only to keep the other tests' lookups simple: neither changes the run key
     config = write_config(setting, "dedup-0.6", threshold=0.6, registry="flow-dedup")
     out = run_flow(setting, PRETRAIN, config)
     assert "download: reused" in out and "tokenizer: reused" in out
     assert "dedup: wrote" in out and "tokenize: wrote" in out and "train: trained" in out and "eval: wrote" in out
     assert "flow-dedup version 1" in out
+    assert files_state(first_run) == first_files  # a new run beside the first, which stays byte for byte as it was
     assert (
         json.loads((run_labelled(work / "train", "dedup-0.6") / "data.json").read_text())["data"]
         != (json.loads((first_run / "data.json").read_text())["data"])
