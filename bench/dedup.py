@@ -4,7 +4,7 @@ Same corpus (the sample corpus, ~32 MB), same shingles (word 5-grams), same 128 
 clustering. The baseline shingles in Python and signs each document with `datasketch.MinHash` on one core
 (as most dedup scripts do); ours is the whole stage (read, sign with rensa's bulk MinHash in Ray tasks, LSH,
 write the kept shards and the manifest), with Ray already started: on 1 core (the per-core comparison) and on
-`--workers` cores (how it scales; the clustering between the two parallel passes runs on one core).
+`--workers` cores (how it scales). How it grows with the corpus: bench/dedup_scale.py.
 
     .venv/bin/python bench/dedup.py [--workers 2]
 """
@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from datasketch import MinHash  # noqa: E402
 
-from neox.data.dedup import DedupConfig, cluster, dedup_shards, normalize, shingles  # noqa: E402
+from neox.data.dedup import DedupConfig, dedup_shards, normalize, shingles  # noqa: E402
 from neox.data.jsonl import Rejects, list_shards, read_shard  # noqa: E402
 from neox.data.sample import build_sample_corpus  # noqa: E402
 from neox.pipeline.stage import verify_output  # noqa: E402
@@ -44,8 +44,34 @@ def baseline(corpus: Path, cfg: DedupConfig) -> int:
             minhash = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
             minhash.update_batch([s.encode() for s in shingles(normalized, cfg.ngram)])
             signatures.append(minhash.hashvalues.astype(np.uint32))
-    uf, _ = cluster(exact, np.stack(signatures), cfg)
-    return sum(1 for i in range(len(exact)) if uf.find(i) != i)
+    return single_process_lsh(exact, np.stack(signatures), cfg)
+
+
+def single_process_lsh(exact: list[bytes], signatures: np.ndarray, cfg: DedupConfig) -> int:
+    """Documents removed by the usual in-memory LSH: a dict of buckets per band, each document compared with its
+    bucket's first, clusters merged by union-find (what most dedup scripts, and this stage before issue 15, do)."""
+    parent = list(range(len(exact)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    buckets: list[dict[bytes, int]] = [{} for _ in range(cfg.bands + 1)]
+    for i, digest in enumerate(exact):
+        if (first := buckets[0].setdefault(digest, i)) != i:
+            join(first, i)
+        for band in range(cfg.bands):
+            key = signatures[i, band * cfg.rows : (band + 1) * cfg.rows].tobytes()
+            if (first := buckets[band + 1].setdefault(key, i)) != i and root(first) != root(i):
+                if np.mean(signatures[first] == signatures[i]) >= cfg.threshold:
+                    join(first, i)
+    return sum(1 for i in range(len(exact)) if root(i) != i)
 
 
 def main() -> None:

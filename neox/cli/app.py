@@ -19,6 +19,17 @@ WorkRootOption = Annotated[
     Path,
     typer.Option(file_okay=False, help="Root of the content-addressed stage outputs (<work-root>/<stage>/<key>/)."),
 ]
-WorkersOption = Annotated[int | None, typer.Option(help="Shards processed at once (default: every CPU Ray has).")]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=1, help="Tasks run at once, a core each (default: every CPU Ray has).")
+]
+ChunkOption = Annotated[
+    int,
+    typer.Option(
+        "--chunk-mb",
+        min=1,
+        help="Megabytes of (decompressed) text one task reads: a bigger shard is cut into several tasks. "
+        "Does not change the output.",
+    ),
+]
 RayOption = Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")]
 TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI (a sqlite:/// file or an http:// server).")]

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from neox.cli.app import RayOption, WorkersOption, WorkRootOption, app
+from neox.cli.app import ChunkOption, RayOption, WorkersOption, WorkRootOption, app
+from neox.data.chunks import DEFAULT_CHUNK_MB
 from neox.errors import ConfigError
 
 
@@ -68,10 +69,12 @@ def dedup(
     rows: Annotated[int, typer.Option(help="Rows per LSH band (bands x rows <= num_perm).")] = 8,
     threshold: Annotated[float, typer.Option(help="Minimum estimated Jaccard similarity of a near-duplicate.")] = 0.8,
     workers: WorkersOption = None,
+    chunk_mb: ChunkOption = DEFAULT_CHUNK_MB,
     ray_address: RayOption = None,
 ) -> None:
     """Remove exact duplicates (normalised text hash) and near-duplicates (MinHash LSH over word n-grams),
-    keeping the first document of each cluster. The manifest lists counts per pile_set_name and every cluster.
+    keeping the first document of each cluster. The output holds the kept shards (same names), clusters.jsonl.zst
+    (every cluster: the document kept, the ones dropped) and a manifest with counts per pile_set_name.
 
     Example: neox dedup work/download/<key> --work-root work
     """
@@ -79,7 +82,8 @@ def dedup(
     from neox.pipeline.configfile import parse
 
     cfg = parse(DedupConfig, dict(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold))
-    typer.echo(str(dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address).path))
+    result = dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address, chunk_bytes=chunk_mb << 20)
+    typer.echo(str(result.path))
 
 
 @app.command("train-tokenizer")
@@ -110,6 +114,7 @@ def tokenize(
     prefix: Annotated[str, typer.Option(help="Output name: PREFIX_text_document.{bin,idx}.")] = "corpus",
     work_root: WorkRootOption = Path("work"),
     workers: WorkersOption = None,
+    chunk_mb: ChunkOption = DEFAULT_CHUNK_MB,
     ray_address: RayOption = None,
 ) -> None:
     """Tokenize shards into a GPT-NeoX/Megatron mmap indexed dataset (.bin/.idx), byte-compatible with
@@ -127,6 +132,7 @@ def tokenize(
         parse(TokenizeConfig, {"prefix": prefix}),
         workers=workers,
         ray_address=ray_address,
+        chunk_bytes=chunk_mb << 20,
     ).path
     typer.echo(str(out))
 

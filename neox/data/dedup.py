@@ -1,23 +1,39 @@
-"""The dedup stage: exact and near-duplicate removal over Pile-format shards.
+"""The dedup stage: exact and near-duplicate removal over Pile-format shards, scaled out on Ray tasks.
 
 - Exact: sha256 of the NFC-normalised, whitespace-collapsed text.
 - Near: MinHash (rensa, bulk) over lower-cased word n-gram shingles; LSH banding proposes candidate pairs
   (bands x rows; the defaults, 16 x 8 of 128 permutations, catch pairs at Jaccard 0.8 with ~95% and 0.85 with
-  ~99% probability per pair); a candidate joins a cluster only if its signature-estimated Jaccard reaches
-  `threshold`. Clusters are merged by union-find and keep their first document in shard/line order.
+  ~99% probability per pair); a candidate is a duplicate only if its signature-estimated Jaccard reaches
+  `threshold`. Clusters are the connected components of the duplicates and keep their first document in
+  shard/line order.
 
-Shards are signed in parallel as Ray tasks and written back (kept documents only, same shard names) as Ray
-tasks; clustering happens in the driver on the signatures. Every decision depends only on the documents and
-their order, so the output is the same whatever the number of workers.
+How it runs, so that no process holds what grows with the corpus (the driver holds what grows with its
+duplicates):
+1. sign: a Ray task per chunk of a shard (`chunks.py`) writes the chunk's signatures, document ids
+   (shard index << 40 | line), sets and paths into the stage's scratch folder, with one row per document and
+   key (each band's values, and the exact hash) sorted by a 32-bit hash of the key.
+2. pair: that hash range is cut into partitions sized by the number of rows, a Ray task each. A partition
+   gathers its rows from every chunk, groups equal keys and pairs each document of a group with the group's
+   first: exact pairs are duplicates as they are, band pairs when their signatures (read back from the chunks'
+   files) agree on at least `threshold` of their values.
+3. cluster (driver): connected components over the duplicate pairs only.
+4. write: a Ray task per shard copies the shard's documents but the dropped ones, byte for byte, in one zstd
+   stream; `clusters.jsonl.zst` lists every cluster with its documents' set and path.
+
+Every decision depends only on the documents and their order, so the output is the same for any worker count,
+chunk size and partition count.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
+import math
 import shutil
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,15 +41,23 @@ import numpy as np
 import ray
 from pydantic import Field, Strict
 from rensa import RMinHash
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, read_shard, write_lines
+from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
+from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, write_lines, write_shard
 from neox.errors import DataError
 from neox.pipeline.configfile import NonNegative, Positive, section
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "dedup"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects
+
+LINE_BITS = 40  # a document id is shard index << LINE_BITS | line number
+SIGN_BATCH = 2000  # documents shingled and signed at once: bounds a task's memory whatever the chunk size
+ROWS_PER_PARTITION = 4_000_000  # key rows a pair task sorts at once (~200 MB)
+EXACT = 0  # the `band` of an exact-hash row; LSH bands are 1..bands
 
 
 @section
@@ -73,83 +97,145 @@ def shingles(normalized: str, n: int) -> list[str]:
     return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)), strict=False)]
 
 
-def sign_shard(shard: Path, cfg: DedupConfig, rejects_path: Path) -> dict[str, Any]:
-    """Per document of one shard: its location, set name, path (if any), exact hash and MinHash signature.
-    Rejected lines go to rejects_path."""
-    rejects = Rejects(rejects_path)
-    lines, sets, paths, exact, shingle_sets, sizes = [], [], [], [], [], []
-    for doc in read_shard(shard, rejects):
-        lines.append(doc.line)
-        sets.append(doc.set_name)
-        paths.append(doc.meta.get("path"))
-        normalized = normalize(doc.text)
-        exact.append(hashlib.sha256(normalized.encode()).digest()[:16])
-        shingle_sets.append(shingles(normalized, cfg.ngram))
-        sizes.append(len(doc.text.encode()))
-    rejects.close()
-    signatures = np.zeros((len(lines), cfg.num_perm), dtype=np.uint32)
-    if lines:
-        signatures[:] = RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows()
-    return {
-        "shard": shard.name,
-        "lines": lines,
-        "sets": sets,
-        "paths": paths,
-        "exact": exact,
-        "signatures": signatures,
-        "bytes": sum(sizes),
-        "rejects": str(rejects_path),
-        "reject_counts": rejects.counts,
-    }
+def key_width(cfg: DedupConfig) -> int:
+    """uint64 words of a key row: a band's values (rows x 4 bytes) or the 16-byte exact hash, zero-padded."""
+    return max(2, math.ceil(cfg.rows / 2))
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 whose root is always the smallest member (so clusters keep their first document)."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return int(root)
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+def row_dtype(cfg: DedupConfig) -> np.dtype:
+    return np.dtype([("hash", "<u4"), ("band", "<u2"), ("doc", "<u8"), ("key", "<u8", (key_width(cfg),))])
 
 
-def cluster(exact: list[bytes], signatures: np.ndarray, cfg: DedupConfig) -> tuple[UnionFind, set[int]]:
-    """Union-find over documents 0..n-1 (global order); returns it and the documents joined by exact hash."""
-    n = len(exact)
-    uf = UnionFind(n)
-    first_with_hash: dict[bytes, int] = {}
-    exact_members: set[int] = set()
-    for i, digest in enumerate(exact):
-        if digest in first_with_hash:
-            uf.union(first_with_hash[digest], i)
-            exact_members.add(i)
-        else:
-            first_with_hash[digest] = i
+def key_rows(ids: np.ndarray, exact: np.ndarray, signatures: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """One row per document and key (the exact hash, then each band's values), sorted by the key's hash."""
+    n, width = len(ids), key_width(cfg)
+    rows = np.zeros(n * (cfg.bands + 1), dtype=row_dtype(cfg))
+    rows["doc"] = np.tile(ids, cfg.bands + 1)
+    rows["band"] = np.repeat(np.arange(cfg.bands + 1, dtype=np.uint16), n)
+    keys = np.zeros((cfg.bands + 1, n, width * 2), dtype=np.uint32)
+    keys[EXACT, :, :4] = exact.view(np.uint32).reshape(n, 4)
     for band in range(cfg.bands):
-        columns = signatures[:, band * cfg.rows : (band + 1) * cfg.rows]
-        buckets: dict[bytes, int] = {}
-        for i in range(n):
-            key = columns[i].tobytes()
-            first = buckets.setdefault(key, i)
-            if first != i and uf.find(first) != uf.find(i):
-                if np.mean(signatures[first] == signatures[i]) >= cfg.threshold:
-                    uf.union(first, i)
-    return uf, exact_members
+        keys[band + 1, :, : cfg.rows] = signatures[:, band * cfg.rows : (band + 1) * cfg.rows]
+    rows["key"] = keys.reshape(-1, width * 2).view(np.uint64)
+    # a multiply-xorshift mix of the key words and the band: it only spreads rows over partitions, equal keys
+    # always get equal hashes
+    mixed = rows["band"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for word in range(width):
+        mixed = (mixed ^ rows["key"][:, word]) * np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(29)
+    rows["hash"] = (mixed >> np.uint64(32)).astype(np.uint32)
+    return rows[np.argsort(rows["hash"], kind="stable")]
 
 
-def write_kept(shard: Path, out: Path, keep_lines: set[int]) -> int:
-    """Copy the kept lines of a shard, byte for byte (they were parsed and checked when signed)."""
-    return write_lines(out, (line for number, line in enumerate(read_lines(shard), start=1) if number in keep_lines))
+def sign_chunk(chunk: Chunk, cfg: DedupConfig, scratch: Path) -> dict[str, Any]:
+    """Sign one chunk's documents into `scratch/<chunk label>.*`; return its counts."""
+    rejects = Rejects(scratch / f"{chunk.label}.rejects.jsonl")
+    docs = read_chunk(chunk, rejects)
+    ids, sets, paths, exact, blocks, size = [], [], [], [], [], 0
+    while batch := list(itertools.islice(docs, SIGN_BATCH)):
+        shingle_sets = []
+        for doc in batch:
+            ids.append(chunk.shard_index << LINE_BITS | doc.line)
+            sets.append(doc.set_name)
+            paths.append(doc.meta.get("path"))
+            normalized = normalize(doc.text)
+            exact.append(hashlib.sha256(normalized.encode()).digest()[:16])
+            shingle_sets.append(shingles(normalized, cfg.ngram))
+            size += len(doc.text.encode())
+        blocks.append(RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows())
+    rejects.close()
+    signatures = np.array([row for block in blocks for row in block], dtype=np.uint32).reshape(-1, cfg.num_perm)
+    ids_array = np.array(ids, dtype=np.uint64)
+    exact_array = np.frombuffer(b"".join(exact), dtype=np.uint8).reshape(-1, 16)
+    np.save(scratch / f"{chunk.label}.ids.npy", ids_array)
+    np.save(scratch / f"{chunk.label}.sig.npy", signatures)
+    np.save(scratch / f"{chunk.label}.rows.npy", key_rows(ids_array, exact_array, signatures, cfg))
+    (scratch / f"{chunk.label}.meta.json").write_text(json.dumps({"sets": sets, "paths": paths}))
+    return {"documents": len(ids), "bytes": size, "sets": dict(Counter(sets)), "reject_counts": rejects.counts}
+
+
+def pair_partition(
+    low: int, high: int, labels: list[str], first_ids: np.ndarray, scratch: Path, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The duplicate pairs (first, other) among key rows whose hash is in [low, high): exact ones, and near ones
+    whose signatures agree on at least `threshold` of their values."""
+    parts = []
+    for label in labels:
+        rows = np.load(scratch / f"{label}.rows.npy", mmap_mode="r")
+        start, end = np.searchsorted(rows["hash"], [low, high])
+        if end > start:
+            parts.append(np.array(rows[start:end]))
+    empty = np.zeros((0, 2), dtype=np.uint64)
+    if not parts:
+        return empty, empty
+    rows = np.concatenate(parts)
+    key = rows["key"]
+    # sorted by band, key, then document: each group of equal keys starts with its first document
+    rows = rows[np.lexsort((rows["doc"], *(key[:, w] for w in reversed(range(key.shape[1]))), rows["band"]))]
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = (rows["band"][1:] != rows["band"][:-1]) | (rows["key"][1:] != rows["key"][:-1]).any(axis=1)
+    first = rows["doc"][starts][np.cumsum(starts) - 1]
+    later = ~starts
+    pairs = np.stack([first[later], rows["doc"][later]], axis=1)
+    is_exact = rows["band"][later] == EXACT
+    candidates = np.unique(pairs[~is_exact], axis=0)
+    signatures = read_signatures(np.unique(candidates), labels, first_ids, scratch)
+    agree = [
+        np.mean(signatures[a] == signatures[b]) >= threshold
+        for a, b in zip(candidates[:, 0], candidates[:, 1], strict=True)
+    ]
+    return pairs[is_exact], candidates[np.array(agree, dtype=bool)] if len(candidates) else empty
+
+
+def read_signatures(docs: np.ndarray, labels: list[str], first_ids: np.ndarray, scratch: Path) -> dict[int, np.ndarray]:
+    """The signatures of the given (sorted) documents, read from their chunks' files."""
+    found: dict[int, np.ndarray] = {}
+    owner = np.searchsorted(first_ids, docs, side="right") - 1
+    for chunk in np.unique(owner):
+        wanted = docs[owner == chunk]
+        ids = np.load(scratch / f"{labels[chunk]}.ids.npy", mmap_mode="r")
+        signatures = np.load(scratch / f"{labels[chunk]}.sig.npy", mmap_mode="r")
+        for doc, row in zip(wanted, np.searchsorted(ids, wanted), strict=True):
+            found[int(doc)] = np.array(signatures[row])
+    return found
+
+
+def components(exact: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The documents of every cluster (connected component of the duplicate pairs) and each one's root, its
+    cluster's first document; documents in no pair are in no cluster."""
+    pairs = np.concatenate([exact, near])
+    nodes, index = np.unique(pairs.ravel(), return_inverse=True)
+    graph = coo_matrix((np.ones(len(pairs)), (index[0::2], index[1::2])), shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)  # nodes are sorted: a label's first node is its smallest
+    return nodes, nodes[first[labels]]
+
+
+def describe_documents(label: str, first_line: int, scratch: Path, docs: list[int]) -> list[dict[str, Any]]:
+    """Each document's id (`shard:line`), set and (if any) path, from its chunk's files."""
+    ids = np.load(scratch / f"{label}.ids.npy")
+    meta = json.loads((scratch / f"{label}.meta.json").read_text())
+    described = []
+    for doc, row in zip(docs, np.searchsorted(ids, docs), strict=True):
+        entry = {"line": doc & ((1 << LINE_BITS) - 1), "set": meta["sets"][row]}
+        described.append(entry | ({"path": meta["paths"][row]} if meta["paths"][row] else {}))
+    return described
+
+
+def write_kept(shard: Path, out: Path, id_files: list[Path], dropped_lines: np.ndarray) -> int:
+    """Copy the shard's documents but the dropped ones, byte for byte (they were parsed and checked when signed)."""
+    lines = [np.load(f) & np.uint64((1 << LINE_BITS) - 1) for f in id_files]
+    keep = iter(np.setdiff1d(np.concatenate(lines) if lines else [], dropped_lines).tolist())
+    wanted = next(keep, None)
+
+    def kept():
+        nonlocal wanted
+        for number, line in enumerate(read_lines(shard), start=1):
+            if number == wanted:
+                yield line
+                wanted = next(keep, None)
+
+    return write_lines(out, kept())
 
 
 def dedup_shards(
@@ -158,69 +244,115 @@ def dedup_shards(
     cfg: DedupConfig = DedupConfig(),
     workers: int | None = None,
     ray_address: str | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_MB << 20,
 ) -> StageResult:
-    """Run (or reuse) the dedup stage; its output is a folder of deduplicated shards."""
+    """Run (or reuse) the dedup stage; its output is a folder of deduplicated shards (the input's names) with
+    clusters.jsonl.zst. `workers` caps the tasks run at once, `chunk_bytes` the text one signing task reads; neither
+    changes the output."""
     shards = list_shards(input_dir)
 
     def body(run: StageRun) -> None:
         ensure_ray(ray_address)
-        signer = ray.remote(num_cpus=1)(sign_shard)
-        parts = run.tmp / ".rejects"  # each shard's rejected lines, merged into rejects.jsonl below
-        parts.mkdir()
-        calls = [(signer, (s, cfg, parts / s.name)) for s in shards]
-        signed = run_ordered(calls, workers, "dedup: sign", "shard")
-        write_kept_documents(signed, shards, run, cfg, workers)
-        shutil.rmtree(parts)
+        scratch = run.tmp / ".scratch"
+        scratch.mkdir()
+        chunks = plan_chunks(shards, chunk_bytes, workers)
+        signer = ray.remote(num_cpus=1)(sign_chunk)
+        signed = run_ordered([(signer, (c, cfg, scratch)) for c in chunks], workers, "dedup: sign", "chunk")
+        documents = sum(r["documents"] for r in signed)
+        if documents == 0:
+            raise DataError(f"no documents in {input_dir}: every line was empty or rejected")
+        exact, near = find_duplicates(chunks, scratch, cfg, documents, workers)
+        nodes, roots = components(exact, near)
+        dropped = nodes[roots != nodes]
+        write_documents(shards, chunks, scratch, run.tmp, dropped, workers)
+        sets_in = sum((Counter(r["sets"]) for r in signed), Counter())
+        dropped_sets = write_clusters(chunks, scratch, nodes, roots, run.tmp / "clusters.jsonl.zst", workers)
+        reject_counts = merge_rejects(
+            [(scratch / f"{c.label}.rejects.jsonl", r["reject_counts"]) for c, r in zip(chunks, signed, strict=True)],
+            run.tmp / "rejects.jsonl",
+        )
+        shutil.rmtree(scratch)
+        exact_duplicates = len(np.unique(exact[:, 1]))
+        run.stats.update(
+            documents_in=documents,
+            documents_out=documents - len(dropped),
+            bytes_in=sum(r["bytes"] for r in signed),
+            exact_duplicates=exact_duplicates,
+            near_duplicates=len(dropped) - exact_duplicates,
+            clusters=int(np.sum(roots == nodes)),
+            largest_cluster=int(np.unique(roots, return_counts=True)[1].max()) if len(roots) else 0,
+            rejects=reject_counts,
+            per_set={name: {"in": n, "out": n - dropped_sets.get(name, 0)} for name, n in sorted(sets_in.items())},
+            chunks=len(chunks),
+        )
 
     inputs = {"shards": input_fingerprint(input_dir)}
     return run_stage(work_root, STAGE, CODE_VERSION, dataclasses.asdict(cfg), inputs, body)
 
 
-def write_kept_documents(
-    signed: list[dict[str, Any]], shards: list[Path], run: StageRun, cfg: DedupConfig, workers: int | None
+def chunk_first_ids(chunks: list[Chunk]) -> np.ndarray:
+    """The smallest document id each chunk can hold, ascending: where a document's chunk is looked up."""
+    return np.array([c.shard_index << LINE_BITS | c.first_line for c in chunks], dtype=np.uint64)
+
+
+def find_duplicates(
+    chunks: list[Chunk], scratch: Path, cfg: DedupConfig, documents: int, workers: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact and the near duplicate pairs (first, other) of the signed chunks, paired by partition."""
+    partitions = max(
+        int(ray.available_resources().get("CPU", 1)), math.ceil(documents * (cfg.bands + 1) / ROWS_PER_PARTITION)
+    )
+    bounds = [p * (1 << 32) // partitions for p in range(partitions + 1)]
+    labels, first_ids = [c.label for c in chunks], chunk_first_ids(chunks)
+    pairer = ray.remote(num_cpus=1)(pair_partition)
+    calls = [(pairer, (lo, hi, labels, first_ids, scratch, cfg.threshold)) for lo, hi in itertools.pairwise(bounds)]
+    found = run_ordered(calls, workers, "dedup: pair", "partition")
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+def write_documents(
+    shards: list[Path], chunks: list[Chunk], scratch: Path, out: Path, dropped: np.ndarray, workers: int | None
 ) -> None:
-    """Cluster the signed documents and write the kept ones into the stage's output, with its stats."""
-    ids = [(r["shard"], line) for r in signed for line in r["lines"]]
-    if not ids:
-        raise DataError(f"no documents in {shards[0].parent}: every line was empty or rejected")
-    sets = [s for r in signed for s in r["sets"]]
-    paths = [p for r in signed for p in r["paths"]]
-    uf, exact_members = cluster(
-        [e for r in signed for e in r["exact"]], np.concatenate([r["signatures"] for r in signed]), cfg
-    )
-
-    roots = [uf.find(i) for i in range(len(ids))]
-    removed = [i for i, root in enumerate(roots) if root != i]
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in removed:
-        members[roots[i]].append(i)
-    keep_by_shard: dict[str, set[int]] = defaultdict(set)
-    for i, root in enumerate(roots):
-        if root == i:
-            keep_by_shard[ids[i][0]].add(ids[i][1])
-
-    def describe(i: int) -> dict[str, Any]:
-        entry = {"id": f"{ids[i][0]}:{ids[i][1]}", "set": sets[i]}
-        return entry | ({"path": paths[i]} if paths[i] else {})
-
+    """Write every shard's kept documents under its own name in `out` (a shard left empty stays, empty)."""
+    dropped_shard = dropped >> np.uint64(LINE_BITS)
+    line_mask = np.uint64((1 << LINE_BITS) - 1)
     writer = ray.remote(num_cpus=1)(write_kept)
-    calls = [(writer, (s, run.tmp / s.name, keep_by_shard[s.name])) for s in shards]
-    written = sum(run_ordered(calls, workers, "dedup: write", "shard"))
-    reject_counts = merge_rejects([(Path(r["rejects"]), r["reject_counts"]) for r in signed], run.tmp / "rejects.jsonl")
-    kept = sum(len(lines) for lines in keep_by_shard.values())
-    if written != kept:  # the shards changed under us between the two passes
-        raise DataError(f"wrote {written} documents, expected {kept}; was the input modified?")
-    kept_sets = Counter(sets[i] for i, root in enumerate(roots) if root == i)
-    run.stats.update(
-        documents_in=len(ids),
-        documents_out=kept,
-        bytes_in=sum(r["bytes"] for r in signed),
-        exact_duplicates=len(exact_members),
-        near_duplicates=len(removed) - len(exact_members),
-        rejects=reject_counts,
-        per_set={name: {"in": count, "out": kept_sets.get(name, 0)} for name, count in sorted(Counter(sets).items())},
-        clusters=[
-            {"kept": describe(root), "dropped": [describe(i) for i in dropped]}
-            for root, dropped in sorted(members.items())
-        ],
-    )
+    calls = [
+        (
+            writer,
+            (
+                shard,
+                out / shard.name,
+                [scratch / f"{c.label}.ids.npy" for c in chunks if c.shard_index == i],
+                dropped[dropped_shard == i] & line_mask,
+            ),
+        )
+        for i, shard in enumerate(shards)
+    ]
+    run_ordered(calls, workers, "dedup: write", "shard")
+
+
+def write_clusters(
+    chunks: list[Chunk], scratch: Path, nodes: np.ndarray, roots: np.ndarray, out: Path, workers: int | None
+) -> Counter:
+    """Write every cluster (its kept document, then the dropped ones, each with id, set and path) in order of
+    its first document; return the dropped documents counted by set."""
+    owner = np.searchsorted(chunk_first_ids(chunks), nodes, side="right") - 1
+    describer = ray.remote(num_cpus=1)(describe_documents)
+    wanted = [(c, nodes[owner == i]) for i, c in enumerate(chunks) if np.any(owner == i)]
+    calls = [(describer, (c.label, c.first_line, scratch, docs.tolist())) for c, docs in wanted]
+    described: dict[int, dict[str, Any]] = {}
+    for (chunk, docs), entries in zip(wanted, run_ordered(calls, workers, "dedup: clusters", "chunk"), strict=True):
+        for doc, entry in zip(docs.tolist(), entries, strict=True):
+            described[doc] = {"id": f"{chunk.shard.name}:{entry.pop('line')}"} | entry
+    order = np.lexsort((nodes, roots))
+    dropped_sets: Counter = Counter()
+
+    def records():
+        for root, members in itertools.groupby(order.tolist(), key=lambda i: int(roots[i])):
+            others = [int(nodes[i]) for i in members if int(nodes[i]) != root]
+            dropped_sets.update(described[doc]["set"] for doc in others)
+            yield {"kept": described[root], "dropped": [described[doc] for doc in others]}
+
+    write_shard(out, records())
+    return dropped_sets

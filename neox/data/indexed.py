@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,39 +44,47 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
 
 
-def write_index(path: str | Path, sizes: np.ndarray, dtype: np.dtype, doc_idx: np.ndarray | None = None) -> None:
-    sizes = np.asarray(sizes, dtype=np.int32)
-    pointers = np.zeros(len(sizes), dtype=np.int64)
-    if len(sizes) > 1:
-        np.cumsum(sizes[:-1].astype(np.int64) * np.dtype(dtype).itemsize, out=pointers[1:])
-    doc_idx = np.arange(len(sizes) + 1, dtype=np.int64) if doc_idx is None else np.asarray(doc_idx, dtype=np.int64)
+def write_index(path: str | Path, sizes: Callable[[], Iterable[np.ndarray]], dtype: np.dtype) -> None:
+    """Write PREFIX.idx for the sequence sizes `sizes()` yields block by block (called three times: the sizes, the
+    byte pointers and the count are streamed, so memory is one block, whatever the dataset's size)."""
+    count = sum(len(block) for block in sizes())
     with open(path, "wb") as f:
         f.write(MAGIC)
         f.write(struct.pack("<Q", VERSION))
         f.write(struct.pack("<B", CODE_OF[np.dtype(dtype)]))
-        f.write(struct.pack("<Q", len(sizes)))
-        f.write(struct.pack("<Q", len(doc_idx)))
-        f.write(sizes.tobytes(order="C"))
-        f.write(pointers.tobytes(order="C"))
-        f.write(doc_idx.tobytes(order="C"))
+        f.write(struct.pack("<Q", count))
+        f.write(struct.pack("<Q", count + 1))
+        for block in sizes():
+            f.write(np.asarray(block, dtype=np.int32).tobytes())
+        pointer = 0
+        for block in sizes():
+            ends = pointer + np.cumsum(np.asarray(block, dtype=np.int64) * np.dtype(dtype).itemsize)
+            f.write(np.concatenate([[pointer], ends[:-1]]).astype(np.int64).tobytes() if len(block) else b"")
+            pointer = int(ends[-1]) if len(block) else pointer
+        for start in range(0, count + 1, 1 << 24):  # doc_idx: one document per sequence
+            f.write(np.arange(start, min(count + 1, start + (1 << 24)), dtype=np.int64).tobytes())
 
 
-def merge_parts(prefix: str | Path, parts: Iterable[tuple[Path, np.ndarray]], dtype: np.dtype) -> int:
+def merge_parts(prefix: str | Path, parts: Sequence[tuple[Path, np.ndarray | Path]], dtype: np.dtype) -> int:
     """Concatenate per-part `.bin` files (in the given order) into PREFIX.bin and write PREFIX.idx for the
-    concatenated sizes (one document per sequence, doc_idx renumbered over the whole). Returns the token count."""
+    concatenated sizes (an array, or a `.npy` file of them, per part). Returns the token count."""
     prefix = Path(prefix)
-    all_sizes = []
+
+    def sizes() -> Iterator[np.ndarray]:
+        for _, part_sizes in parts:
+            yield np.load(part_sizes) if isinstance(part_sizes, Path) else np.asarray(part_sizes)
+
     with open(f"{prefix}.bin", "wb") as out:
-        for bin_path, sizes in parts:
+        for bin_path, _ in parts:
             with open(bin_path, "rb") as part:
                 shutil.copyfileobj(part, out, length=1 << 22)
-            all_sizes.append(np.asarray(sizes, dtype=np.int32))
-    sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, dtype=np.int32)
-    expected_bytes = int(sizes.astype(np.int64).sum()) * np.dtype(dtype).itemsize
-    if os.path.getsize(f"{prefix}.bin") != expected_bytes:
-        raise IndexFormatError(f"{prefix}.bin has {os.path.getsize(f'{prefix}.bin')} bytes; sizes say {expected_bytes}")
+    tokens = sum(int(block.astype(np.int64).sum()) for block in sizes())
+    if os.path.getsize(f"{prefix}.bin") != tokens * np.dtype(dtype).itemsize:
+        raise IndexFormatError(
+            f"{prefix}.bin has {os.path.getsize(f'{prefix}.bin')} bytes; sizes say {tokens * np.dtype(dtype).itemsize}"
+        )
     write_index(f"{prefix}.idx", sizes, dtype)
-    return int(sizes.sum())
+    return tokens
 
 
 class IndexedDataset:

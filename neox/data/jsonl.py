@@ -22,6 +22,8 @@ import zstandard
 from neox.errors import DataError, MissingInput
 
 SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
+# What a stage writes beside its shards (the lines it rejected, dedup's clusters): JSON lines too, never documents
+SIDE_FILES = ("rejects.jsonl", "clusters.jsonl.zst")
 
 
 class CorruptShardError(DataError):
@@ -63,7 +65,7 @@ class Rejects:
 
 
 def is_shard(path: Path) -> bool:
-    return path.name.endswith(SHARD_SUFFIXES)
+    return path.name.endswith(SHARD_SUFFIXES) and path.name not in SIDE_FILES
 
 
 CHUNK = 1 << 20
@@ -100,38 +102,70 @@ def _decompressed_chunks(path: Path, raw: BinaryIO) -> Iterator[bytes]:
         )
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
-    """The raw lines of a shard (decompressed, newline included), numbered from 1 by the caller."""
+def decompressed_blocks(path: Path, start: int = 0) -> Iterator[bytes]:
+    """The shard's decompressed bytes from offset `start` on, in blocks. A plain file seeks there; a zstd stream
+    cannot, so it is decompressed from the beginning and the bytes before `start` are dropped."""
     with open(path, "rb") as raw:
         if not path.name.endswith(".zst"):
-            yield from raw
+            raw.seek(start)
+            while block := raw.read(CHUNK):
+                yield block
             return
-        rest = b""
-        for chunk in _decompressed_chunks(path, raw):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                yield line + b"\n"
-        if rest:
-            yield rest
+        offset = 0
+        for block in _decompressed_chunks(path, raw):
+            if offset + len(block) > start:
+                yield block[max(0, start - offset) :]
+            offset += len(block)
+
+
+def split_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (newline included; the last one may lack it) of a byte stream given in blocks."""
+    rest = b""
+    for block in blocks:
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a shard (decompressed, newline included), numbered from 1 by the caller."""
+    return split_lines(decompressed_blocks(path))
+
+
+def parse_line(shard: str, number: int, raw_line: bytes, rejects: Rejects) -> Document | None:
+    """The document on one raw line, or None for a blank line or one handed to `rejects` (malformed JSON, no
+    string `text`, text that is not valid Unicode)."""
+    if not raw_line.strip():
+        return None
+    try:
+        record = json.loads(raw_line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        rejects.add(shard, number, f"malformed JSON: {err}", raw_line.decode("utf-8", "replace"))
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        rejects.add(shard, number, "no string 'text' field", raw_line.decode("utf-8", "replace"))
+        return None
+    try:
+        # a lone surrogate (JSON's "\ud800", or its raw UTF-8 bytes, which json accepts) cannot be encoded by any
+        # later stage: refuse it here, once, for all of them
+        record["text"].encode()
+    except UnicodeEncodeError as err:
+        reason = f"text is not valid Unicode: {err.reason} at character {err.start}"
+        rejects.add(shard, number, reason, raw_line.decode("utf-8", "replace"))
+        return None
+    meta = record.get("meta")
+    return Document(record["text"], meta if isinstance(meta, dict) else {}, shard, number)
 
 
 def read_shard(path: str | Path, rejects: Rejects) -> Iterator[Document]:
-    """Documents of one shard, in order. Malformed lines and lines without a string `text` go to rejects."""
+    """Documents of one shard, in order. Blank lines are skipped; bad ones go to rejects (`parse_line`)."""
     path = Path(path)
     for number, raw_line in enumerate(read_lines(path), start=1):
-        if not raw_line.strip():
-            continue
-        try:
-            record = json.loads(raw_line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            rejects.add(path.name, number, f"malformed JSON: {err}", raw_line.decode("utf-8", "replace"))
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            rejects.add(path.name, number, "no string 'text' field", raw_line.decode("utf-8", "replace"))
-            continue
-        meta = record.get("meta")
-        yield Document(record["text"], meta if isinstance(meta, dict) else {}, path.name, number)
+        if (doc := parse_line(path.name, number, raw_line, rejects)) is not None:
+            yield doc
 
 
 def write_shard(path: str | Path, records: Iterable[dict[str, Any]], level: int = 3) -> int:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
 
+from neox.data.chunks import DEFAULT_CHUNK_MB
 from neox.data.dedup import DedupConfig, dedup_shards
 from neox.data.download import Source, download_sources, sources_for
 from neox.data.sample import build_sample_corpus
@@ -62,7 +63,10 @@ class DataConfig:
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     workers: Positive | None = None
-    """Shards processed at once (default: every CPU Ray has)."""
+    """Tasks the dedup and tokenize stages run at once, a core each (default: every CPU Ray has)."""
+    chunk_mb: Positive = DEFAULT_CHUNK_MB
+    """Megabytes of (decompressed) text one dedup or tokenize task reads: a bigger shard is several tasks. The
+    output does not depend on it."""
     ray_address: Str | None = None
     """Ray cluster for the dedup and tokenize tasks (default: RAY_ADDRESS, else a local Ray)."""
 
@@ -89,7 +93,14 @@ def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:
 
 
 def dedup_stage(downloaded: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
-    return dedup_shards(downloaded, work_root, data.dedup, workers=data.workers, ray_address=data.ray_address)
+    return dedup_shards(
+        downloaded,
+        work_root,
+        data.dedup,
+        workers=data.workers,
+        ray_address=data.ray_address,
+        chunk_bytes=data.chunk_mb << 20,
+    )
 
 
 def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
@@ -104,7 +115,13 @@ def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig,
     """Tokenize the deduplicated shards with the tokenizer stage's output (its folder)."""
     tokenizer_file = Path(tokenizer) / TOKENIZER_FILE
     return tokenize_shards(
-        deduped, tokenizer_file, work_root, data.tokenize, workers=data.workers, ray_address=data.ray_address
+        deduped,
+        tokenizer_file,
+        work_root,
+        data.tokenize,
+        workers=data.workers,
+        ray_address=data.ray_address,
+        chunk_bytes=data.chunk_mb << 20,
     )
 
 

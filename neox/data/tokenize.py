@@ -3,9 +3,11 @@
 Byte-compatible with gpt-neox's `tools/datasets/preprocess_data.py --append-eod` on the same shards (in name
 order) and tokenizer: each document's ids followed by the EOD id, one sequence per document, empty documents
 skipped. Byte-level BPE tokenizers are encoded with tiktoken (`fast_bpe`) when it agrees with `tokenizers`
-on a sample of the corpus; the manifest records which engine ran. Shards are tokenized in parallel as Ray tasks
-(one per shard, on local cores or a cluster), each writing a part file; the parts are concatenated in shard
-order, so the output is the same whatever the worker count.
+on a sample of the corpus; the manifest records which engine ran. Chunks of shards (`chunks.py`) are tokenized
+in parallel as Ray tasks (on local cores or a cluster), each streaming its documents in batches into a part file;
+the parts are concatenated in order, so the output is the same whatever the worker count and chunk size. A
+document longer than MAX_PIECE_CHARS is encoded in pieces cut where the pre-tokenizer cuts anyway
+(`safe_pieces`), so a 50 MB document does not need gigabytes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import dataclasses
 import itertools
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
 from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
@@ -31,7 +35,9 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_m
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "tokenize"
-CODE_VERSION = "2"  # 2: the tokenizer is stored with the dataset
+CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects
+MAX_PIECE_CHARS = 1 << 20  # a longer document is encoded piece by piece (tokenizers needs ~200 B per character)
+SAMPLE_CHARS = 1 << 16  # of each document the engines are compared on
 
 
 @section
@@ -44,45 +50,89 @@ class TokenizeConfig:
     """Documents per encode_batch call."""
 
 
-def tokenize_shard(shard: Path, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
-    """Tokenize one shard into `part`.bin (+ `part`.rejects.jsonl); return its sizes and counts. `fast` uses
-    the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
+def safe_pieces(text: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most about `max_chars` whose ids, concatenated, are the ids of the whole text, for the
+    byte-level BPE's GPT-2 split pattern: a piece ends after a letter that a space and a letter follow. There the
+    pattern always ends one match (a letter run stops at a space) and starts the next (` ?\\p{L}+`), nothing it
+    looks at crosses the cut, and NFC never composes across it. Text without such a place stays whole."""
+    start = 0
+    while len(text) - start > max_chars:
+        cut = text.rfind(" ", start + 1, start + max_chars)
+        while cut > start and not (text[cut - 1].isalpha() and text[cut + 1].isalpha()):
+            cut = text.rfind(" ", start + 1, cut)
+        if cut <= start:  # none in this window: take the next one after it
+            cut = next(
+                (
+                    i
+                    for i in _spaces_from(text, start + max_chars)
+                    if text[i - 1].isalpha() and text[i + 1 : i + 2].isalpha()
+                ),
+                len(text),
+            )
+        yield text[start:cut]
+        start = cut
+    if start < len(text) or not text:
+        yield text[start:]
+
+
+def _spaces_from(text: str, start: int) -> Iterator[int]:
+    while (i := text.find(" ", start)) >= 0:
+        yield i
+        start = i + 1
+
+
+def encode_documents(
+    texts: list[str], encode_many: Callable[[list[str]], list[list[int]]], dtype: np.dtype
+) -> list[np.ndarray]:
+    """Each text's ids: the usual ones in one batch, a long one piece by piece (`safe_pieces`)."""
+    encoded: list[np.ndarray | None] = [None] * len(texts)
+    usual = [i for i, text in enumerate(texts) if len(text) <= MAX_PIECE_CHARS]
+    for i, ids in zip(usual, encode_many([texts[i] for i in usual]), strict=True):
+        encoded[i] = np.asarray(ids, dtype=dtype)
+    for i in (i for i, text in enumerate(texts) if len(text) > MAX_PIECE_CHARS):
+        encoded[i] = np.concatenate(
+            [np.asarray(encode_many([piece])[0], dtype=dtype) for piece in safe_pieces(texts[i])]
+        )
+    return encoded
+
+
+def tokenize_chunk(chunk: Chunk, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
+    """Tokenize one chunk into `part`.bin with its sequence sizes in `part`.sizes.npy (+ `part`.rejects.jsonl);
+    return its counts. `fast` uses the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
-    encode_fast = fast_encoder(tokenizer_json) if fast else None
-    eod = eod_id(tok)
-    dtype = token_dtype(tok.get_vocab_size())
+    if fast:
+        encode_fast = fast_encoder(tokenizer_json)
+        encode_many = lambda texts: [encode_fast(text) for text in texts]  # noqa: E731
+    else:
+        encode_many = lambda texts: [e.ids for e in tok.encode_batch_fast(texts)]  # noqa: E731
+    eod = np.array([eod_id(tok)], dtype=token_dtype(tok.get_vocab_size()))
     rejects = Rejects(part.with_suffix(".rejects.jsonl"))
     sizes: list[int] = []
     documents, empty, sets = 0, 0, Counter()
     try:
         with open(part.with_suffix(".bin"), "wb") as out:
-            docs = read_shard(shard, rejects)
+            docs = read_chunk(chunk, rejects)
             while batch := list(itertools.islice(docs, batch_size)):
-                if encode_fast is not None:
-                    encoded = [encode_fast(doc.text) for doc in batch]
-                else:
-                    encoded = [e.ids for e in tok.encode_batch_fast([doc.text for doc in batch])]
+                encoded = encode_documents([doc.text for doc in batch], encode_many, eod.dtype)
                 pieces = []
                 for doc, ids in zip(batch, encoded, strict=True):
                     documents += 1
                     sets[doc.set_name] += 1
-                    if not ids:
+                    if not len(ids):
                         empty += 1  # gpt-neox writes no sequence for an empty document
                         continue
-                    pieces.append(ids)
-                    pieces.append([eod])
+                    pieces += [ids, eod]
                     sizes.append(len(ids) + 1)
                 if pieces:
-                    np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype).tofile(out)
+                    np.concatenate(pieces).tofile(out)
     finally:
         rejects.close()
+    np.save(part.with_suffix(".sizes.npy"), np.asarray(sizes, dtype=np.int32))
     return {
-        "shard": shard.name,
-        "bin": str(part.with_suffix(".bin")),
-        "rejects": str(part.with_suffix(".rejects.jsonl")),
-        "sizes": np.asarray(sizes, dtype=np.int32),
+        "sequences": len(sizes),
+        "tokens": int(sum(sizes)),
         "documents": documents,
         "empty": empty,
         "sets": dict(sets),
@@ -97,43 +147,48 @@ def tokenize_shards(
     cfg: TokenizeConfig = TokenizeConfig(),
     workers: int | None = None,
     ray_address: str | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_MB << 20,
 ) -> StageResult:
-    """Run (or reuse) the tokenize stage. `workers` caps the shards tokenized at once (default: as many as Ray has
-    CPUs)."""
+    """Run (or reuse) the tokenize stage. `workers` caps the chunks tokenized at once (default: as many as Ray has
+    CPUs), `chunk_bytes` the text one task reads; neither changes the output."""
     shards = list_shards(input_dir)
     tok = load_tokenizer(tokenizer_file)
 
     def body(run: StageRun) -> None:
         ensure_ray(ray_address)
-        task = ray.remote(num_cpus=1)(tokenize_shard)
+        task = ray.remote(num_cpus=1)(tokenize_chunk)
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
         tokenizer_json = tok.to_str()
         fast = _fast_engine_agrees(tokenizer_json, shards[0])
-        calls = [
-            (task, (shard, tokenizer_json, parts_dir / f"{i:05d}", cfg.batch_size, fast))
-            for i, shard in enumerate(shards)
-        ]
-        ordered = run_ordered(calls, workers, desc="tokenize", unit="shard")
+        chunks = plan_chunks(shards, chunk_bytes, workers)
+        calls = [(task, (c, tokenizer_json, parts_dir / c.label, cfg.batch_size, fast)) for c in chunks]
+        ordered = run_ordered(calls, workers, desc="tokenize", unit="chunk")
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
             raise DataError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
         dtype = token_dtype(tok.get_vocab_size())
         prefix = run.tmp / f"{cfg.prefix}_text_document"
-        tokens = merge_parts(prefix, ((Path(r["bin"]), r["sizes"]) for r in ordered), dtype)
+        parts = [(parts_dir / f"{c.label}.bin", parts_dir / f"{c.label}.sizes.npy") for c in chunks]
+        tokens = merge_parts(prefix, parts, dtype)
         reject_counts = merge_rejects(
-            [(Path(r["rejects"]), r["reject_counts"]) for r in ordered], run.tmp / "rejects.jsonl"
+            [
+                (parts_dir / f"{c.label}.rejects.jsonl", r["reject_counts"])
+                for c, r in zip(chunks, ordered, strict=True)
+            ],
+            run.tmp / "rejects.jsonl",
         )
         shutil.rmtree(parts_dir)
         shutil.copyfile(tokenizer_file, run.tmp / TOKENIZER_FILE)  # the dataset says how to decode it
         run.stats.update(
             documents=documents,
-            sequences=int(sum(len(r["sizes"]) for r in ordered)),
+            sequences=sum(r["sequences"] for r in ordered),
             empty_documents=sum(r["empty"] for r in ordered),
             tokens=tokens,
             rejects=reject_counts,
             documents_per_set=dict(sum((Counter(r["sets"]) for r in ordered), Counter())),
-            shards=[r["shard"] for r in ordered],
+            shards=[shard.name for shard in shards],
+            chunks=len(chunks),
             dtype=dtype.name,
             vocab_size=tok.get_vocab_size(),
             eod_id=eod_id(tok),
@@ -151,7 +206,7 @@ def _fast_engine_agrees(tokenizer_json: str, shard: Path, sample_docs: int = 200
     encode = fast_encoder(tokenizer_json)
     if encode is None:
         return False
-    sample = (doc.text for doc in itertools.islice(read_shard(shard, Rejects()), sample_docs))
+    sample = (doc.text[:SAMPLE_CHARS] for doc in itertools.islice(read_shard(shard, Rejects()), sample_docs))
     return agrees_on(encode, tokenizer_json, sample)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,7 @@ def run_stage(
     output = stage_output(work_root, stage, key)
     # lock files stay (removing one races a process about to take it); they live apart from the outputs
     with file_lock(Path(work_root) / ".locks" / f"{stage}-{key}.lock"):
+        remove_leftovers(stage, output)
         if (output / MANIFEST).exists():
             try:
                 verify_output(output)
@@ -81,6 +83,16 @@ def run_stage(
         with publish_stage(work_root, stage, code_version, config, inputs) as run:
             body(run)
     return StageResult(output, reused=False)
+
+
+def remove_leftovers(stage: str, output: Path) -> None:
+    """Remove what a killed attempt at this output left beside it: its temporary folder, or the old output a swap
+    was replacing. Called under the key's lock, so no live run owns them (other keys' folders are not touched)."""
+    for leftover in sorted(
+        [*output.parent.glob(f".{output.name}.tmp-*"), *output.parent.glob(f".{output.name}.old-*")]
+    ):
+        print(f"{stage}: removing {leftover}, left by an attempt that was stopped", file=sys.stderr, flush=True)
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def stage_output(work_root: str | Path, stage: str, key: str) -> Path:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
+from rensa import RMinHash
 
 from neox.data.dedup import DedupConfig, dedup_shards, normalize, shingles
-from neox.data.jsonl import Rejects, list_shards, read_shard, write_lines, write_shard
+from neox.data.jsonl import Rejects, list_shards, read_lines, read_shard, write_lines, write_shard
 from neox.pipeline.stage import verify_output
 
 WORDS = [f"w{i}" for i in range(20000)]
@@ -67,19 +70,66 @@ def test_planted_duplicates_are_removed_and_nothing_else(tmp_path, ray_local, pl
     assert stats["documents_in"] == 480 and stats["documents_out"] == len(kept)
     assert stats["exact_duplicates"] == 40 and stats["near_duplicates"] == 480 - len(kept) - 40
     assert stats["per_set"] == {"Synthetic": {"in": 480, "out": len(kept)}}
-    assert len(stats["clusters"]) == 480 - len(kept)  # every cluster here is a pair
+    assert [s.name for s in list_shards(out)] == [s.name for s in list_shards(planted)]  # clusters are no shard
+    clusters = read_clusters(out)
+    assert stats["clusters"] == len(clusters) == 480 - len(kept) and stats["largest_cluster"] == 2  # pairs here
 
 
-def test_output_does_not_depend_on_worker_count(tmp_path, ray_local, planted):
-    one = dedup_shards(planted, tmp_path / "a", workers=1).path
-    two = dedup_shards(planted, tmp_path / "b", workers=2).path
-    assert [p.read_bytes() for p in list_shards(one)] == [p.read_bytes() for p in list_shards(two)]
+def read_clusters(output) -> list[dict]:
+    return [json.loads(line) for line in read_lines(output / "clusters.jsonl.zst")]
+
+
+def reference_dedup(corpus, cfg: DedupConfig) -> set[tuple[str, int]]:
+    """The documents a straightforward single-process LSH drops: every signature in memory, each document
+    compared with the first of each bucket it falls into, clusters merged by union-find."""
+    docs = [d for shard in list_shards(corpus) for d in read_shard(shard, Rejects())]
+    texts = [normalize(d.text) for d in docs]
+    sigs = np.array(
+        RMinHash.digest_matrix_from_token_sets(
+            [shingles(t, cfg.ngram) for t in texts], cfg.num_perm, cfg.seed
+        ).to_rows()
+    )
+    parent = list(range(len(docs)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    def join(a, b):
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    buckets = [{} for _ in range(cfg.bands + 1)]
+    for i, text in enumerate(texts):
+        first = buckets[0].setdefault(hashlib.sha256(text.encode()).digest(), i)
+        if first != i:
+            join(first, i)
+        for band in range(cfg.bands):
+            first = buckets[band + 1].setdefault(sigs[i, band * cfg.rows : (band + 1) * cfg.rows].tobytes(), i)
+            if first != i and np.mean(sigs[first] == sigs[i]) >= cfg.threshold:
+                join(first, i)
+    return {(docs[i].shard, docs[i].line) for i in range(len(docs)) if root(i) != i}
+
+
+def test_the_output_is_the_reference_lsh_whatever_the_workers_chunks_and_partitions(tmp_path, ray_local, planted):
+    dropped = reference_dedup(planted, DedupConfig())
+    docs = [d for shard in list_shards(planted) for d in read_shard(shard, Rejects())]
+    expected = [(d.shard, d.text) for d in docs if (d.shard, d.line) not in dropped]
+    assert len(docs) - len(expected) >= 76
+    outputs = []
+    # one worker, one partition, whole shards; then two of each and shards cut into ~50 KB chunks
+    for name, workers, chunk_bytes in [("a", 1, 1 << 30), ("b", 2, 50_000)]:
+        out = dedup_shards(planted, tmp_path / name, workers=workers, chunk_bytes=chunk_bytes).path
+        outputs.append({p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"})
+        assert [(d.shard, d.text) for shard in list_shards(out) for d in read_shard(shard, Rejects())] == expected
+    assert outputs[0] == outputs[1]  # the shards and clusters.jsonl.zst, byte for byte
+    assert verify_output(out)["stats"]["chunks"] >= 20
 
 
 def test_sample_corpus_clusters_include_the_codepage_tables(tmp_path_factory, ray_local, sample_corpus):
     out = dedup_shards(sample_corpus, tmp_path_factory.mktemp("work")).path
-    manifest = json.loads((out / "manifest.json").read_text())
-    clusters = [{m.get("path") for m in [c["kept"], *c["dropped"]]} for c in manifest["stats"]["clusters"]]
+    clusters = [{m.get("path") for m in [c["kept"], *c["dropped"]]} for c in read_clusters(out)]
     codepages = [c for c in clusters if sum(1 for p in c if p and p.startswith("encodings/cp")) >= 2]
     assert any({"encodings/cp037.py", "encodings/cp500.py"} <= c for c in codepages)
     assert len(codepages) >= 3
@@ -92,13 +142,15 @@ def test_bad_lines_are_kept_as_rejects_and_empty_input_is_refused(tmp_path, ray_
         "{not json",
         json.dumps({"text": "one  two three"}),
         json.dumps({"meta": {}}),
+        json.dumps({"text": "a lone \ud800 surrogate"}),
     ]
     write_lines(tmp_path / "in" / "00.jsonl.zst", (line.encode() + b"\n" for line in lines))
     out = dedup_shards(tmp_path / "in", tmp_path / "work").path
     stats = verify_output(out)["stats"]
     assert (stats["documents_in"], stats["documents_out"], stats["exact_duplicates"]) == (2, 1, 1)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["shard"], r["line"]) for r in rejects] == [("00.jsonl.zst", 2), ("00.jsonl.zst", 4)]
+    assert [(r["shard"], r["line"]) for r in rejects] == [("00.jsonl.zst", n) for n in (2, 4, 5)]
+    assert "not valid Unicode: surrogates not allowed at character 7" in rejects[2]["reason"]
     assert sorted(p.name for p in (tmp_path / "work" / "dedup").iterdir()) == [out.name]  # no leftovers
     (tmp_path / "empty").mkdir()
     write_lines(tmp_path / "empty" / "00.jsonl.zst", [b"{broken\n"])

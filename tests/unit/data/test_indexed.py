@@ -37,6 +37,10 @@ def test_layout_matches_the_specification(tmp_path, vocab, dtype, code):
     for i, doc in enumerate(docs):
         np.asarray(doc, dtype=dtype).tofile(tmp_path / f"part{i}.bin")
         parts.append((tmp_path / f"part{i}.bin", np.array([len(doc)])))
+    np.save(tmp_path / "part2.sizes.npy", np.array([len(docs[2])], dtype=np.int32))
+    parts[2] = (tmp_path / "part2.bin", tmp_path / "part2.sizes.npy")  # sizes given as a file, as tokenize does
+    (tmp_path / "empty.bin").write_bytes(b"")
+    parts.insert(1, (tmp_path / "empty.bin", np.zeros(0, dtype=np.int32)))  # a chunk whose documents were all empty
     assert merge_parts(tmp_path / "corpus_text_document", parts, np.dtype(dtype)) == 9
     idx = (tmp_path / "corpus_text_document.idx").read_bytes()
     assert idx == gpt_neox_idx_bytes([4, 2, 3], code, np.dtype(dtype).itemsize)
@@ -60,7 +64,7 @@ def test_reader_refuses_what_is_not_an_index(tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"")
     with pytest.raises(IndexFormatError, match="bad magic"):
         IndexedDataset(tmp_path / "bad")
-    write_index(tmp_path / "short.idx", np.array([10]), np.dtype(np.uint16))
+    write_index(tmp_path / "short.idx", lambda: [np.array([10])], np.dtype(np.uint16))
     np.arange(4, dtype=np.uint16).tofile(tmp_path / "short.bin")
     with pytest.raises(IndexFormatError, match="shorter than its index"):
         IndexedDataset(tmp_path / "short")

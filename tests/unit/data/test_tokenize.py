@@ -3,16 +3,20 @@ partial published, finished work reused."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import zstandard
 
+from neox.data.fast_bpe import fast_encoder
 from neox.data.indexed import IndexedDataset
-from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard, write_shard
-from neox.data.tokenize import TokenizeConfig, data_prefix, tokenize_shards
+from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard, write_lines, write_shard
+from neox.data.tokenize import TokenizeConfig, data_prefix, safe_pieces, tokenize_shards
 from neox.data.tokenizer import load_tokenizer
 from neox.pipeline.stage import verify_output
 
@@ -31,15 +35,16 @@ def gpt_neox_reference(shards, tokenizer_file):
     return sequences
 
 
-def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count(
+def test_output_equals_gpt_neox_preprocessing_whatever_the_worker_count_and_chunk_size(
     tmp_path, ray_local, small_corpus, corpus_tokenizer
 ):
     one = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "w1", TokenizeConfig(batch_size=7), workers=1).path
     two = tokenize_shards(
-        small_corpus, corpus_tokenizer, tmp_path / "w2", TokenizeConfig(batch_size=64), workers=2
+        small_corpus, corpus_tokenizer, tmp_path / "w2", TokenizeConfig(batch_size=64), workers=2, chunk_bytes=30_000
     ).path
     for suffix in (".bin", ".idx"):
         assert open(f"{data_prefix(one)}{suffix}", "rb").read() == open(f"{data_prefix(two)}{suffix}", "rb").read()
+    assert verify_output(one)["stats"]["chunks"] == 3 and verify_output(two)["stats"]["chunks"] >= 10
     ds = IndexedDataset(data_prefix(one))
     expected = gpt_neox_reference(list_shards(small_corpus), corpus_tokenizer)
     assert len(ds) == len(expected)
@@ -124,3 +129,66 @@ def test_a_tokenizer_tiktoken_cannot_reproduce_runs_on_tokenizers(tmp_path, ray_
     ds = IndexedDataset(data_prefix(out))
     expected = gpt_neox_reference(list_shards(small_corpus), tmp_path / "words.json")
     assert [ds[i].tolist() for i in range(len(ds))] == expected
+
+
+TRICKY = [
+    "it's a cafe\u0301 na\u00efve  double  spaced words, it'll end'd x9 y",
+    "tabs\tand\nnew lines\n\n  indented text here with ids 12345 67 and more words",
+    "日本語の テキスト と English mixed together here and there again",
+    "a" * 300 + " b" * 40 + " " + "c" * 120,  # long runs with and without a place to cut
+]
+
+
+@pytest.mark.parametrize("max_chars", [8, 33, 100])
+def test_a_long_document_is_encoded_in_pieces_whose_ids_are_those_of_the_whole(
+    max_chars, small_corpus, corpus_tokenizer
+):
+    tok = load_tokenizer(corpus_tokenizer)
+    fast = fast_encoder(corpus_tokenizer.read_text())
+    texts = TRICKY + [d.text for d in itertools.islice(read_shard(list_shards(small_corpus)[0], Rejects()), 30)]
+    cut = 0
+    for text in texts:
+        pieces = list(safe_pieces(text, max_chars))
+        assert "".join(pieces) == text
+        cut += len(pieces) > 1
+        whole = tok.encode(text).ids
+        assert [i for piece in pieces for i in tok.encode(piece).ids] == whole
+        assert [i for piece in pieces for i in fast(piece)] == whole
+    assert cut >= 20
+
+
+def test_a_50_mb_document_tokenizes_in_a_few_hundred_megabytes(tmp_path, corpus_tokenizer):
+    """One document of 50 MB, through `tokenizers` (which needs ~5.8 GB for it whole): encoded in pieces."""
+    script = f"""
+import random, resource
+from pathlib import Path
+from neox.data.chunks import plan_shard
+from neox.data.jsonl import write_shard
+from neox.data.tokenize import tokenize_chunk
+rng = random.Random(0)
+words = ["the", "pipeline", "tokenizes", "documents", "it's", "x9", "\\n\\n", "  ", "élan"]
+write_shard("{tmp_path}/00.jsonl", [{{"text": " ".join(rng.choice(words) for _ in range(50_000_000 // 7))}}])
+chunk = plan_shard(Path("{tmp_path}/00.jsonl"), 0, 1 << 30)[0]
+stats = tokenize_chunk(chunk, Path("{corpus_tokenizer}").read_text(), Path("{tmp_path}/part"), 1000, fast=False)
+print(stats["tokens"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    tokens, peak_mb = map(int, done.stdout.split())
+    assert tokens > 10_000_000 and peak_mb < 1024, (tokens, peak_mb)
+
+
+def test_lone_surrogates_are_rejects_even_among_the_documents_the_engines_are_compared_on(
+    tmp_path, ray_local, corpus_tokenizer
+):
+    lines = [json.dumps({"text": "plain text"}), json.dumps({"text": "lone \ud800 surrogate"})]
+    lines += [json.dumps({"text": f"document {i}"}) for i in range(300)] + [json.dumps({"text": "late \udfff one"})]
+    (tmp_path / "in").mkdir()
+    write_lines(tmp_path / "in" / "00.jsonl", (line.encode() + b"\n" for line in lines))
+    out = tokenize_shards(tmp_path / "in", corpus_tokenizer, tmp_path / "work").path
+    stats = verify_output(out)["stats"]
+    assert stats["documents"] == 301 and stats["engine"] == "tiktoken"
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rejects] == [
+        (2, "text is not valid Unicode"),
+        (303, "text is not valid Unicode"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neox.pipeline.atomic import atomic_directory
+from neox.pipeline.stage import StageResult, StageRun, run_stage
 
 
 def test_success_publishes_the_directory(tmp_path):
@@ -51,3 +52,21 @@ def test_a_stage_output_published_meanwhile_by_a_concurrent_run_is_kept(tmp_path
             (early.tmp / "out.txt").write_text("early")
     (output,) = [p for p in (tmp_path / "demo").iterdir()]
     assert (output / "out.txt").read_text() == "early" and verify_output(output)
+
+
+def test_a_rerun_removes_what_a_killed_attempt_of_its_own_key_left_and_nothing_else(tmp_path, capsys):
+    def body(run: StageRun) -> None:
+        (run.tmp / "out.txt").write_text("done")
+
+    def attempt() -> StageResult:
+        return run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body)
+
+    output = attempt().path
+    killed = [output.parent / f".{output.name}.tmp-0badc0de", output.parent / f".{output.name}.old-0badc0de"]
+    live = output.parent / ".0123456789abcdef.tmp-12345678"  # another key's attempt, maybe running now
+    for folder in [*killed, live]:
+        folder.mkdir()
+        (folder / "half.bin").write_bytes(b"\0" * 10)
+    assert attempt() == StageResult(output, reused=True)
+    assert not any(f.exists() for f in killed) and (live / "half.bin").exists()
+    assert "left by an attempt that was stopped" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""Benchmark: how the dedup stage grows with the corpus. Driver memory must stay flat and the per-core rate steady
+while the documents grow 16x (issue 15's goal: driver peak RSS <= 1.5x, documents/s per core within 20%).
+
+Synthetic corpora of ~600-byte documents (random words from 20,000) in shards of 25,000 documents, 1% of them
+near copies of an earlier document (a few words changed), at 1x, 4x and 16x `--documents`. Each is deduplicated
+by `neox dedup` run as its own process (Ray start included), `--workers` cores, `--chunk-mb` chunks. Printed per
+scale: the stage's seconds (its manifest), the whole process's, documents/s per core, the driver's peak RSS
+(VmHWM, polled from /proc), and the planted copies found. The baseline is the 1x run: each row's ratio to it.
+
+    .venv/bin/python bench/dedup_scale.py [--documents 100000] [--workers 2] [--chunk-mb 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from neox.data.jsonl import write_shard
+
+SHARD_DOCUMENTS = 25_000
+WORDS = [f"w{i}" for i in range(20_000)]
+
+
+def build_corpus(out: Path, documents: int, seed: int = 0) -> int:
+    """Shards of random ~100-word documents, 1% of them near copies of an earlier one; returns the copies planted."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True)
+    recent: list[list[str]] = []
+    planted = 0
+    for shard_index, start in enumerate(range(0, documents, SHARD_DOCUMENTS)):
+        records = []
+        for _ in range(min(SHARD_DOCUMENTS, documents - start)):
+            if recent and rng.random() < 0.01:
+                words = list(rng.choice(recent))
+                for _ in range(2):
+                    words[rng.randrange(len(words))] = rng.choice(WORDS)
+                planted += 1
+            else:
+                words = rng.choices(WORDS, k=rng.randint(90, 110))
+                recent = [*recent[-999:], words]
+            records.append({"text": " ".join(words), "meta": {"pile_set_name": "Synthetic"}})
+        write_shard(out / f"{shard_index:05d}.jsonl.zst", records)
+    return planted
+
+
+def run_dedup(corpus: Path, work: Path, workers: int, chunk_mb: int) -> tuple[float, int, dict]:
+    """Whole-process seconds, the driver's peak RSS in bytes, and the stage's manifest."""
+    command = [sys.executable, "-m", "neox.cli", "dedup", str(corpus), "--work-root", str(work)]
+    command += ["--workers", str(workers), "--chunk-mb", str(chunk_mb)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]))
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    output = process.stdout.read().strip()
+    if process.returncode:
+        raise SystemExit(f"neox dedup failed ({process.returncode})")
+    return seconds, peak * 1024, json.loads((Path(output) / "manifest.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--documents", type=int, default=100_000, help="documents at 1x")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk-mb", type=int, default=8)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in args.scales:
+            corpus = Path(tmp) / f"corpus-{scale}"
+            planted = build_corpus(corpus, args.documents * scale)
+            seconds, peak, manifest = run_dedup(corpus, Path(tmp) / f"work-{scale}", args.workers, args.chunk_mb)
+            stats = manifest["stats"]
+            rate = stats["documents_in"] / manifest["seconds"] / args.workers
+            rows.append((scale, stats, manifest["seconds"], seconds, rate, peak, planted))
+            removed = stats["documents_in"] - stats["documents_out"]
+            print(
+                f"{scale:>3}x {stats['documents_in']:>10,} docs: stage {manifest['seconds']:7.1f} s, process "
+                f"{seconds:7.1f} s, {rate:8,.0f} docs/s/core, driver peak {peak / 2**20:7,.0f} MB, "
+                f"removed {removed:,} (planted {planted:,}), {stats['chunks']} chunks",
+                flush=True,
+            )
+    first = rows[0]
+    for scale, _, _, _, rate, peak, _ in rows[1:]:
+        print(
+            f"{scale}x vs {first[0]}x: documents {scale / first[0]:.0f}x, driver peak RSS {peak / first[5]:.2f}x, "
+            f"docs/s per core {rate / first[4]:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Chunks of shards: whatever the chunk size, the chunks of a shard are its lines, each once, in order, numbered as
+reading the whole shard numbers them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import zstandard
+
+from neox.data.chunks import chunk_lines, plan_chunks, plan_shard, read_chunk
+from neox.data.jsonl import Rejects, read_lines, read_shard
+
+
+def raw_lines(seed: int) -> list[bytes]:
+    """Lines of very different lengths (one longer than any chunk below), blank lines, no final newline."""
+    rng = random.Random(seed)
+    lines = [b"x" * rng.choice([0, 1, 5, 80, 300]) + b"\n" for _ in range(400)]
+    lines[17] = b"y" * 5000 + b"\n"
+    lines[-1] = lines[-1].rstrip(b"\n") or b"z"
+    return lines
+
+
+def write(path, lines: list[bytes], frames: int = 1) -> None:
+    """A plain shard, or a zstd one in `frames` concatenated frames (as some tools write them)."""
+    data = b"".join(lines)
+    if path.name.endswith(".zst"):
+        step = len(data) // frames + 1
+        parts = [zstandard.ZstdCompressor().compress(data[i : i + step]) for i in range(0, len(data), step)]
+        path.write_bytes(b"".join(parts))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("name,frames", [("s.jsonl", 1), ("s.jsonl.zst", 1), ("s.jsonl.zst", 3)])
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 999, 4096, 10**9])
+def test_the_chunks_of_a_shard_are_its_lines_in_order(tmp_path, name, frames, chunk_bytes):
+    shard = tmp_path / name
+    write(shard, raw_lines(chunk_bytes), frames)
+    chunks = plan_shard(shard, 3, chunk_bytes)
+    assert [n for c in chunks for n, _ in chunk_lines(c)] == list(range(1, 401))
+    assert [line for c in chunks for _, line in chunk_lines(c)] == list(read_lines(shard)) == raw_lines(chunk_bytes)
+    assert all(c.end - c.start >= chunk_bytes for c in chunks[:-1])
+    assert chunks[-1].end == len(b"".join(raw_lines(chunk_bytes)))
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:], strict=False)) and chunks[0].start == 0
+    assert {c.shard_index for c in chunks} == {3}
+
+
+def test_an_empty_shard_has_no_chunks(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b"")
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b""))
+    assert plan_shard(tmp_path / "a.jsonl", 0, 10) == [] and plan_shard(tmp_path / "b.jsonl.zst", 1, 10) == []
+
+
+def test_documents_and_rejects_read_by_chunks_are_those_of_the_whole_shard(tmp_path, ray_local):
+    lines = [b'{"text": "doc %d", "meta": {"pile_set_name": "S"}}\n' % i for i in range(50)]
+    lines[10] = b"{broken\n"
+    lines[20] = b'{"text": "lone \\ud800 surrogate"}\n'
+    lines[30] = b"\n"
+    write(tmp_path / "00.jsonl.zst", lines)
+    write(tmp_path / "01.jsonl", lines[:5])
+    shards = [tmp_path / "00.jsonl.zst", tmp_path / "01.jsonl"]
+    whole = Rejects()
+    expected = [(d.shard, d.line, d.text) for s in shards for d in read_shard(s, whole)]
+    chunked = Rejects()
+    chunks = plan_chunks(shards, 200, workers=2)
+    assert len(chunks) > 5 and [c.shard_index for c in chunks] == sorted(c.shard_index for c in chunks)
+    assert [(d.shard, d.line, d.text) for c in chunks for d in read_chunk(c, chunked)] == expected
+    assert chunked.counts == whole.counts and sum(whole.counts.values()) == 2
+    assert any("not valid Unicode" in reason for reason in whole.counts)
