@@ -82,7 +82,9 @@ def dedup(
     from neox.pipeline.configfile import parse
 
     cfg = parse(DedupConfig, dict(ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold))
-    result = dedup_shards(input_dir, work_root, cfg, workers=workers, ray_address=ray_address, chunk_bytes=chunk_mb << 20)
+    result = dedup_shards(
+        input_dir, work_root, cfg, workers=workers, ray_address=ray_address, chunk_bytes=chunk_mb << 20
+    )
     typer.echo(str(result.path))
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from neox.data.transports import TRANSPORTS, DownloadError, Retry
+from neox.data.transports import TRANSPORTS, DownloadError, Part, Retry
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
 from neox.pipeline.stage import StageResult, StageRun, run_stage, sha256_file, stage_key
@@ -85,39 +85,42 @@ def pile_catalog(
 
 def download_one(
     source: Source, area: Path, known: KnownChecksums, retry: Retry, progress: Callable[[int], None]
-) -> Path:
-    """Fetch one source into area/.cache (resuming, retrying, verifying); returns the verified file."""
+) -> tuple[Path, str]:
+    """Fetch one source into area/.cache (resuming, retrying, verifying); returns the verified file and its sha256,
+    hashed while it arrived."""
     ident = hashlib.sha256(source.url.encode()).hexdigest()[:16]
     part, done = area / ".parts" / f"{ident}.part", area / ".cache" / ident
     expected = source.sha256 or known.get(source.url)
-    if done.exists() and (expected is None or sha256_file(done) == expected):
-        progress(done.stat().st_size)
-        return done
+    if done.exists():  # fetched whole by an earlier run of the stage that failed later
+        cached = sha256_file(done)
+        if expected is None or cached == expected:
+            progress(done.stat().st_size)
+            return done, cached
     transport = TRANSPORTS[urllib.parse.urlparse(source.url).scheme]
     last_error: Exception | None = None
     for attempt in range(retry.attempts):
         if attempt:
             time.sleep(retry.backoff_s * 2 ** (attempt - 1) * (1 + 0.5 * random.random()))
-        offset = part.stat().st_size if part.exists() else 0
+        fetching = Part(part)  # resumes from the bytes a failed attempt left
         try:
-            transport(source.url, part, offset, retry, progress)
+            transport(source.url, fetching, retry, progress)
         except (DownloadError, FileNotFoundError, ValueError):
             raise  # permanent: a 404, a missing file, a bad URL
         except Exception as err:  # network trouble: keep what arrived and resume from it
             last_error = err
             continue
-        if source.size is not None and part.stat().st_size != source.size:
-            last_error = DownloadError(f"{source.url}: got {part.stat().st_size} bytes, the catalog says {source.size}")
+        if source.size is not None and fetching.size != source.size:
+            last_error = DownloadError(f"{source.url}: got {fetching.size} bytes, the catalog says {source.size}")
             part.unlink()
             continue
-        actual = sha256_file(part)
+        actual = fetching.sha256
         if expected is not None and actual != expected:
             last_error = ChecksumMismatch(f"{source.url}: sha256 {actual} does not match the expected {expected}")
             part.unlink()
             continue
         known.record(source.url, actual)
         os.replace(part, done)
-        return done
+        return done, actual
     if isinstance(last_error, ChecksumMismatch):
         raise ChecksumMismatch(f"{last_error} (after {retry.attempts} attempts; the bad file was deleted)")
     raise DownloadError(f"{source.url}: failed after {retry.attempts} attempts: {last_error}")
@@ -166,8 +169,9 @@ def download_sources(
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 files = list(pool.map(lambda s: download_one(s, scratch, known, retry, bar.update), sources))
-        for source, file in zip(sources, files, strict=True):
+        for source, (file, sha256) in zip(sources, files, strict=True):
             os.replace(file, run.tmp / source.name)
+            run.hashed[source.name] = sha256
         run.stats.update(
             files=len(sources),
             bytes=sum((run.tmp / s.name).stat().st_size for s in sources),

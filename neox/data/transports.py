@@ -1,13 +1,15 @@
 """How a source's bytes arrive: one function per URL scheme (http/https, s3, file or a local path, hf://datasets)
-that appends the bytes from `offset` on to a part file, calling `progress(n)` per chunk. The download stage
-(`neox.data.download`) resumes, retries and verifies around them."""
+that appends the bytes from the part's current size on to a `Part`, calling `progress(n)` per chunk. The download
+stage (`neox.data.download`) resumes, retries and verifies around them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from neox.errors import ConfigError, MissingInput, ServiceError
@@ -27,9 +29,46 @@ class Retry:
     timeout_s: float = 60.0  # per network read
 
 
-def _fetch_http(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+class Part:
+    """A download's part file, hashed as it is written, so that checking and publishing it read no byte again (a
+    resumed part hashes what an earlier attempt left, once)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._digest = hashlib.sha256()
+        self.size = 0
+        if path.exists():
+            with open(path, "rb") as existing:
+                while block := existing.read(CHUNK):
+                    self._digest.update(block)
+                    self.size += len(block)
+
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[Callable[[bytes], None]]:
+        """A function that appends bytes to the part (and its hash)."""
+        with open(self.path, "ab") as out:
+
+            def write(data: bytes) -> None:
+                out.write(data)
+                self._digest.update(data)
+                self.size += len(data)
+
+            yield write
+
+    def restart(self) -> None:
+        """Empty the part: what it holds cannot be resumed from."""
+        self.path.unlink(missing_ok=True)
+        self._digest, self.size = hashlib.sha256(), 0
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _fetch_http(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
     import requests
 
+    offset = part.size
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     with requests.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as response:
         if response.status_code == 416:  # nothing left: the part is already complete
@@ -37,47 +76,47 @@ def _fetch_http(url: str, part: Path, offset: int, retry: Retry, progress: Calla
         if response.status_code not in (200, 206):
             raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
         if offset and response.status_code == 200:  # server ignored Range: start over
-            part.unlink(missing_ok=True)
+            part.restart()
         expected = response.headers.get("Content-Length")
         received = 0
-        with open(part, "ab") as out:
+        with part.appending() as write:
             # small reads: when a connection breaks, urllib3 drops the chunk in progress
             for chunk in response.iter_content(HTTP_CHUNK):
-                out.write(chunk)
+                write(chunk)
                 received += len(chunk)
                 progress(len(chunk))
         if expected is not None and received != int(expected):
             raise ConnectionError(f"{url}: connection closed after {received} of {expected} bytes")
 
 
-def _fetch_s3(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+def _fetch_s3(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
     import boto3
     from botocore.config import Config
 
     parsed = urllib.parse.urlparse(url)
     client = boto3.client("s3", config=Config(read_timeout=retry.timeout_s, retries={"max_attempts": 1}))
     size = client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
-    if offset >= size:
+    if part.size >= size:
         return
-    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={offset}-")["Body"]
-    with open(part, "ab") as out:
+    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={part.size}-")["Body"]
+    with part.appending() as write:
         for chunk in body.iter_chunks(CHUNK):
-            out.write(chunk)
+            write(chunk)
             progress(len(chunk))
 
 
-def _fetch_file(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+def _fetch_file(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
     path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
     if not path.is_file():
         raise MissingInput(f"source file {path} does not exist")
-    with open(path, "rb") as src, open(part, "ab") as out:
-        src.seek(offset)
+    with open(path, "rb") as src, part.appending() as write:
+        src.seek(part.size)
         while chunk := src.read(CHUNK):
-            out.write(chunk)
+            write(chunk)
             progress(len(chunk))
 
 
-def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callable[[int], None]) -> None:
+def _fetch_hf(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
     """A Hugging Face dataset as one Pile-format shard (needs the hub, or its local cache)."""
     from neox.data.jsonl import write_shard
 
@@ -105,11 +144,14 @@ def _fetch_hf(url: str, part: Path, offset: int, retry: Retry, progress: Callabl
             f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}"
         ) from None
     field = query.get("text", "text")
-    part.unlink(missing_ok=True)  # a generated shard is rebuilt whole, not resumed
-    tmp = part.with_name(part.name + ".jsonl.zst")
+    part.restart()  # a generated shard is rebuilt whole, not resumed
+    tmp = part.path.with_name(part.path.name + ".jsonl.zst")
     write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
-    os.replace(tmp, part)
-    progress(part.stat().st_size)
+    with open(tmp, "rb") as shard, part.appending() as write:
+        while block := shard.read(CHUNK):
+            write(block)
+    os.remove(tmp)
+    progress(part.size)
 
 
 TRANSPORTS = {

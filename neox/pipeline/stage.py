@@ -45,10 +45,13 @@ def stage_key(stage: str, code_version: str, config: dict[str, Any], inputs: dic
 
 @dataclasses.dataclass
 class StageRun:
-    """What a stage body fills in while it writes into `tmp`: its stats (counts, timings) for the manifest."""
+    """What a stage body fills in while it writes into `tmp`: its stats (counts, timings) for the manifest, and the
+    sha256 of files it hashed as it wrote them (by path in `tmp`), which the manifest then takes without reading
+    them again."""
 
     tmp: Path
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hashed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,10 @@ def publish_stage(
         run = StageRun(tmp)
         yield run
         files = {
-            str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            str(p.relative_to(tmp)): {
+                "sha256": run.hashed.get(str(p.relative_to(tmp))) or sha256_file(p),
+                "bytes": p.stat().st_size,
+            }
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }

@@ -94,6 +94,25 @@ def test_a_cut_connection_resumes_with_range_and_the_checksum_matches(tmp_path, 
     assert verify_output(out)["files"]["00.jsonl.zst"]["sha256"] == sha(data)
 
 
+def test_a_download_is_hashed_while_it_arrives_and_read_again_only_to_verify_a_reuse(tmp_path, server, monkeypatch):
+    import neox.data.download
+    import neox.pipeline.stage
+
+    hashed = []
+    for module in (neox.data.download, neox.pipeline.stage):  # our own helper, counted, not replaced
+        monkeypatch.setattr(
+            module, "sha256_file", lambda path, real=module.sha256_file: hashed.append(path) or real(path)
+        )
+    server.cut_after["/train/00.jsonl.zst"] = 1_000_000  # the resumed attempt hashes the first attempt's bytes once
+    sources = [Source(f"{server.url}/train/00.jsonl.zst"), Source(f"{server.url}/val.jsonl.zst")]
+    out = download_sources(sources, tmp_path, retry=FAST).path
+    assert hashed == [] and verify_output(out)["files"]["00.jsonl.zst"]["sha256"] == sha(
+        server.files["/train/00.jsonl.zst"]
+    )
+    hashed.clear()
+    assert download_sources(sources, tmp_path, retry=FAST).reused and len(hashed) == 2  # the reuse verifies each file
+
+
 def test_first_download_records_the_checksum_and_reuse_verifies_it(tmp_path, server):
     url = f"{server.url}/val.jsonl.zst"
     download_sources([Source(url)], tmp_path / "a", retry=FAST)
