@@ -6,6 +6,10 @@ main process and encodes one document at a time in `multiprocessing.Pool(workers
 writing each document as it comes back, like gpt-neox. Ours runs with Ray already started (as inside the
 pipeline); Ray's start-up is printed separately.
 
+Then the same documents as ONE shard (as a Pile shard arrives), each side as its own process, start-up included:
+`neox tokenize --workers N` (Ray's start, chunks of the shard on N cores) against the baseline loop run as a
+process (`--baseline-process`), which reads the shard in one process as gpt-neox does.
+
     .venv/bin/python bench/tokenize.py [--workers 2] [--vocab-size 50000]
 """
 
@@ -20,6 +24,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 
 import argparse  # noqa: E402
 import multiprocessing  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -64,7 +69,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=50000)
     parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--chunk-mb", type=int, default=16, help="our chunk size in the one-shard comparison")
+    parser.add_argument("--baseline-process", nargs=3, metavar=("SHARD", "TOKENIZER", "PREFIX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_process:
+        shard, tokenizer, prefix = map(Path, args.baseline_process)
+        baseline([shard], tokenizer, prefix, args.workers)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -114,6 +125,36 @@ def main() -> None:
             f"{tokens / ours_s / 1e6:5.2f} M tokens/s  (+ Ray start {ray_s:.1f} s)"
         )
         print(f"ratio ours/baseline: {base_s / ours_s:.2f}x  (with Ray start: {base_s / (ours_s + ray_s):.2f}x)")
+        one_shard(tmp, everything, tokenizer, args.workers, args.chunk_mb)
+
+
+def one_shard(tmp: Path, docs: list[dict], tokenizer: Path, workers: int, chunk_mb: int) -> None:
+    """The whole-process comparison on one shard holding every document."""
+    single = tmp / "single"
+    single.mkdir()
+    write_shard(single / "00.jsonl.zst", docs)
+    megabytes = sum(len(d["text"].encode()) for d in docs) / 1e6
+
+    def timed(command: list[str]) -> tuple[float, str]:
+        started = time.perf_counter()
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]  # the output folder
+
+    base_s, _ = timed(
+        [sys.executable, __file__, "--workers", str(workers), "--baseline-process"]
+        + [str(single / "00.jsonl.zst"), str(tokenizer), str(tmp / "single_text_document")]
+    )
+    ours_s, out = timed(
+        [sys.executable, "-m", "neox.cli", "tokenize", str(single), "--tokenizer", str(tokenizer)]
+        + ["--work-root", str(tmp / "single-work"), "--workers", str(workers), "--chunk-mb", str(chunk_mb)]
+    )
+    for suffix in (".bin", ".idx"):
+        same = (tmp / f"single_text_document{suffix}").read_bytes() == Path(f"{data_prefix(out)}{suffix}").read_bytes()
+        assert same, f"one-shard outputs differ ({suffix})"
+    print(f"one {megabytes:.0f} MB shard, whole processes (outputs byte-identical):")
+    print(f"baseline (gpt-neox loop as a process, {workers} workers): {base_s:6.1f} s")
+    print(f"ours     (neox tokenize, Ray start included, {workers} workers, {chunk_mb} MB chunks): {ours_s:6.1f} s")
+    print(f"ratio ours/baseline, whole process: {base_s / ours_s:.2f}x")
 
 
 if __name__ == "__main__":
