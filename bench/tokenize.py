@@ -138,16 +138,17 @@ def one_shard(tmp: Path, docs: list[dict], tokenizer: Path, workers: int, chunk_
     def timed(command: list[str]) -> tuple[float, str]:
         started = time.perf_counter()
         done = subprocess.run(command, check=True, capture_output=True, text=True)
-        return time.perf_counter() - started, done.stdout.strip().splitlines()[-1]  # the output folder
+        return time.perf_counter() - started, done.stdout.strip()
 
     base_s, _ = timed(
         [sys.executable, __file__, "--workers", str(workers), "--baseline-process"]
         + [str(single / "00.jsonl.zst"), str(tokenizer), str(tmp / "single_text_document")]
     )
-    ours_s, out = timed(
+    ours_s, printed = timed(
         [sys.executable, "-m", "neox.cli", "tokenize", str(single), "--tokenizer", str(tokenizer)]
         + ["--work-root", str(tmp / "single-work"), "--workers", str(workers), "--chunk-mb", str(chunk_mb)]
     )
+    out = printed.splitlines()[-1]  # the stage's output folder
     for suffix in (".bin", ".idx"):
         same = (tmp / f"single_text_document{suffix}").read_bytes() == Path(f"{data_prefix(out)}{suffix}").read_bytes()
         assert same, f"one-shard outputs differ ({suffix})"

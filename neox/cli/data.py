@@ -37,22 +37,40 @@ def download(
             "append #sha256=HEX to check a published checksum."
         ),
     ] = None,
+    valid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A validation shard (repeatable): training's validation loss reads these; dedup removes "
+            "their documents from the training shards."
+        ),
+    ] = None,
+    test: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A held-out test shard (repeatable): the eval-data stage reads these; dedup removes their "
+            "documents from the training shards."
+        ),
+    ] = None,
     pile_mirror: Annotated[
-        str | None, typer.Option(help="Download the Pile's train 00-29, val and test shards from this mirror base URL.")
+        str | None,
+        typer.Option(
+            help="Download the Pile from this mirror base URL: train 00-29 train, val validates, test is held out."
+        ),
     ] = None,
     work_root: WorkRootOption = Path("work"),
     workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 4,
     retries: Annotated[int, typer.Option(help="Attempts per file (resuming each time).")] = 5,
 ) -> None:
     """Download raw shards: resumable (HTTP Range, S3 ranged GETs), retried with backoff, sha256-checked
-    (a published checksum, or the one recorded at the first download), published atomically.
+    (a published checksum, or the one recorded at the first download), published atomically. Validation and
+    test shards are listed in the output's splits.json.
 
-    Example: neox download https://host/pile/val.jsonl.zst s3://bucket/shards/00.jsonl.zst --work-root work
+    Example: neox download s3://bucket/shards/00.jsonl.zst --valid https://host/pile/val.jsonl.zst --work-root work
     """
     from neox.data.download import download_sources, sources_for
     from neox.data.transports import Retry
 
-    sources = sources_for(urls or [], pile_mirror)
+    sources = sources_for(urls or [], pile_mirror, valid or [], test or [])
     if not sources:
         raise ConfigError("give source URLs or --pile-mirror")
     out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries)).path

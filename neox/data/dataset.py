@@ -4,8 +4,9 @@
 - For `num_samples` samples of `seq_length + 1` tokens: `np.random.RandomState(seed)` shuffles the split's
   documents tiled over as many epochs as needed (doc_idx); windows are packed across document boundaries
   (sample_idx, consecutive windows share one token); the same RNG then shuffles the sample order (shuffle_idx).
-- Several datasets blend by weights with gpt-neox's greedy rule (each sample goes to the dataset furthest
-  behind its share).
+- Splits may instead be named (a dataset per split, `neox.data.splits`), as gpt-neox's train/valid/test paths.
+- Several datasets blend by weights (gpt-neox's train_data_weights) with a stride rule that keeps each dataset
+  as close to its share as gpt-neox's greedy rule does, built vectorised (`blending_indices`).
 
 Sample `i` is a pure function of (data, seed, seq_length, num_samples, i), so resuming at step k needs no
 loader state. The index arrays are cached as `.npy` under a hash of their inputs.
@@ -21,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from neox.data.indexed import IndexedDataset
+from neox.data.splits import SPLITS
 from neox.errors import ConfigError, DataError
 
 INDEX_VERSION = "1"
-SPLITS = ("train", "valid", "test")
 
 
 def split_boundaries(split: str, num_documents: int) -> list[int]:
@@ -153,39 +154,60 @@ def _index_key(indexed: IndexedDataset, documents: np.ndarray, num_samples: int,
 
 
 def build_split_datasets(
-    prefix: str | Path,
+    data: str | Path | dict[str, str | Path],
     split: str,
     num_samples: dict[str, int],
     seq_length: int,
     seed: int,
     cache_dir: str | Path | None = None,
 ) -> dict[str, GPT2Dataset]:
-    """The train/valid/test datasets of one `.bin/.idx` prefix, for the splits asked for in num_samples."""
-    indexed = IndexedDataset(prefix)
-    bounds = split_boundaries(split, len(indexed))
+    """The train/valid/test datasets asked for in num_samples: of one `.bin/.idx` prefix cut by the positional
+    `split`, or, given named splits (split -> prefix, as gpt-neox's train/valid/test_data_paths), each whole."""
     out = {}
     for i, name in enumerate(SPLITS):
-        if num_samples.get(name):
+        if not num_samples.get(name):
+            continue
+        if isinstance(data, dict):
+            if name not in data:
+                continue
+            indexed = IndexedDataset(data[name])
+            documents = np.arange(len(indexed), dtype=np.int32)
+        else:
+            indexed = IndexedDataset(data)
+            bounds = split_boundaries(split, len(indexed))
             documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
-            out[name] = GPT2Dataset(indexed, documents, num_samples[name], seq_length, seed, cache_dir)
+        out[name] = GPT2Dataset(indexed, documents, num_samples[name], seq_length, seed, cache_dir)
     return out
 
 
+BLEND_WEIGHT_SCALE = 1 << 24  # weights are rounded to multiples of 2^-24 of their sum, so the rule is exact in int64
+
+
 def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """gpt-neox's build_blending_indices: for each of `size` samples, which dataset and which of its samples.
-    Each sample goes to the dataset whose count is furthest below weight * samples-so-far."""
-    weights_arr = np.asarray(weights, dtype=np.float64)
-    if len(weights_arr) == 0 or np.any(weights_arr < 0) or weights_arr.sum() <= 0:
-        raise ConfigError(f"blend weights must be non-negative with a positive sum, got {weights}")
-    weights_arr = weights_arr / weights_arr.sum()
+    """For each of `size` samples, which dataset and which of its samples. Dataset k's j-th sample comes at
+    priority (j + 1/2) / w_k, lower first, ties to the lower dataset (a stride schedule): at every point each
+    dataset's count is about one sample from its share or closer, as with gpt-neox's greedy
+    build_blending_indices, which interleaves the same shares in another order (tests compare the two). The position of each sample is counted, not searched for: the
+    samples of dataset l ahead of (k, j) are those with (2j' + 1) w_k < (2j + 1) w_l, so building the index is a
+    few vectorised passes, seconds for Pythia's 146M samples where a per-sample loop takes minutes."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or len(w) > 255 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ConfigError(f"blend weights must be 1 to 255 non-negative numbers with a positive sum, got {weights}")
+    scaled = np.rint(w / w.sum() * BLEND_WEIGHT_SCALE).astype(np.int64)
     dataset_index = np.zeros(size, dtype=np.uint8)
     dataset_sample_index = np.zeros(size, dtype=np.int64)
-    current = np.zeros(len(weights_arr), dtype=np.int64)
-    for i in range(size):
-        chosen = int(np.argmax(weights_arr * max(i, 1) - current))
-        dataset_index[i] = chosen
-        dataset_sample_index[i] = current[chosen]
-        current[chosen] += 1
+    for k in np.flatnonzero(scaled):
+        j = np.arange(size * scaled[k] // scaled.sum() + 2, dtype=np.int64)  # the most dataset k can have, and one
+        position = j.copy()
+        for other in np.flatnonzero(scaled):
+            if other == k:
+                continue
+            ahead = (2 * j + 1) * scaled[other] - scaled[k]  # its j' ahead: j' < ahead / (2 w_k), or <= on a tie
+            count = ahead // (2 * scaled[k]) + 1 if other < k else -(-ahead // (2 * scaled[k]))
+            position += np.maximum(count, 0)
+        kept = position < size
+        dataset_index[position[kept]] = k
+        dataset_sample_index[position[kept]] = j[kept]
     return dataset_index, dataset_sample_index
 
 

@@ -46,13 +46,14 @@ from scipy.sparse.csgraph import connected_components
 
 from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, write_lines, write_shard
+from neox.data.splits import check_listed, held_out_first, read_splits, split_of, write_splits
 from neox.errors import DataError
 from neox.pipeline.configfile import NonNegative, Positive, section
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "dedup"
-CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects
+CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects; splits
 
 LINE_BITS = 40  # a document id is shard index << LINE_BITS | line number
 SIGN_BATCH = 2000  # documents shingled and signed at once: bounds a task's memory whatever the chunk size
@@ -249,10 +250,13 @@ def dedup_shards(
     """Run (or reuse) the dedup stage; its output is a folder of deduplicated shards (the input's names) with
     clusters.jsonl.zst. `workers` caps the tasks run at once, `chunk_bytes` the text one signing task reads; neither
     changes the output."""
-    shards = list_shards(input_dir)
+    held_out = read_splits(input_dir)
+    shards = held_out_first(list_shards(input_dir), held_out)  # a held-out copy of a duplicate is the one kept
+    check_listed(held_out, shards, input_dir)
 
     def body(run: StageRun) -> None:
         ensure_ray(ray_address)
+        write_splits(run.tmp, held_out)
         scratch = run.tmp / ".scratch"
         scratch.mkdir()
         chunks = plan_chunks(shards, chunk_bytes, workers)
@@ -284,10 +288,21 @@ def dedup_shards(
             rejects=reject_counts,
             per_set={name: {"in": n, "out": n - dropped_sets.get(name, 0)} for name, n in sorted(sets_in.items())},
             chunks=len(chunks),
+            decontaminated=decontaminated(dropped, roots[roots != nodes], shards, held_out),
         )
 
     inputs = {"shards": input_fingerprint(input_dir)}
     return run_stage(work_root, STAGE, CODE_VERSION, dataclasses.asdict(cfg), inputs, body)
+
+
+def decontaminated(dropped: np.ndarray, their_roots: np.ndarray, shards: list[Path], held_out: dict[str, str]) -> int:
+    """Training documents dropped because a validation or test document is their (near) duplicate."""
+    held = np.array([split_of(shard, held_out) != "train" for shard in shards])
+    return int(np.sum(~held[shard_indices(dropped)] & held[shard_indices(their_roots)]))
+
+
+def shard_indices(docs: np.ndarray) -> np.ndarray:
+    return (docs >> np.uint64(LINE_BITS)).astype(np.int64)
 
 
 def chunk_first_ids(chunks: list[Chunk]) -> np.ndarray:
@@ -314,7 +329,7 @@ def write_documents(
     shards: list[Path], chunks: list[Chunk], scratch: Path, out: Path, dropped: np.ndarray, workers: int | None
 ) -> None:
     """Write every shard's kept documents under its own name in `out` (a shard left empty stays, empty)."""
-    dropped_shard = dropped >> np.uint64(LINE_BITS)
+    dropped_shard = shard_indices(dropped)
     line_mask = np.uint64((1 << LINE_BITS) - 1)
     writer = ray.remote(num_cpus=1)(write_kept)
     calls = [

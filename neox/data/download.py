@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from neox.data.splits import SPLITS, write_splits
 from neox.data.transports import TRANSPORTS, DownloadError, Part, Retry
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
@@ -49,8 +50,11 @@ class Source:
     name: str = ""  # file name in the stage output (default: the URL's last path component)
     sha256: str | None = None  # published checksum, when there is one
     size: int | None = None  # published size in bytes, when known
+    split: str = "train"  # or a held-out split, "valid" or "test" (see neox.data.splits)
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"a source's split is one of {', '.join(SPLITS)}, got {self.split!r}")
         scheme = urllib.parse.urlparse(self.url).scheme
         if scheme not in ("", "file", "http", "https", "s3", "hf"):
             raise ConfigError(f"unsupported source scheme {scheme!r} in {self.url} (http, https, s3, file, hf)")
@@ -77,9 +81,9 @@ def pile_catalog(
     sources = []
     if "train" in splits:
         sources += [Source(f"{base}/train/{i:02d}.jsonl.zst", name=f"train-{i:02d}.jsonl.zst") for i in train_shards]
-    for split in ("val", "test"):
+    for split, named in (("val", "valid"), ("test", "test")):
         if split in splits:
-            sources.append(Source(f"{base}/{split}.jsonl.zst"))
+            sources.append(Source(f"{base}/{split}.jsonl.zst", split=named))
     return sources
 
 
@@ -172,6 +176,7 @@ def download_sources(
         for source, (file, sha256) in zip(sources, files, strict=True):
             os.replace(file, run.tmp / source.name)
             run.hashed[source.name] = sha256
+        write_splits(run.tmp, {s.name: s.split for s in sources if s.split != "train"})
         run.stats.update(
             files=len(sources),
             bytes=sum((run.tmp / s.name).stat().st_size for s in sources),
@@ -189,26 +194,32 @@ def scratch_dir(work_root: str | Path, sources: list[Source]) -> Path:
 
 
 def source_set(sources: list[Source]) -> dict:
-    """The download stage's config: what its key hashes."""
-    return {"sources": [dataclasses.asdict(s) for s in sources]}
+    """The download stage's config: what its key hashes (a training source's split is left out, so keys made
+    before sources had splits stay the same)."""
+    fields = [dataclasses.asdict(s) for s in sources]
+    return {"sources": [{k: v for k, v in f.items() if (k, v) != ("split", "train")} for f in fields]}
 
 
-def sources_for(urls: list[str], pile_mirror: str | None = None) -> list[Source]:
-    """URLs (see `sources_from_strings`) and, with a mirror, the Pile's catalog under it; may be empty."""
-    return sources_from_strings(urls) + (pile_catalog(pile_mirror) if pile_mirror else [])
+def sources_for(
+    urls: list[str], pile_mirror: str | None = None, valid: list[str] = (), test: list[str] = ()
+) -> list[Source]:
+    """URLs (see `sources_from_strings`): training ones, and validation and test ones; with a mirror, the Pile's
+    catalog under it. May be empty."""
+    named = [*sources_from_strings(urls), *sources_from_strings(valid, "valid"), *sources_from_strings(test, "test")]
+    return named + (pile_catalog(pile_mirror) if pile_mirror else [])
 
 
-def sources_from_strings(urls: list[str]) -> list[Source]:
+def sources_from_strings(urls: list[str], split: str = "train") -> list[Source]:
     """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`. A folder (a URL or path ending
     in `/`: local, file:// or s3://) stands for every shard in it at the time of the run, by name, which is
     how a scheduled retrain picks up newly arrived shards."""
     out = []
     for url in urls:
         if url.endswith("/"):
-            out += [Source(found) for found in list_folder(url)]
+            out += [Source(found, split=split) for found in list_folder(url)]
             continue
         base, _, fragment = url.partition("#sha256=")
-        out.append(Source(base, sha256=fragment or None))
+        out.append(Source(base, sha256=fragment or None, split=split))
     return out
 
 

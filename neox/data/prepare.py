@@ -57,8 +57,14 @@ class DataConfig:
     sources: tuple[Str, ...] = ()
     """Shard URLs (https://, http://, s3://, file://, a path, hf://datasets/...; append #sha256=HEX); a URL
     ending in / stands for every shard in that folder at run time."""
+    valid_sources: tuple[Str, ...] = ()
+    """Validation shards (URLs as in sources; gpt-neox's valid_data_paths): training reports its validation loss
+    on them, and dedup removes their documents from the training shards. Given, they replace train.split."""
+    test_sources: tuple[Str, ...] = ()
+    """Held-out test shards (gpt-neox's test_data_paths): the eval-data stage builds from them, and dedup removes
+    their documents from the training shards."""
     pile_mirror: Str | None = None
-    """Base URL of a Pile mirror: its train 00-29, val and test shards."""
+    """Base URL of a Pile mirror: its train 00-29 shards train, val validates, test is held out."""
     dedup: DedupConfig = DedupConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
@@ -83,9 +89,12 @@ def data_config(section: dict[str, Any] | DataConfig) -> DataConfig:
 
 
 def data_sources(data: DataConfig, work_root: Path) -> list[Source]:
+    held_out = sources_for([], None, list(data.valid_sources), list(data.test_sources))
     if data.corpus == "sample":
-        return [Source(p.resolve().as_uri()) for p in build_sample_corpus(work_root / "mirror", data.sample_shards)]
-    return sources_for(list(data.sources), data.pile_mirror)
+        return [
+            Source(p.resolve().as_uri()) for p in build_sample_corpus(work_root / "mirror", data.sample_shards)
+        ] + held_out
+    return sources_for(list(data.sources), data.pile_mirror) + held_out
 
 
 def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:

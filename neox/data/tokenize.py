@@ -27,6 +27,7 @@ from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
 from neox.data.fast_bpe import agrees_on, fast_encoder
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
+from neox.data.splits import SPLITS, SPLITS_FILE, check_listed, read_splits, split_of, write_splits
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
 from neox.pipeline.configfile import PlainName, Positive, section
@@ -35,7 +36,7 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_m
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "tokenize"
-CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects
+CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects, named splits
 MAX_PIECE_CHARS = 1 << 20  # a longer document is encoded piece by piece (tokenizers needs ~200 B per character)
 SAMPLE_CHARS = 1 << 16  # of each document the engines are compared on
 
@@ -152,6 +153,8 @@ def tokenize_shards(
     """Run (or reuse) the tokenize stage. `workers` caps the chunks tokenized at once (default: as many as Ray has
     CPUs), `chunk_bytes` the text one task reads; neither changes the output."""
     shards = list_shards(input_dir)
+    held_out = read_splits(input_dir)
+    check_listed(held_out, shards, input_dir)
     tok = load_tokenizer(tokenizer_file)
 
     def body(run: StageRun) -> None:
@@ -168,9 +171,19 @@ def tokenize_shards(
         if documents == 0:
             raise DataError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
         dtype = token_dtype(tok.get_vocab_size())
-        prefix = run.tmp / f"{cfg.prefix}_text_document"
-        parts = [(parts_dir / f"{c.label}.bin", parts_dir / f"{c.label}.sizes.npy") for c in chunks]
-        tokens = merge_parts(prefix, parts, dtype)
+        per_split = {}
+        for split in sorted({split_of(s, held_out) for s in shards}, key=SPLITS.index):
+            prefix = run.tmp / split_prefix_name(cfg.prefix, split)
+            mine = [(c, r) for c, r in zip(chunks, ordered, strict=True) if split_of(c.shard, held_out) == split]
+            parts = [(parts_dir / f"{c.label}.bin", parts_dir / f"{c.label}.sizes.npy") for c, _ in mine]
+            per_split[split] = {
+                "data_prefix": prefix.name,
+                "documents": sum(r["documents"] for _, r in mine),
+                "sequences": sum(r["sequences"] for _, r in mine),
+                "tokens": merge_parts(prefix, parts, dtype),
+            }
+        if "train" not in per_split:
+            raise DataError(f"{input_dir}: every shard is held out ({SPLITS_FILE}); nothing is left to train on")
         reject_counts = merge_rejects(
             [
                 (parts_dir / f"{c.label}.rejects.jsonl", r["reject_counts"])
@@ -180,11 +193,12 @@ def tokenize_shards(
         )
         shutil.rmtree(parts_dir)
         shutil.copyfile(tokenizer_file, run.tmp / TOKENIZER_FILE)  # the dataset says how to decode it
+        write_splits(run.tmp, held_out)
         run.stats.update(
             documents=documents,
             sequences=sum(r["sequences"] for r in ordered),
             empty_documents=sum(r["empty"] for r in ordered),
-            tokens=tokens,
+            tokens=sum(split["tokens"] for split in per_split.values()),
             rejects=reject_counts,
             documents_per_set=dict(sum((Counter(r["sets"]) for r in ordered), Counter())),
             shards=[shard.name for shard in shards],
@@ -192,8 +206,9 @@ def tokenize_shards(
             dtype=dtype.name,
             vocab_size=tok.get_vocab_size(),
             eod_id=eod_id(tok),
-            data_prefix=prefix.name,
+            data_prefix=per_split["train"]["data_prefix"],
             engine="tiktoken" if fast else "tokenizers",
+            **({"splits": per_split} if held_out else {}),
         )
 
     inputs = {"shards": input_fingerprint(input_dir), "tokenizer": sha256_file(tokenizer_file)}
@@ -210,9 +225,25 @@ def _fast_engine_agrees(tokenizer_json: str, shard: Path, sample_docs: int = 200
     return agrees_on(encode, tokenizer_json, sample)
 
 
-def data_prefix(output: str | Path) -> Path:
-    """The `.bin/.idx` prefix inside a tokenize stage output."""
+def split_prefix_name(prefix: str, split: str) -> str:
+    """gpt-neox's name for a dataset, PREFIX_text_document; a held-out split's has the split in it."""
+    return f"{prefix}_text_document" if split == "train" else f"{prefix}_{split}_text_document"
+
+
+def tokenized_stats(output: str | Path) -> dict[str, Any]:
     manifest = read_manifest(output)
     if manifest.get("stage") != STAGE:
         raise DataError(f"{output} is a {manifest.get('stage')} stage output, not a tokenized dataset (neox tokenize)")
-    return Path(output) / manifest["stats"]["data_prefix"]
+    return manifest["stats"]
+
+
+def data_prefix(output: str | Path) -> Path:
+    """The `.bin/.idx` prefix inside a tokenize stage output: its training data (all of it, without named splits)."""
+    return Path(output) / tokenized_stats(output)["data_prefix"]
+
+
+def named_split_prefixes(output: str | Path) -> dict[str, Path]:
+    """The `.bin/.idx` prefix of each named split (train, and valid and/or test) of a tokenize stage output, or
+    nothing when it has no named splits (its data_prefix is then cut by a positional split)."""
+    splits = tokenized_stats(output).get("splits", {})
+    return {split: Path(output) / entry["data_prefix"] for split, entry in splits.items()}

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from neox.data.download import Source, download_sources
 from neox.data.jsonl import Rejects, list_shards, read_shard
+from neox.data.splits import read_splits
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage, sha256_file
@@ -86,7 +87,9 @@ def tokenizer_stage(
             tok = load_tokenizer(run.tmp / TOKENIZER_FILE)
         else:
             rejects = Rejects()
-            texts = (doc.text for shard in list_shards(input_dir) for doc in read_shard(shard, rejects))
+            held_out = read_splits(input_dir)  # validation and test text stays unseen
+            shards = [shard for shard in list_shards(input_dir) if shard.name not in held_out]
+            texts = (doc.text for shard in shards for doc in read_shard(shard, rejects))
             tok = train_bpe(texts, vocab_size)
             tok.save(str(run.tmp / TOKENIZER_FILE))
         run.stats.update(

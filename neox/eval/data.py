@@ -15,9 +15,10 @@ import json
 import re
 from pathlib import Path
 
-from neox.data.dataset import SPLITS, split_boundaries
+from neox.data.dataset import split_boundaries
 from neox.data.indexed import IndexedDataset
-from neox.data.tokenize import data_prefix
+from neox.data.splits import SPLITS
+from neox.data.tokenize import data_prefix, named_split_prefixes
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError
 from neox.eval.config import EvalDataConfig
@@ -25,7 +26,7 @@ from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
 
 STAGE = "eval-data"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: named splits
 HELDOUT_FILE = "heldout.jsonl"
 LASTWORD_FILE = "lastword.jsonl"
 WORD = re.compile(r"\b[A-Za-z]{3,}\b")
@@ -43,12 +44,16 @@ def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:
     return {"context": text[: last.start()].rstrip(), "target": last.group()}
 
 
-def document_range(tokenized: str | Path, split: str, part: str) -> tuple[int, int]:
-    """The [start, end) document indices of one part of the split (the ranges GPT2Dataset reads)."""
+def part_documents(tokenized: str | Path, split: str, part: str) -> tuple[Path, int, int]:
+    """The prefix and [start, end) document indices of one part: with named splits, the whole of that split's
+    dataset; else that part of the positional split (the ranges GPT2Dataset reads)."""
+    named = named_split_prefixes(tokenized)
+    if named:
+        return (named[part], 0, len(IndexedDataset(named[part]))) if part in named else (data_prefix(tokenized), 0, 0)
     indexed = IndexedDataset(data_prefix(tokenized))
     bounds = split_boundaries(split, len(indexed))
     index = SPLITS.index(part)
-    return bounds[index], bounds[index + 1]
+    return data_prefix(tokenized), bounds[index], bounds[index + 1]
 
 
 def eval_data_stage(
@@ -57,12 +62,17 @@ def eval_data_stage(
     """Run (or reuse) the eval-data stage."""
 
     def body(run: StageRun) -> None:
-        start, end = document_range(tokenized, cfg.split, cfg.part)
+        prefix, start, end = part_documents(tokenized, cfg.split, cfg.part)
         if end <= start:
+            if named_split_prefixes(tokenized):
+                raise ConfigError(
+                    f"{tokenized} has named splits but no {cfg.part} one: give data.{cfg.part}_sources (or use the "
+                    f"part that exists)"
+                )
             raise ConfigError(f"split {cfg.split!r} leaves no {cfg.part} documents: give the {cfg.part} part a weight")
         tok = load_tokenizer(Path(tokenized) / TOKENIZER_FILE)
         eod = eod_id(tok)
-        indexed = IndexedDataset(data_prefix(tokenized))
+        indexed = IndexedDataset(prefix)
         documents = passages = 0
         with open(run.tmp / HELDOUT_FILE, "w") as heldout, open(run.tmp / LASTWORD_FILE, "w") as lastword:
             for index in range(start, min(end, start + cfg.max_documents)):
@@ -80,8 +90,9 @@ def eval_data_stage(
         run.stats.update(
             documents=documents,
             passages=passages,
+            dataset=prefix.name,
             document_range=[start, end],
-            train_range=list(document_range(tokenized, cfg.split, "train")),
+            train_range=list(part_documents(tokenized, cfg.split, "train")[1:]),
         )
 
     inputs = {"tokenized": input_fingerprint(tokenized)}

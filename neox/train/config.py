@@ -52,7 +52,8 @@ class TrainConfig:
     """Where runs live (<storage_path>/<run key>/): a local or shared folder, or s3://bucket/prefix (neox train
     only)."""
     split: Str = "969,30,1"
-    """Train, valid and test weights of the document split (gpt-neox's `split`)."""
+    """Train, valid and test weights of the document split (gpt-neox's `split`); not used on a dataset with named
+    splits (data.valid_sources / test_sources), whose splits are its own."""
     seq_length: Positive = 2048
     """Tokens per training sequence (at most the model's max_position_embeddings)."""
     micro_batch_size: Positive = 4

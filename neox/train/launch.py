@@ -9,7 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from neox.data.tokenize import data_prefix
+from neox.data.tokenize import data_prefix, named_split_prefixes
 from neox.errors import RunStateError
 from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, FINAL_MODEL, INDEX_CACHE_DIR, RUN_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import MANIFEST, sha256_file
@@ -136,6 +136,7 @@ def launch(
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(plan.model),
         "data_prefix": str(data_prefix(cfg.data).resolve()),
+        "split_prefixes": {split: str(prefix.resolve()) for split, prefix in named_split_prefixes(cfg.data).items()},
         "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
         "index_cache": str(local_dir / INDEX_CACHE_DIR),
         "storage": storage,

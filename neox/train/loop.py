@@ -55,7 +55,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     evals = cfg.train_iters // cfg.eval_interval + 1
     datasets = build_split_datasets(
-        config["data_prefix"],
+        config["split_prefixes"] or config["data_prefix"],
         cfg.split,
         {"train": cfg.train_iters * cfg.global_batch_size, "valid": evals * cfg.eval_iters * cfg.global_batch_size},
         seq_length=cfg.seq_length,
