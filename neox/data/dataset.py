@@ -187,9 +187,10 @@ def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.nd
     """For each of `size` samples, which dataset and which of its samples. Dataset k's j-th sample comes at
     priority (j + 1/2) / w_k, lower first, ties to the lower dataset (a stride schedule): at every point each
     dataset's count is about one sample from its share or closer, as with gpt-neox's greedy
-    build_blending_indices, which interleaves the same shares in another order (tests compare the two). The position of each sample is counted, not searched for: the
-    samples of dataset l ahead of (k, j) are those with (2j' + 1) w_k < (2j + 1) w_l, so building the index is a
-    few vectorised passes, seconds for Pythia's 146M samples where a per-sample loop takes minutes."""
+    build_blending_indices, which interleaves the same shares in another order (tests compare the two). The
+    position of each sample is counted, not searched for: the samples of dataset l ahead of (k, j) are those with
+    (2j' + 1) w_k < (2j + 1) w_l, so building the index is a few vectorised passes, seconds for Pythia's 146M
+    samples where a per-sample loop takes minutes."""
     w = np.asarray(weights, dtype=np.float64)
     if len(w) == 0 or len(w) > 255 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
         raise ConfigError(f"blend weights must be 1 to 255 non-negative numbers with a positive sum, got {weights}")
