@@ -13,6 +13,7 @@ document longer than MAX_PIECE_CHARS is encoded in pieces cut where the pre-toke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import shutil
 from collections import Counter
@@ -97,17 +98,22 @@ def encode_documents(
     return encoded
 
 
-def tokenize_chunk(chunk: Chunk, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
-    """Tokenize one chunk into `part`.bin with its sequence sizes in `part`.sizes.npy (+ `part`.rejects.jsonl);
-    return its counts. `fast` uses the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
+@functools.lru_cache(maxsize=2)  # a Ray worker runs many chunks: build the (50k-token) engines once per process
+def encoders(tokenizer_json: str, fast: bool) -> tuple[Any, Callable[[list[str]], list[list[int]]]]:
+    """The tokenizer, and a function encoding a batch of texts with the chosen engine."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
     if fast:
         encode_fast = fast_encoder(tokenizer_json)
-        encode_many = lambda texts: [encode_fast(text) for text in texts]  # noqa: E731
-    else:
-        encode_many = lambda texts: [e.ids for e in tok.encode_batch_fast(texts)]  # noqa: E731
+        return tok, lambda texts: [encode_fast(text) for text in texts]
+    return tok, lambda texts: [e.ids for e in tok.encode_batch_fast(texts)]
+
+
+def tokenize_chunk(chunk: Chunk, tokenizer_json: str, part: Path, batch_size: int, fast: bool) -> dict[str, Any]:
+    """Tokenize one chunk into `part`.bin with its sequence sizes in `part`.sizes.npy (+ `part`.rejects.jsonl);
+    return its counts. `fast` uses the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
+    tok, encode_many = encoders(tokenizer_json, fast)
     eod = np.array([eod_id(tok)], dtype=token_dtype(tok.get_vocab_size()))
     rejects = Rejects(part.with_suffix(".rejects.jsonl"))
     sizes: list[int] = []
@@ -163,8 +169,9 @@ def tokenize_shards(
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
         tokenizer_json = tok.to_str()
-        fast = _fast_engine_agrees(tokenizer_json, shards[0])
+        agreement = ray.remote(num_cpus=0)(_fast_engine_agrees).remote(tokenizer_json, shards[0])  # while planning
         chunks = plan_chunks(shards, chunk_bytes, workers)
+        fast = ray.get(agreement)
         calls = [(task, (c, tokenizer_json, parts_dir / c.label, cfg.batch_size, fast)) for c in chunks]
         ordered = run_ordered(calls, workers, desc="tokenize", unit="chunk")
         documents = sum(r["documents"] for r in ordered)

@@ -42,8 +42,12 @@ class TrainConfig:
 
     model: Annotated[tuple[Str, ...], WithJsonSchema(ONE_OR_MORE_PATHS)]
     """GPT-NeoX model YAML file(s), relative to the pipeline config; later files override earlier ones."""
-    data: Str | None = None
-    """A tokenize stage output to train on (default: the data section's)."""
+    data: Annotated[Str | tuple[Str, ...], WithJsonSchema(ONE_OR_MORE_PATHS)] | None = None
+    """A tokenize stage output to train on (default: the data section's), or several, blended by data_weights
+    (gpt-neox's train_data_paths)."""
+    data_weights: tuple[NonNegativeFloat, ...] | None = None
+    """The share of samples each train.data dataset gives, in order (gpt-neox's train_data_weights; default:
+    equal). Validation blends the datasets' validation parts by the same weights."""
     init_from: Str | None = None
     """Start from these weights (a neox checkpoint, e.g. a run's final/model); optimizer and schedule start fresh."""
     name: PlainName = "neox"
@@ -126,6 +130,24 @@ class TrainConfig:
         bad = [name for name in self.env if not ENV_NAME.fullmatch(name)]
         if bad:
             raise ValueError(f"env: {', '.join(bad)} are not environment variable names")
+        if isinstance(self.data, tuple) and not self.data:
+            raise ValueError("data: give a tokenize stage output, or a list of at least one")
+        if self.data_weights is not None:
+            if len(self.data_weights) != len(self.datasets):
+                raise ValueError(f"data_weights: {len(self.data_weights)} weights for {len(self.datasets)} datasets")
+            if sum(self.data_weights) <= 0:
+                raise ValueError("data_weights: at least one weight must be positive")
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """train.data as a tuple (empty when unset)."""
+        return () if self.data is None else (self.data,) if isinstance(self.data, str) else self.data
+
+    @property
+    def weights(self) -> list[float]:
+        """Each dataset's share of the samples, summing to 1."""
+        weights = self.data_weights or (1.0,) * len(self.datasets)
+        return [w / sum(weights) for w in weights]
 
     @property
     def tracking_uri(self) -> str:

@@ -38,12 +38,17 @@ RUN_CONTROL = frozenset(
         "mlflow_experiment",
     }
 )
-# Paths whose content enters the key instead: the resolved model config, the dataset's stage key, the weights' sha256.
-RESOLVED = frozenset({"model", "data", "init_from"})
+# Paths whose content enters the key instead: the resolved model config, the dataset's stage key (with the weights,
+# when several are blended), the weights' sha256.
+RESOLVED = frozenset({"model", "data", "data_weights", "init_from"})
 
 
 def identity(
-    cfg: TrainConfig, model: ModelConfig, data_key: str, init_from: str | None, continued_from: dict | None = None
+    cfg: TrainConfig,
+    model: ModelConfig,
+    data_key: str | list[list],
+    init_from: str | None,
+    continued_from: dict | None = None,
 ) -> dict[str, Any]:
     """What a run's key hashes, as recorded in its run.json."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL | RESOLVED}

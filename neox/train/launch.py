@@ -6,6 +6,7 @@ continues a run of the same config on another dataset as a new run (continued pr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -117,6 +118,15 @@ def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
     return newer, previous.storage.path(newest_checkpoint_name(previous.storage))
 
 
+def data_fingerprint(cfg: TrainConfig) -> str:
+    """What a checkpoint records of the data it was trained on: the dataset manifest's sha256, or for a blend the
+    sha256 over each one's and its weight."""
+    fingerprints = [sha256_file(Path(data) / MANIFEST) for data in cfg.datasets]
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    return hashlib.sha256(json.dumps([fingerprints, cfg.weights]).encode()).hexdigest()
+
+
 def launch(
     plan: RunPlan, resume: bool = False, initial_checkpoint: str | None = None, allow_new_data: bool = False
 ) -> str:
@@ -135,15 +145,23 @@ def launch(
     loop_config = {
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(plan.model),
-        "data_prefix": str(data_prefix(cfg.data).resolve()),
-        "split_prefixes": {split: str(prefix.resolve()) for split, prefix in named_split_prefixes(cfg.data).items()},
-        "data_fingerprint": sha256_file(Path(cfg.data) / MANIFEST),
+        "datasets": [
+            {
+                "prefix": str(data_prefix(data).resolve()),
+                "split_prefixes": {
+                    split: str(prefix.resolve()) for split, prefix in named_split_prefixes(data).items()
+                },
+                "weight": weight,
+            }
+            for data, weight in zip(cfg.datasets, cfg.weights, strict=True)
+        ],
+        "data_fingerprint": data_fingerprint(cfg),
         "index_cache": str(local_dir / INDEX_CACHE_DIR),
         "storage": storage,
         "allow_new_data": allow_new_data,
         "initial_checkpoint": initial_checkpoint,
         "mlflow_tracking_uri": cfg.tracking_uri,
-        "tokenizer_file": str((Path(cfg.data) / TOKENIZER_FILE).resolve()),
+        "tokenizer_file": str((Path(cfg.datasets[0]) / TOKENIZER_FILE).resolve()),
     }
     if resume:  # refuse before anything is started or written
         state = latest_state(storage)
@@ -153,7 +171,7 @@ def launch(
         storage.write_text(json.dumps(plan.record(), indent=1, sort_keys=True), RUN_FILE)
     loop_config["mlflow_run_id"] = open_mlflow_run(cfg, storage, params, resume)
     storage.write_text(
-        json.dumps({"data": str(Path(cfg.data).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}),
+        json.dumps({"data": str(Path(cfg.datasets[0]).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}),
         DATA_FILE,
     )
     print(f"training run {plan.key} ({cfg.name}) in {storage.uri}", flush=True)

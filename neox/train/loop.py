@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neox.data.dataset import build_split_datasets
+from neox.data.dataset import build_datasets
 from neox.errors import RunStateError
 from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
@@ -54,8 +54,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_step = restore(engine, config, rank)
 
     evals = cfg.train_iters // cfg.eval_interval + 1
-    datasets = build_split_datasets(
-        config["split_prefixes"] or config["data_prefix"],
+    datasets = build_datasets(
+        config["datasets"],
         cfg.split,
         {"train": cfg.train_iters * cfg.global_batch_size, "valid": evals * cfg.eval_iters * cfg.global_batch_size},
         seq_length=cfg.seq_length,

@@ -36,7 +36,8 @@ class RunPlan:
             "key": self.key,
             "label": self.cfg.name,
             "identity": self.identity,
-            "data": str(Path(self.cfg.data).resolve()),
+            "data": str(Path(self.cfg.datasets[0]).resolve()),
+            **({"datasets": [str(Path(d).resolve()) for d in self.cfg.datasets]} if len(self.cfg.datasets) > 1 else {}),
             "created": time.time(),
         }
 
@@ -45,17 +46,28 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
     """The run `cfg` trains, after checking its dataset, model and starting weights."""
     if cfg.data is None:
         raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
-    manifest = verify_output(cfg.data)
+    manifests = [verify_output(data) for data in cfg.datasets]
+    manifest = manifests[0]
+    for data, other in zip(cfg.datasets[1:], manifests[1:], strict=True):
+        if other["inputs"].get("tokenizer") != manifest["inputs"].get("tokenizer"):
+            raise ConfigError(
+                f"train.data: {data} was tokenized with another tokenizer than {cfg.datasets[0]}; blended datasets "
+                "must share one (tokenize them with the same tokenizer.json)"
+            )
     model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"])
     if cfg.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings
         raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")
     start = None
     if cfg.init_from:
-        check_init_from(cfg.init_from, model, Path(cfg.data))
+        check_init_from(cfg.init_from, model, Path(cfg.datasets[0]))
         cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
         start = sha256_file(Path(cfg.init_from) / WEIGHTS_FILE)
-    payload = identity(cfg, model, manifest["key"], start, continued_from)
+    # one dataset: its key (as before blending existed, so such runs keep their keys); several: keys and weights
+    data_key = (
+        manifest["key"] if len(manifests) == 1 else [[m["key"], w] for m, w in zip(manifests, cfg.weights, strict=True)]
+    )
+    payload = identity(cfg, model, data_key, start, continued_from)
     key = key_of(payload)
     return RunPlan(cfg, model, manifest, payload, key, run_storage(cfg.storage_path, key))
 
@@ -117,11 +129,16 @@ def run_info(storage: RunStorage) -> RunInfo:
         status=status,
         step=int(state.get("step", 0)),
         train_iters=train.get("train_iters"),
-        data_key=(record or {}).get("identity", {}).get("data"),
+        data_key=shown_data_key((record or {}).get("identity", {}).get("data")),
         location=storage.uri,
         record=record,
         storage=storage,
     )
+
+
+def shown_data_key(data: str | list | None) -> str | None:
+    """A run's dataset key as `neox runs` shows it; blended datasets as KEY*WEIGHT+..."""
+    return "+".join(f"{key}*{weight:.3g}" for key, weight in data) if isinstance(data, list) else data
 
 
 def list_runs(storage_path: str) -> list[RunInfo]:

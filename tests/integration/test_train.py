@@ -265,6 +265,30 @@ def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_ne
     assert {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts} == before
 
 
+def test_two_datasets_blend_by_weight_into_one_run_whose_key_holds_both(
+    tmp_path, tokenized, small_corpus, corpus_tokenizer
+):
+    from neox.data.tokenize import TokenizeConfig, tokenize_shards
+
+    (tmp_path / "one-shard").mkdir()
+    shutil.copy(small_corpus / "00.jsonl.zst", tmp_path / "one-shard")
+    other = tokenize_shards(
+        tmp_path / "one-shard", corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="b")
+    ).path
+    blend = {"data": [str(tokenized), str(other)], "data_weights": [3, 1], "num_workers": 1}
+    config = write_config(tmp_path, tokenized, train_iters=6, eval_interval=3, checkpoint_interval=6, **blend)
+    out = finish(launch(config))
+    run = run_folder(config)
+    keys = [json.loads((d / "manifest.json").read_text())["key"] for d in (tokenized, other)]
+    assert json.loads((run / "run.json").read_text())["identity"]["data"] == [[keys[0], 0.75], [keys[1], 0.25]]
+    assert steps(run) == list(range(1, 7)) and "valid/loss=" in out  # validation on both datasets' valid parts
+    listed = subprocess.run([NEOX, "runs", str(config)], capture_output=True, text=True, timeout=120).stdout
+    assert f"{keys[0]}*0.75+{keys[1]}*0.25" in listed
+    # one of them alone is another run, with the key a single-dataset run always had
+    alone = write_config(tmp_path, tokenized, train_iters=6, eval_interval=3, checkpoint_interval=6, num_workers=1)
+    assert planned_run(alone).identity["data"] == keys[0] and planned_run(alone).key != run.name
+
+
 def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
     from transformers import AutoModelForCausalLM
 

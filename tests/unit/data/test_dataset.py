@@ -9,6 +9,7 @@ from neox.data.dataset import (
     BlendedDataset,
     GPT2Dataset,
     blending_indices,
+    build_datasets,
     build_sample_idx,
     build_split_datasets,
     split_boundaries,
@@ -152,6 +153,26 @@ def test_blended_samples_come_from_their_datasets(indexed):
     shares = np.bincount(blend.dataset_index, minlength=2) / len(blend)
     np.testing.assert_allclose(shares, [0.75, 0.25], atol=0.02)
     np.testing.assert_array_equal(blend[1], [a, b][int(blend.dataset_index[1])][int(blend.dataset_sample_index[1])])
+
+
+def test_training_blends_several_datasets_by_weight_in_train_and_valid(indexed, tmp_path):
+    """Two datasets (documents 0-29 and 30-59 of the fixture, their tokens telling which), 3:1."""
+    halves = []
+    for half, documents in enumerate([range(30), range(30, 60)]):
+        parts = []
+        for d in documents:
+            np.asarray(indexed[d]).tofile(tmp_path / f"h{d}.bin")
+            parts.append((tmp_path / f"h{d}.bin", np.array([len(indexed[d])])))
+        merge_parts(tmp_path / f"half{half}", parts, np.dtype(np.int32))
+        halves.append({"prefix": str(tmp_path / f"half{half}"), "split_prefixes": {}, "weight": [0.75, 0.25][half]})
+    sets = build_datasets(halves, "8,2,0", {"train": 400, "valid": 40}, seq_length=4, seed=0, cache_dir=tmp_path)
+    for name, size in (("train", 400), ("valid", 40)):
+        blend = sets[name]
+        assert isinstance(blend, BlendedDataset) and len(blend) >= size
+        from_first = [int(t) // 1000 < 30 for i in range(size) for t in blend[i][:1]]
+        assert abs(np.mean(from_first) - 0.75) < 0.03, name
+    valid_docs = {int(t) // 1000 for i in range(40) for t in sets["valid"][i]}
+    assert valid_docs <= set(range(24, 30)) | set(range(54, 60))  # each dataset's own validation part
 
 
 def test_bad_requests_are_clear(indexed):

@@ -58,6 +58,8 @@ MISTAKES = [
     ("data.tokenizer", "big", "data.tokenizer: must be a mapping of keys, got 'big'"),
     ("data.tokenize.prefix", "../x", "data.tokenize.prefix: string should match pattern"),
     ("data.workers", -2, "data.workers: input should be greater than or equal to 1"),
+    ("data.chunk_mb", 0, "data.chunk_mb: input should be greater than or equal to 1"),
+    ("data.valid_sources", "val.jsonl.zst", "data.valid_sources: must be a list, got 'val.jsonl.zst'"),
     # train
     ("train.lr_decay_style", "cosin", "train.lr_decay_style: input should be 'cosine', 'linear' or 'constant'"),
     ("train.betas", [0.9], "train.betas.1: field required"),
@@ -76,6 +78,9 @@ MISTAKES = [
     ("train.model", DELETE, "train.model must name at least one GPT-NeoX model YAML"),
     ("train.model", 5, "train.model must be a model YAML path or a list of them, got 5"),
     ("train.storage_path", "s3://bucket/train", "flows evaluate, register and retrain from the final checkpoint"),
+    ("train.data", [], "train: data: give a tokenize stage output, or a list of at least one"),
+    ("train.data_weights", [1, 2], "train: data_weights: 2 weights for 0 datasets"),
+    ("train.data_weights", [-1], "train.data_weights.0: input should be greater than or equal to 0"),
     # eval
     ("eval.dtype", "int8", "eval.dtype: input should be 'float32', 'bfloat16' or 'float16'"),
     ("eval.tasks", [], "eval: tasks names no task"),
