@@ -57,9 +57,7 @@ def main() -> None:
     ours, _ = blending_indices(args.weights, n)
     ours_s = time.perf_counter() - started
     counts = np.bincount(ours, minlength=len(args.weights)), np.bincount(reference, minlength=len(args.weights))
-    print(
-        f"{n:,} samples, weights {args.weights}: per-dataset counts ours {counts[0].tolist()}, loop {counts[1].tolist()}"
-    )
+    print(f"{n:,} samples, weights {args.weights}: counts ours {counts[0].tolist()}, loop {counts[1].tolist()}")
     print(f"greedy loop (Python): {loop_s:7.2f} s   {n / loop_s / 1e6:7.2f} M samples/s")
     print(f"ours (vectorised):    {ours_s:7.2f} s   {n / ours_s / 1e6:7.2f} M samples/s")
     print(f"ratio ours/loop: {loop_s / ours_s:.0f}x")
