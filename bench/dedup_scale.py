@@ -1,13 +1,14 @@
 """Benchmark: how the dedup stage grows with the corpus. Driver memory must stay flat and the per-core rate steady
 while the documents grow 16x (issue 15's goal: driver peak RSS <= 1.5x, documents/s per core within 20%).
 
-Synthetic corpora of ~600-byte documents (random words from 20,000) in shards of 25,000 documents, 1% of them
-near copies of an earlier document (one word changed), at 1x, 4x and 16x `--documents`. Each is deduplicated
-by `neox dedup` run as its own process (Ray start included), `--workers` cores, `--chunk-mb` chunks. Printed per
-scale: the stage's seconds (its manifest), the whole process's, documents/s per core, the driver's peak RSS
-(VmHWM, polled from /proc), and the planted copies found. The baseline is the 1x run: each row's ratio to it.
+Synthetic corpora of ~600-byte documents (`--words 100` random words from 20,000) in shards of 25,000
+documents, 1% of them near copies of an earlier document (one word changed), at 1x, 4x and 16x `--documents`.
+Each is deduplicated by `neox dedup` run as its own process (Ray start included), `--workers` cores, `--chunk-mb`
+chunks. Printed per scale: the stage's seconds (its manifest), the whole process's, documents/s and MB/s per
+core, the driver's peak RSS (VmHWM, polled from /proc), and the planted copies found. The baseline is the 1x
+run: each row's ratio to it. `--words 650 --scales 1` gives the rate for Pile-sized (~4 KB) documents.
 
-    .venv/bin/python bench/dedup_scale.py [--documents 100000] [--workers 2] [--chunk-mb 8]
+    .venv/bin/python bench/dedup_scale.py [--documents 100000] [--workers 2] [--chunk-mb 8] [--words 100]
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ SHARD_DOCUMENTS = 25_000
 WORDS = [f"w{i}" for i in range(20_000)]
 
 
-def build_corpus(out: Path, documents: int, seed: int = 0) -> int:
-    """Shards of random ~100-word documents, 1% of them near copies of an earlier one; returns the copies planted."""
+def build_corpus(out: Path, documents: int, words: int = 100, seed: int = 0) -> int:
+    """Shards of random documents of about `words` words, 1% of them near copies of an earlier one; returns the
+    copies planted."""
     rng = random.Random(seed)
     out.mkdir(parents=True)
     recent: list[list[str]] = []
@@ -43,13 +45,13 @@ def build_corpus(out: Path, documents: int, seed: int = 0) -> int:
         records = []
         for _ in range(min(SHARD_DOCUMENTS, documents - start)):
             if recent and rng.random() < 0.01:
-                words = list(rng.choice(recent))
-                words[rng.randrange(len(words))] = rng.choice(WORDS)  # Jaccard ~0.9 with the original
+                document = list(rng.choice(recent))
+                document[rng.randrange(len(document))] = rng.choice(WORDS)  # Jaccard ~0.9 with the original
                 planted += 1
             else:
-                words = rng.choices(WORDS, k=rng.randint(90, 110))
-                recent = [*recent[-999:], words]
-            records.append({"text": " ".join(words), "meta": {"pile_set_name": "Synthetic"}})
+                document = rng.choices(WORDS, k=rng.randint(words * 9 // 10, words * 11 // 10))
+                recent = [*recent[-999:], document]
+            records.append({"text": " ".join(document), "meta": {"pile_set_name": "Synthetic"}})
         write_shard(out / f"{shard_index:05d}.jsonl.zst", records)
     return planted
 
@@ -81,20 +83,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-mb", type=int, default=8)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--words", type=int, default=100, help="words per document (100: ~600 bytes)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for scale in args.scales:
             corpus = Path(tmp) / f"corpus-{scale}"
-            planted = build_corpus(corpus, args.documents * scale)
+            planted = build_corpus(corpus, args.documents * scale, args.words)
             seconds, peak, manifest = run_dedup(corpus, Path(tmp) / f"work-{scale}", args.workers, args.chunk_mb)
             stats = manifest["stats"]
             rate = stats["documents_in"] / manifest["seconds"] / args.workers
+            megabytes_per_core = stats["bytes_in"] / 1e6 / manifest["seconds"] / args.workers
             rows.append((scale, stats, manifest["seconds"], seconds, rate, peak, planted))
             removed = stats["documents_in"] - stats["documents_out"]
             print(
                 f"{scale:>3}x {stats['documents_in']:>10,} docs: stage {manifest['seconds']:7.1f} s, process "
-                f"{seconds:7.1f} s, {rate:8,.0f} docs/s/core, driver peak {peak / 2**20:7,.0f} MB, "
+                f"{seconds:7.1f} s, {rate:8,.0f} docs/s/core ({megabytes_per_core:.1f} MB/s/core), "
+                f"driver peak {peak / 2**20:7,.0f} MB, "
                 f"removed {removed:,} (planted {planted:,}), {stats['chunks']} chunks",
                 flush=True,
             )
