@@ -12,6 +12,7 @@ document longer than MAX_PIECE_CHARS is encoded in pieces cut where the pre-toke
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -164,14 +165,16 @@ def tokenize_shards(
     tok = load_tokenizer(tokenizer_file)
 
     def body(run: StageRun) -> None:
-        ensure_ray(ray_address)
+        tokenizer_json = tok.to_str()
+        # the engines are compared (~1 s) while Ray starts, which is mostly waiting for its processes
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            agreement = pool.submit(_fast_engine_agrees, tokenizer_json, shards[0])
+            ensure_ray(ray_address)
+            fast = agreement.result()
         task = ray.remote(num_cpus=1)(tokenize_chunk)
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
-        tokenizer_json = tok.to_str()
-        agreement = ray.remote(num_cpus=0)(_fast_engine_agrees).remote(tokenizer_json, shards[0])  # while planning
         chunks = plan_chunks(shards, chunk_bytes, workers)
-        fast = ray.get(agreement)
         calls = [(task, (c, tokenizer_json, parts_dir / c.label, cfg.batch_size, fast)) for c in chunks]
         ordered = run_ordered(calls, workers, desc="tokenize", unit="chunk")
         documents = sum(r["documents"] for r in ordered)
