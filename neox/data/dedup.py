@@ -34,6 +34,7 @@ import math
 import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,6 +59,7 @@ CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lo
 LINE_BITS = 40  # a document id is shard index << LINE_BITS | line number
 SIGN_BATCH = 2000  # documents shingled and signed at once: bounds a task's memory whatever the chunk size
 ROWS_PER_PARTITION = 4_000_000  # key rows a pair task sorts at once (~200 MB)
+CONFIRM_BATCH = 100_000  # candidate pairs whose signatures are compared at once (~100 MB)
 EXACT = 0  # the `band` of an exact-hash row; LSH bands are 1..bands
 
 
@@ -150,7 +152,10 @@ def sign_chunk(chunk: Chunk, cfg: DedupConfig, scratch: Path) -> dict[str, Any]:
     exact_array = np.frombuffer(b"".join(exact), dtype=np.uint8).reshape(-1, 16)
     np.save(scratch / f"{chunk.label}.ids.npy", ids_array)
     np.save(scratch / f"{chunk.label}.sig.npy", signatures)
-    np.save(scratch / f"{chunk.label}.rows.npy", key_rows(ids_array, exact_array, signatures, cfg))
+    rows = key_rows(ids_array, exact_array, signatures, cfg)
+    np.save(scratch / f"{chunk.label}.rows.npy", rows)
+    # the hashes again, contiguous: a pair task binary-searches them in place, touching a few pages of the file
+    np.save(scratch / f"{chunk.label}.hash.npy", np.ascontiguousarray(rows["hash"]))
     (scratch / f"{chunk.label}.meta.json").write_text(json.dumps({"sets": sets, "paths": paths}))
     return {"documents": len(ids), "bytes": size, "sets": dict(Counter(sets)), "reject_counts": rejects.counts}
 
@@ -161,9 +166,11 @@ def pair_partition(
     """The duplicate pairs (first, other) among key rows whose hash is in [low, high): exact ones, and near ones
     whose signatures agree on at least `threshold` of their values."""
     parts = []
+    low_, last = np.uint32(low), np.uint32(high - 1)  # as the file's dtype, so the search reads it in place
     for label in labels:
+        hashes = np.load(scratch / f"{label}.hash.npy", mmap_mode="r")
+        start, end = np.searchsorted(hashes, low_, side="left"), np.searchsorted(hashes, last, side="right")
         rows = np.load(scratch / f"{label}.rows.npy", mmap_mode="r")
-        start, end = np.searchsorted(rows["hash"], [low, high])
         if end > start:
             parts.append(np.array(rows[start:end]))
     empty = np.zeros((0, 2), dtype=np.uint64)
@@ -180,24 +187,33 @@ def pair_partition(
     pairs = np.stack([first[later], rows["doc"][later]], axis=1)
     is_exact = rows["band"][later] == EXACT
     candidates = np.unique(pairs[~is_exact], axis=0)
-    signatures = read_signatures(np.unique(candidates), labels, first_ids, scratch)
-    agree = [
-        np.mean(signatures[a] == signatures[b]) >= threshold
-        for a, b in zip(candidates[:, 0], candidates[:, 1], strict=True)
-    ]
-    return pairs[is_exact], candidates[np.array(agree, dtype=bool)] if len(candidates) else empty
+    docs = np.unique(candidates)
+    signatures = read_signatures(docs, labels, first_ids, scratch)
+    agree = np.zeros(len(candidates), dtype=bool)
+    for start in range(0, len(candidates), CONFIRM_BATCH):  # bounded: two signatures per pair of the batch
+        batch = candidates[start : start + CONFIRM_BATCH]
+        first, other = signatures[np.searchsorted(docs, batch[:, 0])], signatures[np.searchsorted(docs, batch[:, 1])]
+        agree[start : start + CONFIRM_BATCH] = (first == other).mean(axis=1) >= threshold
+    return pairs[is_exact], candidates[agree]
 
 
-def read_signatures(docs: np.ndarray, labels: list[str], first_ids: np.ndarray, scratch: Path) -> dict[int, np.ndarray]:
-    """The signatures of the given (sorted) documents, read from their chunks' files."""
-    found: dict[int, np.ndarray] = {}
+def by_chunk(docs: np.ndarray, first_ids: np.ndarray) -> Iterator[tuple[int, slice]]:
+    """(chunk index, slice of `docs`) for each chunk holding some of these sorted documents."""
     owner = np.searchsorted(first_ids, docs, side="right") - 1
-    for chunk in np.unique(owner):
-        wanted = docs[owner == chunk]
+    chunks, starts = np.unique(owner, return_index=True)
+    for chunk, start, end in zip(chunks.tolist(), starts.tolist(), [*starts[1:].tolist(), len(docs)], strict=True):
+        yield chunk, slice(start, end)
+
+
+def read_signatures(docs: np.ndarray, labels: list[str], first_ids: np.ndarray, scratch: Path) -> np.ndarray:
+    """The signatures of the given (sorted) documents, in their order, read from their chunks' files."""
+    found = np.zeros((len(docs), 0), dtype=np.uint32)
+    for chunk, part in by_chunk(docs, first_ids):
         ids = np.load(scratch / f"{labels[chunk]}.ids.npy", mmap_mode="r")
         signatures = np.load(scratch / f"{labels[chunk]}.sig.npy", mmap_mode="r")
-        for doc, row in zip(wanted, np.searchsorted(ids, wanted), strict=True):
-            found[int(doc)] = np.array(signatures[row])
+        if found.shape[1] != signatures.shape[1]:
+            found = np.zeros((len(docs), signatures.shape[1]), dtype=np.uint32)
+        found[part] = signatures[np.searchsorted(ids, docs[part])]
     return found
 
 
@@ -212,15 +228,13 @@ def components(exact: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndar
     return nodes, nodes[first[labels]]
 
 
-def describe_documents(label: str, first_line: int, scratch: Path, docs: list[int]) -> list[dict[str, Any]]:
-    """Each document's id (`shard:line`), set and (if any) path, from its chunk's files."""
+def describe_documents(label: str, scratch: Path, docs: np.ndarray) -> tuple[list[str], dict[int, str]]:
+    """The given documents' sets (in their order) and the paths of those that have one, from their chunk's files."""
     ids = np.load(scratch / f"{label}.ids.npy")
     meta = json.loads((scratch / f"{label}.meta.json").read_text())
-    described = []
-    for doc, row in zip(docs, np.searchsorted(ids, docs), strict=True):
-        entry = {"line": doc & ((1 << LINE_BITS) - 1), "set": meta["sets"][row]}
-        described.append(entry | ({"path": meta["paths"][row]} if meta["paths"][row] else {}))
-    return described
+    rows = np.searchsorted(ids, docs).tolist()
+    paths = {i: meta["paths"][row] for i, row in enumerate(rows) if meta["paths"][row]}
+    return [meta["sets"][row] for row in rows], paths
 
 
 def write_kept(shard: Path, out: Path, id_files: list[Path], dropped_lines: np.ndarray) -> int:
@@ -351,23 +365,33 @@ def write_clusters(
     chunks: list[Chunk], scratch: Path, nodes: np.ndarray, roots: np.ndarray, out: Path, workers: int | None
 ) -> Counter:
     """Write every cluster (its kept document, then the dropped ones, each with id, set and path) in order of
-    its first document; return the dropped documents counted by set."""
-    owner = np.searchsorted(chunk_first_ids(chunks), nodes, side="right") - 1
+    its first document; return the dropped documents counted by set. Held per document: a set number, and the
+    path of those that have one (the Pile's have none)."""
     describer = ray.remote(num_cpus=1)(describe_documents)
-    wanted = [(c, nodes[owner == i]) for i, c in enumerate(chunks) if np.any(owner == i)]
-    calls = [(describer, (c.label, c.first_line, scratch, docs.tolist())) for c, docs in wanted]
-    described: dict[int, dict[str, Any]] = {}
-    for (chunk, docs), entries in zip(wanted, run_ordered(calls, workers, "dedup: clusters", "chunk"), strict=True):
-        for doc, entry in zip(docs.tolist(), entries, strict=True):
-            described[doc] = {"id": f"{chunk.shard.name}:{entry.pop('line')}"} | entry
-    order = np.lexsort((nodes, roots))
+    wanted = list(by_chunk(nodes, chunk_first_ids(chunks)))
+    calls = [(describer, (chunks[chunk].label, scratch, nodes[part])) for chunk, part in wanted]
+    set_names: list[str] = []
+    set_numbers: dict[str, int] = {}
+    node_set = np.zeros(len(nodes), dtype=np.int32)
+    paths: dict[int, str] = {}
+    for (_, part), (sets, found) in zip(wanted, run_ordered(calls, workers, "dedup: clusters", "chunk"), strict=True):
+        node_set[part] = [set_numbers.setdefault(name, len(set_numbers)) for name in sets]
+        paths.update((part.start + i, path) for i, path in found.items())
+    shard_name = {c.shard_index: c.shard.name for c in chunks}
+    set_names = list(set_numbers)
     dropped_sets: Counter = Counter()
 
-    def records():
-        for root, members in itertools.groupby(order.tolist(), key=lambda i: int(roots[i])):
-            others = [int(nodes[i]) for i in members if int(nodes[i]) != root]
-            dropped_sets.update(described[doc]["set"] for doc in others)
-            yield {"kept": described[root], "dropped": [described[doc] for doc in others]}
+    def describe(i: int) -> dict[str, Any]:
+        doc = int(nodes[i])
+        entry = {"id": f"{shard_name[doc >> LINE_BITS]}:{doc & ((1 << LINE_BITS) - 1)}", "set": set_names[node_set[i]]}
+        return entry | ({"path": paths[i]} if i in paths else {})
+
+    def records() -> Iterator[dict[str, Any]]:
+        order = np.lexsort((nodes, roots)).tolist()  # by cluster, each starting with its root (its smallest)
+        for _, members in itertools.groupby(order, key=lambda i: int(roots[i])):
+            kept, *dropped = members
+            dropped_sets.update(set_names[node_set[i]] for i in dropped)
+            yield {"kept": describe(kept), "dropped": [describe(i) for i in dropped]}
 
     write_shard(out, records())
     return dropped_sets
