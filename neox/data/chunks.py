@@ -3,10 +3,11 @@ big shard is many tasks and a cluster is not capped at one busy core per shard.
 
 A chunk is the shortest run of whole lines holding at least `chunk_bytes` decompressed bytes, starting where the
 previous one ends (the last chunk of a shard may be shorter). Planning reads each shard once (a Ray task per shard)
-to find those line starts and their line numbers; a chunk then reads only its own lines. A zstd stream cannot seek,
-so reading a chunk decompresses what precedes it: with chunks of 1/k of a shard, planning and reading decompress
-about (k + 3) / 2 shards' worth, cheap next to shingling or tokenizing (zstd decompresses at GB/s, those run
-at MB/s). Every stage's result is the same whatever the chunk size.
+to find those line starts and their line numbers; a chunk then reads only its own lines. A plain shard is read
+from the chunk's offset; a zstd stream cannot seek, so planning, given a scratch folder, also writes each chunk of
+a zstd shard that has several into a file of its own (zstd level 1, a few hundred MB/s): otherwise each chunk would
+decompress everything before it, about k/2 shards' worth for k chunks (terabytes for the Pile's 27 GB shards).
+Every stage's result is the same whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+
+import zstandard
 
 from neox.data.jsonl import Document, Rejects, decompressed_blocks, parse_line, split_lines
 
@@ -29,47 +32,98 @@ class Chunk:
     start: int
     end: int
     first_line: int  # 1-based, as rejects and dedup clusters number lines
+    copy: Path | None = None  # these lines alone, cut out of a zstd shard when it was planned: read instead
 
     @property
     def label(self) -> str:
         """A file-name-safe name, sorting in shard and line order."""
-        return f"{self.shard_index:06d}-{self.first_line:012d}"
+        return chunk_label(self.shard_index, self.first_line)
 
 
-def plan_shard(shard: Path, shard_index: int, chunk_bytes: int) -> list[Chunk]:
-    """The chunks of one shard (none for an empty shard)."""
+def chunk_label(shard_index: int, first_line: int) -> str:
+    return f"{shard_index:06d}-{first_line:012d}"
+
+
+class _Copies:
+    """The zstd files a shard's chunks are copied into while it is planned, one per chunk."""
+
+    def __init__(self, folder: Path, shard_index: int):
+        self.folder, self.shard_index, self.paths = folder, shard_index, []
+        self._raw = self._out = None
+
+    def start(self, first_line: int) -> None:
+        self.close()
+        self.paths.append(self.folder / f"{chunk_label(self.shard_index, first_line)}.jsonl.zst")
+        self._raw = open(self.paths[-1], "wb")
+        self._out = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
+
+    def write(self, data: bytes) -> None:
+        self._out.write(data)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()  # closes the file too
+            self._out = None
+
+
+def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | None = None) -> list[Chunk]:
+    """The chunks of one shard (none for an empty shard). With `scratch`, the chunks of a zstd shard that has more
+    than one are also copied there, one file each."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
     if not shard.name.endswith(".zst") and shard.stat().st_size <= chunk_bytes:
         size = shard.stat().st_size  # one chunk, known without reading it
         return [Chunk(shard, shard_index, 0, size, 1)] if size else []
+    copies = _Copies(scratch, shard_index) if scratch is not None and shard.name.endswith(".zst") else None
+    if copies:
+        copies.start(1)
     starts, lines = [0], [1]
     target = chunk_bytes  # the next chunk starts at the first line start at or after this offset
     offset, newlines = 0, 0  # of the current block: its offset, and the newlines before it
-    for block in decompressed_blocks(shard):
-        while target <= offset + len(block):
-            # a line starts at `target` when the byte before it is a newline
-            found = block.find(b"\n", max(0, target - 1 - offset))
-            if found < 0:
-                break
-            starts.append(offset + found + 1)
-            lines.append(newlines + block.count(b"\n", 0, found + 1) + 1)
-            target = starts[-1] + chunk_bytes
-        offset += len(block)
-        newlines += block.count(b"\n")
+    try:
+        for block in decompressed_blocks(shard):
+            written = 0
+            while target <= offset + len(block):
+                # a line starts at `target` when the byte before it is a newline
+                found = block.find(b"\n", max(0, target - 1 - offset))
+                if found < 0:
+                    break
+                starts.append(offset + found + 1)
+                lines.append(newlines + block.count(b"\n", 0, found + 1) + 1)
+                target = starts[-1] + chunk_bytes
+                if copies:
+                    copies.write(block[written : found + 1])
+                    copies.start(lines[-1])
+                    written = found + 1
+            if copies:
+                copies.write(block[written:])
+            offset += len(block)
+            newlines += block.count(b"\n")
+    finally:
+        if copies:
+            copies.close()
     if starts[-1] == offset:  # no line starts at the end of the shard (and an empty shard has no chunk)
         starts.pop()
         lines.pop()
     ends = [*starts[1:], offset] if starts else []
-    return [Chunk(shard, shard_index, s, e, n) for s, e, n in zip(starts, ends, lines, strict=True)]
+    kept = copies.paths[: len(starts)] if copies and len(starts) > 1 else []
+    for path in copies.paths[len(kept) :] if copies else []:
+        path.unlink()  # the copy started at the end of the shard, or the one chunk of a shard read whole
+    return [
+        Chunk(shard, shard_index, s, e, n, kept[i] if kept else None)
+        for i, (s, e, n) in enumerate(zip(starts, ends, lines, strict=True))
+    ]
 
 
-def plan_chunks(shards: list[Path], chunk_bytes: int, workers: int | None) -> list[Chunk]:
-    """Every shard's chunks, in shard and line order (one Ray task per shard)."""
+def plan_chunks(shards: list[Path], chunk_bytes: int, workers: int | None, scratch: Path | None = None) -> list[Chunk]:
+    """Every shard's chunks, in shard and line order (one Ray task per shard); zstd shards' chunks copied into
+    `scratch` (see `plan_shard`)."""
     import ray  # here, so that the CLI reads DEFAULT_CHUNK_MB without loading Ray
 
     from neox.runtime.ray_cluster import run_ordered
 
     planner = ray.remote(num_cpus=1)(plan_shard)
-    calls = [(planner, (shard, i, chunk_bytes)) for i, shard in enumerate(shards)]
+    calls = [(planner, (shard, i, chunk_bytes, scratch)) for i, shard in enumerate(shards)]
     return [chunk for planned in run_ordered(calls, workers, "plan chunks", "shard") for chunk in planned]
 
 
@@ -78,7 +132,8 @@ def chunk_lines(chunk: Chunk) -> Iterator[tuple[int, bytes]]:
 
     def blocks() -> Iterator[bytes]:
         remaining = chunk.end - chunk.start
-        for block in decompressed_blocks(chunk.shard, chunk.start):
+        source, start = (chunk.copy, 0) if chunk.copy is not None else (chunk.shard, chunk.start)
+        for block in decompressed_blocks(source, start):
             yield block[:remaining]
             remaining -= len(block)
             if remaining <= 0:

@@ -6,7 +6,7 @@
   (sample_idx, consecutive windows share one token); the same RNG then shuffles the sample order (shuffle_idx).
 - Splits may instead be named (a dataset per split, `neox.data.splits`), as gpt-neox's train/valid/test paths.
 - Several datasets blend by weights (gpt-neox's train_data_weights) with a stride rule that keeps each dataset
-  as close to its share as gpt-neox's greedy rule does, built vectorised (`blending_indices`).
+  within half a sample per dataset of its share, built vectorised (`blending_indices`).
 
 Sample `i` is a pure function of (data, seed, seq_length, num_samples, i), so resuming at step k needs no
 loader state. The index arrays are cached as `.npy` under a hash of their inputs.
@@ -216,19 +216,23 @@ def build_datasets(
 def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
     """For each of `size` samples, which dataset and which of its samples. Dataset k's j-th sample comes at
     priority (j + 1/2) / w_k, lower first, ties to the lower dataset (a stride schedule): at every point each
-    dataset's count is about one sample from its share or closer, as with gpt-neox's greedy
-    build_blending_indices, which interleaves the same shares in another order (tests compare the two). The
+    dataset's count is within half a sample per dataset of its share (gpt-neox's greedy build_blending_indices
+    stays within about one, in another order; tests compare the two). The
     position of each sample is counted, not searched for: the samples of dataset l ahead of (k, j) are those with
     (2j' + 1) w_k < (2j + 1) w_l, so building the index is a few vectorised passes: ~4 s for Pythia's 146M
     samples on one core (bench/blend.py), where a per-sample Python loop takes a minute and a numpy one 6."""
     w = np.asarray(weights, dtype=np.float64)
-    if len(w) == 0 or len(w) > 255 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ConfigError(f"blend weights must be 1 to 255 non-negative numbers with a positive sum, got {weights}")
+    if len(w) == 0 or len(w) > 254 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ConfigError(f"blend weights must be 1 to 254 non-negative numbers with a positive sum, got {weights}")
     scaled = np.rint(w / w.sum() * BLEND_WEIGHT_SCALE).astype(np.int64)
-    dataset_index = np.zeros(size, dtype=np.uint8)
+    if not scaled.any():
+        raise ConfigError(f"blend weights {weights}: every weight is below 2^-24 of their sum")
+    unset = 255
+    dataset_index = np.full(size, unset, dtype=np.uint8)
     dataset_sample_index = np.zeros(size, dtype=np.int64)
     for k in np.flatnonzero(scaled):
-        most = size * int(scaled[k]) // int(scaled.sum()) + 2  # the most samples dataset k can have, and one
+        # more than dataset k can have among `size`: its share, and up to half a sample per other dataset ahead of it
+        most = (size + len(w)) * int(scaled[k]) // int(scaled.sum()) + 2
         for start in range(0, most, BLEND_BLOCK):  # blocks that stay in cache
             j = np.arange(start, min(most, start + BLEND_BLOCK), dtype=np.int64)
             position = j.copy()
@@ -249,6 +253,7 @@ def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.nd
             kept = position < size
             dataset_index[position[kept]] = k
             dataset_sample_index[position[kept]] = j[kept]
+    assert not np.any(dataset_index == unset), "the blend order left a position empty"  # the bound above is wrong
     return dataset_index, dataset_sample_index
 
 

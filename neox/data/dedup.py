@@ -145,9 +145,10 @@ def sign_chunk(chunk: Chunk, cfg: DedupConfig, scratch: Path) -> dict[str, Any]:
             exact.append(hashlib.sha256(normalized.encode()).digest()[:16])
             shingle_sets.append(shingles(normalized, cfg.ngram))
             size += len(doc.text.encode())
-        blocks.append(RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows())
+        signed = RMinHash.digest_matrix_from_token_sets(shingle_sets, cfg.num_perm, cfg.seed).to_rows()
+        blocks.append(np.array(signed, dtype=np.uint32))  # rensa's Python ints, dropped per batch
     rejects.close()
-    signatures = np.array([row for block in blocks for row in block], dtype=np.uint32).reshape(-1, cfg.num_perm)
+    signatures = np.concatenate(blocks) if blocks else np.zeros((0, cfg.num_perm), dtype=np.uint32)
     ids_array = np.array(ids, dtype=np.uint64)
     exact_array = np.frombuffer(b"".join(exact), dtype=np.uint8).reshape(-1, 16)
     np.save(scratch / f"{chunk.label}.ids.npy", ids_array)
@@ -187,11 +188,11 @@ def pair_partition(
     pairs = np.stack([first[later], rows["doc"][later]], axis=1)
     is_exact = rows["band"][later] == EXACT
     candidates = np.unique(pairs[~is_exact], axis=0)
-    docs = np.unique(candidates)
-    signatures = read_signatures(docs, labels, first_ids, scratch)
     agree = np.zeros(len(candidates), dtype=bool)
-    for start in range(0, len(candidates), CONFIRM_BATCH):  # bounded: two signatures per pair of the batch
+    for start in range(0, len(candidates), CONFIRM_BATCH):  # memory: the signatures of one batch's documents
         batch = candidates[start : start + CONFIRM_BATCH]
+        docs = np.unique(batch)
+        signatures = read_signatures(docs, labels, first_ids, scratch)
         first, other = signatures[np.searchsorted(docs, batch[:, 0])], signatures[np.searchsorted(docs, batch[:, 1])]
         agree[start : start + CONFIRM_BATCH] = (first == other).mean(axis=1) >= threshold
     return pairs[is_exact], candidates[agree]
@@ -199,6 +200,8 @@ def pair_partition(
 
 def by_chunk(docs: np.ndarray, first_ids: np.ndarray) -> Iterator[tuple[int, slice]]:
     """(chunk index, slice of `docs`) for each chunk holding some of these sorted documents."""
+    if not len(docs):
+        return
     owner = np.searchsorted(first_ids, docs, side="right") - 1
     chunks, starts = np.unique(owner, return_index=True)
     for chunk, start, end in zip(chunks.tolist(), starts.tolist(), [*starts[1:].tolist(), len(docs)], strict=True):
@@ -273,7 +276,8 @@ def dedup_shards(
         write_splits(run.tmp, held_out)
         scratch = run.tmp / ".scratch"
         scratch.mkdir()
-        chunks = plan_chunks(shards, chunk_bytes, workers)
+        (scratch / "chunks").mkdir()
+        chunks = plan_chunks(shards, chunk_bytes, workers, scratch / "chunks")
         signer = ray.remote(num_cpus=1)(sign_chunk)
         signed = run_ordered([(signer, (c, cfg, scratch)) for c in chunks], workers, "dedup: sign", "chunk")
         documents = sum(r["documents"] for r in signed)
@@ -282,7 +286,9 @@ def dedup_shards(
         exact, near = find_duplicates(chunks, scratch, cfg, documents, workers)
         nodes, roots = components(exact, near)
         dropped = nodes[roots != nodes]
-        write_documents(shards, chunks, scratch, run.tmp, dropped, workers)
+        written = write_documents(shards, chunks, scratch, run.tmp, dropped, workers)
+        if written != documents - len(dropped):  # the shards changed between signing and writing
+            raise DataError(f"wrote {written} documents, expected {documents - len(dropped)}; was the input modified?")
         sets_in = sum((Counter(r["sets"]) for r in signed), Counter())
         dropped_sets = write_clusters(chunks, scratch, nodes, roots, run.tmp / "clusters.jsonl.zst", workers)
         reject_counts = merge_rejects(
@@ -328,37 +334,41 @@ def find_duplicates(
     chunks: list[Chunk], scratch: Path, cfg: DedupConfig, documents: int, workers: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact and the near duplicate pairs (first, other) of the signed chunks, paired by partition."""
-    partitions = max(
-        int(ray.available_resources().get("CPU", 1)), math.ceil(documents * (cfg.bands + 1) / ROWS_PER_PARTITION)
-    )
+    cores = workers or int(ray.available_resources().get("CPU", 1))
+    partitions = max(cores, math.ceil(documents * (cfg.bands + 1) / ROWS_PER_PARTITION))
     bounds = [p * (1 << 32) // partitions for p in range(partitions + 1)]
     labels, first_ids = [c.label for c in chunks], chunk_first_ids(chunks)
     pairer = ray.remote(num_cpus=1)(pair_partition)
     calls = [(pairer, (lo, hi, labels, first_ids, scratch, cfg.threshold)) for lo, hi in itertools.pairwise(bounds)]
-    found = run_ordered(calls, workers, "dedup: pair", "partition")
-    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    # an exact copy is paired in every band too, and a pair found in several partitions comes back from each: keep
+    # each pair once as results arrive, so the driver holds the distinct pairs, about one per duplicate
+    exact, near = np.zeros((0, 2), dtype=np.uint64), np.zeros((0, 2), dtype=np.uint64)
+    batch = cores * 8
+    for start in range(0, len(calls), batch):
+        found = run_ordered(
+            calls[start : start + batch], workers, f"dedup: pair ({start}/{len(calls)} done)", "partition"
+        )
+        exact = np.unique(np.concatenate([exact, *(f[0] for f in found)]), axis=0)
+        near = np.unique(np.concatenate([near, *(f[1] for f in found)]), axis=0)
+    return exact, near
 
 
 def write_documents(
     shards: list[Path], chunks: list[Chunk], scratch: Path, out: Path, dropped: np.ndarray, workers: int | None
-) -> None:
-    """Write every shard's kept documents under its own name in `out` (a shard left empty stays, empty)."""
-    dropped_shard = shard_indices(dropped)
+) -> int:
+    """Write every shard's kept documents under its own name in `out` (a shard left empty stays, empty); returns how
+    many were written. `dropped` is sorted, so each shard's are one slice of it."""
+    bounds = np.searchsorted(shard_indices(dropped), np.arange(len(shards) + 1))
     line_mask = np.uint64((1 << LINE_BITS) - 1)
+    id_files: dict[int, list[Path]] = {}
+    for c in chunks:
+        id_files.setdefault(c.shard_index, []).append(scratch / f"{c.label}.ids.npy")
     writer = ray.remote(num_cpus=1)(write_kept)
     calls = [
-        (
-            writer,
-            (
-                shard,
-                out / shard.name,
-                [scratch / f"{c.label}.ids.npy" for c in chunks if c.shard_index == i],
-                dropped[dropped_shard == i] & line_mask,
-            ),
-        )
+        (writer, (shard, out / shard.name, id_files.get(i, []), dropped[bounds[i] : bounds[i + 1]] & line_mask))
         for i, shard in enumerate(shards)
     ]
-    run_ordered(calls, workers, "dedup: write", "shard")
+    return sum(run_ordered(calls, workers, "dedup: write", "shard"))
 
 
 def write_clusters(

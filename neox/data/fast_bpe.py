@@ -9,6 +9,7 @@ only used after `agrees_on` has compared both on a sample of the corpus; otherwi
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -32,9 +33,11 @@ def byte_level_alphabet() -> dict[str, int]:
     return chars
 
 
-def _is_plain_byte_level(spec: dict) -> bool:
+@functools.lru_cache(maxsize=4)  # asked per chunk of a corpus, about the same (50k-token) JSON
+def is_plain_byte_level(tokenizer_json: str) -> bool:
     """Only the pipeline tiktoken reproduces: BPE model, ByteLevel pre-tokenizer with the GPT-2 regex and no
     prefix space, NFC or no normalizer, no post-processor that adds tokens."""
+    spec = json.loads(tokenizer_json)
     model, pre, norm, post = (
         spec.get("model") or {},
         spec.get("pre_tokenizer") or {},
@@ -60,9 +63,9 @@ def fast_encoder(tokenizer_json: str) -> Callable[[str], list[int]] | None:
         import tiktoken
     except ImportError:
         return None
-    spec = json.loads(tokenizer_json)
-    if not _is_plain_byte_level(spec):
+    if not is_plain_byte_level(tokenizer_json):
         return None
+    spec = json.loads(tokenizer_json)
     alphabet = byte_level_alphabet()
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     ranks: dict[bytes, int] = {}

@@ -16,7 +16,9 @@ import concurrent.futures
 import dataclasses
 import functools
 import itertools
+import re
 import shutil
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 import ray
 
 from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
-from neox.data.fast_bpe import agrees_on, fast_encoder
+from neox.data.fast_bpe import agrees_on, fast_encoder, is_plain_byte_level
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
 from neox.data.splits import SPLITS, SPLITS_FILE, check_listed, read_splits, split_of, write_splits
@@ -53,46 +55,53 @@ class TokenizeConfig:
     """Documents per encode_batch call."""
 
 
+# Where the GPT-2 split pattern always ends one match and starts the next: before a single space, tab or newline
+# between two non-space characters. The match holding the character before it cannot take whitespace, the next one
+# starts there (` ?X+` or a whitespace token) and looks no further back; NFC never composes across a space. Python's
+# \S excludes more than the pattern's (every Unicode White_Space character is str.isspace), which only skips cuts.
+CUT = re.compile(r"(?<=\S)[ \t\n](?=\S)")
+
+
 def safe_pieces(text: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
-    """`text` in pieces of at most about `max_chars` whose ids, concatenated, are the ids of the whole text, for the
-    byte-level BPE's GPT-2 split pattern: a piece ends after a letter that a space and a letter follow. There the
-    pattern always ends one match (a letter run stops at a space) and starts the next (` ?\\p{L}+`), nothing it
-    looks at crosses the cut, and NFC never composes across it. Text without such a place stays whole."""
+    """`text` in pieces of at most about `max_chars` whose ids, concatenated, are the ids of the whole text, for a
+    byte-level BPE with the GPT-2 split pattern (`fast_bpe.is_plain_byte_level`): pieces end at a `CUT`, the last one
+    in the window (or the first after it). Text without such a place (a long run of CJK, say) stays whole."""
     start = 0
     while len(text) - start > max_chars:
-        cut = text.rfind(" ", start + 1, start + max_chars)
-        while cut > start and not (text[cut - 1].isalpha() and text[cut + 1].isalpha()):
-            cut = text.rfind(" ", start + 1, cut)
-        if cut <= start:  # none in this window: take the next one after it
-            cut = next(
-                (
-                    i
-                    for i in _spaces_from(text, start + max_chars)
-                    if text[i - 1].isalpha() and text[i + 1 : i + 2].isalpha()
-                ),
-                len(text),
-            )
+        cut = _last_cut(text, start + 1, start + max_chars) or _first_cut(text, start + max_chars)
+        if cut is None:
+            break
         yield text[start:cut]
         start = cut
-    if start < len(text) or not text:
-        yield text[start:]
+    yield text[start:]
 
 
-def _spaces_from(text: str, start: int) -> Iterator[int]:
-    while (i := text.find(" ", start)) >= 0:
-        yield i
-        start = i + 1
+def _fits(text: str, cut: int) -> bool:
+    return unicodedata.combining(text[cut + 1]) == 0  # a combining mark after the space: no cut, to be safe
+
+
+def _last_cut(text: str, start: int, end: int) -> int | None:
+    cut = None
+    for match in CUT.finditer(text, start, end):
+        if _fits(text, match.start()):
+            cut = match.start()
+    return cut
+
+
+def _first_cut(text: str, start: int) -> int | None:
+    return next((m.start() for m in CUT.finditer(text, start) if _fits(text, m.start())), None)
 
 
 def encode_documents(
-    texts: list[str], encode_many: Callable[[list[str]], list[list[int]]], dtype: np.dtype
+    texts: list[str], encode_many: Callable[[list[str]], list[list[int]]], dtype: np.dtype, splittable: bool
 ) -> list[np.ndarray]:
-    """Each text's ids: the usual ones in one batch, a long one piece by piece (`safe_pieces`)."""
+    """Each text's ids: the usual ones in one batch, a long one piece by piece (`safe_pieces`) when the tokenizer
+    is a plain byte-level BPE (another may add special tokens per call, or split elsewhere)."""
     encoded: list[np.ndarray | None] = [None] * len(texts)
-    usual = [i for i, text in enumerate(texts) if len(text) <= MAX_PIECE_CHARS]
+    usual = [i for i, text in enumerate(texts) if len(text) <= MAX_PIECE_CHARS or not splittable]
     for i, ids in zip(usual, encode_many([texts[i] for i in usual]), strict=True):
         encoded[i] = np.asarray(ids, dtype=dtype)
-    for i in (i for i, text in enumerate(texts) if len(text) > MAX_PIECE_CHARS):
+    for i in (i for i, text in enumerate(texts) if len(text) > MAX_PIECE_CHARS and splittable):
         encoded[i] = np.concatenate(
             [np.asarray(encode_many([piece])[0], dtype=dtype) for piece in safe_pieces(texts[i])]
         )
@@ -115,6 +124,7 @@ def tokenize_chunk(chunk: Chunk, tokenizer_json: str, part: Path, batch_size: in
     """Tokenize one chunk into `part`.bin with its sequence sizes in `part`.sizes.npy (+ `part`.rejects.jsonl);
     return its counts. `fast` uses the tiktoken engine (already checked to agree with `tokenizers` on this corpus)."""
     tok, encode_many = encoders(tokenizer_json, fast)
+    splittable = is_plain_byte_level(tokenizer_json)
     eod = np.array([eod_id(tok)], dtype=token_dtype(tok.get_vocab_size()))
     rejects = Rejects(part.with_suffix(".rejects.jsonl"))
     sizes: list[int] = []
@@ -123,7 +133,7 @@ def tokenize_chunk(chunk: Chunk, tokenizer_json: str, part: Path, batch_size: in
         with open(part.with_suffix(".bin"), "wb") as out:
             docs = read_chunk(chunk, rejects)
             while batch := list(itertools.islice(docs, batch_size)):
-                encoded = encode_documents([doc.text for doc in batch], encode_many, eod.dtype)
+                encoded = encode_documents([doc.text for doc in batch], encode_many, eod.dtype, splittable)
                 pieces = []
                 for doc, ids in zip(batch, encoded, strict=True):
                     documents += 1
@@ -174,7 +184,8 @@ def tokenize_shards(
         task = ray.remote(num_cpus=1)(tokenize_chunk)
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
-        chunks = plan_chunks(shards, chunk_bytes, workers)
+        (parts_dir / "chunks").mkdir()
+        chunks = plan_chunks(shards, chunk_bytes, workers, parts_dir / "chunks")
         calls = [(task, (c, tokenizer_json, parts_dir / c.label, cfg.batch_size, fast)) for c in chunks]
         ordered = run_ordered(calls, workers, desc="tokenize", unit="chunk")
         documents = sum(r["documents"] for r in ordered)

@@ -7,6 +7,7 @@ configs carry them), and the `train:` section of a pipeline config overrides the
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -133,10 +134,10 @@ class TrainConfig:
         if isinstance(self.data, tuple) and not self.data:
             raise ValueError("data: give a tokenize stage output, or a list of at least one")
         if self.data_weights is not None:
+            if not math.isfinite(sum(self.data_weights)) or sum(self.data_weights) <= 0:
+                raise ValueError("data_weights: the weights must be finite, and at least one positive")
             if len(self.data_weights) != len(self.datasets):
                 raise ValueError(f"data_weights: {len(self.data_weights)} weights for {len(self.datasets)} datasets")
-            if sum(self.data_weights) <= 0:
-                raise ValueError("data_weights: at least one weight must be positive")
 
     @property
     def datasets(self) -> tuple[str, ...]:

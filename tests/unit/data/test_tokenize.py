@@ -136,6 +136,9 @@ TRICKY = [
     "tabs\tand\nnew lines\n\n  indented text here with ids 12345 67 and more words",
     "日本語の テキスト と English mixed together here and there again",
     "a" * 300 + " b" * 40 + " " + "c" * 120,  # long runs with and without a place to cut
+    "1.5 2.25 -3 4e9\n10 20 30\n(x) [y] {z} 'q' \"r\"\n",  # a numeric table, punctuation
+    "日本語のテキスト\n改行のある文章\n次の行 と 空白\t タブ\u3000全角空白",  # CJK: lines, tabs, ideographic space
+    "e \u0301 combining after a space, a\u00a0no-break\x1cseparator  two spaces\n\n blank line",
 ]
 
 

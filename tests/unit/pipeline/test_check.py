@@ -81,6 +81,7 @@ MISTAKES = [
     ("train.data", [], "train: data: give a tokenize stage output, or a list of at least one"),
     ("train.data_weights", [1, 2], "train: data_weights: 2 weights for 0 datasets"),
     ("train.data_weights", [-1], "train.data_weights.0: input should be greater than or equal to 0"),
+    ("train.data_weights", [float("inf")], "train: data_weights: the weights must be finite"),
     # eval
     ("eval.dtype", "int8", "eval.dtype: input should be 'float32', 'bfloat16' or 'float16'"),
     ("eval.tasks", [], "eval: tasks names no task"),
