@@ -161,3 +161,13 @@ def test_bad_lines_are_kept_as_rejects_and_empty_input_is_refused(tmp_path, ray_
 def test_config_is_validated():
     with pytest.raises(ValueError, match="exceeds num_perm"):
         DedupConfig(bands=20, rows=8, num_perm=128)
+
+
+def test_a_corpus_without_duplicates_comes_out_whole(tmp_path, ray_local):
+    rng = random.Random(5)
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "00.jsonl", ({"text": " ".join(rng.choices(WORDS, k=80))} for _ in range(30)))
+    out = dedup_shards(tmp_path / "in", tmp_path / "work", workers=2, chunk_bytes=500).path
+    stats = verify_output(out)["stats"]
+    assert stats["documents_in"] == stats["documents_out"] == 30 and stats["clusters"] == 0
+    assert read_clusters(out) == [] and (out / "00.jsonl").read_bytes() == (tmp_path / "in" / "00.jsonl").read_bytes()
