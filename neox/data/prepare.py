@@ -101,15 +101,13 @@ def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:
     return download_sources(data_sources(data, Path(work_root)), work_root)
 
 
+def scale_out(data: DataConfig) -> dict[str, Any]:
+    """How the dedup and tokenize stages spread their tasks (none of it changes their output)."""
+    return {"workers": data.workers, "ray_address": data.ray_address, "chunk_bytes": data.chunk_mb << 20}
+
+
 def dedup_stage(downloaded: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
-    return dedup_shards(
-        downloaded,
-        work_root,
-        data.dedup,
-        workers=data.workers,
-        ray_address=data.ray_address,
-        chunk_bytes=data.chunk_mb << 20,
-    )
+    return dedup_shards(downloaded, work_root, data.dedup, **scale_out(data))
 
 
 def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
@@ -123,15 +121,7 @@ def tokenizer_from_section(deduped: str | Path, data: DataConfig, work_root: str
 def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig, work_root: str | Path) -> StageResult:
     """Tokenize the deduplicated shards with the tokenizer stage's output (its folder)."""
     tokenizer_file = Path(tokenizer) / TOKENIZER_FILE
-    return tokenize_shards(
-        deduped,
-        tokenizer_file,
-        work_root,
-        data.tokenize,
-        workers=data.workers,
-        ray_address=data.ray_address,
-        chunk_bytes=data.chunk_mb << 20,
-    )
+    return tokenize_shards(deduped, tokenizer_file, work_root, data.tokenize, **scale_out(data))
 
 
 def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, Path]:
