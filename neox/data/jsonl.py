@@ -119,15 +119,22 @@ def decompressed_blocks(path: Path, start: int = 0) -> Iterator[bytes]:
 
 
 def split_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (newline included; the last one may lack it) of a byte stream given in blocks."""
-    rest = b""
+    """Lines (newline included; the last one may lack it) of a byte stream given in blocks. A line longer than a
+    block is gathered in a list and joined once (adding block to block would copy it once per block)."""
+    rest: list[bytes] = []
     for block in blocks:
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
+        if b"\n" not in block:
+            rest.append(block)
+            continue
+        lines = block.split(b"\n")
+        if rest:
+            lines[0] = b"".join([*rest, lines[0]])
+        last = lines.pop()
         for line in lines:
             yield line + b"\n"
+        rest = [last] if last else []
     if rest:
-        yield rest
+        yield b"".join(rest)
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
