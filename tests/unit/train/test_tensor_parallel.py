@@ -1,0 +1,99 @@
+"""Tensor-parallel layers on two real gloo ranks: the split model's loss and every gradient are the dense model's
+(each rank's slice of them), the vocabulary-parallel loss never gathers the logits, and a split that does not
+divide is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from neox.train.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    vocab_parallel_cross_entropy,
+)
+
+VOCAB, HIDDEN, FFN = 16, 8, 12
+
+
+def dense_model() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "embed": nn.Embedding(VOCAB, HIDDEN),
+        "up": nn.Linear(HIDDEN, FFN),
+        "down": nn.Linear(FFN, HIDDEN),
+        "out": nn.Linear(HIDDEN, VOCAB, bias=False),
+    }
+
+
+def run(modules, ids, target, cross_entropy):
+    h = modules["embed"](ids)
+    h = modules["down"](F.gelu(modules["up"](h))) + h
+    return cross_entropy(modules["out"](h), target).mean()
+
+
+def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(1)
+        ids, target = torch.randint(0, VOCAB, (3, 5)), torch.randint(0, VOCAB, (3, 5))
+        dense = dense_model()
+        dense_loss = run(
+            dense, ids, target, lambda logits, t: F.cross_entropy(logits.transpose(1, 2), t, reduction="none")
+        )
+        dense_loss.backward()
+
+        split = {
+            "embed": VocabParallelEmbedding(VOCAB, HIDDEN, None),
+            "up": ColumnParallelLinear(HIDDEN, FFN, None),
+            "down": RowParallelLinear(FFN, HIDDEN, None),
+            "out": ColumnParallelLinear(HIDDEN, VOCAB, None, bias=False),
+        }
+        for name, module in split.items():
+            module.load_dense(dense[name])
+        logits_seen = []
+
+        def parallel_loss(logits, t):
+            logits_seen.append(logits.shape[-1])
+            return vocab_parallel_cross_entropy(logits, t, None)
+
+        loss = run(split, ids, target, parallel_loss)
+        loss.backward()
+        assert logits_seen == [VOCAB // world]  # each rank computes only its slice of the vocabulary
+        torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-6)
+        rows, columns = slice(rank * FFN // world, (rank + 1) * FFN // world), slice(rank * VOCAB // world, None)
+        expected = {
+            "embed.weight": dense["embed"].weight.grad[rank * VOCAB // world : (rank + 1) * VOCAB // world],
+            "up.weight": dense["up"].weight.grad[rows],
+            "up.bias": dense["up"].bias.grad[rows],
+            "down.weight": dense["down"].weight.grad[:, rows],
+            "down.bias": dense["down"].bias.grad,
+            "out.weight": dense["out"].weight.grad[columns][: VOCAB // world],
+        }
+        for name, grad in expected.items():
+            module, parameter = name.split(".")
+            torch.testing.assert_close(getattr(split[module], parameter).grad, grad, rtol=1e-5, atol=1e-6, msg=name)
+
+        # gathering a column-parallel output gives the dense output, and the input's gradient is the dense one
+        x = torch.randn(4, HIDDEN, requires_grad=True)
+        gathered = ColumnParallelLinear(HIDDEN, FFN, None, gather_output=True)
+        gathered.load_dense(dense["up"])
+        reference_x = x.detach().clone().requires_grad_()
+        torch.testing.assert_close(gathered(x), dense["up"](reference_x))
+        gathered(x).pow(2).sum().backward()
+        dense["up"](reference_x).pow(2).sum().backward()
+        torch.testing.assert_close(x.grad, reference_x.grad)
+
+        with pytest.raises(ValueError, match="does not split over 2 tensor-parallel ranks"):
+            ColumnParallelLinear(HIDDEN, 7, None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_tensor_parallel_ranks_compute_the_dense_loss_and_gradients(tmp_path):
+    mp.spawn(check_on_rank, args=(2, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
