@@ -47,7 +47,7 @@ from scipy.sparse.csgraph import connected_components
 
 from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, write_lines, write_shard
-from neox.data.splits import check_listed, held_out_first, read_splits, split_of, write_splits
+from neox.data.splits import held_out_first, read_splits, split_of, write_splits
 from neox.errors import DataError
 from neox.pipeline.configfile import NonNegative, Positive, section
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage
@@ -57,6 +57,7 @@ STAGE = "dedup"
 CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects; splits
 
 LINE_BITS = 40  # a document id is shard index << LINE_BITS | line number
+LINE_MASK = (1 << LINE_BITS) - 1
 SIGN_BATCH = 2000  # documents shingled and signed at once: bounds a task's memory whatever the chunk size
 ROWS_PER_PARTITION = 4_000_000  # key rows a pair task sorts at once (~200 MB)
 CONFIRM_BATCH = 100_000  # candidate pairs whose signatures are compared at once (~100 MB)
@@ -106,11 +107,14 @@ def key_width(cfg: DedupConfig) -> int:
 
 
 def row_dtype(cfg: DedupConfig) -> np.dtype:
-    return np.dtype([("hash", "<u4"), ("band", "<u2"), ("doc", "<u8"), ("key", "<u8", (key_width(cfg),))])
+    return np.dtype([("band", "<u2"), ("doc", "<u8"), ("key", "<u8", (key_width(cfg),))])
 
 
-def key_rows(ids: np.ndarray, exact: np.ndarray, signatures: np.ndarray, cfg: DedupConfig) -> np.ndarray:
-    """One row per document and key (the exact hash, then each band's values), sorted by the key's hash."""
+def key_rows(
+    ids: np.ndarray, exact: np.ndarray, signatures: np.ndarray, cfg: DedupConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row per document and key (the exact hash, then each band's values) and the key's 32-bit hash, both
+    sorted by the hash."""
     n, width = len(ids), key_width(cfg)
     rows = np.zeros(n * (cfg.bands + 1), dtype=row_dtype(cfg))
     rows["doc"] = np.tile(ids, cfg.bands + 1)
@@ -126,8 +130,9 @@ def key_rows(ids: np.ndarray, exact: np.ndarray, signatures: np.ndarray, cfg: De
     for word in range(width):
         mixed = (mixed ^ rows["key"][:, word]) * np.uint64(0xBF58476D1CE4E5B9)
         mixed ^= mixed >> np.uint64(29)
-    rows["hash"] = (mixed >> np.uint64(32)).astype(np.uint32)
-    return rows[np.argsort(rows["hash"], kind="stable")]
+    hashes = (mixed >> np.uint64(32)).astype(np.uint32)
+    order = np.argsort(hashes, kind="stable")
+    return rows[order], hashes[order]
 
 
 def sign_chunk(chunk: Chunk, cfg: DedupConfig, scratch: Path) -> dict[str, Any]:
@@ -153,10 +158,10 @@ def sign_chunk(chunk: Chunk, cfg: DedupConfig, scratch: Path) -> dict[str, Any]:
     exact_array = np.frombuffer(b"".join(exact), dtype=np.uint8).reshape(-1, 16)
     np.save(scratch / f"{chunk.label}.ids.npy", ids_array)
     np.save(scratch / f"{chunk.label}.sig.npy", signatures)
-    rows = key_rows(ids_array, exact_array, signatures, cfg)
+    rows, hashes = key_rows(ids_array, exact_array, signatures, cfg)
     np.save(scratch / f"{chunk.label}.rows.npy", rows)
-    # the hashes again, contiguous: a pair task binary-searches them in place, touching a few pages of the file
-    np.save(scratch / f"{chunk.label}.hash.npy", np.ascontiguousarray(rows["hash"]))
+    # apart from the rows, contiguous: a pair task binary-searches them in place, touching a few pages of the file
+    np.save(scratch / f"{chunk.label}.hash.npy", hashes)
     (scratch / f"{chunk.label}.meta.json").write_text(json.dumps({"sets": sets, "paths": paths}))
     return {"documents": len(ids), "bytes": size, "sets": dict(Counter(sets)), "reject_counts": rejects.counts}
 
@@ -242,7 +247,7 @@ def describe_documents(label: str, scratch: Path, docs: np.ndarray) -> tuple[lis
 
 def write_kept(shard: Path, out: Path, id_files: list[Path], dropped_lines: np.ndarray) -> int:
     """Copy the shard's documents but the dropped ones, byte for byte (they were parsed and checked when signed)."""
-    lines = [np.load(f) & np.uint64((1 << LINE_BITS) - 1) for f in id_files]
+    lines = [line_numbers(np.load(f)) for f in id_files]
     keep = iter(np.setdiff1d(np.concatenate(lines) if lines else [], dropped_lines).tolist())
     wanted = next(keep, None)
 
@@ -269,7 +274,6 @@ def dedup_shards(
     changes the output."""
     held_out = read_splits(input_dir)
     shards = held_out_first(list_shards(input_dir), held_out)  # a held-out copy of a duplicate is the one kept
-    check_listed(held_out, shards, input_dir)
 
     def body(run: StageRun) -> None:
         ensure_ray(ray_address)
@@ -285,7 +289,8 @@ def dedup_shards(
             raise DataError(f"no documents in {input_dir}: every line was empty or rejected")
         exact, near = find_duplicates(chunks, scratch, cfg, documents, workers)
         nodes, roots = components(exact, near)
-        dropped = nodes[roots != nodes]
+        is_dropped = roots != nodes  # a cluster keeps its root, its first document
+        dropped = nodes[is_dropped]
         written = write_documents(shards, chunks, scratch, run.tmp, dropped, workers)
         if written != documents - len(dropped):  # the shards changed between signing and writing
             raise DataError(f"wrote {written} documents, expected {documents - len(dropped)}; was the input modified?")
@@ -303,12 +308,12 @@ def dedup_shards(
             bytes_in=sum(r["bytes"] for r in signed),
             exact_duplicates=exact_duplicates,
             near_duplicates=len(dropped) - exact_duplicates,
-            clusters=int(np.sum(roots == nodes)),
+            clusters=int(np.sum(~is_dropped)),
             largest_cluster=int(np.unique(roots, return_counts=True)[1].max()) if len(roots) else 0,
             rejects=reject_counts,
             per_set={name: {"in": n, "out": n - dropped_sets.get(name, 0)} for name, n in sorted(sets_in.items())},
             chunks=len(chunks),
-            decontaminated=decontaminated(dropped, roots[roots != nodes], shards, held_out),
+            decontaminated=decontaminated(dropped, roots[is_dropped], shards, held_out),
         )
 
     inputs = {"shards": input_fingerprint(input_dir)}
@@ -323,6 +328,10 @@ def decontaminated(dropped: np.ndarray, their_roots: np.ndarray, shards: list[Pa
 
 def shard_indices(docs: np.ndarray) -> np.ndarray:
     return (docs >> np.uint64(LINE_BITS)).astype(np.int64)
+
+
+def line_numbers(docs: np.ndarray) -> np.ndarray:
+    return docs & np.uint64(LINE_MASK)
 
 
 def chunk_first_ids(chunks: list[Chunk]) -> np.ndarray:
@@ -359,13 +368,12 @@ def write_documents(
     """Write every shard's kept documents under its own name in `out` (a shard left empty stays, empty); returns how
     many were written. `dropped` is sorted, so each shard's are one slice of it."""
     bounds = np.searchsorted(shard_indices(dropped), np.arange(len(shards) + 1))
-    line_mask = np.uint64((1 << LINE_BITS) - 1)
     id_files: dict[int, list[Path]] = {}
     for c in chunks:
         id_files.setdefault(c.shard_index, []).append(scratch / f"{c.label}.ids.npy")
     writer = ray.remote(num_cpus=1)(write_kept)
     calls = [
-        (writer, (shard, out / shard.name, id_files.get(i, []), dropped[bounds[i] : bounds[i + 1]] & line_mask))
+        (writer, (shard, out / shard.name, id_files.get(i, []), line_numbers(dropped[bounds[i] : bounds[i + 1]])))
         for i, shard in enumerate(shards)
     ]
     return sum(run_ordered(calls, workers, "dedup: write", "shard"))
@@ -380,7 +388,6 @@ def write_clusters(
     describer = ray.remote(num_cpus=1)(describe_documents)
     wanted = list(by_chunk(nodes, chunk_first_ids(chunks)))
     calls = [(describer, (chunks[chunk].label, scratch, nodes[part])) for chunk, part in wanted]
-    set_names: list[str] = []
     set_numbers: dict[str, int] = {}
     node_set = np.zeros(len(nodes), dtype=np.int32)
     paths: dict[int, str] = {}
@@ -393,7 +400,7 @@ def write_clusters(
 
     def describe(i: int) -> dict[str, Any]:
         doc = int(nodes[i])
-        entry = {"id": f"{shard_name[doc >> LINE_BITS]}:{doc & ((1 << LINE_BITS) - 1)}", "set": set_names[node_set[i]]}
+        entry = {"id": f"{shard_name[doc >> LINE_BITS]}:{doc & LINE_MASK}", "set": set_names[node_set[i]]}
         return entry | ({"path": paths[i]} if i in paths else {})
 
     def records() -> Iterator[dict[str, Any]]:
