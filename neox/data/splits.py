@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from neox.data.jsonl import list_shards
 from neox.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -21,7 +22,8 @@ SPLITS_FILE = "splits.json"
 
 
 def read_splits(folder: str | Path) -> dict[str, str]:
-    """Shard name -> split for the held-out shards a folder's splits.json names (empty without the file)."""
+    """Shard name -> split for the held-out shards a folder's splits.json names (empty without the file); each must
+    be a shard of the folder."""
     path = Path(folder) / SPLITS_FILE
     if not path.exists():
         return {}
@@ -38,6 +40,9 @@ def read_splits(folder: str | Path) -> dict[str, str]:
         for name in shards:
             if names.setdefault(name, split) != split:
                 raise DataError(f"{path}: {name} is listed as both {names[name]} and {split}")
+    missing = sorted(set(names) - {shard.name for shard in list_shards(folder)})
+    if missing:
+        raise DataError(f"{path} names shards that are not in {folder}: {', '.join(missing)}")
     return names
 
 
@@ -56,10 +61,3 @@ def held_out_first(shards: list[Path], held_out: dict[str, str]) -> list[Path]:
     """The shards in dedup's order: test, then valid, then training shards, by name within each."""
     rank = {split: i for i, split in enumerate([*HELD_OUT, "train"])}
     return sorted(shards, key=lambda s: (rank[split_of(s, held_out)], s.name))
-
-
-def check_listed(held_out: dict[str, str], shards: list[Path], folder: str | Path) -> None:
-    """Every shard splits.json names is in the folder."""
-    missing = sorted(set(held_out) - {s.name for s in shards})
-    if missing:
-        raise DataError(f"{Path(folder) / SPLITS_FILE} names shards that are not in {folder}: {', '.join(missing)}")

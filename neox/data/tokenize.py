@@ -31,7 +31,7 @@ from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
 from neox.data.fast_bpe import agrees_on, fast_encoder, is_plain_byte_level
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
-from neox.data.splits import SPLITS, SPLITS_FILE, check_listed, read_splits, split_of, write_splits
+from neox.data.splits import SPLITS, SPLITS_FILE, read_splits, split_of, write_splits
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
 from neox.pipeline.configfile import PlainName, Positive, section
@@ -171,7 +171,6 @@ def tokenize_shards(
     CPUs), `chunk_bytes` the text one task reads; neither changes the output."""
     shards = list_shards(input_dir)
     held_out = read_splits(input_dir)
-    check_listed(held_out, shards, input_dir)
     tok = load_tokenizer(tokenizer_file)
 
     def body(run: StageRun) -> None:
