@@ -5,8 +5,9 @@ A chunk is the shortest run of whole lines holding at least `chunk_bytes` decomp
 previous one ends (the last chunk of a shard may be shorter). Planning reads each shard once (a Ray task per shard)
 to find those line starts and their line numbers; a chunk then reads only its own lines. A plain shard is read
 from the chunk's offset; a zstd stream cannot seek, so planning, given a scratch folder, also writes each chunk of
-a zstd shard that has several into a file of its own (zstd level 1, a few hundred MB/s): otherwise each chunk would
-decompress everything before it, about k/2 shards' worth for k chunks (terabytes for the Pile's 27 GB shards).
+a zstd shard but the first (which starts the stream) into a file of its own (zstd level 1, a few hundred MB/s):
+otherwise each chunk would decompress everything before it, about k/2 shards' worth for k chunks (terabytes for
+the Pile's 27 GB shards).
 Every stage's result is the same whatever the chunk size.
 """
 
@@ -28,7 +29,7 @@ class Chunk:
     """Lines [first_line, ...) of a shard, at decompressed bytes [start, end)."""
 
     shard: Path
-    shard_index: int  # the shard's position in the stage's (name-sorted) shard list
+    shard_index: int  # the shard's position in the stage's shard list, the order its documents are numbered in
     start: int
     end: int
     first_line: int  # 1-based, as rejects and dedup clusters number lines
@@ -45,20 +46,21 @@ def chunk_label(shard_index: int, first_line: int) -> str:
 
 
 class _Copies:
-    """The zstd files a shard's chunks are copied into while it is planned, one per chunk."""
+    """The zstd files a shard's chunks after the first are copied into while it is planned, one per chunk."""
 
     def __init__(self, folder: Path, shard_index: int):
         self.folder, self.shard_index, self.paths = folder, shard_index, []
-        self._raw = self._out = None
+        self._out = None
 
     def start(self, first_line: int) -> None:
         self.close()
         self.paths.append(self.folder / f"{chunk_label(self.shard_index, first_line)}.jsonl.zst")
-        self._raw = open(self.paths[-1], "wb")
-        self._out = zstandard.ZstdCompressor(level=1).stream_writer(self._raw)
+        self._out = zstandard.ZstdCompressor(level=1).stream_writer(open(self.paths[-1], "wb"))
 
     def write(self, data: bytes) -> None:
-        self._out.write(data)
+        """Append to the chunk being copied (none yet while the first chunk, read from the shard, is scanned)."""
+        if self._out is not None:
+            self._out.write(data)
 
     def close(self) -> None:
         if self._out is not None:
@@ -67,16 +69,14 @@ class _Copies:
 
 
 def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | None = None) -> list[Chunk]:
-    """The chunks of one shard (none for an empty shard). With `scratch`, the chunks of a zstd shard that has more
-    than one are also copied there, one file each."""
+    """The chunks of one shard (none for an empty shard). With `scratch`, a zstd shard's chunks but the first are
+    also copied there, one file each."""
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
     if not shard.name.endswith(".zst") and shard.stat().st_size <= chunk_bytes:
         size = shard.stat().st_size  # one chunk, known without reading it
         return [Chunk(shard, shard_index, 0, size, 1)] if size else []
     copies = _Copies(scratch, shard_index) if scratch is not None and shard.name.endswith(".zst") else None
-    if copies:
-        copies.start(1)
     starts, lines = [0], [1]
     target = chunk_bytes  # the next chunk starts at the first line start at or after this offset
     offset, newlines = 0, 0  # of the current block: its offset, and the newlines before it
@@ -106,13 +106,10 @@ def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | 
         starts.pop()
         lines.pop()
     ends = [*starts[1:], offset] if starts else []
-    kept = copies.paths[: len(starts)] if copies and len(starts) > 1 else []
-    for path in copies.paths[len(kept) :] if copies else []:
-        path.unlink()  # the copy started at the end of the shard, or the one chunk of a shard read whole
-    return [
-        Chunk(shard, shard_index, s, e, n, kept[i] if kept else None)
-        for i, (s, e, n) in enumerate(zip(starts, ends, lines, strict=True))
-    ]
+    copied = [None, *copies.paths[: len(starts) - 1]] if copies else [None] * len(starts)
+    for path in copies.paths[len(starts) - 1 :] if copies else []:
+        path.unlink()  # the copy started at the end of the shard: no line is in it
+    return [Chunk(shard, shard_index, *chunk) for chunk in zip(starts, ends, lines, copied, strict=True)]
 
 
 def plan_chunks(shards: list[Path], chunk_bytes: int, workers: int | None, scratch: Path | None = None) -> list[Chunk]:
