@@ -165,21 +165,18 @@ def build_split_datasets(
 ) -> dict[str, GPT2Dataset]:
     """The train/valid/test datasets asked for in num_samples: of one `.bin/.idx` prefix cut by the positional
     `split`, or, given named splits (split -> prefix, as gpt-neox's train/valid/test_data_paths), each whole."""
-    out = {}
-    for i, name in enumerate(SPLITS):
-        if not num_samples.get(name):
-            continue
-        if isinstance(data, dict):
-            if name not in data:
-                continue
-            indexed = IndexedDataset(data[name])
-            documents = np.arange(len(indexed), dtype=np.int32)
-        else:
-            indexed = IndexedDataset(data)
-            bounds = split_boundaries(split, len(indexed))
-            documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
-        out[name] = GPT2Dataset(indexed, documents, num_samples[name], seq_length, seed, cache_dir)
-    return out
+    if isinstance(data, dict):
+        named = {name: IndexedDataset(prefix) for name, prefix in data.items()}
+        parts = {name: (indexed, np.arange(len(indexed), dtype=np.int32)) for name, indexed in named.items()}
+    else:
+        indexed = IndexedDataset(data)
+        bounds = split_boundaries(split, len(indexed))
+        parts = {name: (indexed, np.arange(bounds[i], bounds[i + 1], dtype=np.int32)) for i, name in enumerate(SPLITS)}
+    return {
+        name: GPT2Dataset(*parts[name], num_samples[name], seq_length, seed, cache_dir)
+        for name in SPLITS
+        if num_samples.get(name) and name in parts
+    }
 
 
 BLEND_WEIGHT_SCALE = 1 << 24  # weights are rounded to multiples of 2^-24 of their sum, so the rule is exact in int64
@@ -217,10 +214,10 @@ def blending_indices(weights: list[float], size: int) -> tuple[np.ndarray, np.nd
     """For each of `size` samples, which dataset and which of its samples. Dataset k's j-th sample comes at
     priority (j + 1/2) / w_k, lower first, ties to the lower dataset (a stride schedule): at every point each
     dataset's count is within half a sample per dataset of its share (gpt-neox's greedy build_blending_indices
-    stays within about one, in another order; tests compare the two). The
-    position of each sample is counted, not searched for: the samples of dataset l ahead of (k, j) are those with
-    (2j' + 1) w_k < (2j + 1) w_l, so building the index is a few vectorised passes: ~4 s for Pythia's 146M
-    samples on one core (bench/blend.py), where a per-sample Python loop takes a minute and a numpy one 6."""
+    stays within about one, in another order; tests compare the two). The position of each sample is counted, not
+    searched for: the samples of dataset l ahead of (k, j) are those with (2j' + 1) w_k < (2j + 1) w_l, so building
+    the index is a few vectorised passes: ~4 s for Pythia's 146M samples on one core (bench/blend.py), where a
+    per-sample Python loop takes a minute and a numpy one 6."""
     w = np.asarray(weights, dtype=np.float64)
     if len(w) == 0 or len(w) > 254 or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
         raise ConfigError(f"blend weights must be 1 to 254 non-negative numbers with a positive sum, got {weights}")
