@@ -35,13 +35,15 @@ class Part:
 
     def __init__(self, path: Path):
         self.path = path
-        self._digest = hashlib.sha256()
-        self.size = 0
+        self._digest, self.size = hashlib.sha256(), 0
         if path.exists():
-            with open(path, "rb") as existing:
-                while block := existing.read(CHUNK):
-                    self._digest.update(block)
-                    self.size += len(block)
+            self._hash_what_is_there()
+
+    def _hash_what_is_there(self) -> None:
+        with open(self.path, "rb") as existing:
+            while block := existing.read(CHUNK):
+                self._digest.update(block)
+                self.size += len(block)
 
     @contextlib.contextmanager
     def appending(self) -> Iterator[Callable[[bytes], None]]:
@@ -59,6 +61,12 @@ class Part:
         """Empty the part: what it holds cannot be resumed from."""
         self.path.unlink(missing_ok=True)
         self._digest, self.size = hashlib.sha256(), 0
+
+    def adopt(self, whole: Path) -> None:
+        """Make a complete file written elsewhere the part (read once, to hash it)."""
+        self.restart()
+        os.replace(whole, self.path)
+        self._hash_what_is_there()
 
     @property
     def sha256(self) -> str:
@@ -144,13 +152,9 @@ def _fetch_hf(url: str, part: Part, retry: Retry, progress: Callable[[int], None
             f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}"
         ) from None
     field = query.get("text", "text")
-    part.restart()  # a generated shard is rebuilt whole, not resumed
     tmp = part.path.with_name(part.path.name + ".jsonl.zst")
     write_shard(tmp, ({"text": row[field], "meta": {"pile_set_name": repo}} for row in dataset))
-    with open(tmp, "rb") as shard, part.appending() as write:
-        while block := shard.read(CHUNK):
-            write(block)
-    os.remove(tmp)
+    part.adopt(tmp)  # a generated shard is rebuilt whole, not resumed
     progress(part.size)
 
 

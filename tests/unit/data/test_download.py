@@ -248,3 +248,17 @@ def test_pile_catalog_lists_every_shard_under_the_mirror():
     ]
     with pytest.raises(ValueError, match="unsupported source scheme"):
         Source("ftp://x/y")
+
+
+def test_a_part_hashes_what_it_resumes_from_and_a_file_it_adopts(tmp_path):
+    from neox.data.transports import Part
+
+    (tmp_path / "part").write_bytes(b"first half, ")
+    part = Part(tmp_path / "part")
+    with part.appending() as write:
+        write(b"second half")
+    assert (part.size, part.sha256) == (23, sha(b"first half, second half"))
+    (tmp_path / "generated").write_bytes(b"a shard built elsewhere")
+    part.adopt(tmp_path / "generated")  # as a generated hf:// shard is taken whole
+    assert (part.size, part.sha256) == (23, sha(b"a shard built elsewhere"))
+    assert (tmp_path / "part").read_bytes() == b"a shard built elsewhere" and not (tmp_path / "generated").exists()
