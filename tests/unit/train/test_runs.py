@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neox.errors import RunStateError
+from neox.errors import ConfigError, RunStateError
 from neox.pipeline.layout import DEEPSPEED_TAG, RUN_FILE, STATE_FILE
 from neox.train.config import TrainConfig
 from neox.train.launch import continuation_of, continued_run
@@ -18,11 +18,17 @@ from tests.conftest import REPO
 TINY = str(REPO / "configs" / "model" / "tiny.yml")
 
 
-def dataset(root: Path, key: str) -> str:
-    """A stage output the planner accepts: a tokenize manifest (no files) with the tokenizer's size."""
+def dataset(root: Path, key: str, tokenizer: str = "tok-1") -> str:
+    """A stage output the planner accepts: a tokenize manifest (no files) with the tokenizer's hash and size."""
     folder = root / "tokenize" / key
     folder.mkdir(parents=True)
-    manifest = {"stage": "tokenize", "key": key, "files": {}, "stats": {"vocab_size": 300}}
+    manifest = {
+        "stage": "tokenize",
+        "key": key,
+        "files": {},
+        "inputs": {"tokenizer": tokenizer},
+        "stats": {"vocab_size": 300},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return str(folder)
 
@@ -96,3 +102,13 @@ def test_a_stopped_continued_run_is_found_again_by_the_config_that_started_it(tm
     continued = stopped_at(cfg, 35, continued_from={"run": first.name, "step": 30})
     found = continuation_of(plan_run(cfg))
     assert found is not None and Path(found.storage.uri) == continued
+
+
+def test_blended_datasets_must_share_a_tokenizer_and_their_keys_and_weights_make_the_run_key(tmp_path):
+    first, second = dataset(tmp_path, "data-1"), dataset(tmp_path, "data-2")
+    plan = plan_run(config(tmp_path, data=(first, second), data_weights=(3.0, 1.0)))
+    assert plan.identity["data"] == [["data-1", 0.75], ["data-2", 0.25]]
+    assert plan.key != plan_run(config(tmp_path, data=(first, second))).key  # other weights, another run
+    other = dataset(tmp_path, "data-3", tokenizer="tok-2")
+    with pytest.raises(ConfigError, match="tokenized with another tokenizer"):
+        plan_run(config(tmp_path, data=(first, other)))
