@@ -2,8 +2,9 @@
 big shard is many tasks and a cluster is not capped at one busy core per shard.
 
 A chunk is the shortest run of whole lines holding at least `chunk_bytes` decompressed bytes, starting where the
-previous one ends (the last chunk of a shard may be shorter). Planning reads each shard once (a Ray task per shard)
-to find those line starts and their line numbers; a chunk then reads only its own lines. A plain shard is read
+previous one ends (the last chunk of a shard may be shorter). Planning reads each shard once (a streaming Ray task
+per shard) to find those line starts and their line numbers, handing each chunk on as soon as it is found
+(`map_chunks`); a chunk then reads only its own lines. A plain shard is read
 from the chunk's offset; a zstd stream cannot seek, so planning, given a scratch folder, also writes each chunk of
 a zstd shard but the first (which starts the stream) into a file of its own (zstd level 1, a few hundred MB/s):
 otherwise each chunk would decompress everything before it, about k/2 shards' worth for k chunks (terabytes for
@@ -13,11 +14,14 @@ Every stage's result is the same whatever the chunk size.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import zstandard
+from tqdm import tqdm
 
 from neox.data.jsonl import Document, Rejects, decompressed_blocks, parse_line, split_lines
 
@@ -49,35 +53,40 @@ class _Copies:
     """The zstd files a shard's chunks after the first are copied into while it is planned, one per chunk."""
 
     def __init__(self, folder: Path, shard_index: int):
-        self.folder, self.shard_index, self.paths = folder, shard_index, []
+        self.folder, self.shard_index = folder, shard_index
+        self.path: Path | None = None
         self._out = None
 
     def start(self, first_line: int) -> None:
-        self.close()
-        self.paths.append(self.folder / f"{chunk_label(self.shard_index, first_line)}.jsonl.zst")
-        self._out = zstandard.ZstdCompressor(level=1).stream_writer(open(self.paths[-1], "wb"))
+        self.path = self.folder / f"{chunk_label(self.shard_index, first_line)}.jsonl.zst"
+        self._out = zstandard.ZstdCompressor(level=1).stream_writer(open(self.path, "wb"))
 
     def write(self, data: bytes) -> None:
         """Append to the chunk being copied (none yet while the first chunk, read from the shard, is scanned)."""
         if self._out is not None:
             self._out.write(data)
 
-    def close(self) -> None:
+    def finish(self) -> Path | None:
+        """Close the chunk being copied; its file (None for the first chunk)."""
         if self._out is not None:
             self._out.close()  # closes the file too
             self._out = None
+        return self.path
 
 
-def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | None = None) -> list[Chunk]:
-    """The chunks of one shard (none for an empty shard). With `scratch`, a zstd shard's chunks but the first are
-    also copied there, one file each."""
+def shard_chunks(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | None = None) -> Iterator[Chunk]:
+    """The chunks of one shard (none for an empty shard), each yielded as soon as its end is found, so that work
+    on it can start while the rest of the shard is planned. With `scratch`, a zstd shard's chunks but the first are
+    also copied there, one file each, closed before the chunk is yielded."""
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
     if not shard.name.endswith(".zst") and shard.stat().st_size <= chunk_bytes:
         size = shard.stat().st_size  # one chunk, known without reading it
-        return [Chunk(shard, shard_index, 0, size, 1)] if size else []
+        if size:
+            yield Chunk(shard, shard_index, 0, size, 1)
+        return
     copies = _Copies(scratch, shard_index) if scratch is not None and shard.name.endswith(".zst") else None
-    starts, lines = [0], [1]
+    start, line = 0, 1  # of the chunk being read
     target = chunk_bytes  # the next chunk starts at the first line start at or after this offset
     offset, newlines = 0, 0  # of the current block: its offset, and the newlines before it
     try:
@@ -88,40 +97,89 @@ def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | 
                 found = block.find(b"\n", max(0, target - 1 - offset))
                 if found < 0:
                     break
-                starts.append(offset + found + 1)
-                lines.append(newlines + block.count(b"\n", 0, found + 1) + 1)
-                target = starts[-1] + chunk_bytes
+                end = offset + found + 1
+                copy = None
                 if copies:
-                    copies.write(block[written : found + 1])
-                    copies.start(lines[-1])
-                    written = found + 1
+                    copies.write(block[written : end - offset])
+                    written = end - offset
+                    copy = copies.finish()
+                yield Chunk(shard, shard_index, start, end, line, copy)
+                start, line = end, newlines + block.count(b"\n", 0, found + 1) + 1
+                target = start + chunk_bytes
+                if copies:
+                    copies.start(line)
             if copies:
                 copies.write(block[written:])
             offset += len(block)
             newlines += block.count(b"\n")
-    finally:
+        copy = copies.finish() if copies else None
+    except BaseException:
         if copies:
-            copies.close()
-    if starts[-1] == offset:  # no line starts at the end of the shard (and an empty shard has no chunk)
-        starts.pop()
-        lines.pop()
-    ends = [*starts[1:], offset] if starts else []
-    copied = [None, *copies.paths[: len(starts) - 1]] if copies else [None] * len(starts)
-    for path in copies.paths[len(starts) - 1 :] if copies else []:
-        path.unlink()  # the copy started at the end of the shard: no line is in it
-    return [Chunk(shard, shard_index, *chunk) for chunk in zip(starts, ends, lines, copied, strict=True)]
+            copies.finish()
+        raise
+    if start < offset:
+        yield Chunk(shard, shard_index, start, offset, line, copy)
+    elif copy is not None:
+        copy.unlink()  # the copy started at the end of the shard: no line is in it
 
 
-def plan_chunks(shards: list[Path], chunk_bytes: int, workers: int | None, scratch: Path | None = None) -> list[Chunk]:
-    """Every shard's chunks, in shard and line order (one Ray task per shard); zstd shards' chunks copied into
-    `scratch` (see `plan_shard`)."""
+def plan_shard(shard: Path, shard_index: int, chunk_bytes: int, scratch: Path | None = None) -> list[Chunk]:
+    """Every chunk of one shard (see `shard_chunks`)."""
+    return list(shard_chunks(shard, shard_index, chunk_bytes, scratch))
+
+
+def map_chunks(
+    shards: list[Path],
+    chunk_bytes: int,
+    scratch: Path | None,
+    task: Any,
+    task_args: Callable[[Chunk], tuple],
+    workers: int | None,
+    desc: str,
+) -> tuple[list[Chunk], list[Any]]:
+    """Cut the shards into chunks (zstd ones copied into `scratch`, see `shard_chunks`) and run the Ray remote
+    function `task.remote(chunk, *task_args(chunk))` on each as soon as it is planned, with at most `workers` tasks
+    (planners included) at once (default: the cluster's CPUs). Planning a shard is one streaming task, so work on
+    its first chunks overlaps the reading of the rest instead of waiting for every shard to be planned.
+    Returns every chunk, in shard and line order, and the task's result for each; a failing task or planner
+    cancels the rest and re-raises its own exception."""
     import ray  # here, so that the CLI reads DEFAULT_CHUNK_MB without loading Ray
 
-    from neox.runtime.ray_cluster import run_ordered
+    from neox.runtime.ray_cluster import cancel_and_raise, cpu_limit
 
-    planner = ray.remote(num_cpus=1)(plan_shard)
-    calls = [(planner, (shard, i, chunk_bytes, scratch)) for i, shard in enumerate(shards)]
-    return [chunk for planned in run_ordered(calls, workers, "plan chunks", "shard") for chunk in planned]
+    planner = ray.remote(num_cpus=1)(shard_chunks)  # a generator: Ray hands its chunks over as they are yielded
+    limit = cpu_limit(workers)
+    to_plan = list(enumerate(shards))
+    planning: list[Any] = []  # ObjectRefGenerators of the shards being planned
+    planned: collections.deque[Chunk] = collections.deque()  # waiting for a free worker
+    running: dict[Any, Chunk] = {}
+    results: dict[str, tuple[Chunk, Any]] = {}
+    with tqdm(total=0, desc=desc, unit="chunk") as bar:
+        while to_plan or planning or planned or running:
+            while len(planning) + len(running) < limit and (planned or to_plan):
+                if planned:
+                    chunk = planned.popleft()
+                    running[task.remote(chunk, *task_args(chunk))] = chunk
+                else:
+                    shard_index, shard = to_plan.pop(0)
+                    planning.append(planner.remote(shard, shard_index, chunk_bytes, scratch))
+            ready = ray.wait([*planning, *running], num_returns=1)[0][0]
+            try:
+                if ready in running:
+                    chunk = running.pop(ready)
+                    results[chunk.label] = (chunk, ray.get(ready))
+                    bar.update(1)
+                    continue
+                try:
+                    planned.append(ray.get(next(ready)))
+                    bar.total += 1
+                    bar.refresh()
+                except StopIteration:
+                    planning.remove(ready)
+            except ray.exceptions.RayTaskError as err:
+                cancel_and_raise(err, [*planning, *running])
+    ordered = [results[label] for label in sorted(results)]
+    return [chunk for chunk, _ in ordered], [result for _, result in ordered]
 
 
 def chunk_lines(chunk: Chunk) -> Iterator[tuple[int, bytes]]:

@@ -45,7 +45,7 @@ from rensa import RMinHash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
+from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, map_chunks, read_chunk
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_lines, write_lines, write_shard
 from neox.data.splits import held_out_first, read_splits, split_of, write_splits
 from neox.errors import DataError
@@ -281,9 +281,10 @@ def dedup_shards(
         scratch = run.tmp / ".scratch"
         scratch.mkdir()
         (scratch / "chunks").mkdir()
-        chunks = plan_chunks(shards, chunk_bytes, workers, scratch / "chunks")
         signer = ray.remote(num_cpus=1)(sign_chunk)
-        signed = run_ordered([(signer, (c, cfg, scratch)) for c in chunks], workers, "dedup: sign", "chunk")
+        chunks, signed = map_chunks(
+            shards, chunk_bytes, scratch / "chunks", signer, lambda c: (cfg, scratch), workers, "dedup: sign"
+        )
         documents = sum(r["documents"] for r in signed)
         if documents == 0:
             raise DataError(f"no documents in {input_dir}: every line was empty or rejected")

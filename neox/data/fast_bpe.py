@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
 
 # GPT-2's pre-tokenization regex, which the ByteLevel pre-tokenizer applies with use_regex=True.
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -56,9 +58,9 @@ def is_plain_byte_level(tokenizer_json: str) -> bool:
     return post is None or post.get("type") == "ByteLevel"
 
 
-def fast_encoder(tokenizer_json: str) -> Callable[[str], list[int]] | None:
-    """An encode(text) -> ids function backed by tiktoken, or None when this tokenizer is not one it can
-    reproduce (tiktoken not installed, another pipeline, unmapped vocabulary)."""
+def fast_encoder(tokenizer_json: str) -> Callable[[str], np.ndarray] | None:
+    """An encode(text) -> ids (a uint32 array) function backed by tiktoken, or None when this tokenizer is not one
+    it can reproduce (tiktoken not installed, another pipeline, unmapped vocabulary)."""
     try:
         import tiktoken
     except ImportError:
@@ -81,15 +83,18 @@ def fast_encoder(tokenizer_json: str) -> Callable[[str], list[int]] | None:
     encoding = tiktoken.Encoding("neox-byte-level-bpe", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens=added)
     nfc = spec.get("normalizer") is not None
 
-    def encode(text: str) -> list[int]:
-        return encoding.encode(unicodedata.normalize("NFC", text) if nfc else text, allowed_special="all")
+    def encode(text: str) -> np.ndarray:
+        # straight to an array: ~15% faster than building a list of Python ints and converting it
+        return encoding.encode_to_numpy(unicodedata.normalize("NFC", text) if nfc else text, allowed_special="all")
 
     return encode
 
 
-def agrees_on(encode: Callable[[str], list[int]], tokenizer_json: str, texts: Iterable[str]) -> bool:
+def agrees_on(encode: Callable[[str], Sequence[int]], tokenizer_json: str, texts: Iterable[str]) -> bool:
     """Whether the fast encoder gives `tokenizers`' ids on every text of the sample."""
     from tokenizers import Tokenizer
 
-    reference = Tokenizer.from_str(tokenizer_json)
-    return all(encode(text) == reference.encode(text).ids for text in texts)
+    texts = list(texts)
+    # encode_batch_fast: the ids `encode` gives, without the character offsets that make it ~4x slower
+    expected = Tokenizer.from_str(tokenizer_json).encode_batch_fast(texts)
+    return all(np.array_equal(encode(text), ids.ids) for text, ids in zip(texts, expected, strict=True))

@@ -20,14 +20,14 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
-from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, plan_chunks, read_chunk
+from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, map_chunks, read_chunk
 from neox.data.fast_bpe import agrees_on, fast_encoder, is_plain_byte_level
 from neox.data.indexed import merge_parts, token_dtype
 from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
@@ -37,7 +37,7 @@ from neox.errors import DataError
 from neox.pipeline.configfile import PlainName, Positive, section
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
-from neox.runtime.ray_cluster import ensure_ray, run_ordered
+from neox.runtime.ray_cluster import ensure_ray
 
 STAGE = "tokenize"
 CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects, named splits
@@ -93,7 +93,7 @@ def _first_cut(text: str, start: int) -> int | None:
 
 
 def encode_documents(
-    texts: list[str], encode_many: Callable[[list[str]], list[list[int]]], dtype: np.dtype, splittable: bool
+    texts: list[str], encode_many: Callable[[list[str]], list[Sequence[int]]], dtype: np.dtype, splittable: bool
 ) -> list[np.ndarray]:
     """Each text's ids: the usual ones in one batch, a long one piece by piece (`safe_pieces`) when the tokenizer
     is a plain byte-level BPE (another may add special tokens per call, or split elsewhere)."""
@@ -109,7 +109,7 @@ def encode_documents(
 
 
 @functools.lru_cache(maxsize=2)  # a Ray worker runs many chunks: build the (50k-token) engines once per process
-def encoders(tokenizer_json: str, fast: bool) -> tuple[Any, Callable[[list[str]], list[list[int]]]]:
+def encoders(tokenizer_json: str, fast: bool) -> tuple[Any, Callable[[list[str]], list[Sequence[int]]]]:
     """The tokenizer, and a function encoding a batch of texts with the chosen engine."""
     from tokenizers import Tokenizer
 
@@ -181,12 +181,19 @@ def tokenize_shards(
             ensure_ray(ray_address)
             fast = agreement.result()
         task = ray.remote(num_cpus=1)(tokenize_chunk)
+        tokenizer_ref = ray.put(tokenizer_json)  # stored once, not copied into every task's arguments
         parts_dir = run.tmp / "parts"
         parts_dir.mkdir()
         (parts_dir / "chunks").mkdir()
-        chunks = plan_chunks(shards, chunk_bytes, workers, parts_dir / "chunks")
-        calls = [(task, (c, tokenizer_json, parts_dir / c.label, cfg.batch_size, fast)) for c in chunks]
-        ordered = run_ordered(calls, workers, desc="tokenize", unit="chunk")
+        chunks, ordered = map_chunks(
+            shards,
+            chunk_bytes,
+            parts_dir / "chunks",
+            task,
+            lambda c: (tokenizer_ref, parts_dir / c.label, cfg.batch_size, fast),
+            workers,
+            desc="tokenize",
+        )
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
             raise DataError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")

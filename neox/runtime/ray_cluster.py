@@ -4,7 +4,7 @@ instance sized to the cores we may use. Data stages and training both go through
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import ray
 from tqdm import tqdm
@@ -25,7 +25,7 @@ def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, 
     """Run Ray remote functions `fn.remote(*args)` with at most `workers` in flight (default: the cluster's
     CPUs), with a progress bar; results come back in the order of `calls`, whatever order they finish in.
     A failing task cancels the rest and re-raises its own exception."""
-    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    limit = cpu_limit(workers)
     results: dict[int, Any] = {}
     pending: dict[Any, int] = {}
     queue = list(enumerate(calls))
@@ -38,8 +38,18 @@ def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, 
             try:
                 results[pending.pop(done[0])] = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref)
-                raise err.cause from None  # the task's own exception, with its clear message
+                cancel_and_raise(err, list(pending))
             bar.update(1)
     return [results[i] for i in range(len(calls))]
+
+
+def cpu_limit(workers: int | None) -> int:
+    """Tasks to keep in flight: `workers`, else every CPU the cluster has."""
+    return workers or max(1, int(ray.available_resources().get("CPU", 1)))
+
+
+def cancel_and_raise(err: ray.exceptions.RayTaskError, pending: list[Any]) -> NoReturn:
+    """Cancel the tasks still pending, then raise the failed task's own exception, with its clear message."""
+    for ref in pending:
+        ray.cancel(ref)
+    raise err.cause from None

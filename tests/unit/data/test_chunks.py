@@ -4,12 +4,15 @@ reading the whole shard numbers them."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
+import ray
 import zstandard
 
-from neox.data.chunks import chunk_lines, plan_chunks, plan_shard, read_chunk
+from neox.data.chunks import chunk_lines, map_chunks, plan_shard, read_chunk
 from neox.data.jsonl import Rejects, read_lines, read_shard
+from neox.errors import DataError
 
 
 def raw_lines(seed: int) -> list[bytes]:
@@ -58,6 +61,11 @@ def test_an_empty_shard_has_no_chunks(tmp_path):
     assert plan_shard(tmp_path / "a.jsonl", 0, 10) == [] and plan_shard(tmp_path / "b.jsonl.zst", 1, 10) == []
 
 
+def documents_of(chunk):
+    rejects = Rejects()
+    return [(d.shard, d.line, d.text) for d in read_chunk(chunk, rejects)], rejects.counts
+
+
 def test_documents_and_rejects_read_by_chunks_are_those_of_the_whole_shard(tmp_path, ray_local):
     lines = [b'{"text": "doc %d", "meta": {"pile_set_name": "S"}}\n' % i for i in range(50)]
     lines[10] = b"{broken\n"
@@ -68,9 +76,23 @@ def test_documents_and_rejects_read_by_chunks_are_those_of_the_whole_shard(tmp_p
     shards = [tmp_path / "00.jsonl.zst", tmp_path / "01.jsonl"]
     whole = Rejects()
     expected = [(d.shard, d.line, d.text) for s in shards for d in read_shard(s, whole)]
-    chunked = Rejects()
-    chunks = plan_chunks(shards, 200, workers=2)
+    (tmp_path / "scratch").mkdir()
+    chunks, read = map_chunks(
+        shards, 200, tmp_path / "scratch", ray.remote(documents_of), lambda c: (), workers=2, desc="read"
+    )
     assert len(chunks) > 5 and [c.shard_index for c in chunks] == sorted(c.shard_index for c in chunks)
-    assert [(d.shard, d.line, d.text) for c in chunks for d in read_chunk(c, chunked)] == expected
-    assert chunked.counts == whole.counts and sum(whole.counts.values()) == 2
+    assert [doc for docs, _ in read for doc in docs] == expected
+    assert sum((Counter(counts) for _, counts in read), Counter()) == whole.counts
+    assert sum(whole.counts.values()) == 2
     assert any("not valid Unicode" in reason for reason in whole.counts)
+
+
+def test_a_shard_corrupt_past_its_first_chunks_fails_the_map_with_its_own_error(tmp_path, ray_local):
+    """Work on the first chunks has started while the planner reads on into the damage: its error is the one raised."""
+    data = zstandard.ZstdCompressor().compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(20000)))
+    (tmp_path / "00.jsonl.zst").write_bytes(data[: len(data) * 3 // 4])
+    (tmp_path / "scratch").mkdir()
+    with pytest.raises(DataError, match="00.jsonl.zst"):
+        map_chunks(
+            [tmp_path / "00.jsonl.zst"], 1000, tmp_path / "scratch", ray.remote(documents_of), lambda c: (), 2, "read"
+        )
