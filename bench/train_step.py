@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from neox.model.config import load_model_config  # noqa: E402
-from neox.model.gpt_neox import GPTNeoX, init_weights  # noqa: E402
+from neox.model.gpt_neox import initialized  # noqa: E402
 from neox.model.hf import hf_config  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def gpu_main(args: argparse.Namespace) -> None:
                 use_gpu=True,
                 compile=compiled,
             )
-            model = init_weights(GPTNeoX(cfg))
+            model = initialized(cfg)
             ds, _, _, _ = deepspeed.initialize(
                 model=model, model_parameters=parameter_groups(model, 0.01), config=deepspeed_config(train_cfg, 1)
             )
@@ -166,8 +166,8 @@ def gpu_main(args: argparse.Namespace) -> None:
 
         variants = {
             "a": ("(a) transformers, bare loop", lambda: bare(transformers_model(cfg), lambda m, x: m(x).logits)),
-            "b": ("(b) ours, bare loop", lambda: bare(init_weights(GPTNeoX(cfg)))),
-            "bc": ("(b') ours, bare loop, torch.compile", lambda: bare(torch.compile(init_weights(GPTNeoX(cfg))))),
+            "b": ("(b) ours, bare loop", lambda: bare(initialized(cfg))),
+            "bc": ("(b') ours, bare loop, torch.compile", lambda: bare(torch.compile(initialized(cfg)))),
             "c": ("(c) ours, DeepSpeed engine", lambda: engine(False)),
             "cc": ("(c') ours, DeepSpeed engine, compiled", lambda: engine(True)),
         }
@@ -272,7 +272,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         loop_a = BareLoop(transformers_model(cfg), lambda m, x: m(x).logits)
-        loop_b = BareLoop(init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(0)), lambda m, x: m(x))
+        loop_b = BareLoop(initialized(cfg, 0), lambda m, x: m(x))
         for i, tokens in enumerate(batches):  # (a) and (b) take turns, so machine noise hits both alike
             for loop in (loop_a, loop_b) if i % 2 else (loop_b, loop_a):
                 loop.step(tokens)

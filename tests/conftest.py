@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from neox.model.config import ModelConfig
-from neox.model.gpt_neox import GPTNeoX, init_weights
+from neox.model.gpt_neox import GPTNeoX, initialized
 
 REPO = Path(__file__).resolve().parents[1]
 NEOX = str(Path(sys.executable).with_name("neox"))  # the console script, as users run it
@@ -42,7 +41,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def tiny_model(seed: int = 0, **overrides) -> GPTNeoX:
-    return init_weights(GPTNeoX(tiny_config(**overrides)), generator=torch.Generator().manual_seed(seed)).eval()
+    return initialized(tiny_config(**overrides), seed).eval()
 
 
 @pytest.fixture(scope="session")

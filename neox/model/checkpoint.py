@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.model.config import ModelConfig, load_model_config
-from neox.model.gpt_neox import GPTNeoX, init_weights
+from neox.model.gpt_neox import GPTNeoX, initialized
 from neox.pipeline.atomic import atomic_directory
 from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
@@ -89,7 +89,7 @@ def init_checkpoint(
     elif tokens is not None and vocab_size < tokens:  # ids past the embedding would crash generation later
         raise ConfigError(f"--vocab-size {vocab_size} is smaller than the tokenizer's {tokens} tokens")
     cfg, _ = load_model_config(*model_configs, vocab_size=vocab_size)
-    model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
+    model = initialized(cfg, seed)
     save_model(model, out_dir, tokenizer_file=tokenizer_file, overwrite=overwrite)
     return model
 

@@ -6,6 +6,7 @@ a rename. Distributed wrappers, activation checkpointing and compilation are app
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -48,7 +49,7 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
     ) -> torch.Tensor:
-        batch, seq, hidden = x.shape
+        batch, seq, _ = x.shape
         qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_size).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -65,7 +66,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.dense(out.transpose(1, 2).reshape(batch, seq, hidden))
+        # heads * head_size: the hidden size, or this rank's share of it under tensor parallelism
+        return self.dense(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_size))
 
 
 class MLP(nn.Module):
@@ -120,7 +122,10 @@ class GPTNeoX(nn.Module):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += input_ids.shape[1]
-        x = self.final_layer_norm(x)
+        return self.output_layer(self.final_layer_norm(x))
+
+    def output_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: `embed_out`, or the input embedding's transpose for a tied model."""
         weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
         return F.linear(x, weight)
 
@@ -139,23 +144,39 @@ def init_std(method: str, cfg: ModelConfig) -> float:
     raise ValueError(f"unknown init method {method!r}")
 
 
+def init_parameter(cfg: ModelConfig, name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The whole of parameter `name` as GPT-NeoX initialises it: `init_method` for embeddings, QKV, the MLP input
+    and the output layer; `output_layer_init_method` for the two projections that write into the residual stream;
+    zero biases, unit LayerNorms. Each parameter draws from a generator of its own, seeded from the run's seed and
+    its name, so its values do not depend on the other parameters, their order, or which slice of it a rank holds
+    (tensor and pipeline parallel layouts start from the same weights)."""
+    if "layernorm" in name or "layer_norm" in name:
+        return torch.full(shape, 1.0 if name.endswith("weight") else 0.0)
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    method = cfg.output_layer_init_method if name.endswith(OUTPUT_PROJECTIONS) else cfg.init_method
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a 63-bit seed
+    return torch.empty(shape).normal_(0.0, init_std(method, cfg), generator=generator)
+
+
+OUTPUT_PROJECTIONS = ("attention.dense.weight", "dense_4h_to_h.weight")
+
+
 @torch.no_grad()
-def init_weights(model: GPTNeoX, generator: torch.Generator | None = None) -> GPTNeoX:
-    """GPT-NeoX initialisation: `init_method` for embeddings, QKV, the MLP input and the output layer;
-    `output_layer_init_method` for the two projections that write into the residual stream; zero biases,
-    unit LayerNorms."""
-    cfg = model.cfg
-    std, out_std = init_std(cfg.init_method, cfg), init_std(cfg.output_layer_init_method, cfg)
+def init_weights(model: GPTNeoX, seed: int = 0) -> GPTNeoX:
+    """Initialise every parameter of `model` in place (`init_parameter`)."""
     for name, param in model.named_parameters():
-        if "layernorm" in name or "layer_norm" in name:
-            param.fill_(1.0 if name.endswith("weight") else 0.0)
-        elif name.endswith("bias"):
-            param.zero_()
-        elif name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
-            param.normal_(0.0, out_std, generator=generator)
-        else:
-            param.normal_(0.0, std, generator=generator)
+        param.copy_(init_parameter(model.cfg, name, tuple(param.shape), seed))
     return model
+
+
+def initialized(cfg: ModelConfig, seed: int = 0) -> GPTNeoX:
+    """A fresh model for `seed`, built on the meta device and materialised once (not allocated and then
+    overwritten)."""
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    return init_weights(model.to_empty(device="cpu"), seed)
 
 
 def count_parameters(cfg: ModelConfig) -> int:

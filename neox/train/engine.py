@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from neox.model.config import ModelConfig
-from neox.model.gpt_neox import GPTNeoX, init_weights
+from neox.model.gpt_neox import GPTNeoX, initialized
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.train.config import TrainConfig
 from neox.train.schedule import lr_at
@@ -75,7 +75,7 @@ def apply_activation_checkpointing(model: GPTNeoX) -> None:
 def initial_model(cfg: TrainConfig, mcfg: ModelConfig) -> GPTNeoX:
     """GPT-NeoX's initialisation from the run's seed, or the `init_from` weights (continued pretraining; a
     checkpoint restored afterwards replaces either)."""
-    model = init_weights(GPTNeoX(mcfg), generator=torch.Generator().manual_seed(cfg.seed))
+    model = initialized(mcfg, cfg.seed)
     if cfg.init_from:
         from safetensors.torch import load_file
 

@@ -1,5 +1,5 @@
-"""Megatron-style tensor-parallel layers on `torch.distributed`, as GPT-NeoX splits its model (issue 16's first
-slice: the layers and their exact equivalence to the dense ones; the model's use of them comes next).
+"""Megatron-style tensor parallelism on `torch.distributed`, as GPT-NeoX splits its model: the layers, and
+`TensorParallelGPTNeoX`, our GPT-NeoX with its matmuls split over a tensor-parallel group.
 
 Within a tensor-parallel group of `tp` ranks:
 - `ColumnParallelLinear` holds out_features / tp rows of the weight (GPT-NeoX's fused `query_key_value`, laid out
@@ -16,10 +16,15 @@ those of the dense layer; the tests check forward and backward against it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from neox.model.config import ModelConfig
+from neox.model.gpt_neox import GPTNeoX, init_parameter
 
 
 def partition(size: int, group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -90,16 +95,13 @@ class ColumnParallelLinear(nn.Module):
         super().__init__()
         self.group, self.gather_output = group, gather_output
         self.start, rows = partition(out_features, group)
+        self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
         self.weight = nn.Parameter(torch.empty(rows, in_features))
-        self.bias = nn.Parameter(torch.zeros(rows)) if bias else None
+        self.bias = nn.Parameter(torch.empty(rows)) if bias else None
 
-    def load_dense(self, dense: nn.Linear) -> None:
-        """Take this rank's rows of a dense layer's weights."""
-        rows = slice(self.start, self.start + self.weight.shape[0])
-        with torch.no_grad():
-            self.weight.copy_(dense.weight[rows])
-            if self.bias is not None:
-                self.bias.copy_(dense.bias[rows])
+    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the dense layer's `name` ("weight" or "bias")."""
+        return dense[self.start : self.start + self.weight.shape[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(_CopyToGroup.apply(x, self.group), self.weight, self.bias)
@@ -114,15 +116,13 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.group = group
         self.start, columns = partition(in_features, group)
+        self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
         self.weight = nn.Parameter(torch.empty(out_features, columns))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
-    def load_dense(self, dense: nn.Linear) -> None:
-        """Take this rank's columns of a dense layer's weights (and the whole bias)."""
-        with torch.no_grad():
-            self.weight.copy_(dense.weight[:, self.start : self.start + self.weight.shape[1]])
-            if self.bias is not None:
-                self.bias.copy_(dense.bias)
+    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
+        """This rank's columns of the dense weight; the whole bias (every rank holds it)."""
+        return dense[:, self.start : self.start + self.weight.shape[1]] if name == "weight" else dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _ReduceFromGroup.apply(F.linear(x, self.weight), self.group)
@@ -137,11 +137,12 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.group = group
         self.start, rows = partition(vocab_size, group)
+        self.dense_shapes = {"weight": (vocab_size, hidden_size)}
         self.weight = nn.Parameter(torch.empty(rows, hidden_size))
 
-    def load_dense(self, dense: nn.Embedding) -> None:
-        with torch.no_grad():
-            self.weight.copy_(dense.weight[self.start : self.start + self.weight.shape[0]])
+    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
+        """This rank's rows (vocabulary entries) of the dense embedding."""
+        return dense[self.start : self.start + self.weight.shape[0]]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.start
@@ -183,3 +184,63 @@ def vocab_parallel_cross_entropy(
     """Per-token cross-entropy from each rank's slice of the vocabulary's logits (the full logits are never
     gathered); reduce it (e.g. `.mean()`) as the dense loss would be."""
     return _VocabParallelCrossEntropy.apply(logits, target, group)
+
+
+SPLIT_LAYERS = (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)
+
+
+@torch.no_grad()
+def load_shards(module: nn.Module, dense: Callable[[str, tuple[int, ...]], torch.Tensor]) -> None:
+    """Fill every parameter of `module` from `dense(name, shape)`, the whole tensor of the dense model's parameter
+    `name`: a split layer keeps its rank's part, any other parameter the whole (one dense tensor at a time)."""
+    for module_name, sub in module.named_modules():
+        for short, param in sub.named_parameters(recurse=False):
+            name = f"{module_name}.{short}" if module_name else short
+            if isinstance(sub, SPLIT_LAYERS):
+                param.copy_(sub.shard_of(short, dense(name, sub.dense_shapes[short])))
+            else:
+                param.copy_(dense(name, tuple(param.shape)))
+
+
+def mark_split_parameters(module: nn.Module) -> None:
+    """Tag the parameters each rank holds a different part of (`tensor_model_parallel`, Megatron's name), so
+    DeepSpeed's gradient norm sums them over the group and counts every replicated parameter once."""
+    for sub in module.modules():
+        if isinstance(sub, SPLIT_LAYERS):
+            for name, param in sub.named_parameters(recurse=False):
+                param.tensor_model_parallel = not (isinstance(sub, RowParallelLinear) and name == "bias")
+
+
+class TensorParallelGPTNeoX(GPTNeoX):
+    """GPT-NeoX with its matmuls split over a tensor-parallel group: each rank holds whole attention heads
+    (`query_key_value` column-parallel, `dense` row-parallel), a slice of the MLP (`dense_h_to_4h` column-,
+    `dense_4h_to_h` row-parallel) and of the vocabulary (embedding, output layer). `forward` returns this rank's
+    slice of the logits, for `vocab_parallel_cross_entropy`. Parameter names are the dense model's, and the model
+    is built on the meta device and materialised shard by shard: no rank ever holds the whole of it. Its starting
+    weights are slices of the dense model's for the same seed (`init_parameter`), whatever the group's size."""
+
+    def __init__(self, cfg: ModelConfig, group: dist.ProcessGroup | None, seed: int = 0, device: str = "cpu"):
+        tp = dist.get_world_size(group)
+        if cfg.num_attention_heads % tp:
+            raise ValueError(f"{cfg.num_attention_heads} attention heads do not split over {tp} tensor-parallel ranks")
+        with torch.device("meta"):
+            super().__init__(cfg)
+            hidden = cfg.hidden_size
+            self.embed_in = VocabParallelEmbedding(cfg.vocab_size, hidden, group)
+            for layer in self.layers:
+                layer.attention.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, group)
+                layer.attention.dense = RowParallelLinear(hidden, hidden, group)
+                layer.attention.num_heads = cfg.num_attention_heads // tp
+                layer.mlp.dense_h_to_4h = ColumnParallelLinear(hidden, cfg.ffn_size, group)
+                layer.mlp.dense_4h_to_h = RowParallelLinear(cfg.ffn_size, hidden, group)
+            if self.embed_out is not None:
+                self.embed_out = ColumnParallelLinear(hidden, cfg.vocab_size, group, bias=False)
+        self.group = group
+        self.to_empty(device=device)
+        load_shards(self, lambda name, shape: init_parameter(cfg, name, shape, seed))
+        mark_split_parameters(self)
+
+    def output_layer(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed_out is not None:
+            return self.embed_out(x)
+        return F.linear(_CopyToGroup.apply(x, self.group), self.embed_in.weight)  # tied: the embedding's rows

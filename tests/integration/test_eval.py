@@ -167,10 +167,10 @@ def test_eval_is_logged_to_mlflow(trained_eval, tracking):
 
 def untrained_checkpoint(directory: Path, straight: Path, seed: int) -> Path:
     from neox.model.checkpoint import load_model, save_model
-    from neox.model.gpt_neox import GPTNeoX, init_weights
+    from neox.model.gpt_neox import initialized
 
     cfg = load_model(straight / "final" / "model").cfg
-    model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(seed))
+    model = initialized(cfg, seed)
     return save_model(
         model,
         directory / f"untrained{seed}" / "final" / "model",

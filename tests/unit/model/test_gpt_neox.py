@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neox.model.config import load_model_config
-from neox.model.gpt_neox import GPTNeoX, KVCache, count_parameters, init_std, init_weights
+from neox.model.gpt_neox import KVCache, count_parameters, init_parameter, init_std, initialized
 from neox.model.rotary import apply_rotary, rotary_cos_sin
 from tests.conftest import REPO, tiny_config, tiny_model
 
@@ -67,7 +67,7 @@ def test_init_methods_have_gpt_neox_standard_deviations():
     assert init_std("wang_init", cfg) == pytest.approx(2 / (4 * 16))
     assert init_std("normal", cfg) == 0.02
     assert init_std("scaled_normal", cfg) == pytest.approx(0.02 / math.sqrt(8))
-    model = init_weights(GPTNeoX(cfg), generator=torch.Generator().manual_seed(0))
+    model = initialized(cfg, 0)
     layer = model.layers[0]
     assert layer.attention.query_key_value.weight.std().item() == pytest.approx(init_std("small_init", cfg), rel=0.05)
     assert layer.attention.dense.weight.std().item() == pytest.approx(init_std("wang_init", cfg), rel=0.05)
@@ -104,3 +104,18 @@ def test_parameter_counts_match_the_published_models(name, count):
     # 20B in fp32 would need 82 GB: counting it at all shows the model is built on the meta device.
     cfg, _ = load_model_config(REPO / "configs" / "model" / f"{name}.yml", vocab_size=50277)
     assert count_parameters(cfg) == count
+
+
+def test_each_parameter_draws_from_its_own_generator_seeded_by_the_seed_and_its_name():
+    """So a rank holding a slice of a parameter, or a pipeline stage holding some layers, starts from the values the
+    whole model has for the same seed."""
+    cfg = tiny_config()
+    model = initialized(cfg, seed=3)
+    params = dict(model.named_parameters())
+    name = "layers.1.mlp.dense_h_to_4h.weight"
+    alone = init_parameter(cfg, name, tuple(params[name].shape), seed=3)
+    torch.testing.assert_close(params[name], alone, rtol=0, atol=0)
+    assert not torch.equal(params[name], params["layers.0.mlp.dense_h_to_4h.weight"])
+    assert not torch.equal(params[name], dict(initialized(cfg, seed=4).named_parameters())[name])
+    deeper = dict(initialized(tiny_config(num_layers=3), seed=3).named_parameters())
+    torch.testing.assert_close(deeper["embed_in.weight"], params["embed_in.weight"], rtol=0, atol=0)

@@ -11,12 +11,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from neox.model.gpt_neox import initialized
 from neox.train.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
+    TensorParallelGPTNeoX,
     VocabParallelEmbedding,
+    load_shards,
     vocab_parallel_cross_entropy,
 )
+from tests.conftest import tiny_config
 
 VOCAB, HIDDEN, FFN = 16, 8, 12
 
@@ -55,7 +59,7 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
             "out": ColumnParallelLinear(HIDDEN, VOCAB, None, bias=False),
         }
         for name, module in split.items():
-            module.load_dense(dense[name])
+            load_shards(module, lambda parameter, shape, name=name: getattr(dense[name], parameter).detach())
         logits_seen = []
 
         def parallel_loss(logits, t):
@@ -82,7 +86,7 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
         # gathering a column-parallel output gives the dense output, and the input's gradient is the dense one
         x = torch.randn(4, HIDDEN, requires_grad=True)
         gathered = ColumnParallelLinear(HIDDEN, FFN, None, gather_output=True)
-        gathered.load_dense(dense["up"])
+        load_shards(gathered, lambda parameter, shape: getattr(dense["up"], parameter).detach())
         reference_x = x.detach().clone().requires_grad_()
         torch.testing.assert_close(gathered(x), dense["up"](reference_x))
         gathered(x).pow(2).sum().backward()
@@ -95,5 +99,52 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
         dist.destroy_process_group()
 
 
+def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
+    """The tensor-parallel GPT-NeoX starts from slices of the dense model's weights for the same seed, and its
+    loss and gradients are the dense model's, tied or untied, parallel or sequential residual."""
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(2)
+        ids = torch.randint(0, 256, (2, 12))
+        for overrides in ({}, {"no_weight_tying": False, "gpt_j_residual": False}):
+            cfg = tiny_config(**overrides)
+            dense = initialized(cfg, seed=7)
+            split = TensorParallelGPTNeoX(cfg, None, seed=7)
+            dense_params = dict(dense.named_parameters())
+            assert sorted(dict(split.named_parameters())) == sorted(dense_params)  # the same names
+
+            def shard(module_name: str, short: str, tensor: torch.Tensor, split=split) -> torch.Tensor:
+                module = split.get_submodule(module_name)
+                return module.shard_of(short, tensor) if hasattr(module, "shard_of") else tensor
+
+            for name, param in split.named_parameters():
+                module_name, _, short = name.rpartition(".")
+                torch.testing.assert_close(param, shard(module_name, short, dense_params[name]), rtol=0, atol=0)
+            whole = {name for name, param in split.named_parameters() if param.shape == dense_params[name].shape}
+            replicated = ("norm.weight", "norm.bias", "attention.dense.bias", "dense_4h_to_h.bias")
+            assert whole == {name for name in dense_params if name.endswith(replicated)}
+
+            logits = dense(ids[:, :-1])
+            dense_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            dense_loss.backward()
+            local = split(ids[:, :-1])
+            assert local.shape[-1] == cfg.vocab_size // world
+            loss = vocab_parallel_cross_entropy(local, ids[:, 1:], None).mean()
+            loss.backward()
+            torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-6)
+            for name, param in split.named_parameters():
+                module_name, _, short = name.rpartition(".")
+                expected = shard(module_name, short, dense_params[name].grad)
+                torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
+        with pytest.raises(ValueError, match="3 attention heads do not split over 2"):
+            TensorParallelGPTNeoX(tiny_config(num_attention_heads=3, hidden_size=48), None)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_two_tensor_parallel_ranks_compute_the_dense_loss_and_gradients(tmp_path):
     mp.spawn(check_on_rank, args=(2, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
+
+
+def test_the_tensor_parallel_model_is_the_dense_model_split(tmp_path):
+    mp.spawn(check_model_on_rank, args=(2, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
