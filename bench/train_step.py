@@ -151,7 +151,7 @@ def gpu_main(args: argparse.Namespace) -> None:
             )
             model = initialized(cfg)
             ds, _, _, _ = deepspeed.initialize(
-                model=model, model_parameters=parameter_groups(model, 0.01), config=deepspeed_config(train_cfg, 1)
+                model=model, model_parameters=parameter_groups(model, 0.01), config=deepspeed_config(train_cfg)
             )
             if compiled:
                 ds.compile()

@@ -27,7 +27,7 @@ from neox.model.config import load_model_config
 from neox.pipeline.configfile import Str, parse, read_pipeline_config, section
 from neox.pipeline.retrain import RetrainConfig, merged_data
 from neox.registry.rule import RegistryConfig
-from neox.train.config import TrainConfig, build_train_config
+from neox.train.config import TrainConfig, build_train_config, check_layout
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 PLACEHOLDER_VOCAB = 50277  # the architecture is checked before a tokenizer exists; its size only pads the embedding
@@ -60,7 +60,10 @@ def _load(path: Path) -> PipelineConfig:
         raise ConfigError("no `train:` section (a mapping with at least `model:`)")
     train = build_train_config(raw["train"], base_dir=path.parent)
     cfg = parse(PipelineConfig, {**raw, "train": train})
-    model, _ = load_model_config(*train.model, vocab_size=PLACEHOLDER_VOCAB)
+    model, _ = load_model_config(
+        *train.model, vocab_size=PLACEHOLDER_VOCAB, model_parallel_size=train.model_parallel_size
+    )
+    check_layout(train, model)
     if train.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings
         raise ConfigError(

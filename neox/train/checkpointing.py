@@ -93,11 +93,21 @@ def newest_checkpoint_name(storage: RunStorage) -> str | None:
     return None
 
 
-def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int) -> None:
+def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, parallel=None) -> None:
     """Rank 0 writes the final weights as a neox checkpoint and a Hugging Face directory in the run folder
-    (written locally, then published to object storage when the run lives there)."""
+    (written locally, then published to object storage when the run lives there). Split over a tensor-parallel
+    group, rank 0's group gathers them tensor by tensor."""
     import deepspeed
 
+    if parallel is not None:
+        from neox.train.tensor_parallel import gathered
+
+        if parallel.data_rank == 0:
+            whole = ((name, tensor.float().cpu()) for name, tensor in gathered(engine.module, parallel.tensor_group))
+            state = {name: tensor for name, tensor in whole if rank == 0}
+            if rank == 0:
+                write_final(engine.module.cfg, state, config)
+        return
     gather = (
         deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
         if zero_stage == 3
@@ -105,13 +115,19 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int) -> 
     )
     with gather:
         if rank == 0:
-            from neox.model.checkpoint import save_model
-            from neox.model.hf import export_hf
+            state = {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+            write_final(engine.module.cfg, state, config)
 
-            storage = config["storage"]
-            final = storage.local_dir() / FINAL_DIR
-            model = GPTNeoX(engine.module.cfg)
-            model.load_state_dict({k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()})
-            save_model(model, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
-            export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
-            storage.publish(final, FINAL_DIR)
+
+def write_final(cfg, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """The final weights as a neox checkpoint and a Hugging Face folder, published with the run."""
+    from neox.model.checkpoint import save_model
+    from neox.model.hf import export_hf
+
+    storage = config["storage"]
+    final = storage.local_dir() / FINAL_DIR
+    model = GPTNeoX(cfg)
+    model.load_state_dict(state)
+    save_model(model, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
+    export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
+    storage.publish(final, FINAL_DIR)

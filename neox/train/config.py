@@ -16,7 +16,7 @@ from pydantic import Field, Strict, WithJsonSchema
 
 from neox.data.dataset import split_boundaries
 from neox.errors import ConfigError
-from neox.model.config import load_neox_yaml
+from neox.model.config import ModelConfig, load_neox_yaml
 from neox.pipeline.configfile import (
     Bool,
     NonNegative,
@@ -86,7 +86,10 @@ class TrainConfig:
     gradient_clipping: NonNegativeFloat = 1.0
     """Global gradient norm clip (0: off)."""
     zero_stage: Literal[0, 1, 2, 3] = 1
-    """DeepSpeed ZeRO stage."""
+    """DeepSpeed ZeRO stage (over the data-parallel ranks)."""
+    model_parallel_size: Positive = 1
+    """Tensor-parallel ranks per model replica (gpt-neox's model_parallel_size): attention heads, the MLP and the
+    vocabulary are split over this many consecutive workers; num_workers must be a multiple of it."""
     precision: Precision = "fp32"
     """fp32, bf16, or fp16 with dynamic loss scaling."""
     activation_checkpointing: Bool = False
@@ -128,6 +131,9 @@ class TrainConfig:
         split_boundaries(self.split, 1)  # refuses a split that does not parse
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
+        if self.num_workers % self.model_parallel_size:
+            tp = self.model_parallel_size
+            raise ValueError(f"num_workers ({self.num_workers}) must be a multiple of model_parallel_size ({tp})")
         bad = [name for name in self.env if not ENV_NAME.fullmatch(name)]
         if bad:
             raise ValueError(f"env: {', '.join(bad)} are not environment variable names")
@@ -160,8 +166,13 @@ class TrainConfig:
         return uri
 
     @property
+    def data_parallel_size(self) -> int:
+        """Model replicas: the workers over the tensor-parallel size."""
+        return self.num_workers // self.model_parallel_size
+
+    @property
     def global_batch_size(self) -> int:
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.num_workers
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel_size
 
     @property
     def decay_iters(self) -> int:
@@ -170,6 +181,27 @@ class TrainConfig:
     @property
     def warmup_iters(self) -> int:
         return int(self.warmup * self.decay_iters)
+
+
+def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
+    """Refuse a tensor-parallel size the model does not split into (whole heads, equal slices of the MLP and the
+    vocabulary) or a ZeRO stage that does not combine with it."""
+    tp = cfg.model_parallel_size
+    if tp == 1:
+        return
+    sizes = {
+        "num_attention_heads": model.num_attention_heads,
+        "the MLP width": model.ffn_size,
+        "the padded vocabulary": model.vocab_size,
+    }
+    bad = [f"{name} ({size})" for name, size in sizes.items() if size % tp]
+    if bad:
+        raise ConfigError(f"train.model_parallel_size {tp} does not divide {', '.join(bad)}")
+    if cfg.zero_stage == 3:
+        raise ConfigError(
+            "train.zero_stage 3 partitions the parameters itself; with model_parallel_size > 1 use stage 1 or 2 "
+            "(gpt-neox trains tensor parallel with ZeRO-1)"
+        )
 
 
 def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +231,7 @@ def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_factor": "checkpoint_interval",
         "checkpoint_activations": "activation_checkpointing",
         "precision": "precision",
+        "model_parallel_size": "model_parallel_size",
     }
     for key, field in direct.items():
         if key in neox:

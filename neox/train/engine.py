@@ -12,12 +12,13 @@ from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX, initialized
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.train.config import TrainConfig
+from neox.train.parallel import ModelParallel
 from neox.train.schedule import lr_at
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's config for this run (see `effective_zero_stage` for a single worker)."""
-    stage = effective_zero_stage(cfg, world_size)
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """DeepSpeed's config for this run (see `effective_zero_stage` for a single model replica)."""
+    stage = effective_zero_stage(cfg)
     config = {
         "train_batch_size": cfg.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -47,12 +48,12 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     return config
 
 
-def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:
-    """ZeRO shards state across data-parallel ranks: one fp32 rank has nothing to shard, and stages 1-3 would
+def effective_zero_stage(cfg: TrainConfig) -> int:
+    """ZeRO shards state across data-parallel ranks: one fp32 replica has nothing to shard, and stages 1-3 would
     only add their flat-buffer bookkeeping (~15% of a CPU step), so it runs stage 0. In bf16/fp16 the stage stays:
     without ZeRO, DeepSpeed keeps the fp32 master weights in its per-parameter (unfused) optimizer wrapper,
     which measured 20% slower than a bare loop for the pythia-410m shape on an H100."""
-    return cfg.zero_stage if world_size > 1 or cfg.precision != "fp32" else 0
+    return cfg.zero_stage if cfg.data_parallel_size > 1 or cfg.precision != "fp32" else 0
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -72,28 +73,41 @@ def apply_activation_checkpointing(model: GPTNeoX) -> None:
         layer.forward = lambda *args, _f=forward, **kwargs: checkpoint(_f, *args, use_reentrant=False, **kwargs)
 
 
-def initial_model(cfg: TrainConfig, mcfg: ModelConfig) -> GPTNeoX:
+def initial_model(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None) -> GPTNeoX:
     """GPT-NeoX's initialisation from the run's seed, or the `init_from` weights (continued pretraining; a
-    checkpoint restored afterwards replaces either)."""
-    model = initialized(mcfg, cfg.seed)
-    if cfg.init_from:
-        from safetensors.torch import load_file
+    checkpoint restored afterwards replaces either); split over the tensor-parallel group when there is one,
+    each rank reading only its slices of `init_from`, tensor by tensor."""
+    if parallel is None:
+        model = initialized(mcfg, cfg.seed)
+        if cfg.init_from:
+            from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
+            model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
+    else:
+        from neox.train.tensor_parallel import TensorParallelGPTNeoX, load_shards
+
+        model = TensorParallelGPTNeoX(mcfg, parallel.tensor_group, cfg.seed)
+        if cfg.init_from:
+            from safetensors import safe_open
+
+            with safe_open(str(Path(cfg.init_from) / WEIGHTS_FILE), framework="pt") as weights:
+                load_shards(model, lambda name, shape: weights.get_tensor(name))
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     return model
 
 
-def build_engine(cfg: TrainConfig, mcfg: ModelConfig, world_size: int):
-    """The DeepSpeed engine training the run's model with AdamW and GPT-NeoX's learning-rate schedule."""
+def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None):
+    """The DeepSpeed engine training the run's model with AdamW and GPT-NeoX's learning-rate schedule; with
+    `parallel`, over its data-parallel groups, the model split over its tensor-parallel ones."""
     import deepspeed
 
-    model = initial_model(cfg, mcfg)
+    model = initial_model(cfg, mcfg, parallel)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=parameter_groups(model, cfg.weight_decay),
-        config=deepspeed_config(cfg, world_size),
+        mpu=parallel,
+        config=deepspeed_config(cfg),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr
         ),

@@ -15,7 +15,7 @@ from neox.model.config import ModelConfig
 from neox.train.config import TrainConfig
 
 # Bumped by hand when a code change alters the weights a config trains to (not on every commit).
-TRAIN_CODE_VERSION = "1"
+TRAIN_CODE_VERSION = "2"  # 2: each parameter initialised from its own generator (layout-independent)
 
 # `train:` keys that do not change the weights: changing one reuses or resumes the same run. Every other key
 # does, num_workers, micro_batch_size and gradient_accumulation_steps included: the floating-point order of the

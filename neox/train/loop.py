@@ -21,6 +21,8 @@ from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
 from neox.train.engine import build_engine, effective_zero_stage, loss_scale
+from neox.train.parallel import ModelParallel
+from neox.train.tensor_parallel import vocab_parallel_cross_entropy
 from neox.train.tracking import Tracker
 
 FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure
@@ -30,10 +32,11 @@ class InjectedFault(RunStateError):
     """The failure NEOX_FAIL_AFTER_CHECKPOINT asks for, so tests can stop a run at a known point."""
 
 
-def sample_indices(step: int, micro: int, rank: int, cfg: TrainConfig) -> np.ndarray:
-    """Dataset indices of one micro-batch: rank `rank`'s slice of global batch `step`, micro-batch `micro`."""
+def sample_indices(step: int, micro: int, data_rank: int, cfg: TrainConfig) -> np.ndarray:
+    """Dataset indices of one micro-batch: data-parallel rank `data_rank`'s slice of global batch `step`,
+    micro-batch `micro`."""
     per_rank = cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    start = step * cfg.global_batch_size + rank * per_rank + micro * cfg.micro_batch_size
+    start = step * cfg.global_batch_size + data_rank * per_rank + micro * cfg.micro_batch_size
     return np.arange(start, start + cfg.micro_batch_size)
 
 
@@ -50,7 +53,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cpus_per_worker)
     device = torch.device("cuda", ray.train.torch.get_device().index) if cfg.use_gpu else torch.device("cpu")
 
-    engine = build_engine(cfg, mcfg, world)
+    parallel = ModelParallel(cfg.model_parallel_size) if cfg.model_parallel_size > 1 else None
+    data_rank = parallel.data_rank if parallel is not None else rank  # a tensor-parallel group reads one batch
+    engine = build_engine(cfg, mcfg, parallel)
     start_step = restore(engine, config, rank)
 
     evals = cfg.train_iters // cfg.eval_interval + 1
@@ -71,6 +76,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def loss_of(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = engine(inputs)
+        if parallel is not None:  # this rank's slice of the vocabulary: the full logits are never gathered
+            return vocab_parallel_cross_entropy(logits, labels, parallel.tensor_group).mean()
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     def mean_over_ranks(value: torch.Tensor) -> float:
@@ -83,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.train()
         losses = []
         for micro in range(cfg.gradient_accumulation_steps):
-            inputs, labels = batch(train_set, sample_indices(step, micro, rank, cfg))
+            inputs, labels = batch(train_set, sample_indices(step, micro, data_rank, cfg))
             loss = loss_of(inputs, labels)
             engine.backward(loss)
             engine.step()
@@ -100,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with torch.no_grad():
                 valid_losses = []
                 for i in range(cfg.eval_iters):
-                    indices = sample_indices((done // cfg.eval_interval) * cfg.eval_iters + i, 0, rank, cfg)
+                    indices = sample_indices((done // cfg.eval_interval) * cfg.eval_iters + i, 0, data_rank, cfg)
                     valid_losses.append(loss_of(*batch(valid_set, indices)))
             valid = mean_over_ranks(torch.stack(valid_losses).mean())
             if tracker is not None:
@@ -113,4 +120,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
     if tracker is not None:
         tracker.close()
-    export_final(engine, config, rank, effective_zero_stage(cfg, world))
+    export_final(engine, config, rank, effective_zero_stage(cfg), parallel)

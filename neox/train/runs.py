@@ -14,7 +14,7 @@ from neox.model.config import ModelConfig, load_model_config
 from neox.pipeline.layout import CONFIG_FILE, FINAL_MODEL, RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from neox.pipeline.stage import sha256_file, verify_output
 from neox.train.checkpointing import latest_state
-from neox.train.config import TrainConfig
+from neox.train.config import TrainConfig, check_layout
 from neox.train.identity import identity, key_of
 from neox.train.storage import RunStorage, run_names, run_storage
 
@@ -47,6 +47,7 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
     if cfg.data is None:
         raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
     manifests = [verify_output(data) for data in cfg.datasets]
+    tp = cfg.model_parallel_size
     manifest = manifests[0]
     for data, other in zip(cfg.datasets[1:], manifests[1:], strict=True):
         if other["inputs"].get("tokenizer") != manifest["inputs"].get("tokenizer"):
@@ -54,7 +55,8 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
                 f"train.data: {data} was tokenized with another tokenizer than {cfg.datasets[0]}; blended datasets "
                 "must share one (tokenize them with the same tokenizer.json)"
             )
-    model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"])
+    model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"], model_parallel_size=tp)
+    check_layout(cfg, model)
     if cfg.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings
         raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")

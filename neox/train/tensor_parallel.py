@@ -16,7 +16,7 @@ those of the dense layer; the tests check forward and backward against it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -96,12 +96,9 @@ class ColumnParallelLinear(nn.Module):
         self.group, self.gather_output = group, gather_output
         self.start, rows = partition(out_features, group)
         self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
+        self.split_dims = {"weight": 0, "bias": 0}
         self.weight = nn.Parameter(torch.empty(rows, in_features))
         self.bias = nn.Parameter(torch.empty(rows)) if bias else None
-
-    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of the dense layer's `name` ("weight" or "bias")."""
-        return dense[self.start : self.start + self.weight.shape[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(_CopyToGroup.apply(x, self.group), self.weight, self.bias)
@@ -117,12 +114,9 @@ class RowParallelLinear(nn.Module):
         self.group = group
         self.start, columns = partition(in_features, group)
         self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
+        self.split_dims = {"weight": 1, "bias": None}  # every rank holds the whole bias
         self.weight = nn.Parameter(torch.empty(out_features, columns))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
-        """This rank's columns of the dense weight; the whole bias (every rank holds it)."""
-        return dense[:, self.start : self.start + self.weight.shape[1]] if name == "weight" else dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _ReduceFromGroup.apply(F.linear(x, self.weight), self.group)
@@ -138,11 +132,8 @@ class VocabParallelEmbedding(nn.Module):
         self.group = group
         self.start, rows = partition(vocab_size, group)
         self.dense_shapes = {"weight": (vocab_size, hidden_size)}
+        self.split_dims = {"weight": 0}
         self.weight = nn.Parameter(torch.empty(rows, hidden_size))
-
-    def shard_of(self, name: str, dense: torch.Tensor) -> torch.Tensor:
-        """This rank's rows (vocabulary entries) of the dense embedding."""
-        return dense[self.start : self.start + self.weight.shape[0]]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.start
@@ -189,26 +180,48 @@ def vocab_parallel_cross_entropy(
 SPLIT_LAYERS = (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)
 
 
+def parameters_with_split(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.Module, int | None]]:
+    """(dense name, parameter, its layer, the dimension split over the group or None) for every parameter."""
+    for module_name, sub in module.named_modules():
+        for short, param in sub.named_parameters(recurse=False):
+            dim = sub.split_dims[short] if isinstance(sub, SPLIT_LAYERS) else None
+            yield (f"{module_name}.{short}" if module_name else short), param, sub, dim
+
+
+def shard(layer: nn.Module, short: str, dense: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the dense tensor of `layer`'s parameter `short` (all of it when not split)."""
+    dim = layer.split_dims[short] if isinstance(layer, SPLIT_LAYERS) else None
+    return dense if dim is None else dense.narrow(dim, layer.start, getattr(layer, short).shape[dim])
+
+
 @torch.no_grad()
 def load_shards(module: nn.Module, dense: Callable[[str, tuple[int, ...]], torch.Tensor]) -> None:
     """Fill every parameter of `module` from `dense(name, shape)`, the whole tensor of the dense model's parameter
     `name`: a split layer keeps its rank's part, any other parameter the whole (one dense tensor at a time)."""
-    for module_name, sub in module.named_modules():
-        for short, param in sub.named_parameters(recurse=False):
-            name = f"{module_name}.{short}" if module_name else short
-            if isinstance(sub, SPLIT_LAYERS):
-                param.copy_(sub.shard_of(short, dense(name, sub.dense_shapes[short])))
-            else:
-                param.copy_(dense(name, tuple(param.shape)))
+    for name, param, layer, dim in parameters_with_split(module):
+        short = name.rpartition(".")[2]
+        shape = layer.dense_shapes[short] if dim is not None else tuple(param.shape)
+        param.copy_(shard(layer, short, dense(name, shape)))
+
+
+@torch.no_grad()
+def gathered(module: nn.Module, group: dist.ProcessGroup | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(dense name, whole tensor) for every parameter, the split ones gathered from the group one at a time (so
+    the peak is one whole tensor more than the shards); every rank of the group must iterate it in step."""
+    for name, param, _, dim in parameters_with_split(module):
+        if dim is None:
+            yield name, param.detach()
+            continue
+        parts = [torch.empty_like(param) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, param.detach().contiguous(), group=group)
+        yield name, torch.cat(parts, dim=dim)
 
 
 def mark_split_parameters(module: nn.Module) -> None:
     """Tag the parameters each rank holds a different part of (`tensor_model_parallel`, Megatron's name), so
     DeepSpeed's gradient norm sums them over the group and counts every replicated parameter once."""
-    for sub in module.modules():
-        if isinstance(sub, SPLIT_LAYERS):
-            for name, param in sub.named_parameters(recurse=False):
-                param.tensor_model_parallel = not (isinstance(sub, RowParallelLinear) and name == "bias")
+    for _, param, _, dim in parameters_with_split(module):
+        param.tensor_model_parallel = dim is not None
 
 
 class TensorParallelGPTNeoX(GPTNeoX):

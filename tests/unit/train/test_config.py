@@ -27,7 +27,7 @@ def test_deepspeed_config_follows_the_train_config():
     cfg = build_train_config(
         {"model": PYTHIA_160M, "micro_batch_size": 2, "gradient_accumulation_steps": 4, "num_workers": 2}
     )
-    ds = deepspeed_config(cfg, world_size=2)
+    ds = deepspeed_config(cfg)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
         16,
         2,
@@ -36,13 +36,17 @@ def test_deepspeed_config_follows_the_train_config():
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0  # dynamic loss scaling
     assert ds["zero_optimization"]["stage"] == 1 and ds["optimizer"]["params"]["torch_adam"] is True
     # ZeRO's flat buffers hold the fp32 master weights of a mixed-precision run, even on one rank
-    assert deepspeed_config(cfg, world_size=1)["zero_optimization"]["stage"] == 1
+    assert deepspeed_config(dataclasses.replace(cfg, num_workers=1))["zero_optimization"]["stage"] == 1
     fp32 = dataclasses.replace(cfg, precision="fp32")
-    assert deepspeed_config(fp32, world_size=1)["zero_optimization"]["stage"] == 0  # one fp32 rank: nothing to shard
-    assert "data_types" not in deepspeed_config(fp32, world_size=2)
+    one_rank = dataclasses.replace(fp32, num_workers=1)
+    assert deepspeed_config(one_rank)["zero_optimization"]["stage"] == 0  # one fp32 rank: nothing to shard
+    # two tensor-parallel workers are one model replica: half the batch, and nothing for ZeRO to shard either
+    tensor_parallel = deepspeed_config(dataclasses.replace(fp32, model_parallel_size=2))
+    assert tensor_parallel["train_batch_size"] == 8 and tensor_parallel["zero_optimization"]["stage"] == 0
+    assert "data_types" not in deepspeed_config(fp32)
     bf16 = dataclasses.replace(cfg, precision="bf16")
-    assert deepspeed_config(bf16, world_size=1)["data_types"] == {"grad_accum_dtype": "fp32"}
-    assert "data_types" not in deepspeed_config(dataclasses.replace(bf16, zero_stage=0), world_size=2)
+    assert deepspeed_config(dataclasses.replace(bf16, num_workers=1))["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in deepspeed_config(dataclasses.replace(bf16, zero_stage=0))
 
 
 @pytest.mark.parametrize(

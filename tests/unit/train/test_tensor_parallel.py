@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from neox.model.gpt_neox import initialized
+from neox.train.parallel import ModelParallel
 from neox.train.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
     TensorParallelGPTNeoX,
     VocabParallelEmbedding,
+    gathered,
     load_shards,
+    parameters_with_split,
+    shard,
     vocab_parallel_cross_entropy,
 )
 from tests.conftest import tiny_config
@@ -101,9 +105,15 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
 
 def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
     """The tensor-parallel GPT-NeoX starts from slices of the dense model's weights for the same seed, and its
-    loss and gradients are the dense model's, tied or untied, parallel or sequential residual."""
+    loss, gradients and gradient norm are the dense model's, tied or untied, parallel or sequential residual."""
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
+        import deepspeed
+        from deepspeed.runtime.utils import clip_grad_norm_
+        from deepspeed.utils import groups
+
+        deepspeed.init_distributed("gloo")  # takes the process group above, as in a Ray Train worker
+        parallel = groups.mpu = ModelParallel(world)
         torch.manual_seed(2)
         ids = torch.randint(0, 256, (2, 12))
         for overrides in ({}, {"no_weight_tying": False, "gpt_j_residual": False}):
@@ -113,13 +123,10 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
             dense_params = dict(dense.named_parameters())
             assert sorted(dict(split.named_parameters())) == sorted(dense_params)  # the same names
 
-            def shard(module_name: str, short: str, tensor: torch.Tensor, split=split) -> torch.Tensor:
-                module = split.get_submodule(module_name)
-                return module.shard_of(short, tensor) if hasattr(module, "shard_of") else tensor
-
-            for name, param in split.named_parameters():
-                module_name, _, short = name.rpartition(".")
-                torch.testing.assert_close(param, shard(module_name, short, dense_params[name]), rtol=0, atol=0)
+            for name, param, layer, _ in parameters_with_split(split):
+                torch.testing.assert_close(
+                    param, shard(layer, name.rpartition(".")[2], dense_params[name]), rtol=0, atol=0
+                )
             whole = {name for name, param in split.named_parameters() if param.shape == dense_params[name].shape}
             replicated = ("norm.weight", "norm.bias", "attention.dense.bias", "dense_4h_to_h.bias")
             assert whole == {name for name in dense_params if name.endswith(replicated)}
@@ -132,10 +139,22 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
             loss = vocab_parallel_cross_entropy(local, ids[:, 1:], None).mean()
             loss.backward()
             torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-6)
-            for name, param in split.named_parameters():
-                module_name, _, short = name.rpartition(".")
-                expected = shard(module_name, short, dense_params[name].grad)
+            for name, param, layer, _ in parameters_with_split(split):
+                expected = shard(layer, name.rpartition(".")[2], dense_params[name].grad)
                 torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
+            # DeepSpeed's gradient clipping, told the groups as the engine tells it, clips by the dense model's norm
+            torch.testing.assert_close(
+                clip_grad_norm_(list(split.parameters()), 0.01, mpu=parallel),
+                torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.01),
+            )
+            for name, param, layer, _ in parameters_with_split(split):
+                expected = shard(layer, name.rpartition(".")[2], dense_params[name].grad)
+                torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-7, msg=f"clipped {name}")
+            # gathered back, the split model is the dense one, tensor for tensor
+            whole_again = dict(gathered(split, None))
+            assert list(whole_again) == list(dense_params)
+            for name, tensor in whole_again.items():
+                torch.testing.assert_close(tensor, dense_params[name].detach(), rtol=0, atol=0, msg=name)
         with pytest.raises(ValueError, match="3 attention heads do not split over 2"):
             TensorParallelGPTNeoX(tiny_config(num_attention_heads=3, hidden_size=48), None)
     finally:

@@ -1,0 +1,55 @@
+"""How a run's workers share the model: tensor-parallel groups of `model_parallel_size` consecutive ranks (Ray
+Train numbers a node's workers consecutively, so a group shares a node where it fits, and its all-reduces stay on
+NVLink), and data-parallel groups of the ranks holding the same slice (the layout is checked against the model
+before any worker starts: `config.check_layout`). `ModelParallel` holds a worker's process groups and answers the
+Megatron-style `mpu` questions DeepSpeed asks (its data-parallel group for gradients and ZeRO, the model-parallel
+group for the gradient norm and the checkpoint's `mp_rank` files)."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+
+class ModelParallel:
+    """This rank's tensor- and data-parallel process groups (every rank creates every group, in the same order,
+    as torch.distributed requires), and the `mpu` interface DeepSpeed reads them through."""
+
+    def __init__(self, tensor_size: int):
+        world, rank = dist.get_world_size(), dist.get_rank()
+        self.tensor_size, self.data_size = tensor_size, world // tensor_size
+        self.tensor_rank, self.data_rank = rank % tensor_size, rank // tensor_size
+        for start in range(0, world, tensor_size):
+            group = dist.new_group(list(range(start, start + tensor_size)))
+            if start == rank - self.tensor_rank:
+                self.tensor_group = group
+        for offset in range(tensor_size):
+            ranks = list(range(offset, world, tensor_size))
+            group = dist.new_group(ranks)
+            if offset == self.tensor_rank:
+                self.data_group, self.data_ranks = group, ranks
+
+    def get_model_parallel_rank(self) -> int:
+        return self.tensor_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.tensor_size
+
+    def get_model_parallel_group(self) -> dist.ProcessGroup:
+        return self.tensor_group
+
+    def get_data_parallel_rank(self) -> int:
+        return self.data_rank
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.data_size
+
+    def get_data_parallel_group(self) -> dist.ProcessGroup:
+        return self.data_group
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return self.data_ranks
+
+    # the newer names DeepSpeed tries first
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
