@@ -93,20 +93,26 @@ def newest_checkpoint_name(storage: RunStorage) -> str | None:
     return None
 
 
-def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, parallel=None) -> None:
+def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, cfg, parallel=None) -> None:
     """Rank 0 writes the final weights as a neox checkpoint and a Hugging Face directory in the run folder
-    (written locally, then published to object storage when the run lives there). Split over a tensor-parallel
-    group, rank 0's group gathers them tensor by tensor."""
+    (written locally, then published to object storage when the run lives there). A model split over ranks is
+    gathered to rank 0 tensor by tensor, by the ranks of the first replica."""
     import deepspeed
 
     if parallel is not None:
-        from neox.train.tensor_parallel import gathered
+        if parallel.pipe_size > 1:
+            from neox.train.pipeline import gathered_pipeline
 
-        if parallel.data_rank == 0:
-            whole = ((name, tensor.float().cpu()) for name, tensor in gathered(engine.module, parallel.tensor_group))
-            state = {name: tensor for name, tensor in whole if rank == 0}
-            if rank == 0:
-                write_final(engine.module.cfg, state, config)
+            whole = gathered_pipeline(engine.module, parallel, cfg)
+        elif parallel.data_rank == 0:
+            from neox.train.tensor_parallel import gathered
+
+            whole = gathered(engine.module, parallel.tensor_group)
+        else:
+            whole = iter(())
+        state = {name: tensor.float().cpu() for name, tensor in whole if rank == 0}
+        if rank == 0:
+            write_final(cfg, state, config)
         return
     gather = (
         deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
@@ -116,7 +122,7 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, par
     with gather:
         if rank == 0:
             state = {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
-            write_final(engine.module.cfg, state, config)
+            write_final(cfg, state, config)
 
 
 def write_final(cfg, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:

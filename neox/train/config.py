@@ -88,8 +88,12 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 1
     """DeepSpeed ZeRO stage (over the data-parallel ranks)."""
     model_parallel_size: Positive = 1
-    """Tensor-parallel ranks per model replica (gpt-neox's model_parallel_size): attention heads, the MLP and the
-    vocabulary are split over this many consecutive workers; num_workers must be a multiple of it."""
+    """Tensor-parallel ranks per pipeline stage (gpt-neox's model_parallel_size): attention heads, the MLP and the
+    vocabulary are split over this many consecutive workers."""
+    pipe_parallel_size: Positive = 1
+    """Pipeline stages per model replica (gpt-neox's pipe_parallel_size): the transformer layers are cut into this
+    many stages run with DeepSpeed's 1F1B schedule. num_workers must be a multiple of model_parallel_size x
+    pipe_parallel_size; the rest is data parallelism."""
     precision: Precision = "fp32"
     """fp32, bf16, or fp16 with dynamic loss scaling."""
     activation_checkpointing: Bool = False
@@ -131,9 +135,12 @@ class TrainConfig:
         split_boundaries(self.split, 1)  # refuses a split that does not parse
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
-        if self.num_workers % self.model_parallel_size:
-            tp = self.model_parallel_size
-            raise ValueError(f"num_workers ({self.num_workers}) must be a multiple of model_parallel_size ({tp})")
+        if self.num_workers % (self.model_parallel_size * self.pipe_parallel_size):
+            tp, pp = self.model_parallel_size, self.pipe_parallel_size
+            raise ValueError(
+                f"num_workers ({self.num_workers}) must be a multiple of model_parallel_size x pipe_parallel_size "
+                f"({tp} x {pp})"
+            )
         bad = [name for name in self.env if not ENV_NAME.fullmatch(name)]
         if bad:
             raise ValueError(f"env: {', '.join(bad)} are not environment variable names")
@@ -167,8 +174,8 @@ class TrainConfig:
 
     @property
     def data_parallel_size(self) -> int:
-        """Model replicas: the workers over the tensor-parallel size."""
-        return self.num_workers // self.model_parallel_size
+        """Model replicas: the workers over the workers one replica needs."""
+        return self.num_workers // (self.model_parallel_size * self.pipe_parallel_size)
 
     @property
     def global_batch_size(self) -> int:
@@ -184,11 +191,10 @@ class TrainConfig:
 
 
 def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
-    """Refuse a tensor-parallel size the model does not split into (whole heads, equal slices of the MLP and the
-    vocabulary) or a ZeRO stage that does not combine with it."""
-    tp = cfg.model_parallel_size
-    if tp == 1:
-        return
+    """Refuse a layout the model does not split into (whole heads, equal slices of the MLP and the vocabulary, at
+    least one layer per stage) or that DeepSpeed does not combine (ZeRO-3 with tensor slices, ZeRO-2/3 with
+    pipeline stages)."""
+    tp, pp = cfg.model_parallel_size, cfg.pipe_parallel_size
     sizes = {
         "num_attention_heads": model.num_attention_heads,
         "the MLP width": model.ffn_size,
@@ -197,11 +203,24 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
     bad = [f"{name} ({size})" for name, size in sizes.items() if size % tp]
     if bad:
         raise ConfigError(f"train.model_parallel_size {tp} does not divide {', '.join(bad)}")
-    if cfg.zero_stage == 3:
+    if tp > 1 and cfg.zero_stage == 3:
         raise ConfigError(
             "train.zero_stage 3 partitions the parameters itself; with model_parallel_size > 1 use stage 1 or 2 "
             "(gpt-neox trains tensor parallel with ZeRO-1)"
         )
+    if pp == 1:
+        return
+    if pp > model.num_layers:
+        raise ConfigError(f"train.pipe_parallel_size {pp} exceeds the model's {model.num_layers} layers")
+    if cfg.zero_stage != 1:
+        raise ConfigError(
+            f"train.zero_stage {cfg.zero_stage} with pipe_parallel_size > 1: DeepSpeed's pipeline engine takes ZeRO "
+            "stage 1 (as gpt-neox runs it); set zero_stage: 1"
+        )
+    if not model.no_weight_tying:
+        raise ConfigError("pipe_parallel_size > 1 needs an untied output layer (no_weight_tying: true in the model)")
+    if cfg.compile:
+        raise ConfigError("train.compile is not supported with pipe_parallel_size > 1")
 
 
 def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +251,7 @@ def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_activations": "activation_checkpointing",
         "precision": "precision",
         "model_parallel_size": "model_parallel_size",
+        "pipe_parallel_size": "pipe_parallel_size",
     }
     for key, field in direct.items():
         if key in neox:

@@ -3,13 +3,14 @@ checkpointing, and the model a worker starts from (fresh GPT-NeoX init, or `init
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from neox.model.config import ModelConfig
-from neox.model.gpt_neox import GPTNeoX, initialized
+from neox.model.gpt_neox import initialized
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.train.config import TrainConfig
 from neox.train.parallel import ModelParallel
@@ -49,11 +50,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def effective_zero_stage(cfg: TrainConfig) -> int:
-    """ZeRO shards state across data-parallel ranks: one fp32 replica has nothing to shard, and stages 1-3 would
+    """ZeRO shards state across data-parallel ranks: one fp32 rank has nothing to shard, and stages 1-3 would
     only add their flat-buffer bookkeeping (~15% of a CPU step), so it runs stage 0. In bf16/fp16 the stage stays:
     without ZeRO, DeepSpeed keeps the fp32 master weights in its per-parameter (unfused) optimizer wrapper,
     which measured 20% slower than a bare loop for the pythia-410m shape on an H100."""
-    return cfg.zero_stage if cfg.data_parallel_size > 1 or cfg.precision != "fp32" else 0
+    return cfg.zero_stage if cfg.num_workers > 1 or cfg.precision != "fp32" else 0
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -64,49 +65,65 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def apply_activation_checkpointing(model: GPTNeoX) -> None:
+def apply_activation_checkpointing(layers: Iterable[torch.nn.Module]) -> None:
     """Recompute each layer's activations in the backward pass instead of storing them."""
     from torch.utils.checkpoint import checkpoint
 
-    for layer in model.layers:
+    for layer in layers:
         forward = layer.forward
         layer.forward = lambda *args, _f=forward, **kwargs: checkpoint(_f, *args, use_reentrant=False, **kwargs)
 
 
-def initial_model(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None) -> GPTNeoX:
+def initial_model(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None) -> torch.nn.Module:
     """GPT-NeoX's initialisation from the run's seed, or the `init_from` weights (continued pretraining; a
-    checkpoint restored afterwards replaces either); split over the tensor-parallel group when there is one,
-    each rank reading only its slices of `init_from`, tensor by tensor."""
-    if parallel is None:
+    checkpoint restored afterwards replaces either). Under model parallelism the model is split (`parallel`): over
+    the tensor-parallel group, into pipeline stages, or both; each rank then builds and reads only its own part."""
+    if parallel is not None and parallel.pipe_size > 1:
+        from neox.train.pipeline import pipeline_model
+
+        model = pipeline_model(mcfg, cfg.seed, parallel, cfg.activation_checkpointing)
+        load_init_from(cfg, [(piece.prefix, piece) for piece in model.forward_funcs])
+        return model
+    if parallel is not None:
+        from neox.train.tensor_parallel import TensorParallelGPTNeoX
+
+        model = TensorParallelGPTNeoX(mcfg, parallel.tensor_group, cfg.seed)
+        load_init_from(cfg, [("", model)])
+    else:
         model = initialized(mcfg, cfg.seed)
         if cfg.init_from:
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
-    else:
-        from neox.train.tensor_parallel import TensorParallelGPTNeoX, load_shards
-
-        model = TensorParallelGPTNeoX(mcfg, parallel.tensor_group, cfg.seed)
-        if cfg.init_from:
-            from safetensors import safe_open
-
-            with safe_open(str(Path(cfg.init_from) / WEIGHTS_FILE), framework="pt") as weights:
-                load_shards(model, lambda name, shape: weights.get_tensor(name))
     if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model.layers)
     return model
+
+
+def load_init_from(cfg: TrainConfig, parts: list[tuple[str, torch.nn.Module]]) -> None:
+    """Fill each (dense-name prefix, module) part with its slices of the `init_from` weights, tensor by tensor."""
+    if not cfg.init_from:
+        return
+    from safetensors import safe_open
+
+    from neox.train.tensor_parallel import load_shards
+
+    with safe_open(str(Path(cfg.init_from) / WEIGHTS_FILE), framework="pt") as weights:
+        for prefix, module in parts:
+            load_shards(module, lambda name, shape, prefix=prefix: weights.get_tensor(prefix + name))
 
 
 def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None):
     """The DeepSpeed engine training the run's model with AdamW and GPT-NeoX's learning-rate schedule; with
-    `parallel`, over its data-parallel groups, the model split over its tensor-parallel ones."""
+    `parallel`, over its data-parallel groups (a pipeline engine when it has stages, whose grid is the mpu)."""
     import deepspeed
 
+    deepspeed.init_distributed()  # takes Ray Train's process group; a PipelineModule needs it before the engine
     model = initial_model(cfg, mcfg, parallel)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=parameter_groups(model, cfg.weight_decay),
-        mpu=parallel,
+        mpu=parallel if parallel is not None and parallel.pipe_size == 1 else None,
         config=deepspeed_config(cfg),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr

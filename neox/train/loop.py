@@ -53,8 +53,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cpus_per_worker)
     device = torch.device("cuda", ray.train.torch.get_device().index) if cfg.use_gpu else torch.device("cpu")
 
-    parallel = ModelParallel(cfg.model_parallel_size) if cfg.model_parallel_size > 1 else None
-    data_rank = parallel.data_rank if parallel is not None else rank  # a tensor-parallel group reads one batch
+    tp, pp = cfg.model_parallel_size, cfg.pipe_parallel_size
+    parallel = ModelParallel(tp, pp) if tp * pp > 1 else None
+    data_rank = parallel.data_rank if parallel is not None else rank  # a model replica's ranks read one batch
+    pipelined = pp > 1  # DeepSpeed's pipeline engine runs the micro-batches itself (1F1B)
     engine = build_engine(cfg, mcfg, parallel)
     start_step = restore(engine, config, rank)
 
@@ -75,6 +77,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return tokens[:, :-1], tokens[:, 1:]
 
     def loss_of(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if pipelined:
+            return engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1)
         logits = engine(inputs)
         if parallel is not None:  # this rank's slice of the vocabulary: the full logits are never gathered
             return vocab_parallel_cross_entropy(logits, labels, parallel.tensor_group).mean()
@@ -88,13 +92,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for step in range(start_step, cfg.train_iters):
         started = time.perf_counter()
         engine.train()
-        losses = []
-        for micro in range(cfg.gradient_accumulation_steps):
-            inputs, labels = batch(train_set, sample_indices(step, micro, data_rank, cfg))
-            loss = loss_of(inputs, labels)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.detach())
+        micro_batches = (
+            batch(train_set, sample_indices(step, micro, data_rank, cfg))
+            for micro in range(cfg.gradient_accumulation_steps)
+        )
+        if pipelined:
+            losses = [engine.train_batch(micro_batches)]  # the mean over the micro-batches, on every stage
+        else:
+            losses = []
+            for inputs, labels in micro_batches:
+                loss = loss_of(inputs, labels)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.detach())
         loss_value = mean_over_ranks(torch.stack(losses).mean())
         grad_norm = engine.get_global_grad_norm()
         grad_norm = None if grad_norm is None else float(grad_norm)
@@ -120,4 +130,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
     if tracker is not None:
         tracker.close()
-    export_final(engine, config, rank, effective_zero_stage(cfg), parallel)
+    export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)

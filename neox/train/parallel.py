@@ -1,9 +1,10 @@
 """How a run's workers share the model: tensor-parallel groups of `model_parallel_size` consecutive ranks (Ray
 Train numbers a node's workers consecutively, so a group shares a node where it fits, and its all-reduces stay on
-NVLink), and data-parallel groups of the ranks holding the same slice (the layout is checked against the model
-before any worker starts: `config.check_layout`). `ModelParallel` holds a worker's process groups and answers the
-Megatron-style `mpu` questions DeepSpeed asks (its data-parallel group for gradients and ZeRO, the model-parallel
-group for the gradient norm and the checkpoint's `mp_rank` files)."""
+NVLink), pipeline stages of whole groups (`pipeline.py`), and data-parallel groups of the ranks holding the same
+slice of the same stage. The layout is checked against the model before any worker starts
+(`config.check_layout`). `ModelParallel` holds a worker's process groups and answers the Megatron-style `mpu`
+questions DeepSpeed asks (its data-parallel group for gradients and ZeRO, the model-parallel group for the gradient
+norm and the checkpoint's `mp_rank` files); with pipeline stages DeepSpeed's own grid answers them."""
 
 from __future__ import annotations
 
@@ -11,22 +12,32 @@ import torch.distributed as dist
 
 
 class ModelParallel:
-    """This rank's tensor- and data-parallel process groups (every rank creates every group, in the same order,
-    as torch.distributed requires), and the `mpu` interface DeepSpeed reads them through."""
+    """This rank's place in the layout and its tensor- and data-parallel process groups (every rank creates every
+    group, in the same order, as torch.distributed requires), and the `mpu` interface DeepSpeed reads them through.
+    Ranks are numbered as DeepSpeed's pipeline topology numbers them (axes pipe, data, model, the last fastest):
+    rank = (pipe * data_size + data) * tensor_size + tensor, so with pipeline stages our tensor groups are the
+    ones its grid builds."""
 
-    def __init__(self, tensor_size: int):
+    def __init__(self, tensor_size: int, pipe_size: int = 1):
         world, rank = dist.get_world_size(), dist.get_rank()
-        self.tensor_size, self.data_size = tensor_size, world // tensor_size
-        self.tensor_rank, self.data_rank = rank % tensor_size, rank // tensor_size
+        self.tensor_size, self.pipe_size = tensor_size, pipe_size
+        self.data_size = world // (tensor_size * pipe_size)
+        self.tensor_rank = rank % tensor_size
+        self.data_rank = rank // tensor_size % self.data_size
+        self.pipe_rank = rank // (tensor_size * self.data_size)
         for start in range(0, world, tensor_size):
             group = dist.new_group(list(range(start, start + tensor_size)))
             if start == rank - self.tensor_rank:
                 self.tensor_group = group
-        for offset in range(tensor_size):
-            ranks = list(range(offset, world, tensor_size))
-            group = dist.new_group(ranks)
-            if offset == self.tensor_rank:
-                self.data_group, self.data_ranks = group, ranks
+        for pipe in range(pipe_size):
+            for tensor in range(tensor_size):
+                ranks = [self.rank_of(pipe, data, tensor) for data in range(self.data_size)]
+                group = dist.new_group(ranks)
+                if rank in ranks:
+                    self.data_group, self.data_ranks = group, ranks
+
+    def rank_of(self, pipe: int, data: int, tensor: int) -> int:
+        return (pipe * self.data_size + data) * self.tensor_size + tensor
 
     def get_model_parallel_rank(self) -> int:
         return self.tensor_rank

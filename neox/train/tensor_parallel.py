@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neox.model.config import ModelConfig
-from neox.model.gpt_neox import GPTNeoX, init_parameter
+from neox.model.gpt_neox import GPTNeoX, Layer, init_parameter
 
 
 def partition(size: int, group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -224,6 +224,24 @@ def mark_split_parameters(module: nn.Module) -> None:
         param.tensor_model_parallel = dim is not None
 
 
+def split_layer(layer: Layer, cfg: ModelConfig, group: dist.ProcessGroup | None) -> None:
+    """Swap a transformer layer's four matmuls for their split versions, in place (built on the current device,
+    the meta device when the caller materialises the shards afterwards)."""
+    tp, hidden = dist.get_world_size(group), cfg.hidden_size
+    if cfg.num_attention_heads % tp:
+        raise ValueError(f"{cfg.num_attention_heads} attention heads do not split over {tp} tensor-parallel ranks")
+    layer.attention.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, group)
+    layer.attention.dense = RowParallelLinear(hidden, hidden, group)
+    layer.attention.num_heads = cfg.num_attention_heads // tp
+    layer.mlp.dense_h_to_4h = ColumnParallelLinear(hidden, cfg.ffn_size, group)
+    layer.mlp.dense_4h_to_h = RowParallelLinear(cfg.ffn_size, hidden, group)
+
+
+def copy_to_group(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """`x` as it is, its gradient summed over the group (the input of a column-parallel matmul)."""
+    return _CopyToGroup.apply(x, group)
+
+
 class TensorParallelGPTNeoX(GPTNeoX):
     """GPT-NeoX with its matmuls split over a tensor-parallel group: each rank holds whole attention heads
     (`query_key_value` column-parallel, `dense` row-parallel), a slice of the MLP (`dense_h_to_4h` column-,
@@ -233,21 +251,13 @@ class TensorParallelGPTNeoX(GPTNeoX):
     weights are slices of the dense model's for the same seed (`init_parameter`), whatever the group's size."""
 
     def __init__(self, cfg: ModelConfig, group: dist.ProcessGroup | None, seed: int = 0, device: str = "cpu"):
-        tp = dist.get_world_size(group)
-        if cfg.num_attention_heads % tp:
-            raise ValueError(f"{cfg.num_attention_heads} attention heads do not split over {tp} tensor-parallel ranks")
         with torch.device("meta"):
             super().__init__(cfg)
-            hidden = cfg.hidden_size
-            self.embed_in = VocabParallelEmbedding(cfg.vocab_size, hidden, group)
+            self.embed_in = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group)
             for layer in self.layers:
-                layer.attention.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, group)
-                layer.attention.dense = RowParallelLinear(hidden, hidden, group)
-                layer.attention.num_heads = cfg.num_attention_heads // tp
-                layer.mlp.dense_h_to_4h = ColumnParallelLinear(hidden, cfg.ffn_size, group)
-                layer.mlp.dense_4h_to_h = RowParallelLinear(cfg.ffn_size, hidden, group)
+                split_layer(layer, cfg, group)
             if self.embed_out is not None:
-                self.embed_out = ColumnParallelLinear(hidden, cfg.vocab_size, group, bias=False)
+                self.embed_out = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, group, bias=False)
         self.group = group
         self.to_empty(device=device)
         load_shards(self, lambda name, shape: init_parameter(cfg, name, shape, seed))
@@ -256,4 +266,4 @@ class TensorParallelGPTNeoX(GPTNeoX):
     def output_layer(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed_out is not None:
             return self.embed_out(x)
-        return F.linear(_CopyToGroup.apply(x, self.group), self.embed_in.weight)  # tied: the embedding's rows
+        return F.linear(copy_to_group(x, self.group), self.embed_in.weight)  # tied: the embedding's rows

@@ -40,9 +40,10 @@ def test_deepspeed_config_follows_the_train_config():
     fp32 = dataclasses.replace(cfg, precision="fp32")
     one_rank = dataclasses.replace(fp32, num_workers=1)
     assert deepspeed_config(one_rank)["zero_optimization"]["stage"] == 0  # one fp32 rank: nothing to shard
-    # two tensor-parallel workers are one model replica: half the batch, and nothing for ZeRO to shard either
-    tensor_parallel = deepspeed_config(dataclasses.replace(fp32, model_parallel_size=2))
-    assert tensor_parallel["train_batch_size"] == 8 and tensor_parallel["zero_optimization"]["stage"] == 0
+    # two tensor-parallel workers are one model replica: the batch of one; two stages of two, the same
+    assert deepspeed_config(dataclasses.replace(fp32, model_parallel_size=2))["train_batch_size"] == 8
+    four = dataclasses.replace(fp32, num_workers=4, model_parallel_size=2, pipe_parallel_size=2)
+    assert deepspeed_config(four)["train_batch_size"] == 8
     assert "data_types" not in deepspeed_config(fp32)
     bf16 = dataclasses.replace(cfg, precision="bf16")
     assert deepspeed_config(dataclasses.replace(bf16, num_workers=1))["data_types"] == {"grad_accum_dtype": "fp32"}

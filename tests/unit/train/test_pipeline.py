@@ -1,0 +1,34 @@
+"""The pipeline's pieces: each starts from the dense model's weights under the dense names, and chained they
+compute the dense model's logits (what DeepSpeed's stages pass along is the hidden state alone)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neox.model.gpt_neox import initialized
+from neox.train.pipeline import EmbeddingPiece, LayerPiece, OutputPiece, piece_names
+from tests.conftest import tiny_config
+
+
+def test_pieces_start_from_the_dense_weights_and_chain_into_the_dense_model():
+    cfg = tiny_config(num_layers=3)
+    dense = initialized(cfg, seed=11).eval()
+    pieces = [
+        EmbeddingPiece(cfg, None, seed=11),
+        *(LayerPiece(cfg, None, 11, i) for i in range(cfg.num_layers)),
+        OutputPiece(cfg, None, seed=11),
+    ]
+    dense_params = dict(dense.named_parameters())
+    shapes = {name: tuple(p.shape) for name, p in dense_params.items()}
+    seen = []
+    for index, piece in enumerate(pieces):
+        names = [piece.prefix + name for name, _ in piece.named_parameters()]
+        assert names == piece_names(shapes, cfg.num_layers, index)  # the order rank 0 receives them in
+        for name, param in piece.named_parameters():
+            torch.testing.assert_close(param, dense_params[piece.prefix + name], rtol=0, atol=0)
+        seen += names
+    assert sorted(seen) == sorted(dense_params)
+    ids = torch.randint(0, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(nn.Sequential(*pieces).eval()(ids), dense(ids), rtol=1e-6, atol=1e-6)
