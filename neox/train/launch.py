@@ -64,6 +64,8 @@ def finished(plan: RunPlan) -> bool:
 # decay come back with it, and the checkpoint's layout fixes the workers, ZeRO stage and precision. Only the data
 # and the schedule's length and shape (its lambda is computed from the config) can change.
 CONTINUABLE = frozenset({"data", "train.train_iters", "train.lr_decay_iters", "train.warmup", "train.min_lr"})
+# How the weights and optimizer state are cut over the workers: a checkpoint loads only into its own layout.
+LAYOUT = frozenset({"train.num_workers", "train.model_parallel_size", "train.pipe_parallel_size", "train.zero_stage"})
 
 
 def continuation_of(plan: RunPlan) -> RunPlan | None:
@@ -102,6 +104,14 @@ def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
         raise RunStateError(
             f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained on another dataset "
             f"({previous.data_key} vs {plan.identity['data']}): pass --allow-new-data to continue it on this one"
+        )
+    if changed & LAYOUT:
+        layout = ", ".join(sorted(c.removeprefix("train.") for c in changed & LAYOUT))
+        raise RunStateError(
+            f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained in another layout ({layout}), "
+            "and its checkpoints hold weights and optimizer state cut for that layout. Finish it in its own layout, "
+            f"or start a new run from its whole weights in this one: train.init_from: {previous.storage.uri}/"
+            + "/".join(FINAL_MODEL)
         )
     if not allow_new_data or changed - CONTINUABLE:
         raise RunStateError(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.conftest import STEPS, finish, free_port, launch, planned_run, run_folder, write_config
+from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, planned_run, run_folder, write_config
 from tests.integration.test_train import (
     RAY,
     final_weights,
@@ -120,3 +120,13 @@ def test_four_workers_two_tensor_parallel_by_two_pipeline_stages_train_the_data_
     )
     finish(launch(config, env=auth))
     check_against_straight(run_folder(config), straight)
+
+
+def test_resuming_a_run_in_another_layout_is_refused_with_the_way_to_go_on(tmp_path, tokenized, straight):
+    """The straight run's checkpoints are cut for two data-parallel workers: resuming it tensor parallel is refused
+    before any worker starts, pointing at its exported weights (which `init_from` splits into any layout)."""
+    config = write_config(tmp_path, tokenized, **TENSOR_PARALLEL, storage_path=str(straight.parent))
+    refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "was trained in another layout (model_parallel_size)" in refused.stderr
+    assert f"train.init_from: {straight}/final/model" in refused.stderr

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from neox.errors import ConfigError
-from neox.train.config import build_train_config, load_train_config
+from neox.train.config import build_train_config, check_layout, load_train_config
 from neox.train.engine import deepspeed_config
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config
 
 PYTHIA_160M = str(REPO / "configs" / "model" / "pythia-160m.yml")
 
@@ -112,3 +112,40 @@ def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_pat
         check_init_from(str(tmp_path), cfg, tmp_path / "data")
     (tmp_path / "data" / "tokenizer.json").write_text('{"a": 1}')
     check_init_from(str(tmp_path / "start"), cfg, tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    "overrides, model_overrides, message",
+    [
+        ({"model_parallel_size": 3, "num_workers": 3}, {}, "model_parallel_size 3 does not divide num_attention_heads"),
+        ({"model_parallel_size": 2, "zero_stage": 3}, {}, "zero_stage 3 partitions the parameters itself"),
+        ({"pipe_parallel_size": 4, "num_workers": 4}, {}, "pipe_parallel_size 4 exceeds the model's 2 layers"),
+        ({"pipe_parallel_size": 2, "zero_stage": 2}, {}, "zero_stage 2 with pipe_parallel_size > 1"),
+        ({"pipe_parallel_size": 2}, {"no_weight_tying": False}, "needs an untied output layer"),
+        ({"pipe_parallel_size": 2, "compile": True}, {}, "compile is not supported with pipe_parallel_size > 1"),
+    ],
+)
+def test_a_layout_the_model_or_deepspeed_cannot_take_is_refused_before_any_worker_starts(
+    overrides, model_overrides, message
+):
+    cfg = build_train_config({"model": str(REPO / "configs" / "model" / "tiny.yml"), **overrides})
+    with pytest.raises(ConfigError, match=message):
+        check_layout(cfg, tiny_config(**model_overrides))
+
+
+def test_workers_must_fill_whole_model_replicas():
+    with pytest.raises(ConfigError, match=r"num_workers \(6\) must be a multiple of .* \(2 x 2\)"):
+        build_train_config({"model": PYTHIA_160M, "num_workers": 6, "model_parallel_size": 2, "pipe_parallel_size": 2})
+    cfg = build_train_config(
+        {"model": PYTHIA_160M, "num_workers": 8, "model_parallel_size": 2, "pipe_parallel_size": 2}
+    )
+    assert cfg.data_parallel_size == 2
+
+
+def test_gpt_neox_layout_keys_come_from_the_model_yaml_and_pad_the_vocabulary():
+    from neox.model.config import load_model_config
+
+    cfg = build_train_config({"model": str(REPO / "configs" / "model" / "neox-20b.yml"), "num_workers": 96})
+    assert (cfg.model_parallel_size, cfg.pipe_parallel_size, cfg.data_parallel_size) == (2, 4, 12)
+    model, _ = load_model_config(*cfg.model, vocab_size=50277, model_parallel_size=4)
+    assert model.vocab_size % (128 * 4) == 0

@@ -8,7 +8,7 @@ from torch import nn
 
 from neox.model.gpt_neox import initialized
 from neox.train.pipeline import EmbeddingPiece, LayerPiece, OutputPiece, piece_names
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 
 def test_pieces_start_from_the_dense_weights_and_chain_into_the_dense_model():
@@ -32,3 +32,22 @@ def test_pieces_start_from_the_dense_weights_and_chain_into_the_dense_model():
     ids = torch.randint(0, cfg.vocab_size, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(nn.Sequential(*pieces).eval()(ids), dense(ids), rtol=1e-6, atol=1e-6)
+
+
+def test_init_from_weights_fill_each_piece_under_its_dense_names(tmp_path):
+    from safetensors.torch import save_file
+
+    from neox.pipeline.layout import WEIGHTS_FILE
+    from neox.train.config import build_train_config
+    from neox.train.engine import load_init_from
+
+    cfg = tiny_config()
+    trained = initialized(cfg, seed=5)
+    save_file(dict(trained.state_dict()), str(tmp_path / WEIGHTS_FILE))
+    pieces = [EmbeddingPiece(cfg, None, 0), LayerPiece(cfg, None, 0, 1), OutputPiece(cfg, None, 0)]
+    train = build_train_config({"model": str(REPO / "configs" / "model" / "tiny.yml"), "init_from": str(tmp_path)})
+    load_init_from(train, [(piece.prefix, piece) for piece in pieces])
+    expected = dict(trained.named_parameters())
+    for piece in pieces:
+        for name, param in piece.named_parameters():
+            torch.testing.assert_close(param, expected[piece.prefix + name], rtol=0, atol=0)

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from neox.model.gpt_neox import initialized
+from neox.pipeline.layout import WEIGHTS_FILE
+from neox.train.config import build_train_config
+from neox.train.engine import initial_model
 from neox.train.parallel import ModelParallel
 from neox.train.tensor_parallel import (
     ColumnParallelLinear,
@@ -24,7 +27,7 @@ from neox.train.tensor_parallel import (
     shard,
     vocab_parallel_cross_entropy,
 )
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 VOCAB, HIDDEN, FFN = 16, 8, 12
 
@@ -103,7 +106,7 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
         dist.destroy_process_group()
 
 
-def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
+def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) -> None:
     """The tensor-parallel GPT-NeoX starts from slices of the dense model's weights for the same seed, and its
     loss, gradients and gradient norm are the dense model's, tied or untied, parallel or sequential residual."""
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
@@ -155,6 +158,17 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str) -> None:
             assert list(whole_again) == list(dense_params)
             for name, tensor in whole_again.items():
                 torch.testing.assert_close(tensor, dense_params[name].detach(), rtol=0, atol=0, msg=name)
+        # init_from: each rank reads its slices of a dense checkpoint, tensor by tensor
+        train = build_train_config(
+            {"model": str(REPO / "configs" / "model" / "tiny.yml"), "init_from": weights, "model_parallel_size": 2}
+        )
+        cfg = tiny_config()
+        from_file = initial_model(train, cfg, parallel)
+        dense = initialized(cfg, seed=5)
+        dense_params = dict(dense.named_parameters())
+        for name, param, layer, _ in parameters_with_split(from_file):
+            expected = shard(layer, name.rpartition(".")[2], dense_params[name])
+            torch.testing.assert_close(param, expected, rtol=0, atol=0, msg=name)
         with pytest.raises(ValueError, match="3 attention heads do not split over 2"):
             TensorParallelGPTNeoX(tiny_config(num_attention_heads=3, hidden_size=48), None)
     finally:
@@ -166,4 +180,7 @@ def test_two_tensor_parallel_ranks_compute_the_dense_loss_and_gradients(tmp_path
 
 
 def test_the_tensor_parallel_model_is_the_dense_model_split(tmp_path):
-    mp.spawn(check_model_on_rank, args=(2, f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
+    from safetensors.torch import save_file
+
+    save_file(dict(initialized(tiny_config(), seed=5).state_dict()), str(tmp_path / WEIGHTS_FILE))
+    mp.spawn(check_model_on_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
