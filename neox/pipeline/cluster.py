@@ -20,6 +20,7 @@ import yaml
 from neox.errors import ConfigError
 from neox.pipeline.atomic import atomic_write_text
 from neox.pipeline.configfile import read_pipeline_config
+from neox.train.config import build_train_config
 
 # The Terraform outputs this needs (infra/terraform/aws/outputs.tf declares them).
 REQUIRED = (
@@ -104,9 +105,10 @@ def cluster_part(outputs: dict[str, Any], work_root: str | None = None) -> dict[
     }
 
 
-def apply_to(base: dict[str, Any], part: dict[str, Any], bucket: str) -> dict[str, Any]:
-    """The base pipeline config with the cluster part in place. The global batch is kept (the schedule is in
-    sequences): gradient accumulation absorbs a different GPU count, or it is an error when it cannot."""
+def apply_to(base: dict[str, Any], part: dict[str, Any], bucket: str, base_dir: Path) -> dict[str, Any]:
+    """The base pipeline config (read from `base_dir`) with the cluster part in place. The global batch is kept
+    (the schedule is in sequences): gradient accumulation absorbs a different number of model replicas (GPUs over
+    tensor x pipeline parallel size), or it is an error when it cannot."""
     out = copy.deepcopy(base)
     out["work_root"] = part["work_root"]
     for section in ("data", "train", "eval"):
@@ -115,13 +117,17 @@ def apply_to(base: dict[str, Any], part: dict[str, Any], bucket: str) -> dict[st
         out["data"]["pile_mirror"] = f"s3://{bucket}/pile"
     train, old = out["train"], base.get("train") or {}
     if {"num_workers", "micro_batch_size", "gradient_accumulation_steps"} <= set(old):
-        batch = old["num_workers"] * old["micro_batch_size"] * old["gradient_accumulation_steps"]
-        per_step = train["num_workers"] * train["micro_batch_size"]
-        if batch % per_step:
+        before = build_train_config(old, base_dir)  # the layout may come from the model YAML
+        per_replica = before.model_parallel_size * before.pipe_parallel_size
+        batch = before.global_batch_size
+        replicas, leftover = divmod(train["num_workers"], per_replica)
+        per_step = replicas * before.micro_batch_size
+        if leftover or batch % per_step:
             raise ConfigError(
                 f"the base config's global batch of {batch} sequences does not divide over "
-                f"{train['num_workers']} GPUs x micro batch {train['micro_batch_size']}: "
-                "change train.micro_batch_size in the base config or the cluster's node count"
+                f"{train['num_workers']} GPUs in model replicas of {per_replica} x micro batch "
+                f"{before.micro_batch_size}: change train.micro_batch_size in the base config or the cluster's "
+                "node count"
             )
         train["gradient_accumulation_steps"] = batch // per_step
     return out
@@ -144,7 +150,7 @@ def filled_in(
     """The base pipeline config with the cluster part of `outputs_path` in place, as YAML text (with a header
     naming both) and as data; with `out_dir`, its model paths are made relative to that folder."""
     values = read_outputs(outputs_path)
-    config = apply_to(read_pipeline_config(base), cluster_part(values, work_root), values["bucket"])
+    config = apply_to(read_pipeline_config(base), cluster_part(values, work_root), values["bucket"], base.parent)
     if out_dir is not None:
         config = rebase_model_paths(config, base.parent, out_dir)
     header = f"# {base} on the cluster of {outputs_path} (written by `neox cluster config`)\n"

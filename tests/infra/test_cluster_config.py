@@ -49,13 +49,14 @@ def test_without_efa_nccl_is_not_told_to_use_it(tmp_path):
 
 def test_the_base_configs_global_batch_is_kept_on_another_gpu_count(tmp_path):
     base = read_pipeline_config(NEOX_20B)
-    on_12 = apply_to(base, cluster_part(read_outputs(OUTPUTS)), "b")
-    assert on_12["train"]["gradient_accumulation_steps"] == 4 and on_12["data"]["pile_mirror"] == "s3://b/pile"
-    on_6 = apply_to(base, cluster_part(read_outputs(outputs_file(tmp_path, node_count=6))), "b")
-    assert (on_6["train"]["num_workers"], on_6["train"]["gradient_accumulation_steps"]) == (48, 8)  # 4 x 8 x 48 = 1536
-    assert on_6["train"]["zero_stage"] == 3 and on_6["registry"] == base["registry"]  # the rest is the base's
-    with pytest.raises(ConfigError, match="global batch of 1536 sequences does not divide over 40 GPUs"):
-        apply_to(base, cluster_part(read_outputs(outputs_file(tmp_path, node_count=5))), "b")
+    on_12 = apply_to(base, cluster_part(read_outputs(OUTPUTS)), "b", NEOX_20B.parent)
+    assert on_12["train"]["gradient_accumulation_steps"] == 32 and on_12["data"]["pile_mirror"] == "s3://b/pile"
+    on_6 = apply_to(base, cluster_part(read_outputs(outputs_file(tmp_path, node_count=6))), "b", NEOX_20B.parent)
+    # 48 GPUs are 6 replicas of tensor 2 x pipeline 4: 4 x 64 x 6 = 1536
+    assert (on_6["train"]["num_workers"], on_6["train"]["gradient_accumulation_steps"]) == (48, 64)
+    assert on_6["train"]["zero_stage"] == 1 and on_6["registry"] == base["registry"]  # the rest is the base's
+    with pytest.raises(ConfigError, match="1536 sequences does not divide over 40 GPUs in model replicas of 8"):
+        apply_to(base, cluster_part(read_outputs(outputs_file(tmp_path, node_count=5))), "b", NEOX_20B.parent)
 
 
 def test_the_command_writes_a_config_that_passes_neox_check(tmp_path):

@@ -31,8 +31,9 @@ def test_the_pile_configs_keep_the_published_batch_and_schedule():
         1536,
         150000,
         0.97e-4,
-        3,
+        1,
     )
+    assert (neox20b.model_parallel_size, neox20b.pipe_parallel_size, neox20b.data_parallel_size) == (2, 4, 12)
     assert neox20b.activation_checkpointing and neox20b.precision == pythia.precision == "bf16"
     assert neox20b.storage_path.startswith("/fsx/") and neox20b.ray_address == "auto"
 
