@@ -9,6 +9,12 @@ come from its metrics.jsonl, so Ray and DeepSpeed start-up are excluded (and pri
 
     .venv/bin/python bench/train_step.py [--steps 30] [--hidden 256] [--layers 4] [--seq 256] [--batch 8]
     python bench/train_step.py --device cuda --batch 16 [--model configs/model/pythia-410m.yml]   # MFU, bf16
+
+With --layouts, instead: the same shape through the full path on 2 workers (one core each) in each model-parallel
+layout at the same global batch: data parallel 2 (the baseline), tensor parallel 2, pipeline parallel 2 (four
+micro-batches of half the batch per step, 1F1B); prints each one's median step time and its ratio to data parallel.
+
+    .venv/bin/python bench/train_step.py --layouts [--steps 30] [--batch 8]
 """
 
 from __future__ import annotations
@@ -220,6 +226,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--zero", type=int, default=1, help="ZeRO stage of (c)")
+    parser.add_argument(
+        "--layouts", action="store_true", help="time data, tensor and pipeline parallel 2 against each other"
+    )
     args = parser.parse_args()
     if args.device == "cuda":
         return gpu_main(args)
@@ -270,6 +279,8 @@ def main() -> None:
             flush=True,
         )
 
+        if args.layouts:
+            return layouts(args, model_yaml, tokenized, tmp)
         torch.manual_seed(0)
         loop_a = BareLoop(transformers_model(cfg), lambda m, x: m(x).logits)
         loop_b = BareLoop(initialized(cfg, 0), lambda m, x: m(x))
@@ -281,36 +292,13 @@ def main() -> None:
         a = loop_a.seconds
 
         from neox.runtime.ray_cluster import ensure_ray
-        from neox.train.config import build_train_config
-        from neox.train.launch import train
 
         started = time.perf_counter()
         ensure_ray(num_cpus=args.threads)
-        train_cfg = build_train_config(
-            {
-                "model": str(model_yaml),
-                "data": str(tokenized),
-                "name": "bench",
-                "storage_path": str(tmp / "runs"),
-                "seq_length": args.seq,
-                "micro_batch_size": args.batch,
-                "train_iters": args.steps,
-                "lr": 1e-3,
-                "min_lr": 1e-4,
-                "zero_stage": args.zero,
-                "num_workers": 1,
-                "cpus_per_worker": args.threads,
-                "log_interval": args.steps,
-                "eval_interval": 10 * args.steps,
-                "eval_iters": 1,
-                "checkpoint_interval": 10 * args.steps,
-                "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-            }
+        c = full_path_step(
+            args, model_yaml, tokenized, tmp, num_workers=1, cpus_per_worker=args.threads, zero_stage=args.zero
         )
-        run_dir = Path(train(train_cfg))
         total = time.perf_counter() - started
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        c = statistics.median(r["step_time_s"] for r in records[5:])
         for tokens in batches:  # (b) again right after (c): its figure is the median over both stretches
             loop_b.step(tokens)
         b = loop_b.seconds
@@ -325,6 +313,65 @@ def main() -> None:
         f"(c) wall time including Ray + DeepSpeed start-up and the final export: {total:.1f} s for {args.steps} steps"
     )
     print(f"ratio b/a: {a / b:.2f}x   ratio c/b: {b / c:.2f}x")
+
+
+def full_path_step(args: argparse.Namespace, model_yaml: Path, tokenized: Path, tmp: Path, **train: object) -> float:
+    """Median step time (after 5 warm-up steps) of a run through Ray Train + DeepSpeed, from its metrics.jsonl."""
+    from neox.train.config import build_train_config
+    from neox.train.launch import train as train_run
+
+    section = {
+        "model": str(model_yaml),
+        "data": str(tokenized),
+        "name": "bench",
+        "storage_path": str(tmp / "runs"),
+        "seq_length": args.seq,
+        "micro_batch_size": args.batch,
+        "train_iters": args.steps,
+        "lr": 1e-3,
+        "min_lr": 1e-4,
+        "log_interval": args.steps,
+        "eval_interval": 10 * args.steps,
+        "eval_iters": 1,
+        "checkpoint_interval": 10 * args.steps,
+        "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        **train,
+    }
+    run_dir = Path(train_run(build_train_config(section)))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["step_time_s"] for r in records[5:])
+
+
+def layouts(args: argparse.Namespace, model_yaml: Path, tokenized: Path, tmp: Path) -> None:
+    """Data parallel 2 against tensor parallel 2 and pipeline parallel 2, at the same global batch (2 x batch)."""
+    from neox.runtime.ray_cluster import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    common = {"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 1}
+    half = dict(args.__dict__, batch=args.batch // 2)  # four micro-batches of half the batch: a smaller bubble
+    timed = {
+        "data parallel 2": full_path_step(args, model_yaml, tokenized, tmp, **common),
+        "tensor parallel 2": full_path_step(
+            args, model_yaml, tokenized, tmp, **common, model_parallel_size=2, gradient_accumulation_steps=2
+        ),
+        "pipeline parallel 2 (1F1B, 4 micro-batches)": full_path_step(
+            argparse.Namespace(**half),
+            model_yaml,
+            tokenized,
+            tmp,
+            **common,
+            pipe_parallel_size=2,
+            gradient_accumulation_steps=4,
+        ),
+    }
+    tokens_per_step = 2 * args.batch * args.seq
+    print(f"global batch {2 * args.batch} x {args.seq} tokens, 2 workers of 1 core")
+    baseline = timed["data parallel 2"]
+    for label, seconds in timed.items():
+        print(
+            f"{label:46s} {seconds * 1000:8.1f} ms/step  {tokens_per_step / seconds:9.0f} tokens/s  "
+            f"{baseline / seconds:5.2f}x data parallel"
+        )
 
 
 if __name__ == "__main__":

@@ -95,18 +95,15 @@ class ModelConfig:
         return "tanh" if self.bias_gelu_fusion else "none"
 
     @classmethod
-    def from_neox(
-        cls, raw: dict[str, Any], vocab_size: int | None = None, model_parallel_size: int | None = None
-    ) -> tuple[ModelConfig, dict[str, Any]]:
+    def from_neox(cls, raw: dict[str, Any], vocab_size: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:
         """Build from a (normalized) GPT-NeoX config dict. Returns the model config and the keys it did not use.
 
-        `vocab_size` is the tokenizer's size; it is padded like GPT-NeoX does, for the dict's model_parallel_size
-        unless `model_parallel_size` (the training run's) is given. Without it the dict must carry `vocab_size`
-        (already padded, as our checkpoints store it).
+        `vocab_size` is the tokenizer's size; it is padded like GPT-NeoX does, for the model YAML's
+        model_parallel_size (a training run's own tensor-parallel size does not change the model's shape, so its
+        checkpoints load into any layout). Without it the dict must carry `vocab_size` (already padded, as our
+        checkpoints store it).
         """
         rest = dict(raw)
-        if model_parallel_size is not None:
-            rest["model_parallel_size"] = model_parallel_size
         values = {f.name: rest.pop(f.name) for f in dataclasses.fields(cls) if f.name in rest}
         _check_architecture_switches(rest, values.get("num_attention_heads"))
         sizes = parse(VocabPadding, {k: rest.pop(k) for k in VocabPadding.KEYS if k in rest})
@@ -210,12 +207,10 @@ def load_neox_yaml(*paths: str | Path) -> dict[str, Any]:
     return merged
 
 
-def load_model_config(
-    *paths: str | Path, vocab_size: int | None = None, model_parallel_size: int | None = None
-) -> tuple[ModelConfig, dict[str, Any]]:
+def load_model_config(*paths: str | Path, vocab_size: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:
     """`load_neox_yaml` then `ModelConfig.from_neox`, with the file names in any error."""
     try:
-        return ModelConfig.from_neox(load_neox_yaml(*paths), vocab_size, model_parallel_size)
+        return ModelConfig.from_neox(load_neox_yaml(*paths), vocab_size=vocab_size)
     except ConfigError as err:
         if any(str(p) in str(err) for p in paths):
             raise

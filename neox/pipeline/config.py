@@ -60,9 +60,7 @@ def _load(path: Path) -> PipelineConfig:
         raise ConfigError("no `train:` section (a mapping with at least `model:`)")
     train = build_train_config(raw["train"], base_dir=path.parent)
     cfg = parse(PipelineConfig, {**raw, "train": train})
-    model, _ = load_model_config(
-        *train.model, vocab_size=PLACEHOLDER_VOCAB, model_parallel_size=train.model_parallel_size
-    )
+    model, _ = load_model_config(*train.model, vocab_size=PLACEHOLDER_VOCAB)
     check_layout(train, model)
     if train.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings

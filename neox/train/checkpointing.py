@@ -132,8 +132,9 @@ def write_final(cfg, state: dict[str, torch.Tensor], config: dict[str, Any]) -> 
 
     storage = config["storage"]
     final = storage.local_dir() / FINAL_DIR
-    model = GPTNeoX(cfg)
-    model.load_state_dict(state)
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    model.load_state_dict(state, assign=True)  # the gathered tensors themselves: no second copy of the model
     save_model(model, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
     export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
     storage.publish(final, FINAL_DIR)

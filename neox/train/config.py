@@ -191,9 +191,8 @@ class TrainConfig:
 
 
 def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
-    """Refuse a layout the model does not split into (whole heads, equal slices of the MLP and the vocabulary, at
-    least one layer per stage) or that DeepSpeed does not combine (ZeRO-3 with tensor slices, ZeRO-2/3 with
-    pipeline stages)."""
+    """Refuse a layout the model does not split into (whole heads, equal slices of the MLP and the padded
+    vocabulary, at least one layer per stage) or that is not supported with it."""
     tp, pp = cfg.model_parallel_size, cfg.pipe_parallel_size
     sizes = {
         "num_attention_heads": model.num_attention_heads,
@@ -202,25 +201,35 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
     }
     bad = [f"{name} ({size})" for name, size in sizes.items() if size % tp]
     if bad:
-        raise ConfigError(f"train.model_parallel_size {tp} does not divide {', '.join(bad)}")
+        raise ConfigError(
+            f"train.model_parallel_size {tp} does not divide {', '.join(bad)} (the vocabulary is padded for the "
+            "model YAML's model_parallel_size)"
+        )
     if tp > 1 and cfg.zero_stage == 3:
         raise ConfigError(
             "train.zero_stage 3 partitions the parameters itself; with model_parallel_size > 1 use stage 1 or 2 "
             "(gpt-neox trains tensor parallel with ZeRO-1)"
         )
+    if tp > 1 and (model.hidden_dropout or model.attention_dropout):
+        # the replicated activations need one dropout mask on every rank of a group, the split heads their own
+        raise ConfigError(
+            "dropout with model_parallel_size > 1 is not supported (it needs per-group random streams); "
+            "Pythia and GPT-NeoX-20B train with hidden_dropout and attention_dropout 0"
+        )
+    if cfg.compile and tp * pp > 1:
+        raise ConfigError("train.compile is not supported with model_parallel_size or pipe_parallel_size > 1")
     if pp == 1:
         return
     if pp > model.num_layers:
         raise ConfigError(f"train.pipe_parallel_size {pp} exceeds the model's {model.num_layers} layers")
     if cfg.zero_stage != 1:
         raise ConfigError(
-            f"train.zero_stage {cfg.zero_stage} with pipe_parallel_size > 1: DeepSpeed's pipeline engine takes ZeRO "
-            "stage 1 (as gpt-neox runs it); set zero_stage: 1"
+            f"train.zero_stage {cfg.zero_stage} with pipe_parallel_size > 1: use 1 (as gpt-neox does). ZeRO-2/3 do "
+            "not combine with pipeline stages, and without ZeRO DeepSpeed's gradient norm leaves out the "
+            "replicated parameters of every stage but the first"
         )
     if not model.no_weight_tying:
         raise ConfigError("pipe_parallel_size > 1 needs an untied output layer (no_weight_tying: true in the model)")
-    if cfg.compile:
-        raise ConfigError("train.compile is not supported with pipe_parallel_size > 1")
 
 
 def _from_gpt_neox(neox: dict[str, Any]) -> dict[str, Any]:

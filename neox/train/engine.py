@@ -101,7 +101,8 @@ def initial_model(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel |
 
 
 def load_init_from(cfg: TrainConfig, parts: list[tuple[str, torch.nn.Module]]) -> None:
-    """Fill each (dense-name prefix, module) part with its slices of the `init_from` weights, tensor by tensor."""
+    """Fill each (dense-name prefix, module) part with its slices of the `init_from` weights, reading each rank's
+    part of each tensor alone."""
     if not cfg.init_from:
         return
     from safetensors import safe_open
@@ -110,7 +111,8 @@ def load_init_from(cfg: TrainConfig, parts: list[tuple[str, torch.nn.Module]]) -
 
     with safe_open(str(Path(cfg.init_from) / WEIGHTS_FILE), framework="pt") as weights:
         for prefix, module in parts:
-            load_shards(module, lambda name, shape, prefix=prefix: weights.get_tensor(prefix + name))
+            # get_slice reads this rank's rows or columns only, not the whole tensor
+            load_shards(module, lambda name, shape, index, prefix=prefix: weights.get_slice(prefix + name)[index])
 
 
 def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | None = None):

@@ -107,11 +107,17 @@ def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
         )
     if changed & LAYOUT:
         layout = ", ".join(sorted(c.removeprefix("train.") for c in changed & LAYOUT))
-        raise RunStateError(
-            f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained in another layout ({layout}), "
-            "and its checkpoints hold weights and optimizer state cut for that layout. Finish it in its own layout, "
+        exported = previous.storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None
+        way_on = (
             f"or start a new run from its whole weights in this one: train.init_from: {previous.storage.uri}/"
             + "/".join(FINAL_MODEL)
+            if exported
+            else "then start a new run in this one from its exported weights (train.init_from: <run>/final/model)"
+        )
+        raise RunStateError(
+            f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained in another layout ({layout}), "
+            f"and its checkpoints hold weights and optimizer state cut for that layout. Finish it in its own layout, "
+            + way_on
         )
     if not allow_new_data or changed - CONTINUABLE:
         raise RunStateError(

@@ -1,11 +1,11 @@
 """Pipeline parallelism: GPT-NeoX as a DeepSpeed `PipelineModule` (1F1B schedule), as gpt-neox runs it.
 
 The model is a list of pieces: the embedding, one piece per transformer layer, and the final LayerNorm with the
-output layer; DeepSpeed gives each of `pipe_parallel_size` stages an equal share of the transformer layers (the
-first stage also holds the embedding, the last the output layer) and passes hidden states between stages. A
-stage builds only its own pieces, on the meta device, and initialises them from the dense model's names
-(`init_parameter`), split over the tensor-parallel group when there is one, so every layout starts from the same
-weights. The final export gathers each piece's tensors to rank 0, one tensor at a time.
+output layer; DeepSpeed gives each of `pipe_parallel_size` stages as equal a share of the transformer layers as
+their number allows (the first stage also holds the embedding, the last the output layer) and passes hidden
+states between stages. A stage builds only its own pieces, on the meta device, and initialises them from the
+dense model's names (`init_parameter`), split over the tensor-parallel group when there is one, so every layout
+starts from the same weights. The final export gathers each piece's tensors to rank 0, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Piece(nn.Module):
     def materialise(self, cfg: ModelConfig, seed: int) -> None:
         """Allocate the parameters built on the meta device and initialise them as the dense model would be."""
         self.to_empty(device="cpu")
-        load_shards(self, lambda name, shape: init_parameter(cfg, self.prefix + name, shape, seed))
+        load_shards(self, lambda name, shape, index: init_parameter(cfg, self.prefix + name, shape, seed)[index])
         mark_split_parameters(self)
 
 
@@ -126,7 +126,7 @@ def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activat
         pieces,
         topology=topology,
         loss_fn=functools.partial(pipeline_loss, group=group),
-        partition_method="type:LayerPiece",  # equal numbers of transformer layers per stage
+        partition_method="type:LayerPiece",  # balance the transformer layers, not the parameters, over stages
         activation_checkpoint_interval=0,  # our own, per layer, as without stages
     )
     if activation_checkpointing:

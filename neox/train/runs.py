@@ -47,7 +47,6 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
     if cfg.data is None:
         raise ConfigError("train.data is not set: give a tokenize stage output (neox tokenize ...) or --data")
     manifests = [verify_output(data) for data in cfg.datasets]
-    tp = cfg.model_parallel_size
     manifest = manifests[0]
     for data, other in zip(cfg.datasets[1:], manifests[1:], strict=True):
         if other["inputs"].get("tokenizer") != manifest["inputs"].get("tokenizer"):
@@ -55,7 +54,7 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
                 f"train.data: {data} was tokenized with another tokenizer than {cfg.datasets[0]}; blended datasets "
                 "must share one (tokenize them with the same tokenizer.json)"
             )
-    model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"], model_parallel_size=tp)
+    model, _ = load_model_config(*cfg.model, vocab_size=manifest["stats"]["vocab_size"])
     check_layout(cfg, model)
     if cfg.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings

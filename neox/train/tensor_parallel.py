@@ -188,20 +188,25 @@ def parameters_with_split(module: nn.Module) -> Iterator[tuple[str, nn.Parameter
             yield (f"{module_name}.{short}" if module_name else short), param, sub, dim
 
 
-def shard(layer: nn.Module, short: str, dense: torch.Tensor) -> torch.Tensor:
-    """This rank's part of the dense tensor of `layer`'s parameter `short` (all of it when not split)."""
+def part_index(layer: nn.Module, short: str, ndim: int) -> tuple[slice, ...]:
+    """The index of this rank's part in the dense tensor of `layer`'s parameter `short` (all of it when not
+    split)."""
     dim = layer.split_dims[short] if isinstance(layer, SPLIT_LAYERS) else None
-    return dense if dim is None else dense.narrow(dim, layer.start, getattr(layer, short).shape[dim])
+    if dim is None:
+        return (slice(None),) * ndim
+    length = getattr(layer, short).shape[dim]
+    return tuple(slice(layer.start, layer.start + length) if d == dim else slice(None) for d in range(ndim))
 
 
 @torch.no_grad()
-def load_shards(module: nn.Module, dense: Callable[[str, tuple[int, ...]], torch.Tensor]) -> None:
-    """Fill every parameter of `module` from `dense(name, shape)`, the whole tensor of the dense model's parameter
-    `name`: a split layer keeps its rank's part, any other parameter the whole (one dense tensor at a time)."""
+def load_shards(module: nn.Module, part: Callable[[str, tuple[int, ...], tuple[slice, ...]], torch.Tensor]) -> None:
+    """Fill every parameter of `module` with `part(name, shape, index)`: the dense model's parameter `name` (of
+    `shape`) at `index`, this rank's part of it (all of it for a parameter every rank holds whole), one parameter
+    at a time."""
     for name, param, layer, dim in parameters_with_split(module):
         short = name.rpartition(".")[2]
         shape = layer.dense_shapes[short] if dim is not None else tuple(param.shape)
-        param.copy_(shard(layer, short, dense(name, shape)))
+        param.copy_(part(name, shape, part_index(layer, short, len(shape))))
 
 
 @torch.no_grad()
@@ -260,7 +265,7 @@ class TensorParallelGPTNeoX(GPTNeoX):
                 self.embed_out = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, group, bias=False)
         self.group = group
         self.to_empty(device=device)
-        load_shards(self, lambda name, shape: init_parameter(cfg, name, shape, seed))
+        load_shards(self, lambda name, shape, index: init_parameter(cfg, name, shape, seed)[index])
         mark_split_parameters(self)
 
     def output_layer(self, x: torch.Tensor) -> torch.Tensor:

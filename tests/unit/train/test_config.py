@@ -122,7 +122,14 @@ def test_weights_to_start_from_must_fit_the_model_and_the_data_tokenizer(tmp_pat
         ({"pipe_parallel_size": 4, "num_workers": 4}, {}, "pipe_parallel_size 4 exceeds the model's 2 layers"),
         ({"pipe_parallel_size": 2, "zero_stage": 2}, {}, "zero_stage 2 with pipe_parallel_size > 1"),
         ({"pipe_parallel_size": 2}, {"no_weight_tying": False}, "needs an untied output layer"),
-        ({"pipe_parallel_size": 2, "compile": True}, {}, "compile is not supported with pipe_parallel_size > 1"),
+        ({"pipe_parallel_size": 2, "compile": True}, {}, "compile is not supported with model_parallel_size or"),
+        ({"model_parallel_size": 2, "compile": True}, {}, "compile is not supported with model_parallel_size or"),
+        ({"model_parallel_size": 2}, {"hidden_dropout": 0.1}, "dropout with model_parallel_size > 1"),
+        (
+            {"model_parallel_size": 4, "num_workers": 4},
+            {"vocab_size": 250},
+            r"does not divide the padded vocabulary \(250\)",
+        ),
     ],
 )
 def test_a_layout_the_model_or_deepspeed_cannot_take_is_refused_before_any_worker_starts(
@@ -142,10 +149,13 @@ def test_workers_must_fill_whole_model_replicas():
     assert cfg.data_parallel_size == 2
 
 
-def test_gpt_neox_layout_keys_come_from_the_model_yaml_and_pad_the_vocabulary():
+def test_gpt_neox_layout_keys_come_from_the_model_yaml_which_alone_pads_the_vocabulary():
     from neox.model.config import load_model_config
 
     cfg = build_train_config({"model": str(REPO / "configs" / "model" / "neox-20b.yml"), "num_workers": 96})
     assert (cfg.model_parallel_size, cfg.pipe_parallel_size, cfg.data_parallel_size) == (2, 4, 12)
-    model, _ = load_model_config(*cfg.model, vocab_size=50277, model_parallel_size=4)
-    assert model.vocab_size % (128 * 4) == 0
+    model, _ = load_model_config(*cfg.model, vocab_size=50277)
+    assert model.vocab_size == 50432  # padded to 128 x the YAML's model_parallel_size, as gpt-neox pads it
+    moved = build_train_config({"model": cfg.model[0], "num_workers": 96, "model_parallel_size": 4})
+    assert load_model_config(*moved.model, vocab_size=50277)[0] == model  # another layout, the same model
+    check_layout(moved, model)

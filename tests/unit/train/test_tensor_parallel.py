@@ -24,7 +24,7 @@ from neox.train.tensor_parallel import (
     gathered,
     load_shards,
     parameters_with_split,
-    shard,
+    part_index,
     vocab_parallel_cross_entropy,
 )
 from tests.conftest import REPO, tiny_config
@@ -66,7 +66,7 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
             "out": ColumnParallelLinear(HIDDEN, VOCAB, None, bias=False),
         }
         for name, module in split.items():
-            load_shards(module, lambda parameter, shape, name=name: getattr(dense[name], parameter).detach())
+            load_shards(module, lambda p, shape, index, name=name: getattr(dense[name], p).detach()[index])
         logits_seen = []
 
         def parallel_loss(logits, t):
@@ -93,7 +93,7 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
         # gathering a column-parallel output gives the dense output, and the input's gradient is the dense one
         x = torch.randn(4, HIDDEN, requires_grad=True)
         gathered = ColumnParallelLinear(HIDDEN, FFN, None, gather_output=True)
-        load_shards(gathered, lambda parameter, shape: getattr(dense["up"], parameter).detach())
+        load_shards(gathered, lambda parameter, shape, index: getattr(dense["up"], parameter).detach()[index])
         reference_x = x.detach().clone().requires_grad_()
         torch.testing.assert_close(gathered(x), dense["up"](reference_x))
         gathered(x).pow(2).sum().backward()
@@ -104,6 +104,12 @@ def check_on_rank(rank: int, world: int, rendezvous: str) -> None:
             ColumnParallelLinear(HIDDEN, 7, None)
     finally:
         dist.destroy_process_group()
+
+
+def part(layer, name: str) -> tuple[slice, ...]:
+    """The index of a rank's part of the dense parameter `name`."""
+    short = name.rpartition(".")[2]
+    return part_index(layer, short, getattr(layer, short).dim())
 
 
 def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) -> None:
@@ -127,9 +133,7 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) ->
             assert sorted(dict(split.named_parameters())) == sorted(dense_params)  # the same names
 
             for name, param, layer, _ in parameters_with_split(split):
-                torch.testing.assert_close(
-                    param, shard(layer, name.rpartition(".")[2], dense_params[name]), rtol=0, atol=0
-                )
+                torch.testing.assert_close(param, dense_params[name][part(layer, name)], rtol=0, atol=0)
             whole = {name for name, param in split.named_parameters() if param.shape == dense_params[name].shape}
             replicated = ("norm.weight", "norm.bias", "attention.dense.bias", "dense_4h_to_h.bias")
             assert whole == {name for name in dense_params if name.endswith(replicated)}
@@ -143,7 +147,7 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) ->
             loss.backward()
             torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-6)
             for name, param, layer, _ in parameters_with_split(split):
-                expected = shard(layer, name.rpartition(".")[2], dense_params[name].grad)
+                expected = dense_params[name].grad[part(layer, name)]
                 torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
             # DeepSpeed's gradient clipping, told the groups as the engine tells it, clips by the dense model's norm
             torch.testing.assert_close(
@@ -151,7 +155,7 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) ->
                 torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.01),
             )
             for name, param, layer, _ in parameters_with_split(split):
-                expected = shard(layer, name.rpartition(".")[2], dense_params[name].grad)
+                expected = dense_params[name].grad[part(layer, name)]
                 torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-7, msg=f"clipped {name}")
             # gathered back, the split model is the dense one, tensor for tensor
             whole_again = dict(gathered(split, None))
@@ -167,7 +171,7 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) ->
         dense = initialized(cfg, seed=5)
         dense_params = dict(dense.named_parameters())
         for name, param, layer, _ in parameters_with_split(from_file):
-            expected = shard(layer, name.rpartition(".")[2], dense_params[name])
+            expected = dense_params[name][part(layer, name)]
             torch.testing.assert_close(param, expected, rtol=0, atol=0, msg=name)
         with pytest.raises(ValueError, match="3 attention heads do not split over 2"):
             TensorParallelGPTNeoX(tiny_config(num_attention_heads=3, hidden_size=48), None)
