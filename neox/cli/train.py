@@ -86,3 +86,30 @@ def check_command(
     from neox.pipeline.check import describe
 
     typer.echo(describe(config))
+
+
+@app.command("plan")
+def plan_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `train:` section.")],
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs the run gets (its num_workers).")],
+    gpu_memory: Annotated[float, typer.Option(min=1, help="GiB of memory per GPU (40 or 80 for an A100).")] = 80,
+    vocab_size: Annotated[
+        int, typer.Option(min=1, help="The tokenizer's vocabulary (padded as the model YAML says).")
+    ] = 50277,
+) -> None:
+    """Per-GPU memory of every model-parallel layout of the config's run on GPUS GPUs (tensor x pipeline x data
+    parallel, ZeRO stage), at its global batch, micro batch, sequence length and precision: weights, gradients,
+    optimizer state, activations without and with activation checkpointing, communication buffers. Layouts that
+    fit in 90% of --gpu-memory come first, the least model parallelism first; the first is recommended.
+
+    Example: neox plan configs/pipeline/pile-neox-20b.yaml --gpus 96 --gpu-memory 40
+    """
+    from neox.model.config import load_model_config
+    from neox.train.config import load_train_config
+    from neox.train.plan import plan, recommendation, table
+
+    train = load_train_config(config)
+    model, _ = load_model_config(*train.model, vocab_size=vocab_size)
+    planned = plan(model, train, gpus, gpu_memory)
+    typer.echo(table(planned, train, gpu_memory))
+    typer.echo(recommendation(planned, train))
