@@ -113,3 +113,22 @@ def plan_command(
     planned = plan(model, train, gpus, gpu_memory)
     typer.echo(table(planned, train, gpu_memory))
     typer.echo(recommendation(planned, train))
+
+
+@app.command("reshard")
+def reshard_command(
+    run: Annotated[
+        Path, typer.Argument(help="A run folder (its newest checkpoint is read) or one of its checkpoints.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the whole model (a neox model checkpoint folder).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint at --out.")] = False,
+) -> None:
+    """Whole weights from a training checkpoint of any layout (data, tensor or pipeline parallel, or a mix), read
+    and written one tensor at a time, as a neox model checkpoint with the run's tokenizer: for `neox export-hf`,
+    evaluation, or `train.init_from` of a new run in another layout. Prints the checkpoint it read.
+
+    Example: neox reshard work/train/<run key> --out work/models/<run key>-step-1000
+    """
+    from neox.train.reshard import reshard
+
+    typer.echo(reshard(run, out, overwrite=overwrite))

@@ -4,6 +4,7 @@ tokenizer (`tokenizer.json`) when there is one. Training exports its final weigh
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.model.config import ModelConfig, load_model_config
 from neox.model.gpt_neox import GPTNeoX, initialized
+from neox.model.streaming import write_safetensors
 from neox.pipeline.atomic import atomic_directory
 from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
@@ -36,6 +38,31 @@ def save_model(
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.cfg.to_neox(), sort_keys=False))
         state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+    return Path(out_dir)
+
+
+def dense_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every weight of the model `cfg` describes, in its order (built on the meta device)."""
+    with torch.device("meta"):
+        return [(name, tuple(p.shape)) for name, p in GPTNeoX(cfg).named_parameters()]
+
+
+def save_model_streaming(
+    cfg: ModelConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    out_dir: str | Path,
+    tokenizer_file: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """`save_model` for weights that arrive one tensor at a time, in the model's order (gathered from ranks, or read
+    from a sharded checkpoint), stored as fp32: only the tensor being written is in memory."""
+    if tokenizer_file is not None and not Path(tokenizer_file).is_file():
+        raise MissingInput(f"tokenizer file {tokenizer_file} does not exist")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_neox(), sort_keys=False))
+        write_safetensors(tmp / WEIGHTS_FILE, dense_specs(cfg), torch.float32, tensors, metadata={"format": "pt"})
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
     return Path(out_dir)

@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from neox.errors import ConfigError, DataError
-from neox.model.checkpoint import load_model, save_model
+from neox.errors import ConfigError, DataError, MissingInput
+from neox.model.checkpoint import dense_specs, load_model_config_from, save_model
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX
+from neox.model.streaming import write_safetensors
 from neox.pipeline.atomic import atomic_directory
 from neox.pipeline.configfile import parse
-from neox.pipeline.layout import HF_CONFIG_FILE, HF_TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.layout import CONFIG_FILE, HF_CONFIG_FILE, HF_TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 HF_PREFIX = "gpt_neox."
 OUTPUT_LAYER = "embed_out.weight"
@@ -101,8 +103,9 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     return parse(ModelConfig, values, "config.json")
 
 
-def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name if name == OUTPUT_LAYER else HF_PREFIX + name: tensor for name, tensor in state.items()}
+def hf_name(name: str) -> str:
+    """Hugging Face's name for one of our parameters."""
+    return name if name == OUTPUT_LAYER else HF_PREFIX + name
 
 
 def from_hf_state_dict(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
@@ -138,21 +141,34 @@ def export_hf(
     checkpoint has a tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained` loads offline."""
     checkpoint = Path(checkpoint)
     refuse_same_folder(checkpoint, out_dir)
-    model = load_model(checkpoint)
+    cfg = load_model_config_from(checkpoint)
+    weights = checkpoint / WEIGHTS_FILE
+    if not weights.exists():
+        raise MissingInput(f"{weights} is missing")
     tokenizer_file = checkpoint / TOKENIZER_FILE
     tokenizer_file = tokenizer_file if tokenizer_file.exists() else None
     bos, eos = _special_token_ids(tokenizer_file)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        config = hf_config(model.cfg, dtype, eos_token_id=eos, bos_token_id=bos)
+    specs = dense_specs(cfg)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp, safe_open(str(weights), framework="pt") as ours:
+        config = hf_config(cfg, dtype, eos_token_id=eos, bos_token_id=bos)
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        state = {name: t.detach().to(dtype).contiguous() for name, t in model.state_dict().items()}
-        save_file(to_hf_state_dict(state), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        missing = [name for name, _ in specs if name not in ours.keys()]
+        if missing:
+            raise DataError(f"{weights} does not hold the model {CONFIG_FILE} describes: {missing[0]} is missing")
+        # tensor by tensor, so a 20B export holds one tensor in memory, not the model
+        write_safetensors(
+            tmp / WEIGHTS_FILE,
+            [(hf_name(name), shape) for name, shape in specs],
+            dtype,
+            ((hf_name(name), ours.get_tensor(name)) for name, _ in specs),
+            metadata={"format": "pt"},
+        )
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
             special = {"eos_token": EOS_TOKEN, "bos_token": EOS_TOKEN} if eos is not None else {}
             tokenizer_config = {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                "model_max_length": model.cfg.max_position_embeddings,
+                "model_max_length": cfg.max_position_embeddings,
                 **special,
             }
             (tmp / HF_TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer_config, indent=2) + "\n")

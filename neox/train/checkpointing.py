@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from neox.errors import RunStateError
-from neox.model.gpt_neox import GPTNeoX
 from neox.pipeline.layout import DEEPSPEED_TAG, FINAL_DIR, HF_DIR, MODEL_DIR, STATE_FILE, rng_file
 from neox.train.storage import RunStorage
 
@@ -95,8 +95,9 @@ def newest_checkpoint_name(storage: RunStorage) -> str | None:
 
 def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, cfg, parallel=None) -> None:
     """Rank 0 writes the final weights as a neox checkpoint and a Hugging Face directory in the run folder
-    (written locally, then published to object storage when the run lives there). A model split over ranks is
-    gathered to rank 0 tensor by tensor, by the ranks of the first replica."""
+    (written locally, then published to object storage when the run lives there), tensor by tensor: a model split
+    over ranks is gathered to rank 0 one tensor at a time, by the ranks of the first replica, and written as it
+    comes, so rank 0 never holds the whole model twice."""
     import deepspeed
 
     if parallel is not None:
@@ -110,9 +111,11 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, cfg
             whole = gathered(engine.module, parallel.tensor_group)
         else:
             whole = iter(())
-        state = {name: tensor.float().cpu() for name, tensor in whole if rank == 0}
         if rank == 0:
-            write_final(cfg, state, config)
+            write_final(cfg, whole, config)
+        else:
+            for _ in whole:  # the other ranks of the group take part in each gather
+                pass
         return
     gather = (
         deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
@@ -121,20 +124,17 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, cfg
     )
     with gather:
         if rank == 0:
-            state = {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
-            write_final(cfg, state, config)
+            write_final(cfg, engine.module.named_parameters(), config)
 
 
-def write_final(cfg, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-    """The final weights as a neox checkpoint and a Hugging Face folder, published with the run."""
-    from neox.model.checkpoint import save_model
+def write_final(cfg, tensors: Iterable[tuple[str, torch.Tensor]], config: dict[str, Any]) -> None:
+    """The final weights (in the model's order) as a neox checkpoint and a Hugging Face folder, published with the
+    run."""
+    from neox.model.checkpoint import save_model_streaming
     from neox.model.hf import export_hf
 
     storage = config["storage"]
     final = storage.local_dir() / FINAL_DIR
-    with torch.device("meta"):
-        model = GPTNeoX(cfg)
-    model.load_state_dict(state, assign=True)  # the gathered tensors themselves: no second copy of the model
-    save_model(model, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
+    save_model_streaming(cfg, tensors, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
     export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
     storage.publish(final, FINAL_DIR)

@@ -112,7 +112,8 @@ def continued_run(plan: RunPlan, allow_new_data: bool) -> tuple[RunPlan, str]:
             f"or start a new run from its whole weights in this one: train.init_from: {previous.storage.uri}/"
             + "/".join(FINAL_MODEL)
             if exported
-            else "then start a new run in this one from its exported weights (train.init_from: <run>/final/model)"
+            else f"or make its newest checkpoint whole (`neox reshard {previous.storage.uri} --out DIR`) and start a "
+            "new run from it in this one (train.init_from: DIR)"
         )
         raise RunStateError(
             f"--resume: the run labelled {plan.cfg.name!r} ({previous.key}) was trained in another layout ({layout}), "

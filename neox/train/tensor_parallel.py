@@ -84,6 +84,8 @@ class ColumnParallelLinear(nn.Module):
     """y = x Aᵀ + b with A's rows (the outputs) split over the group; returns this rank's outputs, or all of them
     with `gather_output`."""
 
+    SPLIT_DIMS = {"weight": 0, "bias": 0}  # the dimension of each dense tensor split over the group
+
     def __init__(
         self,
         in_features: int,
@@ -96,7 +98,6 @@ class ColumnParallelLinear(nn.Module):
         self.group, self.gather_output = group, gather_output
         self.start, rows = partition(out_features, group)
         self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
-        self.split_dims = {"weight": 0, "bias": 0}
         self.weight = nn.Parameter(torch.empty(rows, in_features))
         self.bias = nn.Parameter(torch.empty(rows)) if bias else None
 
@@ -109,12 +110,13 @@ class RowParallelLinear(nn.Module):
     """y = x Aᵀ + b with A's columns (the inputs) split over the group: takes this rank's slice of the input and
     returns the full output (partial products summed over the group; the bias added once, after the sum)."""
 
+    SPLIT_DIMS = {"weight": 1, "bias": None}  # every rank holds the whole bias
+
     def __init__(self, in_features: int, out_features: int, group: dist.ProcessGroup | None, bias: bool = True):
         super().__init__()
         self.group = group
         self.start, columns = partition(in_features, group)
         self.dense_shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
-        self.split_dims = {"weight": 1, "bias": None}  # every rank holds the whole bias
         self.weight = nn.Parameter(torch.empty(out_features, columns))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
@@ -127,12 +129,13 @@ class VocabParallelEmbedding(nn.Module):
     """An embedding whose rows (the vocabulary) are split over the group: each rank looks up the ids it holds, the
     others give zeros, and the sum over the group is the full lookup."""
 
+    SPLIT_DIMS = {"weight": 0}
+
     def __init__(self, vocab_size: int, hidden_size: int, group: dist.ProcessGroup | None):
         super().__init__()
         self.group = group
         self.start, rows = partition(vocab_size, group)
         self.dense_shapes = {"weight": (vocab_size, hidden_size)}
-        self.split_dims = {"weight": 0}
         self.weight = nn.Parameter(torch.empty(rows, hidden_size))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -180,18 +183,38 @@ def vocab_parallel_cross_entropy(
 SPLIT_LAYERS = (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)
 
 
+# Which dense modules `split_layer` and `TensorParallelGPTNeoX` replace, by the end of their names.
+SPLIT_MODULES = {
+    "attention.query_key_value": ColumnParallelLinear,
+    "attention.dense": RowParallelLinear,
+    "mlp.dense_h_to_4h": ColumnParallelLinear,
+    "mlp.dense_4h_to_h": RowParallelLinear,
+    "embed_in": VocabParallelEmbedding,
+    "embed_out": ColumnParallelLinear,
+}
+
+
+def split_dim(name: str) -> int | None:
+    """The dimension of the dense parameter `name` that tensor parallelism splits (None: held whole)."""
+    module, _, short = name.rpartition(".")
+    for suffix, layer in SPLIT_MODULES.items():
+        if module == suffix or module.endswith("." + suffix):
+            return layer.SPLIT_DIMS[short]
+    return None
+
+
 def parameters_with_split(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.Module, int | None]]:
     """(dense name, parameter, its layer, the dimension split over the group or None) for every parameter."""
     for module_name, sub in module.named_modules():
         for short, param in sub.named_parameters(recurse=False):
-            dim = sub.split_dims[short] if isinstance(sub, SPLIT_LAYERS) else None
+            dim = sub.SPLIT_DIMS[short] if isinstance(sub, SPLIT_LAYERS) else None
             yield (f"{module_name}.{short}" if module_name else short), param, sub, dim
 
 
 def part_index(layer: nn.Module, short: str, ndim: int) -> tuple[slice, ...]:
     """The index of this rank's part in the dense tensor of `layer`'s parameter `short` (all of it when not
     split)."""
-    dim = layer.split_dims[short] if isinstance(layer, SPLIT_LAYERS) else None
+    dim = layer.SPLIT_DIMS[short] if isinstance(layer, SPLIT_LAYERS) else None
     if dim is None:
         return (slice(None),) * ndim
     length = getattr(layer, short).shape[dim]

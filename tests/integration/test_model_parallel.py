@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from tests.conftest import neox
 from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, planned_run, run_folder, write_config
 from tests.integration.test_train import (
     RAY,
@@ -45,6 +47,11 @@ def check_against_straight(run_dir: Path, straight: Path) -> None:
     exported, dense = final_weights(run_dir), final_weights(straight)
     assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in dense.items()}
     assert all(torch.allclose(exported[k], dense[k], atol=2e-3) for k in dense)
+    # the last checkpoint's files of every rank, made whole offline, are the weights the run exported
+    neox("reshard", run_dir, "--out", run_dir.parent / "resharded")
+    resharded = load_file(run_dir.parent / "resharded" / "model.safetensors")
+    assert list(resharded) == list(exported) and all(torch.equal(resharded[k], exported[k]) for k in exported)
+    assert (run_dir.parent / "resharded" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
 
     from neox.model.checkpoint import load_model

@@ -25,6 +25,7 @@ from neox.train.tensor_parallel import (
     load_shards,
     parameters_with_split,
     part_index,
+    split_dim,
     vocab_parallel_cross_entropy,
 )
 from tests.conftest import REPO, tiny_config
@@ -134,6 +135,8 @@ def check_model_on_rank(rank: int, world: int, rendezvous: str, weights: str) ->
 
             for name, param, layer, _ in parameters_with_split(split):
                 torch.testing.assert_close(param, dense_params[name][part(layer, name)], rtol=0, atol=0)
+            # the split dimension by name alone (what reshard reads checkpoints with) is the layers' own
+            assert all(dim == split_dim(name) for name, _, _, dim in parameters_with_split(split))
             whole = {name for name, param in split.named_parameters() if param.shape == dense_params[name].shape}
             replicated = ("norm.weight", "norm.bias", "attention.dense.bias", "dense_4h_to_h.bias")
             assert whole == {name for name in dense_params if name.endswith(replicated)}
