@@ -131,6 +131,14 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
             opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr
         ),
     )
+    if parallel is not None and parallel.pipe_size > 1:
+        grid = engine.grid  # our groups and DeepSpeed's must number the ranks alike, or batches go to the wrong ranks
+        ours = (parallel.data_rank, parallel.pipe_rank, parallel.tensor_rank)
+        theirs = (grid.get_data_parallel_rank(), grid.get_stage_id(), grid.get_slice_parallel_rank())
+        if ours != theirs:
+            raise RuntimeError(
+                f"rank {grid.global_rank}: (data, stage, tensor) {ours} here, {theirs} in DeepSpeed's grid"
+            )
     if cfg.compile:
         engine.compile()  # inside the engine, so checkpoints keep the plain module's parameter names
     return engine

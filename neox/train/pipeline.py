@@ -109,7 +109,6 @@ def pipeline_loss(logits: torch.Tensor, labels: torch.Tensor, group: dist.Proces
 def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activation_checkpointing: bool):
     """The DeepSpeed PipelineModule of GPT-NeoX for this layout (its grid numbers ranks as `parallel` does)."""
     from deepspeed.pipe import LayerSpec, PipelineModule
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     if not cfg.no_weight_tying:  # the tied output layer would live on another stage than the embedding
         raise ValueError("pipeline parallelism needs an untied output layer (no_weight_tying: true)")
@@ -119,12 +118,9 @@ def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activat
         *(LayerSpec(LayerPiece, cfg, group, seed, i) for i in range(cfg.num_layers)),
         LayerSpec(OutputPiece, cfg, group, seed),
     ]
-    topology = PipeModelDataParallelTopology(
-        num_pp=parallel.pipe_size, num_mp=parallel.tensor_size, num_dp=parallel.data_size
-    )
     model = PipelineModule(
         pieces,
-        topology=topology,
+        topology=topology(parallel),
         loss_fn=functools.partial(pipeline_loss, group=group),
         partition_method="type:LayerPiece",  # balance the transformer layers, not the parameters, over stages
         activation_checkpoint_interval=0,  # our own, per layer, as without stages
@@ -134,6 +130,17 @@ def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activat
 
         apply_activation_checkpointing([piece for piece in model.forward_funcs if isinstance(piece, LayerPiece)])
     return model
+
+
+def topology(parallel: ModelParallel):
+    """DeepSpeed's process topology numbered as `ModelParallel` numbers ranks: data outermost, then the stage, then
+    the tensor slice, so that a replica's stages are consecutive ranks (one node where they fit). DeepSpeed's own
+    PipeModelDataParallelTopology puts the stage outermost, which spreads every replica over several nodes."""
+    from deepspeed.runtime.pipe.topology import ProcessTopology
+
+    return ProcessTopology(
+        axes=["data", "pipe", "model"], dims=[parallel.data_size, parallel.pipe_size, parallel.tensor_size]
+    )
 
 
 def gathered_pipeline(model, parallel: ModelParallel, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
