@@ -10,7 +10,7 @@ It imports nothing heavy (no torch), so the registry, retraining and the summary
         checkpoint_<timestamp>/            Ray Train's checkpoints (it also writes checkpoint_manager_snapshot.json)
             neox_state.json                step, data fingerprint, model config: vetted before a resume, without torch
             checkpoint/                    the DeepSpeed checkpoint (DeepSpeed's "tag" folder)
-            rng_rank<R>.pt                 rank R's torch and numpy RNG state
+            rng_rank<R>.safetensors        rank R's torch and numpy RNG state
         final/model/                       the final weights as a model checkpoint (below)
         final/hf/                          the same weights as a Hugging Face GPTNeoXForCausalLM folder:
             config.json, model.safetensors, tokenizer.json, tokenizer_config.json
@@ -49,7 +49,7 @@ FINAL_HF = (FINAL_DIR, HF_DIR)
 
 
 def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
+    return f"rng_rank{rank}.safetensors"
 
 
 def final_model(run: str | Path) -> Path:

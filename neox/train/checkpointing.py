@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from neox.errors import RunStateError
 from neox.pipeline.layout import DEEPSPEED_TAG, FINAL_DIR, HF_DIR, MODEL_DIR, STATE_FILE, rng_file
@@ -39,7 +41,7 @@ def save_and_report(engine, config: dict[str, Any], rank: int, step: int, loss: 
         engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG, client_state=state)
         if rank == 0:  # readable without torch, so the driver can vet a resume before launching workers
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()}, Path(tmp) / rng_file(rank))
+        save_rng(Path(tmp) / rng_file(rank))
         ray.train.report({"step": step, "loss": loss}, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -56,12 +58,30 @@ def restore(engine, config: dict[str, Any], rank: int) -> int:
     with checkpoint.as_directory() as directory:
         _, state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
         check_compatible(state, config)
-        rng = torch.load(Path(directory) / rng_file(rank), weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        load_rng(Path(directory) / rng_file(rank))
     if rank == 0:
         print(f"resumed from the step-{state['step']} checkpoint", flush=True)
     return int(state["step"])
+
+
+def save_rng(path: Path) -> None:
+    """This process's torch and numpy RNG state as safetensors (data, never a pickle: run folders are shared)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_rest = json.dumps([name, int(position), int(has_gauss), float(cached).hex()])
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64))}
+    save_file(tensors, str(path), metadata={"numpy": numpy_rest})
+
+
+def load_rng(path: Path) -> None:
+    """Restore the RNG state `save_rng` wrote."""
+    try:
+        with safe_open(str(path), framework="pt") as saved:
+            name, position, has_gauss, cached = json.loads(saved.metadata()["numpy"])
+            torch.set_rng_state(saved.get_tensor("torch"))
+            keys = saved.get_tensor("numpy").numpy().astype(np.uint32)
+    except (OSError, KeyError, ValueError, json.JSONDecodeError, SafetensorError) as err:
+        raise ResumeError(f"{path} is not a readable RNG state ({type(err).__name__}: {err})") from None
+    np.random.set_state((name, keys, position, has_gauss, float.fromhex(cached)))
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:

@@ -120,6 +120,8 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
     `parallel`, over its data-parallel groups (a pipeline engine when it has stages, whose grid is the mpu)."""
     import deepspeed
 
+    from neox.train.safe_load import install as install_safe_loading
+
     deepspeed.init_distributed()  # takes Ray Train's process group; a PipelineModule needs it before the engine
     model = initial_model(cfg, mcfg, parallel)
     engine, _, _, _ = deepspeed.initialize(
@@ -131,6 +133,7 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
             opt, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters, cfg.lr_decay_style) / cfg.lr
         ),
     )
+    install_safe_loading(engine)  # checkpoints are read back from shared storage: no pickled code from there
     if parallel is not None and parallel.pipe_size > 1:
         grid = engine.grid  # our groups and DeepSpeed's must number the ranks alike, or batches go to the wrong ranks
         ours = (parallel.data_rank, parallel.pipe_rank, parallel.tensor_rank)
