@@ -74,14 +74,16 @@ def save_rng(path: Path) -> None:
 
 def load_rng(path: Path) -> None:
     """Restore the RNG state `save_rng` wrote."""
+    if not path.is_file():
+        raise ResumeError(f"{path} is missing: the checkpoint was written by an older version or not completely")
     try:
         with safe_open(str(path), framework="pt") as saved:
-            name, position, has_gauss, cached = json.loads(saved.metadata()["numpy"])
+            name, position, has_gauss, cached = json.loads((saved.metadata() or {})["numpy"])
             torch.set_rng_state(saved.get_tensor("torch"))
             keys = saved.get_tensor("numpy").numpy().astype(np.uint32)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError, SafetensorError) as err:
+        np.random.set_state((name, keys, position, has_gauss, float.fromhex(cached)))
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
         raise ResumeError(f"{path} is not a readable RNG state ({type(err).__name__}: {err})") from None
-    np.random.set_state((name, keys, position, has_gauss, float.fromhex(cached)))
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any]) -> None:

@@ -54,11 +54,21 @@ def checkpoint_tensors(folder: str | Path, cfg: ModelConfig) -> Iterator[tuple[s
                         read_states(tag / f"layer_{index:02d}-model_{t:02d}-model_states.pt") for t in range(tensor)
                     ]
                 }
-            yield name, joined(name, shape, [states[local] for states in loaded[index]])
+            yield name, joined(name, shape, [part(states, local, name, tag) for states in loaded[index]])
         return
-    modules = [read_states(tag / f"mp_rank_{rank:02d}_model_states.pt")["module"] for rank in ranks]
+    modules = [
+        part(read_states(tag / f"mp_rank_{rank:02d}_model_states.pt"), "module", "module", tag) for rank in ranks
+    ]
     for name, shape in dense_specs(cfg):
-        yield name, joined(name, shape, [module[name] for module in modules])
+        yield name, joined(name, shape, [part(module, name, name, tag) for module in modules])
+
+
+def part(states: dict, key: str, name: str, tag: Path):
+    """states[key], or an error saying the checkpoint lacks `name` (another model, or not a training checkpoint)."""
+    try:
+        return states[key]
+    except (KeyError, TypeError):
+        raise DataError(f"{tag}: the checkpoint has no {name}; it is not a checkpoint of this model") from None
 
 
 def piece_of(name: str, num_layers: int) -> tuple[int, str]:

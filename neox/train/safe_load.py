@@ -1,8 +1,9 @@
 """Loading training checkpoints without running code from them. A run folder lives on shared storage (FSx, a
 bucket) that more than the trainer can write, and a pickle can carry code: DeepSpeed's torch checkpoint engine
-loads its files with `weights_only=False`. Ours loads them as weights only, allowing exactly the three DeepSpeed
-types its files hold besides tensors and plain containers (found by reading every layout our trainer writes:
-data, tensor and pipeline parallel, ZeRO 1-3, fp32 and bf16), and refuses anything else naming the file."""
+loads its files with `weights_only=False`. Ours loads them as weights only, allowing exactly the DeepSpeed types
+its files hold besides tensors and plain containers (found by reading every layout our trainer writes on the CPU:
+data, tensor and pipeline parallel, ZeRO 1-3, fp32 and bf16; and fp16's loss scaler, read from DeepSpeed's
+source), and refuses anything else naming the file."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pickle
 
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
 from neox.errors import DataError
 
-DEEPSPEED_GLOBALS = [LossScaler, ZeroStageEnum, fragment_address]
+# LossScaler in fp32/bf16 ZeRO files, DynamicLossScaler in fp16 ones (loss_scale 0, as engine.py configures fp16)
+DEEPSPEED_GLOBALS = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 class UnsafeCheckpoint(DataError):
@@ -29,10 +31,13 @@ def load_weights_only(path, map_location=None):
         with torch.serialization.safe_globals(DEEPSPEED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
         raise UnsafeCheckpoint(
             f"{path} holds objects other than tensors and DeepSpeed's checkpoint state, which loading would have to "
-            f"run code for: refused ({str(err).splitlines()[-1] if str(err) else 'not a weights-only file'})"
+            f"run code for: refused ({refused[0] if refused else 'not a weights-only file'})"
         ) from None
+    except (RuntimeError, EOFError, OSError) as err:  # truncated, corrupt or not a torch file at all
+        raise DataError(f"{path} is not a readable checkpoint file ({type(err).__name__}: {err})") from None
 
 
 class SafeCheckpointEngine(TorchCheckpointEngine):

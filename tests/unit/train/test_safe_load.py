@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from neox.errors import RunStateError
+from neox.errors import DataError, RunStateError
 from neox.train.checkpointing import load_rng, save_rng
 from neox.train.safe_load import UnsafeCheckpoint, load_weights_only
 from tests.conftest import REPO, tiny_config
@@ -64,8 +64,11 @@ def test_every_zero_stage_loads_weights_only_and_a_planted_pickle_is_refused_unr
 
 def test_a_planted_pickle_is_refused_wherever_it_is_read(tmp_path):
     torch.save(Payload(str(tmp_path / "ran")), tmp_path / "evil.pt")
-    with pytest.raises(UnsafeCheckpoint, match="evil.pt holds objects other than tensors"):
+    with pytest.raises(UnsafeCheckpoint, match=r"evil.pt holds objects other than tensors.*Unsupported global"):
         load_weights_only(tmp_path / "evil.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:50])
+    with pytest.raises(DataError, match="cut.pt is not a readable checkpoint file"):
+        load_weights_only(tmp_path / "cut.pt")
     torch.save(Payload(str(tmp_path / "ran")), tmp_path / "rng_rank0.safetensors")  # in place of the RNG state
     with pytest.raises(RunStateError, match="rng_rank0.safetensors is not a readable RNG state"):
         load_rng(tmp_path / "rng_rank0.safetensors")
@@ -83,3 +86,15 @@ def test_the_rng_state_round_trips_as_data(tmp_path):
     np.random.seed(6)
     load_rng(tmp_path / "rng.safetensors")
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+def test_fp16s_dynamic_loss_scaler_loads_as_deepspeed_writes_it(tmp_path):
+    """fp16 (the Pythia and 20B YAMLs' precision) does not run on this CPU, so its ZeRO optimizer state is written
+    here as DeepSpeed's stage_1_and_2 writes it: the loss scaler object beside the tensors."""
+    from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler, DynamicLossScaler
+
+    dynamic = {"init_scale": 2**16, "scale_window": 1000, "min_scale": 1, "delayed_shift": 2}
+    scaler = CreateLossScaler(torch.half, 0, True, dynamic | {"consecutive_hysteresis": False})
+    torch.save({"loss_scaler": scaler, "dynamic_loss_scale": True, "overflow": False}, tmp_path / "optim.pt")
+    back = load_weights_only(tmp_path / "optim.pt")["loss_scaler"]
+    assert type(back) is DynamicLossScaler and vars(back) == vars(scaler)
