@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from neox.data.dataset import build_datasets
 from neox.errors import RunStateError
@@ -22,7 +21,7 @@ from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
 from neox.train.engine import build_engine, effective_zero_stage, loss_scale
 from neox.train.parallel import ModelParallel
-from neox.train.tensor_parallel import vocab_parallel_cross_entropy
+from neox.train.pipeline import next_token_loss
 from neox.train.tracking import Tracker
 
 FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure
@@ -79,10 +78,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def loss_of(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if pipelined:
             return engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1)
-        logits = engine(inputs)
-        if parallel is not None:  # this rank's slice of the vocabulary: the full logits are never gathered
-            return vocab_parallel_cross_entropy(logits, labels, parallel.tensor_group).mean()
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        # with tensor parallelism, from this rank's slice of the vocabulary: the full logits are never gathered
+        return next_token_loss(engine(inputs), labels, parallel.tensor_group if parallel is not None else None)
 
     def mean_over_ranks(value: torch.Tensor) -> float:
         value = value.detach().float().clone()

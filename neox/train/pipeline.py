@@ -18,8 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from neox.model.checkpoint import dense_specs
 from neox.model.config import ModelConfig
-from neox.model.gpt_neox import GPTNeoX, Layer, init_parameter
+from neox.model.gpt_neox import Layer, init_parameter
 from neox.model.rotary import rotary_cos_sin
 from neox.train.parallel import ModelParallel
 from neox.train.tensor_parallel import (
@@ -99,7 +100,7 @@ class OutputPiece(Piece):
         return self.embed_out(self.final_layer_norm(x))
 
 
-def pipeline_loss(logits: torch.Tensor, labels: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """The mean next-token cross-entropy, from the whole logits or (with a group) this rank's vocabulary slice."""
     if group is not None:
         return vocab_parallel_cross_entropy(logits, labels, group).mean()
@@ -121,7 +122,7 @@ def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activat
     model = PipelineModule(
         pieces,
         topology=topology(parallel),
-        loss_fn=functools.partial(pipeline_loss, group=group),
+        loss_fn=functools.partial(next_token_loss, group=group),
         partition_method="type:LayerPiece",  # balance the transformer layers, not the parameters, over stages
         activation_checkpoint_interval=0,  # our own, per layer, as without stages
     )
@@ -152,8 +153,7 @@ def gathered_pipeline(model, parallel: ModelParallel, cfg: ModelConfig) -> Itera
     rank = dist.get_rank()
     parts = model.parts  # piece i is on stage s when parts[s] <= i < parts[s + 1]
     mine = dict(zip(range(parts[parallel.pipe_rank], parts[parallel.pipe_rank + 1]), model.forward_funcs, strict=True))
-    with torch.device("meta"):  # the dense model's names and shapes, in its order (no memory)
-        shapes = {name: tuple(p.shape) for name, p in GPTNeoX(cfg).named_parameters()}
+    shapes = dict(dense_specs(cfg))
     for stage in range(parallel.pipe_size):
         owner = parallel.rank_of(stage, 0, 0)
         for index in range(parts[stage], parts[stage + 1]):
@@ -173,11 +173,15 @@ def gathered_pipeline(model, parallel: ModelParallel, cfg: ModelConfig) -> Itera
 
 def piece_names(shapes: dict[str, tuple[int, ...]], num_layers: int, index: int) -> list[str]:
     """The dense names of piece `index`'s parameters, in the order its stage iterates them."""
-    if index == 0:
-        return ["embed_in.weight"]
-    if index == num_layers + 1:
-        return ["final_layer_norm.weight", "final_layer_norm.bias", "embed_out.weight"]
-    return [name for name in shapes if name.startswith(f"layers.{index - 1}.")]
+    return [name for name in shapes if piece_of(name, num_layers)[0] == index]
+
+
+def piece_of(name: str, num_layers: int) -> tuple[int, str]:
+    """The piece holding the dense parameter `name`, and its name there."""
+    if name.startswith("layers."):
+        layer, _, local = name.removeprefix("layers.").partition(".")
+        return int(layer) + 1, local
+    return (0 if name.startswith("embed_in.") else num_layers + 1), name
 
 
 def device_of(model: nn.Module) -> torch.device:

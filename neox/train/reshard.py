@@ -21,6 +21,7 @@ from neox.errors import DataError, MissingInput
 from neox.model.checkpoint import dense_specs, save_model_streaming
 from neox.model.config import ModelConfig
 from neox.pipeline.layout import CHECKPOINT_PREFIX, DATA_FILE, DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
+from neox.train.pipeline import piece_of
 from neox.train.tensor_parallel import split_dim
 
 PIECE_FILE = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt")
@@ -69,14 +70,6 @@ def part(states: dict, key: str, name: str, tag: Path):
         return states[key]
     except (KeyError, TypeError):
         raise DataError(f"{tag}: the checkpoint has no {name}; it is not a checkpoint of this model") from None
-
-
-def piece_of(name: str, num_layers: int) -> tuple[int, str]:
-    """The pipeline piece holding the dense parameter `name`, and its name there."""
-    if name.startswith("layers."):
-        layer, _, local = name.removeprefix("layers.").partition(".")
-        return int(layer) + 1, local
-    return (0 if name.startswith("embed_in.") else num_layers + 1), name
 
 
 def joined(name: str, shape: tuple[int, ...], parts: list[torch.Tensor]) -> torch.Tensor:
