@@ -10,7 +10,7 @@ from neox.data.prepare import DataConfig, download_stage
 from tasks.report import STAGE_TASK, stage_state
 
 
-# retried: a download resumes from its partial file, so a retry after a dropped connection loses nothing
-@task(name="download", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE, **STAGE_TASK)
+# no Prefect retries: the stage retries transient faults itself, resuming each file (neox.runtime.retry)
+@task(name="download", cache_policy=NO_CACHE, **STAGE_TASK)
 def download(data: DataConfig, work_root: str) -> State:
     return stage_state("download", download_stage(data, work_root))

@@ -59,21 +59,29 @@ def download(
     ] = None,
     work_root: WorkRootOption = Path("work"),
     workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 4,
-    retries: Annotated[int, typer.Option(help="Attempts per file (resuming each time).")] = 5,
+    retries: Annotated[
+        int, typer.Option(help="Failed attempts in a row (resuming each time) before a file is given up.")
+    ] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to connect, and for each network read.")] = 30.0,
+    deadline: Annotated[
+        float, typer.Option(help="Give a file up when this many seconds pass without a byte arriving.")
+    ] = 90.0,
 ) -> None:
-    """Download raw shards: resumable (HTTP Range, S3 ranged GETs), retried with backoff, sha256-checked
+    """Download raw shards: resumable (HTTP Range, S3 ranged GETs), transient faults (HTTP 429/5xx, resets,
+    timeouts) retried with backoff within a deadline, sha256-checked
     (a published checksum, or the one recorded at the first download), published atomically. Validation and
     test shards are listed in the output's splits.json.
 
     Example: neox download s3://bucket/shards/00.jsonl.zst --valid https://host/pile/val.jsonl.zst --work-root work
     """
     from neox.data.download import download_sources, sources_for
-    from neox.data.transports import Retry
+    from neox.runtime.retry import Retry
 
     sources = sources_for(urls or [], pile_mirror, valid or [], test or [])
     if not sources:
         raise ConfigError("give source URLs or --pile-mirror")
-    out = download_sources(sources, work_root, workers=workers, retry=Retry(attempts=retries)).path
+    retry = Retry(attempts=retries, timeout_s=timeout, deadline_s=deadline)
+    out = download_sources(sources, work_root, workers=workers, retry=retry).path
     typer.echo(str(out))
 
 

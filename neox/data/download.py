@@ -1,7 +1,8 @@
 """The download stage: fetch raw shards from http(s)://, s3://, file:// or local paths, and hf://datasets/…
 
 Every transfer goes to `<work_root>/download/.work-<key>/.parts/<id>.part`, resumes from what a failed attempt left
-there (HTTP Range, S3 ranged GETs, file offsets), retries with exponential backoff and jitter, and is checked
+there (HTTP Range, S3 ranged GETs, file offsets), retries transient faults within a deadline (`neox.runtime.retry`:
+backoff with jitter, connect and read timeouts, giving up when nothing arrives for `deadline_s`), and is checked
 against its sha256: the published one when the catalog has it, else the one recorded at its first download
 (`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
 A mismatch deletes the file and retries; after the last try the error names the URL and both hashes.
@@ -15,10 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import shutil
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +26,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from neox.data.splits import SPLITS, write_splits
-from neox.data.transports import TRANSPORTS, DownloadError, Part, Retry
+from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
 from neox.pipeline.stage import StageResult, StageRun, run_stage, sha256_file, stage_key
+from neox.runtime.retry import Clock, GaveUp, Retry, attempts, call
 
 STAGE = "download"
 CODE_VERSION = "1"
 
 
-class ChecksumMismatch(DownloadError):
+class BadTransfer(DownloadError):
+    """A transfer that finished with the wrong size or content: fetched again whole."""
+
+
+class ChecksumMismatch(BadTransfer):
     pass
 
 
@@ -101,33 +105,40 @@ def download_one(
             progress(done.stat().st_size)
             return done, cached
     transport = TRANSPORTS[urllib.parse.urlparse(source.url).scheme]
-    last_error: Exception | None = None
-    for attempt in range(retry.attempts):
-        if attempt:
-            time.sleep(retry.backoff_s * 2 ** (attempt - 1) * (1 + 0.5 * random.random()))
-        fetching = Part(part)  # resumes from the bytes a failed attempt left
-        try:
-            transport(source.url, fetching, retry, progress)
-        except (DownloadError, FileNotFoundError, ValueError):
-            raise  # permanent: a 404, a missing file, a bad URL
-        except Exception as err:  # network trouble: keep what arrived and resume from it
-            last_error = err
-            continue
-        if source.size is not None and fetching.size != source.size:
-            last_error = DownloadError(f"{source.url}: got {fetching.size} bytes, the catalog says {source.size}")
-            part.unlink()
-            continue
-        actual = fetching.sha256
-        if expected is not None and actual != expected:
-            last_error = ChecksumMismatch(f"{source.url}: sha256 {actual} does not match the expected {expected}")
-            part.unlink()
-            continue
-        known.record(source.url, actual)
-        os.replace(part, done)
-        return done, actual
-    if isinstance(last_error, ChecksumMismatch):
-        raise ChecksumMismatch(f"{last_error} (after {retry.attempts} attempts; the bad file was deleted)")
-    raise DownloadError(f"{source.url}: failed after {retry.attempts} attempts: {last_error}")
+    clock, high_water = Clock(retry), part.stat().st_size if part.exists() else 0
+
+    def arrived(n: int) -> None:
+        nonlocal high_water
+        progress(n)
+        if fetching.size > high_water:  # bytes beyond what earlier attempts got
+            high_water = fetching.size
+            clock.progressed()
+        else:
+            clock.heard()
+
+    try:
+        for attempt in attempts(retry, source.url, clock, also_retry=lambda err: isinstance(err, BadTransfer)):
+            with attempt:
+                fetching = Part(part)  # resumes from the bytes a failed attempt left
+                transport(source.url, fetching, clock.timeout(), arrived)
+                verify_transfer(source, fetching, expected)
+    except GaveUp as err:
+        kind = ChecksumMismatch if isinstance(err.__cause__, ChecksumMismatch) else DownloadError
+        raise kind(f"{err} (the bad file was deleted)" if kind is ChecksumMismatch else str(err)) from None
+    known.record(source.url, fetching.sha256)
+    os.replace(part, done)
+    return done, fetching.sha256
+
+
+def verify_transfer(source: Source, fetched: Part, expected: str | None) -> None:
+    """Check a finished transfer's size and hash; a bad one is deleted (it cannot be resumed) and raised."""
+    if source.size is not None and fetched.size != source.size:
+        fetched.restart()
+        raise BadTransfer(f"{source.url}: got {fetched.size} bytes, the catalog says {source.size}")
+    if expected is not None and fetched.sha256 != expected:
+        actual = fetched.sha256
+        fetched.restart()
+        raise ChecksumMismatch(f"{source.url}: sha256 {actual} does not match the expected {expected}")
 
 
 class KnownChecksums:
@@ -223,22 +234,15 @@ def sources_from_strings(urls: list[str], split: str = "train") -> list[Source]:
     return out
 
 
-def list_folder(url: str) -> list[str]:
+def list_folder(url: str, retry: Retry = Retry()) -> list[str]:
     """The shard URLs (`*.jsonl.zst`, `*.jsonl`) directly inside a folder URL, sorted by name."""
     from neox.data.jsonl import SHARD_SUFFIXES
 
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "s3":
-        import boto3
-
-        pages = (
-            boto3.client("s3")
-            .get_paginator("list_objects_v2")
-            .paginate(Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/"), Delimiter="/")
-        )
-        names = [obj["Key"].rsplit("/", 1)[-1] for page in pages for obj in page.get("Contents", [])]
+        names = call(list_s3, retry, url, url, retry.timeout_s)
     elif parsed.scheme in ("", "file"):
-        folder = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        folder = local_path(url)
         if not folder.is_dir():
             raise MissingInput(f"source folder {folder} does not exist")
         names = [p.name for p in folder.iterdir() if p.is_file()]

@@ -1,11 +1,11 @@
 """How a source's bytes arrive: one function per URL scheme (http/https, s3, file or a local path, hf://datasets)
-that appends the bytes from the part's current size on to a `Part`, calling `progress(n)` per chunk. The download
-stage (`neox.data.download`) resumes, retries and verifies around them."""
+that appends the bytes from the part's current size on to a `Part`, calling `progress(n)` per chunk, within
+`timeout` seconds to connect and per read. A fault worth retrying is raised as it is (see `neox.runtime.retry`), any
+other as a one-line error. The download stage (`neox.data.download`) resumes, retries and verifies around them."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import urllib.parse
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from neox.errors import ConfigError, MissingInput, ServiceError
+from neox.runtime.retry import TransientError, is_transient
 
 CHUNK = 1 << 20
 HTTP_CHUNK = 1 << 16
@@ -20,13 +21,6 @@ HTTP_CHUNK = 1 << 16
 
 class DownloadError(ServiceError):
     """A source that could not be fetched intact after every retry."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Retry:
-    attempts: int = 5
-    backoff_s: float = 1.0  # first wait; doubles each try, with up to 50% random jitter
-    timeout_s: float = 60.0  # per network read
 
 
 class Part:
@@ -73,14 +67,16 @@ class Part:
         return self._digest.hexdigest()
 
 
-def _fetch_http(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
+def _fetch_http(url: str, part: Part, timeout: float, progress: Callable[[int], None]) -> None:
     import requests
 
     offset = part.size
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with requests.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as response:
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416:  # nothing left: the part is already complete
             return
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(f"{url}: HTTP {response.status_code} {response.reason}")
         if response.status_code not in (200, 206):
             raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
         if offset and response.status_code == 200:  # server ignored Range: start over
@@ -97,24 +93,76 @@ def _fetch_http(url: str, part: Part, retry: Retry, progress: Callable[[int], No
             raise ConnectionError(f"{url}: connection closed after {received} of {expected} bytes")
 
 
-def _fetch_s3(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
+def s3_client(timeout: float):
     import boto3
     from botocore.config import Config
 
+    # botocore's own retries off: ours resume a transfer cut mid-body, which a retried GetObject call cannot.
+    # A session of its own: boto3's default one is not thread-safe, and keeps the credentials it first found.
+    return boto3.session.Session().client(
+        "s3", config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1})
+    )
+
+
+@contextlib.contextmanager
+def s3_errors(url: str) -> Iterator[None]:
+    """S3's permanent faults as one-line errors; transient ones pass through to be retried."""
+    import botocore.exceptions
+
+    try:
+        yield
+    except botocore.exceptions.NoCredentialsError:
+        raise ConfigError(
+            f"{url}: no AWS credentials found. Set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "run where an instance role provides them."
+        ) from None
+    except botocore.exceptions.ClientError as err:
+        if is_transient(err):
+            raise
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise MissingInput(f"{url}: no such S3 object or bucket ({code})") from None
+        message = err.response.get("Error", {}).get("Message", "")
+        raise DownloadError(f"{url}: S3 refused the request ({code}: {message})") from None
+
+
+def _fetch_s3(url: str, part: Part, timeout: float, progress: Callable[[int], None]) -> None:
+    bucket, key = _bucket_key(url)
+    client = s3_client(timeout)
+    with s3_errors(url):
+        size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if part.size >= size:
+            return
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={part.size}-")["Body"]
+        with part.appending() as write:
+            for chunk in body.iter_chunks(CHUNK):
+                write(chunk)
+                progress(len(chunk))
+
+
+def list_s3(url: str, timeout: float) -> list[str]:
+    """The names of the objects directly under an s3:// folder URL."""
+    bucket, prefix = _bucket_key(url)
+    with s3_errors(url):
+        listing = s3_client(timeout).get_paginator("list_objects_v2")
+        pages = listing.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        return [obj["Key"].rsplit("/", 1)[-1] for page in pages for obj in page.get("Contents", [])]
+
+
+def _bucket_key(url: str) -> tuple[str, str]:
     parsed = urllib.parse.urlparse(url)
-    client = boto3.client("s3", config=Config(read_timeout=retry.timeout_s, retries={"max_attempts": 1}))
-    size = client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"]
-    if part.size >= size:
-        return
-    body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Range=f"bytes={part.size}-")["Body"]
-    with part.appending() as write:
-        for chunk in body.iter_chunks(CHUNK):
-            write(chunk)
-            progress(len(chunk))
+    return parsed.netloc, parsed.path.lstrip("/")
 
 
-def _fetch_file(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
-    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
+def local_path(url: str) -> Path:
+    """The file a file:// URL or a plain path names."""
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else Path(url)
+
+
+def _fetch_file(url: str, part: Part, timeout: float, progress: Callable[[int], None]) -> None:
+    path = local_path(url)
+    if path.is_dir():
+        raise ConfigError(f"source {url} is a folder: end it with / to take every shard in it")
     if not path.is_file():
         raise MissingInput(f"source file {path} does not exist")
     with open(path, "rb") as src, part.appending() as write:
@@ -124,7 +172,7 @@ def _fetch_file(url: str, part: Part, retry: Retry, progress: Callable[[int], No
             progress(len(chunk))
 
 
-def _fetch_hf(url: str, part: Part, retry: Retry, progress: Callable[[int], None]) -> None:
+def _fetch_hf(url: str, part: Part, timeout: float, progress: Callable[[int], None]) -> None:
     """A Hugging Face dataset as one Pile-format shard (needs the hub, or its local cache)."""
     from neox.data.jsonl import write_shard
 
@@ -148,6 +196,8 @@ def _fetch_hf(url: str, part: Part, retry: Retry, progress: Callable[[int], None
     try:
         dataset = datasets.load_dataset(repo, query.get("config"), split=query.get("split", "train"))
     except Exception as err:  # datasets raises many types for "cannot reach the hub"
+        if is_transient(err) and not constants.HF_HUB_OFFLINE:  # offline, "cannot connect" is not going away
+            raise
         raise DownloadError(
             f"{url}: could not load Hugging Face dataset {repo!r} ({type(err).__name__}: {err}). {hint}"
         ) from None

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -23,17 +24,21 @@ from neox.data.download import (
     scratch_dir,
     sources_from_strings,
 )
-from neox.data.transports import DownloadError, Retry
+from neox.data.transports import DownloadError
+from neox.errors import ConfigError
 from neox.pipeline.stage import verify_output
+from neox.runtime.retry import Retry
 
-FAST = Retry(attempts=4, backoff_s=0.01, timeout_s=10)
+FAST = Retry(attempts=4, backoff_s=0.01, timeout_s=10, deadline_s=20)
 
 
 class ShardServer(http.server.ThreadingHTTPServer):
-    """Serves `files` by path; honours Range; `cut_after[path] = n` closes the first response after n bytes."""
+    """Serves `files` by path and honours Range. Faults to play, each used once, in order: `errors[path]`, status
+    codes to answer before serving; `cut_after[path]`, byte counts after which a response's connection is closed
+    (or reset, with `reset = True`)."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.cut_after, self.requests = files, {}, []
+        self.files, self.errors, self.cut_after, self.reset, self.requests = files, {}, {}, False, []
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -52,6 +57,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
+        if server.errors.get(self.path):
+            self.send_error(server.errors[self.path].pop(0))
+            return
         start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0]) if self.headers.get("Range") else 0
         if start >= len(data):
             self.send_response(416)
@@ -61,11 +69,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         body = data[start:]
-        cut = server.cut_after.pop(self.path, None)
-        if cut is not None:
-            self.wfile.write(body[:cut])
+        cuts = server.cut_after.get(self.path)
+        if cuts:
+            self.wfile.write(body[: cuts.pop(0)])
             self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
+            if server.reset:  # linger 0: close() sends a TCP RST instead of a FIN
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
             return
         self.wfile.write(body)
 
@@ -86,7 +98,7 @@ def sha(data: bytes) -> str:
 
 def test_a_cut_connection_resumes_with_range_and_the_checksum_matches(tmp_path, server):
     data = server.files["/train/00.jsonl.zst"]
-    server.cut_after["/train/00.jsonl.zst"] = 1_000_000
+    server.cut_after["/train/00.jsonl.zst"] = [1_000_000]
     out = download_sources([Source(f"{server.url}/train/00.jsonl.zst", sha256=sha(data))], tmp_path, retry=FAST).path
     assert (out / "00.jsonl.zst").read_bytes() == data
     ranges = [r for path, r in server.requests if path == "/train/00.jsonl.zst"]
@@ -103,7 +115,7 @@ def test_a_download_is_hashed_while_it_arrives_and_read_again_only_to_verify_a_r
         monkeypatch.setattr(
             module, "sha256_file", lambda path, real=module.sha256_file: hashed.append(path) or real(path)
         )
-    server.cut_after["/train/00.jsonl.zst"] = 1_000_000  # the resumed attempt hashes the first attempt's bytes once
+    server.cut_after["/train/00.jsonl.zst"] = [1_000_000]  # the resumed attempt hashes the first attempt's bytes once
     sources = [Source(f"{server.url}/train/00.jsonl.zst"), Source(f"{server.url}/val.jsonl.zst")]
     out = download_sources(sources, tmp_path, retry=FAST).path
     assert hashed == [] and verify_output(out)["files"]["00.jsonl.zst"]["sha256"] == sha(
@@ -262,3 +274,101 @@ def test_a_part_hashes_what_it_resumes_from_and_a_file_it_adopts(tmp_path):
     part.adopt(tmp_path / "generated")  # as a generated hf:// shard is taken whole
     assert (part.size, part.sha256) == (23, sha(b"a shard built elsewhere"))
     assert (tmp_path / "part").read_bytes() == b"a shard built elsewhere" and not (tmp_path / "generated").exists()
+
+
+# Transient faults: retried within a deadline (neox.runtime.retry)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_a_busy_or_failing_server_is_asked_again_until_it_answers(tmp_path, server, status):
+    server.errors["/val.jsonl.zst"] = [status, status]
+    out = download_sources([Source(f"{server.url}/val.jsonl.zst")], tmp_path, retry=FAST).path
+    assert (out / "val.jsonl.zst").read_bytes() == server.files["/val.jsonl.zst"]
+    assert [path for path, _ in server.requests] == ["/val.jsonl.zst"] * 3
+
+
+def test_a_server_that_keeps_failing_is_given_up_naming_the_url_and_the_answer(tmp_path, server):
+    server.errors["/val.jsonl.zst"] = [503] * 10
+    with pytest.raises(DownloadError, match=r"val.jsonl.zst: gave up after 4 failed attempts in a row .*HTTP 503"):
+        download_sources([Source(f"{server.url}/val.jsonl.zst")], tmp_path, retry=FAST)
+    assert len(server.requests) == 4
+
+
+def test_a_connection_reset_mid_body_resumes_and_every_reset_that_brings_bytes_is_forgiven(tmp_path, server):
+    data = server.files["/train/00.jsonl.zst"]
+    server.reset = True
+    server.cut_after["/train/00.jsonl.zst"] = [400_000] * 6  # more resets than attempts, each after new bytes
+    out = download_sources([Source(f"{server.url}/train/00.jsonl.zst", sha256=sha(data))], tmp_path, retry=FAST)
+    assert (out.path / "00.jsonl.zst").read_bytes() == data
+    assert len(server.requests) == 7 and all(r is not None for _, r in server.requests[1:])  # each one resumed
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_server_that_never_answers_fails_within_the_deadline_not_the_read_timeout(tmp_path, silent_endpoint):
+    patient = Retry(attempts=5, backoff_s=0.1, timeout_s=30, deadline_s=2)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"{silent_endpoint}/a.jsonl.zst: gave up after nothing arrived for 2 s"):
+        download_sources([Source(f"{silent_endpoint}/a.jsonl.zst")], tmp_path, retry=patient)
+    assert time.monotonic() - started < 5
+
+
+def test_an_s3_endpoint_that_never_answers_fails_within_the_deadline(tmp_path, s3_env, silent_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_endpoint)
+    patient = Retry(attempts=5, backoff_s=0.1, timeout_s=30, deadline_s=2)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="s3://pile/00.jsonl.zst: gave up after nothing arrived for 2 s"):
+        download_sources([Source("s3://pile/00.jsonl.zst")], tmp_path, retry=patient)
+    assert time.monotonic() - started < 5
+
+
+def test_the_default_policy_gives_a_silent_endpoint_up_within_90_seconds():
+    assert Retry().deadline_s <= 90 and Retry().timeout_s <= Retry().deadline_s
+
+
+def test_s3_without_credentials_is_one_clear_error(tmp_path, s3_env, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigError, match="s3://pile/00.jsonl.zst: no AWS credentials found. Set AWS_PROFILE"):
+        download_sources([Source("s3://pile/00.jsonl.zst")], tmp_path, retry=FAST)
+    with pytest.raises(ConfigError, match="s3://pile/shards/: no AWS credentials found"):
+        sources_from_strings(["s3://pile/shards/"])
+
+
+def test_a_missing_s3_object_is_a_permanent_error(tmp_path, s3_env):
+    boto3.client("s3").create_bucket(Bucket="pile")
+    with pytest.raises(FileNotFoundError, match=r"s3://pile/none.jsonl.zst: no such S3 object or bucket \(404\)"):
+        download_sources([Source("s3://pile/none.jsonl.zst")], tmp_path, retry=FAST)
+
+
+def test_a_local_folder_named_without_its_trailing_slash_says_how_to_name_it(tmp_path):
+    (tmp_path / "shards").mkdir()
+    for url in (str(tmp_path / "shards"), f"file://{tmp_path}/shards"):
+        with pytest.raises(ConfigError, match=r"shards is a folder: end it with / to take every shard in it"):
+            download_sources(sources_from_strings([url]), tmp_path / "work", retry=FAST)
