@@ -18,7 +18,7 @@ def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
     tracking, registry = cfg.train.tracking_uri, cfg.registry
     experiment = cfg.train.mlflow_experiment
     evaluated = evaluate(checkpoint, tokenized, heldout, evaluation, cfg.work_root, tracking, experiment).result()
-    version = register_model(evaluated, registry, tracking, cfg.work_root)
-    champion = score_champion(version, tokenized, heldout, evaluation, cfg.work_root, registry, tracking)
+    version = register_model(evaluated, registry, tracking, cfg.work_root, experiment)
+    champion = score_champion(version, tokenized, heldout, evaluation, cfg.work_root, registry, tracking, experiment)
     decision = promote_version(version, registry, tracking, champion)
     return {"eval": evaluated, "version": version, "promoted": decision.promote, "reasons": list(decision.reasons)}

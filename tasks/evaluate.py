@@ -12,7 +12,8 @@ from prefect.states import State
 
 from neox.eval.config import EvalConfig, EvalDataConfig
 from neox.eval.data import eval_data_stage
-from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, eval_stage, log_eval
+from neox.eval.record import evaluate_and_record, verified_eval_run
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.pipeline.stage import StageResult
 from neox.registry.mlflow_registry import champion_version
@@ -21,10 +22,17 @@ from tasks.report import STAGE_TASK, stage_state
 
 
 def eval_on_heldout(
-    checkpoint: str | Path, tokenized: str, heldout: EvalDataConfig, evaluation: EvalConfig, work_root: str
-) -> StageResult:
-    """Run (or reuse) the evaluation of `checkpoint` on the held-out split of `tokenized`."""
-    return eval_stage(checkpoint, eval_data_stage(tokenized, work_root, heldout).path, work_root, evaluation)
+    checkpoint: str | Path,
+    tokenized: str,
+    heldout: EvalDataConfig,
+    evaluation: EvalConfig,
+    work_root: str,
+    tracking_uri: str,
+    experiment: str,
+) -> tuple[StageResult, str]:
+    """Run (or reuse) the evaluation of `checkpoint` on the held-out split of `tokenized`, and its MLflow run."""
+    eval_data = eval_data_stage(tokenized, work_root, heldout).path
+    return evaluate_and_record(checkpoint, eval_data, work_root, evaluation, tracking_uri, experiment)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STAGE_TASK)
@@ -37,8 +45,7 @@ def evaluate(
     tracking_uri: str,
     experiment: str,
 ) -> State:
-    result = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root)
-    run_id = log_eval(result.path, tracking_uri, experiment)
+    result, run_id = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment)
     metrics = json.loads((result.path / EVAL_METRICS_FILE).read_text())
     return stage_state("eval", result, {"mlflow_run_id": run_id, **metrics})
 
@@ -52,10 +59,12 @@ def score_champion(
     work_root: str,
     registry: RegistryConfig,
     tracking_uri: str,
+    experiment: str,
 ) -> dict[str, float] | None:
     """The current champion scored on the candidate's held-out data, so the gate compares like with like when
     the candidate was trained on other data (a retrain, a new dedup threshold). The eval stage is
-    content-addressed: when the champion was scored on this very data its output is reused, not recomputed.
+    content-addressed: when the champion was scored on this very data its output is reused, not recomputed. The
+    metrics come from the eval's MLflow run, its output checked against the hashes the run recorded.
     None when there is no other champion, or its checkpoint is gone (the gate then uses its recorded metrics)."""
     champion = champion_version(registry.name, tracking_uri)
     if champion is None or str(champion.version) == str(candidate_version):
@@ -66,7 +75,7 @@ def score_champion(
             "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint
         )
         return None
-    output = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root).path
-    metrics = json.loads((output / EVAL_METRICS_FILE).read_text())
+    result, _ = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment)
+    metrics = verified_eval_run(result.path, tracking_uri, experiment).data.metrics
     get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
     return metrics

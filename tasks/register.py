@@ -13,9 +13,11 @@ from neox.registry.rule import Decision, RegistryConfig
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_model(eval_output: str, registry: RegistryConfig, tracking_uri: str, work_root: str) -> str:
+def register_model(
+    eval_output: str, registry: RegistryConfig, tracking_uri: str, work_root: str, experiment: str
+) -> str:
     tags = {"neox.prefect_flow_run_id": str(runtime.flow_run.id)}
-    version = register(eval_output, registry.name, tracking_uri, work_root, tags=tags)
+    version = register(eval_output, registry.name, tracking_uri, work_root, experiment, tags=tags)
     get_run_logger().info("registered %s version %s", registry.name, version)
     return version
 

@@ -44,6 +44,16 @@ def tiny_model(seed: int = 0, **overrides) -> GPTNeoX:
     return initialized(tiny_config(**overrides), seed).eval()
 
 
+class Payload:
+    """What an attacker would plant in a pickle: unpickling it calls `open(marker, "w")`."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer_file(tmp_path_factory) -> Path:
     """A 256-token byte-level BPE trained on a little English, with GPT-NeoX's <|endoftext|>."""

@@ -63,21 +63,23 @@ def eval_command(
     mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the eval run.")] = "neox-pipeline",
 ) -> None:
-    """Evaluate a checkpoint with lm-eval; print the metrics table, log them (and lm-eval's results JSON) to a
-    new MLflow run, and write both into the eval stage output, whose folder is printed last.
+    """Evaluate a checkpoint with lm-eval; print the metrics table, log them (with lm-eval's results JSON and the
+    output's hashes, which `neox register` checks) to a new MLflow run, and write both into the eval stage output,
+    whose folder is printed last. An earlier output is reused only when this tracking store holds its run.
 
     Example: neox eval work/train/demo/final/model --eval-data work/eval-data/<key>
     """
     from neox.eval.config import EvalConfig
-    from neox.eval.run import EVAL_METRICS_FILE, eval_stage, log_eval, metrics_table, task_names
+    from neox.eval.record import evaluate_and_record
+    from neox.eval.run import EVAL_METRICS_FILE, metrics_table, task_names
     from neox.pipeline.configfile import parse
 
     options = dict(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
     cfg = parse(EvalConfig, options)
-    out = eval_stage(checkpoint, eval_data, work_root, cfg).path
-    typer.echo(metrics_table(json.loads((out / EVAL_METRICS_FILE).read_text())))
-    typer.echo(f"MLflow run {log_eval(out, mlflow_tracking_uri, experiment)} in experiment {experiment}")
-    typer.echo(str(out))
+    result, run_id = evaluate_and_record(checkpoint, eval_data, work_root, cfg, mlflow_tracking_uri, experiment)
+    typer.echo(metrics_table(json.loads((result.path / EVAL_METRICS_FILE).read_text())))
+    typer.echo(f"MLflow run {run_id} in experiment {experiment}")
+    typer.echo(str(result.path))
 
 
 @app.command("register")

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import socket
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ import yaml
 
 from neox.errors import ConfigError, DataError, MissingInput, ServiceError
 from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, EvalConfig
-from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of, run_of
+from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
 
 STAGE = "eval"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: outputs are trusted only with their MLflow record (neox.eval.record)
 RESULTS_FILE = "results.json"
 CHECKPOINT_PATH_TAG = "neox.checkpoint"  # the evaluated checkpoint folder, on the eval run and its model version
 EVAL_METRICS_FILE = "metrics.json"  # the flat {task/metric: value} scores (not training's metrics.jsonl)
@@ -105,10 +105,15 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
     else:
         from lm_eval.models.huggingface import HFLM
 
+        from neox.model.hf import safetensors_weights
+
         hf_dir = hf_export_of(checkpoint)
         if not (hf_dir / HF_CONFIG_FILE).exists():
             raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
-        model = HFLM(pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype)
+        safetensors_weights(hf_dir)  # refuses pickled weights before transformers would unpickle them
+        model = HFLM(
+            pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype, use_safetensors=True
+        )
     results = lm_eval.simple_evaluate(
         model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit, bootstrap_iters=0, log_samples=False
     )
@@ -161,9 +166,14 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 
 def eval_stage(
-    checkpoint: str | Path, eval_data: str | Path | None, work_root: str | Path, cfg: EvalConfig = EvalConfig()
+    checkpoint: str | Path,
+    eval_data: str | Path | None,
+    work_root: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    reuse_if: Callable[[Path], object] = lambda output: True,
 ) -> StageResult:
-    """Run (or reuse) the evaluation of `checkpoint`; returns the stage output (results.json, metrics.json)."""
+    """Run (or reuse, when `reuse_if` vouches for it) the evaluation of `checkpoint`; returns the stage output
+    (results.json, metrics.json). `neox.eval.record.evaluate_and_record` runs it with its MLflow record."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / WEIGHTS_FILE).is_file():
         raise MissingInput(f"{checkpoint} is not a neox checkpoint: {WEIGHTS_FILE} is missing")
@@ -184,44 +194,4 @@ def eval_stage(
         (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
 
-    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body)
-
-
-def log_eval(
-    output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
-) -> str:
-    """The MLflow run holding an eval output's metrics, params and results JSON in this tracking store:
-    found by the output's key (so logging twice, or registering later, reuses it), else created."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
-    output = Path(output)
-    manifest = read_manifest(output)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    existing = client.search_runs([experiment_id], f"tags.`neox.eval_key` = '{manifest['key']}'", max_results=1)
-    if existing:
-        return existing[0].info.run_id
-    checkpoint = Path(manifest["stats"]["checkpoint"])
-    run_dir = run_of(checkpoint)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"eval {(run_dir or checkpoint).name}",
-        tags={
-            "neox.stage": "eval",
-            "neox.eval_key": manifest["key"],
-            CHECKPOINT_PATH_TAG: str(checkpoint),
-            **(tags or {}),
-        },
-    )
-    now = int(time.time() * 1000)
-    params = [
-        Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-        for k, v in sorted(manifest["config"].items())
-    ]
-    metrics = [Metric(k, v, now, 0) for k, v in manifest["stats"]["metrics"].items()]
-    client.log_batch(run.info.run_id, metrics=metrics, params=params)
-    client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body, reuse_if=lambda out: bool(reuse_if(out)))

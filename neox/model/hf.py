@@ -186,12 +186,12 @@ def load_hf_model(hf_dir: str | Path) -> GPTNeoX:
         cfg = model_config_from_hf(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{config_path} is not a readable GPT-NeoX config ({type(err).__name__}: {err})") from None
-    files = sorted(hf_dir.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"{hf_dir} has no .safetensors weights (convert .bin checkpoints with transformers first)")
     state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(file))
+    for file in safetensors_weights(hf_dir):
+        try:
+            state.update(load_file(file))
+        except Exception as err:  # safetensors raises its own error type for a damaged header or short file
+            raise DataError(f"{file} is not a readable safetensors file ({err})") from None
     with torch.device("meta"):
         model = GPTNeoX(cfg)
     converted = from_hf_state_dict(state, tied=not cfg.no_weight_tying)
@@ -201,6 +201,25 @@ def load_hf_model(hf_dir: str | Path) -> GPTNeoX:
         raise ConfigError(f"{hf_dir}: weights do not match the config (missing {missing[:5]}, unexpected {extra[:5]})")
     model.load_state_dict(converted, strict=True, assign=True)
     return model.eval()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def safetensors_weights(hf_dir: Path) -> list[Path]:
+    """A Hugging Face directory's .safetensors weight files. Pickled weights (`pytorch_model.bin` and the like) are
+    refused, not read: unpickling runs whatever code the file carries."""
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ConfigError(
+            f"{hf_dir} holds pickled weights ({', '.join(pickles)}), which can carry code: neox reads .safetensors "
+            "only. Convert them where you trust the file: AutoModelForCausalLM.from_pretrained(DIR)"
+            ".save_pretrained(OUT) writes safetensors."
+        )
+    raise ConfigError(f"{hf_dir} has no .safetensors weights")
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -69,9 +70,11 @@ def run_stage(
     config: dict[str, Any],
     inputs: dict[str, str],
     body: Callable[[StageRun], None],
+    reuse_if: Callable[[Path], bool] = lambda output: True,
 ) -> StageResult:
     """Reuse the verified output of this key, or run `body` (writing into `run.tmp`, filling `run.stats`) and
-    publish it. Concurrent runs of the same key take turns; the second reuses the first's output."""
+    publish it. Concurrent runs of the same key take turns; the second reuses the first's output. `reuse_if`
+    vouches for an output beyond its manifest (the eval stage's asks MLflow); one it refuses is redone."""
     key = stage_key(stage, code_version, config, inputs)
     output = stage_output(work_root, stage, key)
     # lock files stay (removing one races a process about to take it); they live apart from the outputs
@@ -80,7 +83,12 @@ def run_stage(
         if (output / MANIFEST).exists():
             try:
                 verify_output(output)
-                return StageResult(output, reused=True)
+                if reuse_if(output):
+                    return StageResult(output, reused=True)
+                print(f"{stage}: nothing vouches for {output}; redoing the stage", file=sys.stderr, flush=True)
+                set_aside = output.parent / f".{output.name}.old-untrusted"
+                os.rename(output, set_aside)  # gone in one step; remove_leftovers clears what a kill leaves
+                shutil.rmtree(set_aside)
             except ManifestError as err:
                 print(f"{stage}: {err}; redoing the stage", file=sys.stderr, flush=True)
         with publish_stage(work_root, stage, code_version, config, inputs) as run:

@@ -11,9 +11,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from neox.errors import RunStateError
-from neox.pipeline.layout import WEIGHTS_FILE, hf_export_of
-from neox.pipeline.stage import read_manifest
+from neox.errors import ConfigError, RunStateError
+from neox.eval.run import CHECKPOINT_PATH_TAG
+from neox.pipeline.layout import hf_export_of
 from neox.registry.lineage import lineage_tags
 from neox.registry.pyfunc import TextGenerator
 from neox.registry.rule import Decision, PromotionRule, decide
@@ -31,14 +31,14 @@ def register(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Register the checkpoint an eval stage output scored, as a new version of `name` logged in that eval's
-    MLflow run (created in this tracking store if needed); returns the version. Registering the same eval
-    again returns its existing version. `tags` are added to the lineage (the flow run id under Prefect)."""
-    from neox.eval.run import log_eval
+    MLflow run; returns the version. The output must be one the eval stage logged to this tracking store, its
+    files and checkpoint unchanged since (`neox.eval.record.verified_eval_run`): anything else is refused before
+    MLflow is written to. Registering the same eval again returns its existing version. `tags` are added to the
+    lineage (the flow run id under Prefect)."""
+    from neox.eval.record import verified_eval_run
 
-    checkpoint = Path(read_manifest(eval_output)["stats"]["checkpoint"])
-    if not (checkpoint / WEIGHTS_FILE).is_file():
-        raise RunStateError(f"the checkpoint {eval_output} evaluated, {checkpoint}, is gone: nothing to register")
-    run_id = log_eval(eval_output, tracking_uri, experiment)
+    run = verified_eval_run(eval_output, tracking_uri, experiment)
+    run_id, checkpoint = run.info.run_id, Path(run.data.tags[CHECKPOINT_PATH_TAG])
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = [v for v in _versions(client, name) if v.run_id == run_id]
     if existing:
@@ -63,6 +63,20 @@ def register(
         tags={**lineage_tags(checkpoint, work_root), **(tags or {})},
     ).version
     return version
+
+
+def model_version(client: MlflowClient, name: str, version: str, tracking_uri: str):
+    """A registered model's version, or a one-line error saying which of the two is not there."""
+    if not str(version).isdigit():
+        raise ConfigError(f"a model version is a number (as `neox register` prints it), got {version!r}")
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise RunStateError(f"no registered model {name!r} in {tracking_uri}") from None
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RunStateError(f"{name} has no version {version} in {tracking_uri}") from None
 
 
 def _versions(client: MlflowClient, name: str) -> list:
@@ -100,7 +114,7 @@ def promote(
     `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
     without them the champion's own recorded metrics are used."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    candidate = client.get_model_version(name, version)
+    candidate = model_version(client, name, version, tracking_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)
     champion = _version_by_alias(client, name, CHAMPION)
     if champion is not None and str(champion.version) == str(version):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,6 +23,7 @@ from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, eval_data_stage
 from neox.eval.run import EVAL_METRICS_FILE, eval_stage
 from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import read_manifest, sha256_file
+from tests.conftest import Payload
 from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
 
 
@@ -150,19 +152,23 @@ def test_generate_until_matches_lm_eval_hf(straight, eval_data):
     assert ours == theirs and any(ours)
 
 
-def test_eval_is_logged_to_mlflow(trained_eval, tracking):
+def test_eval_is_logged_to_mlflow_with_the_hashes_of_what_it_wrote(trained_eval, tracking):
     from mlflow import MlflowClient
 
-    from neox.eval.run import log_eval
+    from neox.eval.record import CHECKPOINT_SHA_TAG, RECORDED_FILES, file_tag, find_eval_run, log_eval
+    from neox.pipeline.stage import StageResult
 
-    run_id = log_eval(trained_eval, tracking)
-    assert log_eval(trained_eval, tracking) == run_id  # found again by the output's key, not logged twice
+    run = find_eval_run(trained_eval, tracking)
+    assert log_eval(StageResult(trained_eval, reused=True), tracking) == run.info.run_id  # found by key, not twice
     client = MlflowClient(tracking_uri=tracking)
-    run = client.get_run(run_id)
     assert run.data.metrics == pytest.approx(json.loads((trained_eval / EVAL_METRICS_FILE).read_text()))
-    assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run_id)] == [
+    assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run.info.run_id)] == [
         "results.json"
     ]
+    assert {run.data.tags[file_tag(name)] for name in RECORDED_FILES} == {
+        sha256_file(trained_eval / name) for name in RECORDED_FILES
+    }
+    assert run.data.tags[CHECKPOINT_SHA_TAG] == read_manifest(trained_eval)["inputs"]["checkpoint"]
 
 
 def untrained_checkpoint(directory: Path, straight: Path, seed: int) -> Path:
@@ -182,6 +188,7 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     import mlflow
     from mlflow import MlflowClient
 
+    from neox.eval.record import evaluate_and_record
     from neox.model.checkpoint import load_model
     from neox.model.generate import SamplingConfig, generate
     from neox.registry.mlflow_registry import CANDIDATE, CHAMPION, DECISION_TAG, PREVIOUS_CHAMPION, promote, register
@@ -191,7 +198,7 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     client = MlflowClient(tracking_uri=tracking)
 
     def evaluated(checkpoint: Path) -> Path:
-        return eval_stage(checkpoint, eval_data, work, EvalConfig(batch_size=8)).path
+        return evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)[0].path
 
     first = register(evaluated(untrained_checkpoint(work, straight, 0)), "tiny", tracking)
     assert promote("tiny", first, rule, tracking).promote  # no champion yet, no floors
@@ -237,6 +244,123 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     assert text == [tok.decode(expected)] and text[0]
 
 
+BPB = "neox_heldout/bits_per_byte"
+
+
+def forged(output: Path, bits_per_byte: float) -> None:
+    """Write a better score into an eval output's metrics.json and manifest, the manifest's file list updated so
+    that the stage's own check of the output passes."""
+    metrics = json.loads((output / EVAL_METRICS_FILE).read_text())
+    (output / EVAL_METRICS_FILE).write_text(json.dumps({**metrics, BPB: bits_per_byte}))
+    manifest = read_manifest(output)
+    manifest["stats"]["metrics"][BPB] = bits_per_byte
+    manifest["files"][EVAL_METRICS_FILE] = {
+        "sha256": sha256_file(output / EVAL_METRICS_FILE),
+        "bytes": (output / EVAL_METRICS_FILE).stat().st_size,
+    }
+    (output / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_tampered_or_hand_written_eval_output_is_refused_and_registers_nothing(
+    trained_eval, tracking, tokenized, tmp_path
+):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from neox.errors import DataError, RunStateError
+    from neox.registry.mlflow_registry import register
+
+    client = MlflowClient(tracking_uri=tracking)
+    runs_before = len(client.search_runs([client.get_experiment_by_name("neox-pipeline").experiment_id]))
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_eval, copy)
+    forged(copy, 0.001)  # the probe's attack: a copy of a real output with a hand-edited score
+    with pytest.raises(DataError, match=r"copy/manifest.json changed after it was evaluated: sha256 \w+, eval run"):
+        register(copy, "forged", tracking)
+    shutil.copy(trained_eval / "manifest.json", copy / "manifest.json")  # the score edited in metrics.json alone
+    with pytest.raises(DataError, match="copy/metrics.json changed after it was evaluated"):
+        register(copy, "forged", tracking)
+    manifest = read_manifest(copy)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "key": "0" * 16}))  # an output of its own making
+    with pytest.raises(RunStateError, match="has no eval run in sqlite.* only an output the eval stage logged"):
+        register(copy, "forged", tracking)
+    with pytest.raises(DataError, match="is a tokenize stage output, not an eval output"):
+        register(tokenized, "forged", tracking)
+    with pytest.raises(MlflowException):
+        client.get_registered_model("forged")
+    assert len(client.search_runs([client.get_experiment_by_name("neox-pipeline").experiment_id])) == runs_before
+
+
+def test_an_eval_output_nothing_vouches_for_is_recomputed_not_logged(trained_eval, straight, eval_data, tmp_path):
+    """A forged output planted under the very key the eval stage computes passes the stage's own manifest check;
+    a tracking store with no record of it does not trust it: the stage evaluates again."""
+    from mlflow import MlflowClient
+
+    from neox.eval.record import evaluate_and_record
+
+    planted = tmp_path / "work" / "eval" / trained_eval.name
+    shutil.copytree(trained_eval, planted)
+    forged(planted, 0.001)
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result, run_id = evaluate_and_record(
+        straight / "final" / "model", eval_data, tmp_path / "work", EvalConfig(batch_size=8), fresh
+    )
+    assert result.path == planted and not result.reused
+    true_score = json.loads((trained_eval / EVAL_METRICS_FILE).read_text())[BPB]
+    assert MlflowClient(tracking_uri=fresh).get_run(run_id).data.metrics[BPB] == pytest.approx(true_score)
+
+
+def test_a_checkpoint_changed_or_gone_since_its_eval_is_not_registered(work, eval_data, straight, tracking):
+    from mlflow import MlflowClient
+
+    from neox.errors import DataError, RunStateError
+    from neox.eval.record import evaluate_and_record
+    from neox.registry.mlflow_registry import register
+
+    checkpoint = untrained_checkpoint(work / "gone", straight, 3)
+    output = evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)[0].path
+    weights = checkpoint / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\0\0\0\0")
+    with pytest.raises(DataError, match="model.safetensors changed after it was evaluated"):
+        register(output, "gone", tracking)
+    weights.unlink()
+    with pytest.raises(RunStateError, match="is gone: nothing to register"):
+        register(output, "gone", tracking)
+    assert MlflowClient(tracking_uri=tracking).search_registered_models("name = 'gone'") == []
+
+
+def test_promote_names_what_is_missing_in_one_line(trained_eval, tracking):
+    from neox.errors import ConfigError, RunStateError
+    from neox.registry.mlflow_registry import promote
+    from neox.registry.rule import PromotionRule
+
+    with pytest.raises(RunStateError, match="no registered model 'nope' in sqlite"):
+        promote("nope", "1", PromotionRule(), tracking)
+    with pytest.raises(ConfigError, match="a model version is a number .* got 'abc'"):
+        promote("nope", "abc", PromotionRule(), tracking)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking).create_registered_model("empty")
+    with pytest.raises(RunStateError, match="empty has no version 7 in sqlite"):
+        promote("empty", "7", PromotionRule(), tracking)
+
+
+def test_eval_with_the_hf_model_refuses_pickled_weights_without_loading_them(straight, eval_data, tmp_path):
+    from neox.errors import ConfigError
+    from neox.eval.run import run_lm_eval
+
+    checkpoint = tmp_path / "run" / "final" / "model"
+    shutil.copytree(straight / "final", tmp_path / "run" / "final")
+    hf_dir = checkpoint.parent / "hf"
+    (hf_dir / "model.safetensors").unlink()
+    marker = tmp_path / "payload-ran"
+    torch.save(Payload(str(marker)), hf_dir / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"holds pickled weights \(pytorch_model.bin\), which can carry code"):
+        run_lm_eval(checkpoint, eval_data, EvalConfig(model="hf", batch_size=8))
+    assert not marker.exists()
+
+
 def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypatch, tmp_path):
     import datasets
     from huggingface_hub import constants
@@ -261,7 +385,7 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     assert "allenai/ai2_arc" in str(err.value) and "baber/piqa" in str(err.value)
 
 
-def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tmp_path, s3_env):
+def test_registry_through_an_mlflow_server_with_artifacts_on_s3(straight, eval_data, tmp_path, s3_env):
     """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to S3 (the moto server)."""
     import os
     import signal
@@ -271,6 +395,7 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
     import mlflow
     from mlflow import MlflowClient
 
+    from neox.eval.record import evaluate_and_record
     from neox.registry.mlflow_registry import CHAMPION, promote, register
     from neox.registry.rule import PromotionRule
 
@@ -305,7 +430,9 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(trained_eval, tm
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", server)
-        version = register(trained_eval, "tiny-http", uri)
+        cfg = EvalConfig(batch_size=8)
+        evaluated, _ = evaluate_and_record(straight / "final" / "model", eval_data, tmp_path / "work", cfg, uri)
+        version = register(evaluated.path, "tiny-http", uri)
         assert promote("tiny-http", version, PromotionRule(), uri).promote
         assert MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version == version
         mlflow.set_tracking_uri(uri)

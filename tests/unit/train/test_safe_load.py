@@ -13,17 +13,7 @@ import torch.multiprocessing as mp
 from neox.errors import DataError, RunStateError
 from neox.train.checkpointing import load_rng, save_rng
 from neox.train.safe_load import UnsafeCheckpoint, load_weights_only
-from tests.conftest import REPO, tiny_config
-
-
-class Payload:
-    """What an attacker would plant: unpickling it calls `open(marker, "w")`."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
+from tests.conftest import REPO, Payload, tiny_config
 
 
 def check_in_process(rank: int, folder: str) -> None:

@@ -1,0 +1,131 @@
+"""An eval output's record in MLflow: what registration and the promotion gate trust instead of the files.
+
+Eval outputs live in the work root, which more than the pipeline can write. So the eval stage logs its output to
+MLflow as soon as it has computed it, and the run records the sha256 of the output's manifest.json, results.json
+and metrics.json and of the weights it scored. Registration and the gate read the metrics from that run, and refuse
+an output whose files no longer hash to what the run recorded, or whose checkpoint changed. An output with no run
+(hand-written, or planted under a key the stage would compute) is never logged from its files: the eval stage
+redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from neox.errors import DataError, MissingInput, RunStateError
+from neox.eval.config import EvalConfig
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, eval_stage
+from neox.pipeline.layout import WEIGHTS_FILE, run_of
+from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
+
+EVAL_KEY_TAG = "neox.eval_key"
+CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # the weights the eval scored
+RECORDED_FILES = (MANIFEST, RESULTS_FILE, EVAL_METRICS_FILE)
+
+
+def file_tag(name: str) -> str:
+    return f"neox.sha256.{name}"
+
+
+def evaluate_and_record(
+    checkpoint: str | Path,
+    eval_data: str | Path | None,
+    work_root: str | Path,
+    cfg: EvalConfig,
+    tracking_uri: str,
+    experiment: str = "neox-pipeline",
+) -> tuple[StageResult, str]:
+    """The eval stage (an output is reused only when this tracking store holds its record) and its MLflow run."""
+    result = eval_stage(
+        checkpoint, eval_data, work_root, cfg, reuse_if=lambda out: find_eval_run(out, tracking_uri, experiment)
+    )
+    return result, log_eval(result, tracking_uri, experiment)
+
+
+def find_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline"):
+    """The MLflow run that recorded this eval output (by its stage key), or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    key = read_manifest(output)["key"]
+    runs = client.search_runs([found.experiment_id], f"tags.`{EVAL_KEY_TAG}` = '{key}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def log_eval(
+    result: StageResult, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
+) -> str:
+    """The MLflow run holding an eval output's metrics, params, results JSON and hashes: found by the output's key
+    (logging twice reuses it), else created, but only for an output computed just now (`result.reused` false)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    existing = find_eval_run(result.path, tracking_uri, experiment)
+    if existing is not None:
+        return existing.info.run_id
+    if result.reused:
+        raise RunStateError(f"{result.path} was not computed by this eval and has no MLflow record: not logging it")
+    output, manifest = result.path, read_manifest(result.path)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    checkpoint = Path(manifest["stats"]["checkpoint"])
+    run = client.create_run(
+        experiment_id,
+        run_name=f"eval {(run_of(checkpoint) or checkpoint).name}",
+        tags={
+            "neox.stage": STAGE,
+            EVAL_KEY_TAG: manifest["key"],
+            CHECKPOINT_PATH_TAG: str(checkpoint),
+            CHECKPOINT_SHA_TAG: manifest["inputs"]["checkpoint"],
+            **{file_tag(name): sha256_file(output / name) for name in RECORDED_FILES},
+            **(tags or {}),
+        },
+    )
+    now = int(time.time() * 1000)
+    params = [
+        Param(f"eval.{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+        for k, v in sorted(manifest["config"].items())
+    ]
+    metrics = [Metric(k, v, now, 0) for k, v in manifest["stats"]["metrics"].items()]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def verified_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline") -> Any:
+    """The eval output's MLflow run, after checking the output's files and its checkpoint's weights against the
+    hashes the run recorded. Raises a one-line error naming what does not match."""
+    output = Path(output)
+    manifest = read_manifest(output)
+    if manifest.get("stage") != STAGE:
+        raise DataError(f"{output} is a {manifest.get('stage')} stage output, not an eval output (neox eval)")
+    run = find_eval_run(output, tracking_uri, experiment)
+    if run is None:
+        raise RunStateError(
+            f"{output} has no eval run in {tracking_uri} (experiment {experiment}): only an output the eval stage "
+            "logged can be registered. Run `neox eval` on the checkpoint with this --mlflow-tracking-uri."
+        )
+    recorded = run.data.tags
+    for name in RECORDED_FILES:
+        if not (output / name).is_file():
+            raise MissingInput(f"{output / name} is missing: the eval output is damaged")
+        actual = sha256_file(output / name)
+        if actual != recorded.get(file_tag(name)):
+            raise DataError(
+                f"{output / name} changed after it was evaluated: sha256 {actual}, eval run {run.info.run_id} "
+                f"recorded {recorded.get(file_tag(name))}. Refusing it; rerun `neox eval` to score the checkpoint."
+            )
+    weights = Path(recorded[CHECKPOINT_PATH_TAG]) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise RunStateError(f"the checkpoint {output} evaluated, {weights.parent}, is gone: nothing to register")
+    if sha256_file(weights) != recorded[CHECKPOINT_SHA_TAG]:
+        raise DataError(f"{weights} changed after it was evaluated (eval run {run.info.run_id}): refusing it")
+    return run
