@@ -5,7 +5,7 @@ MLflow as soon as it has computed it, and the run records the sha256 of the outp
 and metrics.json and of the weights it scored. Registration and the gate read the metrics from that run, and refuse
 an output whose files no longer hash to what the run recorded, or whose checkpoint changed. An output with no run
 (hand-written, or planted under a key the stage would compute) is never logged from its files: the eval stage
-redoes it.
+redoes it, and records a new output before it lets go of the key's lock, so that no other run finds it unrecorded.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from neox.pipeline.layout import WEIGHTS_FILE, run_of
 from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
 
 EVAL_KEY_TAG = "neox.eval_key"
+OUTPUT_TAG = "neox.eval_output"  # the output folder the run recorded
 CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # the weights the eval scored
 RECORDED_FILES = (MANIFEST, RESULTS_FILE, EVAL_METRICS_FILE)
 
@@ -38,40 +39,46 @@ def evaluate_and_record(
     tracking_uri: str,
     experiment: str = "neox-pipeline",
 ) -> tuple[StageResult, str]:
-    """The eval stage (an output is reused only when this tracking store holds its record) and its MLflow run."""
+    """The eval stage and its MLflow run: a new output is recorded before its lock is let go, and an earlier one
+    is reused only when this tracking store holds its record."""
     result = eval_stage(
-        checkpoint, eval_data, work_root, cfg, reuse_if=lambda out: find_eval_run(out, tracking_uri, experiment)
+        checkpoint,
+        eval_data,
+        work_root,
+        cfg,
+        reuse_if=lambda out: find_eval_run(out, tracking_uri, experiment),
+        on_publish=lambda out: log_eval(out, tracking_uri, experiment),
     )
-    return result, log_eval(result, tracking_uri, experiment)
+    return result, find_eval_run(result.path, tracking_uri, experiment).info.run_id
 
 
 def find_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline"):
-    """The MLflow run that recorded this eval output (by its stage key), or None."""
+    """The MLflow run that recorded this eval output (this folder, by its stage key and path), or None. The same
+    key in another work root is another output, with manifest timings and a checkpoint path of its own."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    key = read_manifest(output)["key"]
-    runs = client.search_runs([found.experiment_id], f"tags.`{EVAL_KEY_TAG}` = '{key}'", max_results=1)
+    key, where = read_manifest(output)["key"], str(Path(output).resolve())
+    query = f"tags.`{EVAL_KEY_TAG}` = '{key}' and tags.`{OUTPUT_TAG}` = '{where}'"
+    runs = client.search_runs([found.experiment_id], query, max_results=1)
     return runs[0] if runs else None
 
 
 def log_eval(
-    result: StageResult, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
+    output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
 ) -> str:
-    """The MLflow run holding an eval output's metrics, params, results JSON and hashes: found by the output's key
-    (logging twice reuses it), else created, but only for an output computed just now (`result.reused` false)."""
+    """The MLflow run holding an eval output's metrics, params, results JSON and hashes: found again if this output
+    was logged before, else created. Called on an output the eval stage has just published (its `on_publish`)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    existing = find_eval_run(result.path, tracking_uri, experiment)
+    existing = find_eval_run(output, tracking_uri, experiment)
     if existing is not None:
         return existing.info.run_id
-    if result.reused:
-        raise RunStateError(f"{result.path} was not computed by this eval and has no MLflow record: not logging it")
-    output, manifest = result.path, read_manifest(result.path)
+    output, manifest = Path(output), read_manifest(output)
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -82,6 +89,7 @@ def log_eval(
         tags={
             "neox.stage": STAGE,
             EVAL_KEY_TAG: manifest["key"],
+            OUTPUT_TAG: str(output.resolve()),
             CHECKPOINT_PATH_TAG: str(checkpoint),
             CHECKPOINT_SHA_TAG: manifest["inputs"]["checkpoint"],
             **{file_tag(name): sha256_file(output / name) for name in RECORDED_FILES},

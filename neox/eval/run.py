@@ -171,6 +171,7 @@ def eval_stage(
     work_root: str | Path,
     cfg: EvalConfig = EvalConfig(),
     reuse_if: Callable[[Path], object] = lambda output: True,
+    on_publish: Callable[[Path], object] = lambda output: None,
 ) -> StageResult:
     """Run (or reuse, when `reuse_if` vouches for it) the evaluation of `checkpoint`; returns the stage output
     (results.json, metrics.json). `neox.eval.record.evaluate_and_record` runs it with its MLflow record."""
@@ -194,4 +195,4 @@ def eval_stage(
         (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         run.stats.update(metrics=metrics, checkpoint=str(checkpoint.resolve()), ran_on=ran_on)
 
-    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body, reuse_if=lambda out: bool(reuse_if(out)))
+    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body, lambda out: bool(reuse_if(out)), on_publish)

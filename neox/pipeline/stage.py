@@ -71,10 +71,13 @@ def run_stage(
     inputs: dict[str, str],
     body: Callable[[StageRun], None],
     reuse_if: Callable[[Path], bool] = lambda output: True,
+    on_publish: Callable[[Path], None] = lambda output: None,
 ) -> StageResult:
     """Reuse the verified output of this key, or run `body` (writing into `run.tmp`, filling `run.stats`) and
     publish it. Concurrent runs of the same key take turns; the second reuses the first's output. `reuse_if`
-    vouches for an output beyond its manifest (the eval stage's asks MLflow); one it refuses is redone."""
+    vouches for an output beyond its manifest, and one it refuses is redone; `on_publish` runs on a new output
+    while the key's lock is still held, so no other run sees it before it has (the eval stage records it in
+    MLflow there, which its `reuse_if` asks for)."""
     key = stage_key(stage, code_version, config, inputs)
     output = stage_output(work_root, stage, key)
     # lock files stay (removing one races a process about to take it); they live apart from the outputs
@@ -93,6 +96,7 @@ def run_stage(
                 print(f"{stage}: {err}; redoing the stage", file=sys.stderr, flush=True)
         with publish_stage(work_root, stage, code_version, config, inputs) as run:
             body(run)
+        on_publish(output)
     return StageResult(output, reused=False)
 
 

@@ -37,14 +37,15 @@ def module(path: Path) -> dict[str, dict]:
     """A module's blocks by kind, merged over its .tf files: variable/output/module/locals by name, resource/data
     by "TYPE.NAME", provider/terraform as parsed."""
     out: dict[str, dict] = {
-        kind: {} for kind in ("variable", "output", "module", "locals", "resource", "data", "provider", "terraform")
+        kind: {}
+        for kind in ("variable", "output", "module", "locals", "resource", "data", "ephemeral", "provider", "terraform")
     }
     for tf in sorted(path.glob("*.tf")):
         with tf.open() as f:
             parsed = hcl2.load(f, serialization_options=OPTIONS)
         for kind, blocks in parsed.items():
             for block in map(unwrap, blocks):
-                if kind in ("resource", "data"):
+                if kind in ("resource", "data", "ephemeral"):
                     for rtype, named in block.items():
                         out[kind].update({f"{rtype}.{name}": body for name, body in named.items()})
                 else:
@@ -217,20 +218,58 @@ def test_nothing_is_reachable_from_the_internet():
     assert module(ROOT)["variable"]["admin_cidr"]["default"] is None  # SSM only unless asked
 
 
-def test_the_nodes_role_reaches_only_the_clusters_bucket_and_key():
-    (policy,) = [
-        d for k, d in module(ROOT / "modules" / "cluster")["data"].items() if k == "aws_iam_policy_document.bucket"
-    ]
-    for statement in policy["statement"]:
-        assert set(statement["resources"]) <= {"${var.bucket_arn}", "${var.bucket_arn}/*", "${var.kms_key_arn}"}, (
-            statement
-        )
-        assert not any(a.endswith("*") for a in statement["actions"]), statement
+CLUSTER = ROOT / "modules" / "cluster"
+
+
+def test_head_and_gpu_nodes_have_roles_of_their_own_reaching_only_the_bucket_key_and_their_credentials():
+    blocks = module(CLUSTER)
+    roles = blocks["locals"]["roles"]
+    assert set(roles) == {"head", "worker"}
+    policy = blocks["data"]["aws_iam_policy_document.node"]
+    assert policy["for_each"] == "${local.roles}"
+    statements = {s["sid"]: s for s in policy["statement"]}
+    for statement in statements.values():
+        assert not any(a.endswith("*") for a in statement["actions"] if isinstance(a, str)), statement
+    assert statements["ListTheBucket"]["resources"] == ["${var.bucket_arn}"]
+    assert statements["ReadItsObjects"]["resources"] == ["${var.bucket_arn}/*"]
+    assert statements["UseTheBucketKey"]["resources"] == ["${var.kms_key_arn}"]
+    assert statements["WriteWhatTheRoleWrites"]["resources"] == "${each.value.writes}"
+    assert statements["ReadItsServiceCredentials"]["actions"] == ["secretsmanager:GetSecretValue"]
+    assert statements["ReadItsServiceCredentials"]["resources"] == "${each.value.secrets}"
+    # the code archive every node installs from is writable by the head alone: GPU nodes write the work root only
+    assert roles["head"]["writes"] == ["${var.bucket_arn}/*"]
+    assert roles["worker"]["writes"] == ["${var.bucket_arn}/${var.work_dir}/*"]
+    assert module(ROOT)["resource"]["aws_s3_object.project"]["key"] == "code/neox-pipeline.zip"
+    assert not module(ROOT)["module"]["cluster"]["work_dir"].startswith("code")
+    # GPU nodes read Ray's token and MLflow's password, not Prefect's
+    assert "local.services" in roles["head"]["secrets"] and "local.worker_services" in roles["worker"]["secrets"]
+    assert blocks["locals"]["worker_services"] == ["ray-token", "mlflow-admin"]
     attachments = resources("aws_iam_role_policy_attachment")
     assert [a["policy_arn"] for a in attachments.values()] == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
-    for kind in ("aws_instance", "aws_launch_template"):  # instance metadata only with a session token
-        for body in resources(kind).values():
-            assert body["metadata_options"]["http_tokens"] == "required"
+    head, template = blocks["resource"]["aws_instance.head"], blocks["resource"]["aws_launch_template.gpu"]
+    assert head["iam_instance_profile"] == '${aws_iam_instance_profile.node["head"].name}'
+    assert template["iam_instance_profile"]["name"] == '${aws_iam_instance_profile.node["worker"].name}'
+    for body in (head, template):  # instance metadata only with a session token
+        assert body["metadata_options"]["http_tokens"] == "required"
+
+
+def test_service_credentials_are_generated_into_secrets_manager_and_never_enter_the_state():
+    blocks = module(CLUSTER)
+    assert set(blocks["locals"]["services"]) == {"ray-token", "mlflow-admin", "prefect-auth"}
+    password = blocks["ephemeral"]["random_password.service"]
+    assert password["for_each"] == "${local.services}" and password["length"] >= 32
+    secret = blocks["resource"]["aws_secretsmanager_secret.service"]
+    assert secret["kms_key_id"] == "${var.kms_key_arn}" and secret["for_each"] == "${local.services}"
+    version = blocks["resource"]["aws_secretsmanager_secret_version.service"]
+    assert version["secret_string_wo"] == "${ephemeral.random_password.service[each.key].result}"
+    assert "secret_string" not in version  # the write-only attribute: Terraform keeps no copy
+    assert module(ROOT)["terraform"]["required_version"] == ">= 1.11"
+    # the bootstrap gets ARNs, never values
+    bootstrap = blocks["locals"]["bootstrap"]
+    assert bootstrap["ray_token_secret"] == '${aws_secretsmanager_secret.service["ray-token"].arn}'
+    assert bootstrap["mlflow_secret"] == '${aws_secretsmanager_secret.service["mlflow-admin"].arn}'
+    assert bootstrap["prefect_secret"] == ""  # the head's user data alone gets Prefect's
+    assert "prefect-auth" in json.dumps(blocks["resource"]["aws_instance.head"]["user_data"])
 
 
 def test_every_resource_is_tagged():
@@ -300,3 +339,44 @@ def test_no_secret_is_written_in_the_infrastructure_code():
     text = "\n".join(p.read_text() for p in (REPO / "infra").rglob("*") if p.is_file())
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)
     assert not re.search(r"(secret_key|access_key|password)\s*=\s*\"", text, re.I)
+
+
+def rendered_bootstrap(role: str) -> str:
+    template = (CLUSTER / "bootstrap.sh.tftpl").read_text()
+    values = {name: f"test-{name}" for name in module(CLUSTER)["locals"]["bootstrap"]} | {
+        "role": role,
+        "fsx_dns_name": "",
+        "head_ip": "10.42.0.10",
+        "ray_token_secret": "arn:ray",
+        "mlflow_secret": "arn:mlflow",
+        "prefect_secret": "arn:prefect" if role == "head" else "",
+    }
+    return render(template, values)
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_every_service_listens_on_the_private_address_and_asks_for_credentials(role):
+    script = rendered_bootstrap(role)
+    assert "0.0.0.0" not in script and "127.0.0.1:" not in script.replace("PREFECT_UI_API_URL=http://127.0.0.1", "")
+    assert "RAY_AUTH_MODE=token" in script and "RAY_AUTH_TOKEN_PATH=/etc/neox/ray-token" in script
+    assert '--secret-id "$1"' in script and 'secret "arn:ray" > /etc/neox/ray-token' in script
+    assert ('secret "arn:prefect"' in script) == (role == "head")  # a GPU node never holds Prefect's password
+    assert script.count("EnvironmentFile=/etc/neox/credentials.env") == 1  # in the unit writer: every service
+    assert "umask 077" in script  # the credential files are born private
+    if role == "head":
+        for service in ("--node-ip-address=10.42.0.10", "--dashboard-host=10.42.0.10", "mlflow server --app-name "):
+            assert service in script
+        assert "basic-auth --host 10.42.0.10" in script and "prefect server start --host 10.42.0.10" in script
+        assert "PREFECT_SERVER_API_AUTH_STRING=$prefect_auth" in script
+        assert "EnvironmentFile=/var/lib/neox/mlflow-server.env" in script  # MLflow's CSRF key, made once
+    # a credential is only ever echoed (a shell builtin) into a private file, never on a command line, which ps
+    # shows to every user
+    for line in script.splitlines():
+        if "$mlflow_password" in line or "$prefect_auth" in line:
+            assert line.strip().startswith(("echo ", "admin_password = ")), line
+
+
+def mlflow_auth_config(script: str, password: str, state: Path) -> str:
+    """The MLflow basic-auth config the head's bootstrap writes, as it would be on a head with this password."""
+    (ini,) = re.findall(r"cat > /var/lib/neox/mlflow-auth.ini <<EOF\n(.*?)\nEOF\n", script, re.S)
+    return ini.replace("$mlflow_password", password).replace("/var/lib/neox", str(state))

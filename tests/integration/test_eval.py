@@ -156,10 +156,9 @@ def test_eval_is_logged_to_mlflow_with_the_hashes_of_what_it_wrote(trained_eval,
     from mlflow import MlflowClient
 
     from neox.eval.record import CHECKPOINT_SHA_TAG, RECORDED_FILES, file_tag, find_eval_run, log_eval
-    from neox.pipeline.stage import StageResult
 
     run = find_eval_run(trained_eval, tracking)
-    assert log_eval(StageResult(trained_eval, reused=True), tracking) == run.info.run_id  # found by key, not twice
+    assert log_eval(trained_eval, tracking) == run.info.run_id  # found again, not logged twice
     client = MlflowClient(tracking_uri=tracking)
     assert run.data.metrics == pytest.approx(json.loads((trained_eval / EVAL_METRICS_FILE).read_text()))
     assert run.data.params["eval.model"] == "neox" and [a.path for a in client.list_artifacts(run.info.run_id)] == [
@@ -261,34 +260,50 @@ def forged(output: Path, bits_per_byte: float) -> None:
     (output / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_a_tampered_or_hand_written_eval_output_is_refused_and_registers_nothing(
-    trained_eval, tracking, tokenized, tmp_path
+def test_a_tampered_copied_or_hand_written_eval_output_is_refused_and_registers_nothing(
+    work, eval_data, straight, tracking, tokenized, tmp_path
 ):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from neox.errors import DataError, RunStateError
+    from neox.eval.record import evaluate_and_record
     from neox.registry.mlflow_registry import register
 
+    checkpoint = untrained_checkpoint(work / "tampered", straight, 3)
+    output = evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)[0].path
     client = MlflowClient(tracking_uri=tracking)
-    runs_before = len(client.search_runs([client.get_experiment_by_name("neox-pipeline").experiment_id]))
-    copy = tmp_path / "copy"
-    shutil.copytree(trained_eval, copy)
-    forged(copy, 0.001)  # the probe's attack: a copy of a real output with a hand-edited score
-    with pytest.raises(DataError, match=r"copy/manifest.json changed after it was evaluated: sha256 \w+, eval run"):
-        register(copy, "forged", tracking)
-    shutil.copy(trained_eval / "manifest.json", copy / "manifest.json")  # the score edited in metrics.json alone
-    with pytest.raises(DataError, match="copy/metrics.json changed after it was evaluated"):
-        register(copy, "forged", tracking)
-    manifest = read_manifest(copy)
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "key": "0" * 16}))  # an output of its own making
-    with pytest.raises(RunStateError, match="has no eval run in sqlite.* only an output the eval stage logged"):
+    experiment = client.get_experiment_by_name("neox-pipeline").experiment_id
+    runs_before = len(client.search_runs([experiment]))
+    manifest, metrics = (output / "manifest.json").read_bytes(), (output / EVAL_METRICS_FILE).read_bytes()
+
+    forged(output, 0.001)  # a better score written in, the manifest's file list made to agree
+    with pytest.raises(DataError, match=r"manifest.json changed after it was evaluated: sha256 \w+, eval run"):
+        register(output, "forged", tracking)
+    (output / "manifest.json").write_bytes(manifest)  # the score edited in metrics.json alone
+    with pytest.raises(DataError, match="metrics.json changed after it was evaluated"):
+        register(output, "forged", tracking)
+    (output / EVAL_METRICS_FILE).write_bytes(metrics)
+
+    copy = tmp_path / "copy"  # the probe's attack: a copy of a real output, its score edited
+    shutil.copytree(output, copy)
+    forged(copy, 0.001)
+    with pytest.raises(RunStateError, match="copy has no eval run in sqlite.* only an output the eval stage logged"):
         register(copy, "forged", tracking)
     with pytest.raises(DataError, match="is a tokenize stage output, not an eval output"):
         register(tokenized, "forged", tracking)
+
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(DataError, match="model.safetensors changed after it was evaluated"):
+        register(output, "forged", tracking)
+    weights.unlink()
+    with pytest.raises(RunStateError, match="is gone: nothing to register"):
+        register(output, "forged", tracking)
+
     with pytest.raises(MlflowException):
         client.get_registered_model("forged")
-    assert len(client.search_runs([client.get_experiment_by_name("neox-pipeline").experiment_id])) == runs_before
+    assert len(client.search_runs([experiment])) == runs_before
 
 
 def test_an_eval_output_nothing_vouches_for_is_recomputed_not_logged(trained_eval, straight, eval_data, tmp_path):
@@ -308,26 +323,6 @@ def test_an_eval_output_nothing_vouches_for_is_recomputed_not_logged(trained_eva
     assert result.path == planted and not result.reused
     true_score = json.loads((trained_eval / EVAL_METRICS_FILE).read_text())[BPB]
     assert MlflowClient(tracking_uri=fresh).get_run(run_id).data.metrics[BPB] == pytest.approx(true_score)
-
-
-def test_a_checkpoint_changed_or_gone_since_its_eval_is_not_registered(work, eval_data, straight, tracking):
-    from mlflow import MlflowClient
-
-    from neox.errors import DataError, RunStateError
-    from neox.eval.record import evaluate_and_record
-    from neox.registry.mlflow_registry import register
-
-    checkpoint = untrained_checkpoint(work / "gone", straight, 3)
-    output = evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)[0].path
-    weights = checkpoint / "model.safetensors"
-    original = weights.read_bytes()
-    weights.write_bytes(original[:-4] + b"\0\0\0\0")
-    with pytest.raises(DataError, match="model.safetensors changed after it was evaluated"):
-        register(output, "gone", tracking)
-    weights.unlink()
-    with pytest.raises(RunStateError, match="is gone: nothing to register"):
-        register(output, "gone", tracking)
-    assert MlflowClient(tracking_uri=tracking).search_registered_models("name = 'gone'") == []
 
 
 def test_promote_names_what_is_missing_in_one_line(trained_eval, tracking):

@@ -38,7 +38,13 @@ output "prefect_api_url" {
 
 output "ssm_port_forward" {
   description = "Forward a head-node port to this machine (replace PORT: 5000 MLflow, 4200 Prefect, 8265 Ray dashboard)."
-  value       = "aws ssm start-session --region ${var.region} --target ${module.cluster.head_instance_id} --document-name AWS-StartPortForwardingSession --parameters portNumber=PORT,localPortNumber=PORT"
+  # to the head's private address: the services listen there, not on the head's loopback
+  value       = "aws ssm start-session --region ${var.region} --target ${module.cluster.head_instance_id} --document-name AWS-StartPortForwardingSessionToRemoteHost --parameters host=${module.network.head_private_ip},portNumber=PORT,localPortNumber=PORT"
+}
+
+output "service_secrets" {
+  description = "Secrets Manager ARNs of the services' credentials (user admin): mlflow-admin for MLflow's login, prefect-auth for the Prefect UI and API (admin:PASSWORD), ray-token for Ray. Read one with aws secretsmanager get-secret-value --secret-id ARN."
+  value       = module.cluster.service_secrets
 }
 
 output "mlflow_url" {

@@ -1,5 +1,5 @@
 terraform {
-  required_version = ">= 1.6"
+  required_version = ">= 1.11" # write-only attributes: the service credentials never enter the state
 
   required_providers {
     aws = {
@@ -9,6 +9,10 @@ terraform {
     archive = {
       source  = "hashicorp/archive"
       version = "~> 2.6"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = "~> 3.7" # ephemeral random_password
     }
   }
 }

@@ -25,6 +25,10 @@ locals {
     fsx_mount_name  = var.fsx_mount_name == null ? "" : var.fsx_mount_name
     work_root       = local.work_root == null ? "" : local.work_root
     state_volume    = "" # the head's state volume id (without its dash), for its by-id device path
+    # the service credentials by ARN (the values stay in Secrets Manager); the head alone gets Prefect's
+    ray_token_secret = aws_secretsmanager_secret.service["ray-token"].arn
+    mlflow_secret    = aws_secretsmanager_secret.service["mlflow-admin"].arn
+    prefect_secret   = ""
   }
 }
 
@@ -44,7 +48,9 @@ data "aws_ami" "dlami" {
   }
 }
 
-# --- IAM: the nodes may use their own bucket (and its key) and be reached through SSM; nothing else.
+# --- IAM: one role for the head node, one for the GPU nodes. Both may use the cluster's bucket (and its key) and
+# be reached through SSM, and read the service credentials their services need; nothing else. Only the head may
+# write the bucket outside the work root, so a GPU node cannot rewrite the code archive every node installs from.
 
 data "aws_iam_policy_document" "assume" {
   statement {
@@ -56,7 +62,25 @@ data "aws_iam_policy_document" "assume" {
   }
 }
 
-data "aws_iam_policy_document" "bucket" {
+locals {
+  object_writes = [
+    "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+  ]
+  roles = {
+    head = {
+      writes  = ["${var.bucket_arn}/*"]
+      secrets = [for name in keys(local.services) : aws_secretsmanager_secret.service[name].arn]
+    }
+    worker = {
+      writes  = ["${var.bucket_arn}/${var.work_dir}/*"] # a run's storage_path may be s3://BUCKET/neox-work/train
+      secrets = [for name in local.worker_services : aws_secretsmanager_secret.service[name].arn]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "node" {
+  for_each = local.roles
+
   statement {
     sid       = "ListTheBucket"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
@@ -64,12 +88,15 @@ data "aws_iam_policy_document" "bucket" {
   }
 
   statement {
-    sid     = "ReadWriteItsObjects"
-    actions = [
-      "s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
-      "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
-    ]
+    sid       = "ReadItsObjects"
+    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
     resources = ["${var.bucket_arn}/*"]
+  }
+
+  statement {
+    sid       = "WriteWhatTheRoleWrites"
+    actions   = local.object_writes
+    resources = each.value.writes
   }
 
   statement {
@@ -77,27 +104,37 @@ data "aws_iam_policy_document" "bucket" {
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
   }
+
+  statement {
+    sid       = "ReadItsServiceCredentials"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = each.value.secrets
+  }
 }
 
 resource "aws_iam_role" "node" {
-  name               = "${var.name}-node"
+  for_each           = local.roles
+  name               = "${var.name}-${each.key}"
   assume_role_policy = data.aws_iam_policy_document.assume.json
 }
 
-resource "aws_iam_role_policy" "bucket" {
-  name   = "cluster-bucket"
-  role   = aws_iam_role.node.id
-  policy = data.aws_iam_policy_document.bucket.json
+resource "aws_iam_role_policy" "node" {
+  for_each = local.roles
+  name     = "cluster-${each.key}"
+  role     = aws_iam_role.node[each.key].id
+  policy   = data.aws_iam_policy_document.node[each.key].json
 }
 
 resource "aws_iam_role_policy_attachment" "ssm" {
-  role       = aws_iam_role.node.name
+  for_each   = local.roles
+  role       = aws_iam_role.node[each.key].name
   policy_arn = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
 resource "aws_iam_instance_profile" "node" {
-  name = "${var.name}-node"
-  role = aws_iam_role.node.name
+  for_each = local.roles
+  name     = "${var.name}-${each.key}"
+  role     = aws_iam_role.node[each.key].name
 }
 
 # --- Head node
@@ -123,12 +160,13 @@ resource "aws_instance" "head" {
   subnet_id              = var.subnet_id
   private_ip             = var.head_private_ip
   vpc_security_group_ids = var.head_security_group_ids
-  iam_instance_profile   = aws_iam_instance_profile.node.name
+  iam_instance_profile   = aws_iam_instance_profile.node["head"].name
   monitoring             = true
   ebs_optimized          = true
   user_data              = templatefile("${path.module}/bootstrap.sh.tftpl", merge(local.bootstrap, {
-    role         = "head"
-    state_volume = replace(aws_ebs_volume.head_state.id, "-", "")
+    role           = "head"
+    state_volume   = replace(aws_ebs_volume.head_state.id, "-", "")
+    prefect_secret = aws_secretsmanager_secret.service["prefect-auth"].arn
   }))
 
   metadata_options {
@@ -166,7 +204,7 @@ resource "aws_launch_template" "gpu" {
   user_data     = base64encode(templatefile("${path.module}/bootstrap.sh.tftpl", merge(local.bootstrap, { role = "worker" })))
 
   iam_instance_profile {
-    name = aws_iam_instance_profile.node.name
+    name = aws_iam_instance_profile.node["worker"].name
   }
 
   metadata_options {

@@ -42,3 +42,8 @@ output "efa_interfaces_per_node" {
   description = "EFA interfaces on each GPU node."
   value       = local.gpu.efa_interfaces
 }
+
+output "service_secrets" {
+  description = "Secrets Manager ARNs of the services' credentials, by service."
+  value       = { for name, secret in aws_secretsmanager_secret.service : name => secret.arn }
+}
