@@ -3,6 +3,7 @@ explains it. Commands are defined by topic in this package's modules, registered
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -22,8 +23,25 @@ def main() -> None:
     except NeoxError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except OSError as err:
+        full = out_of_space(err)
+        if full is None:
+            raise
+        where = f" writing {full.filename}" if full.filename else ""
+        typer.echo(
+            f"error: out of disk space{where} ({full.strerror}): nothing was published; free space and rerun", err=True
+        )
+        sys.exit(2)
     finally:
         stop_local_ray()
+
+
+def out_of_space(err: BaseException) -> OSError | None:
+    """The full-disk (or over-quota, or over the file size limit) error behind `err`, also when a Ray task raised it."""
+    cause = getattr(err, "cause", None)  # a RayTaskError carries the task's exception
+    if isinstance(cause, OSError):
+        err = cause
+    return err if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else None
 
 
 def stop_local_ray() -> None:

@@ -212,7 +212,12 @@ def launch(
     from mlflow import MlflowClient
 
     status = "FAILED" if result.error is not None else "FINISHED"
-    MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(loop_config["mlflow_run_id"], status)
+    try:
+        MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(
+            loop_config["mlflow_run_id"], status
+        )
+    except Exception as err:  # the run's outcome is its files; MLflow being down must not turn it into a failure
+        print(f"MLflow: could not mark run {loop_config['mlflow_run_id']} {status} ({type(err).__name__})", flush=True)
     if result.error is not None:
         raise result.error
     return storage.uri

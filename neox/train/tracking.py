@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from neox.model.config import ModelConfig
 from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
 from neox.train.config import TrainConfig
 from neox.train.flops import flops_per_step, gpu_peak_tflops
+from neox.train.metrics_sender import MetricsSender
 from neox.train.storage import RunStorage
 
 
@@ -48,7 +50,8 @@ def logged_step(line: str) -> float:
 
 
 class Tracker:
-    """Rank 0's metrics: a line per step in metrics.jsonl, the console and MLflow every log_interval steps.
+    """Rank 0's metrics: a line per step in metrics.jsonl, the console and MLflow every log_interval steps (sent
+    by a `MetricsSender`, so an MLflow outage neither stops nor slows training).
 
     metrics.jsonl holds each step of the history behind the current weights once: a run restored from a
     checkpoint drops the lines logged after it (by the attempt that died) before continuing. For a run on object
@@ -58,8 +61,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.cfg, self.world = cfg, world
-        self.client = MlflowClient(tracking_uri=config["mlflow_tracking_uri"])
-        self.run_id = config["mlflow_run_id"]
+        self.sender = MetricsSender(MlflowClient(tracking_uri=config["mlflow_tracking_uri"]), config["mlflow_run_id"])
         self.storage = config["storage"]
         self.metrics_path = self.storage.local_dir() / TRAIN_METRICS_FILE
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.sender.send([Metric(k, float(v), now, step) for k, v in metrics.items()])
         print(f"step {step:>6} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
 
     def publish(self) -> None:
@@ -120,3 +122,11 @@ class Tracker:
     def close(self) -> None:
         self.metrics_file.close()
         self.storage.publish(self.metrics_path, TRAIN_METRICS_FILE)
+        lost = self.sender.close()
+        if lost:
+            print(
+                f"MLflow: {lost} metric batches could not be sent ({self.sender.last_error}); every step is in "
+                f"{TRAIN_METRICS_FILE} in the run folder",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -315,3 +316,36 @@ def test_torch_compile_inside_the_engine_trains_the_same_model(tmp_path, tokeniz
     # fused kernels round differently, so close rather than bitwise
     assert all(abs(compiled[s] - eager[s]) < 2e-3 for s in eager), [(s, compiled[s], eager[s]) for s in eager][-3:]
     assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
+
+
+@pytest.mark.faults
+def test_training_goes_on_through_an_mlflow_outage_and_its_metrics_catch_up(tmp_path, tokenized):
+    from mlflow import MlflowClient
+
+    from tests.faults.test_mlflow_outage import start_server, stop
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path / "mlflow.db", port)
+    config = write_config(tmp_path, tokenized, mlflow_tracking_uri=uri)
+    training = launch(config, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    try:
+        wait_for_step(run_folder(config), 4, training)
+        stop(server)  # from step 5 on, nothing reaches MLflow
+        wait_for_step(run_folder(config), 16, training)
+        server = start_server(tmp_path / "mlflow.db", port)
+        out = finish(training)
+    finally:
+        stop(server)
+        if training.poll() is None:
+            os.killpg(training.pid, signal.SIGKILL)
+    assert "MLflow: metrics not sent" in out and "could not be sent" not in out
+    run_id = (run_folder(config) / "mlflow_run_id").read_text().strip()
+    server = start_server(tmp_path / "mlflow.db", port)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(5, STEPS + 1, 5))
+        assert [m.step for m in client.get_metric_history(run_id, "valid/loss")] == [10, 20, 30]
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        stop(server)
