@@ -23,7 +23,7 @@ pytestmark = pytest.mark.faults
 def start_server(db: Path, port: int) -> subprocess.Popen:
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1", "--backend-store-uri", f"sqlite:///{db}"],
+        + ["--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(db.parent)],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ gate, loading the champion by alias, and the clear failure when standard-task da
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import shutil
@@ -439,3 +440,87 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(straight, eval_d
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # the server and its worker processes, nothing else
         server.wait()
+
+
+class FailingProxy(http.server.ThreadingHTTPServer):
+    """Passes requests on to an MLflow server, answering 503 instead to those whose path has `fail_on` in it while
+    `failing` is set: the tracking server failing in the middle of a registration."""
+
+    def __init__(self, upstream: str, fail_on: str):
+        self.upstream, self.fail_on, self.failing = upstream, fail_on, False
+        super().__init__(("127.0.0.1", 0), _Forward)
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        import requests
+
+        proxy: FailingProxy = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if proxy.failing and proxy.fail_on in self.path:
+            self.send_error(503)
+            return
+        skip = {"host", "content-length", "connection", "transfer-encoding"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+        answer = requests.request(self.command, proxy.upstream + self.path, headers=headers, data=body, timeout=60)
+        self.send_response(answer.status_code)
+        for key, value in answer.headers.items():
+            if key.lower() not in skip | {"content-encoding"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+
+@pytest.mark.faults
+def test_a_registration_the_tracking_server_fails_midway_registers_nothing_and_a_retry_completes(
+    straight, eval_data, tmp_path, monkeypatch
+):
+    """The server fails the last step (creating the version), after the model's files went up: no version
+    exists, and registering again makes exactly one, whose model loads."""
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from neox.eval.record import evaluate_and_record
+    from neox.registry.mlflow_registry import register
+    from tests.faults.test_mlflow_outage import start_server, stop
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    server = start_server(tmp_path / "mlflow.db", port)
+    proxy = FailingProxy(f"http://127.0.0.1:{port}", "/model-versions/create")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{proxy.server_address[1]}"
+    try:
+        evaluated, _ = evaluate_and_record(
+            straight / "final" / "model", eval_data, tmp_path / "work", EvalConfig(batch_size=8), uri
+        )
+        proxy.failing = True
+        with pytest.raises(MlflowException):
+            register(evaluated.path, "midway", uri)
+        client = MlflowClient(tracking_uri=uri)
+        assert client.search_model_versions("name='midway'") == []
+        proxy.failing = False
+        assert register(evaluated.path, "midway", uri) == "1"
+        assert register(evaluated.path, "midway", uri) == "1"  # and once only
+        (version,) = client.search_model_versions("name='midway'")
+        local = Path(mlflow_download(version.source, tmp_path / "downloaded", uri))
+        assert (local / "artifacts" / "model" / "model.safetensors").is_file()
+    finally:
+        proxy.shutdown()
+        stop(server)
+
+
+def mlflow_download(source: str, destination: Path, uri: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    destination.mkdir(parents=True)
+    return mlflow.artifacts.download_artifacts(source, dst_path=str(destination))

@@ -92,3 +92,14 @@ def test_data_stages_chain_from_the_command_line(tmp_path):
     assert manifest["stats"]["documents"] < 1865 and manifest["stats"]["tokens"] > 5_000_000
     assert (tokenized / "corpus_text_document.idx").exists()
     assert "no shards" in neox("tokenize", tmp_path, "--tokenizer", tokenizer, *work, ok=False).stderr
+
+
+def test_registry_mistakes_are_one_clear_line(tmp_path):
+    tracking = ["--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    for args, message in (
+        (["promote", "nope", "1", *tracking], "error: no registered model 'nope' in sqlite"),
+        (["promote", "nope", "abc", *tracking], "error: a model version is a number"),
+        (["register", "configs", *tracking], "configs has no manifest.json: not a completed stage output"),
+    ):
+        result = neox(*args, ok=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, args
