@@ -1,7 +1,7 @@
-"""Fault injection (`pytest -m faults`; `make test` runs it too): each data stage killed with SIGKILL while it
-works on its output publishes nothing, and its rerun clears what the killed one left and publishes the very bytes an
-undisturbed run does; a full disk (RLIMIT_FSIZE) is one line of error with nothing published; a Ray worker killed
-while dedup or tokenize run is replaced and the output is the same."""
+"""Fault injection (`pytest -m faults`; `make test` runs it too): each data stage and the eval stage, killed with
+SIGKILL while it works on its output, publishes nothing, and its rerun clears what the killed one left and
+publishes what an undisturbed run does; a full disk (RLIMIT_FSIZE) is one line of error with nothing published;
+a Ray worker killed while dedup or tokenize run is replaced and the output is the same."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from neox.cli.app import app
 from neox.pipeline.stage import MANIFEST, read_manifest
-from tests.conftest import NEOX
+from tests.conftest import NEOX, REPO
 
 pytestmark = pytest.mark.faults
 
@@ -67,10 +67,28 @@ def stage_args(stage: str, inputs: dict[str, Path], urls: list[str]) -> list[str
         "tokenizer": ["train-tokenizer", str(inputs.get("dedup")), "--vocab-size", "1024"],
         "tokenize": ["tokenize", str(inputs.get("dedup")), "--tokenizer", f"{inputs.get('tokenizer')}/tokenizer.json"],
         "eval-data": ["eval-data", str(inputs.get("tokenize")), "--split", "80,10,10", "--max-documents", "20"],
+        "eval": [
+            "eval",
+            str(inputs.get("checkpoint")),
+            "--eval-data",
+            str(inputs.get("eval-data")),
+            "--batch-size",
+            "8",
+            "--mlflow-tracking-uri",
+            f"sqlite:///{inputs.get('checkpoint')}/../mlflow.db",
+        ],
     }[stage]
 
 
-STAGES = ("download", "dedup", "tokenizer", "tokenize", "eval-data")
+STAGES = ("download", "dedup", "tokenizer", "tokenize", "eval-data", "eval")
+
+
+def untrained_checkpoint(tokenizer: Path, out: Path) -> Path:
+    """What the eval stage scores here: an untrained tiny model (the stage does not care how good it is)."""
+    from neox.model.checkpoint import init_checkpoint
+
+    init_checkpoint([REPO / "configs" / "model" / "tiny.yml"], out, tokenizer_file=tokenizer / "tokenizer.json")
+    return out
 
 
 def run_in_process(args: list[str], work: Path) -> Path:
@@ -86,12 +104,17 @@ def undisturbed(tmp_path_factory, source_urls, ray_local) -> dict[str, Path]:
     """Every data stage run once without faults: its output by stage."""
     work, outputs = tmp_path_factory.mktemp("undisturbed"), {}
     for stage in STAGES:
+        if stage == "eval":
+            outputs["checkpoint"] = untrained_checkpoint(outputs["tokenizer"], work / "model")
         outputs[stage] = run_in_process(stage_args(stage, outputs, source_urls), work)
     return outputs
 
 
 def content(output: Path) -> dict[str, str]:
-    """sha256 of every file of a stage output, and its manifest without the timings."""
+    """sha256 of every file of a stage output, and its manifest without the timings (of an eval output, its
+    metrics: lm-eval's results.json and the manifest say when and where it ran)."""
+    if read_manifest(output)["stage"] == "eval":
+        return {"metrics.json": (output / "metrics.json").read_text()}
     files = {
         str(p.relative_to(output)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(output.rglob("*"))
@@ -123,6 +146,8 @@ def test_a_stage_killed_at_work_publishes_nothing_and_its_rerun_publishes_the_sa
 ):
     work, inputs = tmp_path / "work", {}
     for stage in STAGES:
+        if stage == "eval":
+            inputs["checkpoint"] = untrained_checkpoint(inputs["tokenizer"], work / "model")
         args = stage_args(stage, inputs, source_urls)
         process = subprocess.Popen(
             [NEOX, *args, "--work-root", str(work)],
