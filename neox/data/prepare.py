@@ -27,6 +27,7 @@ from neox.data.tokenizer import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, tokenizer_st
 from neox.pipeline.configfile import Positive, Str, parse, section
 from neox.pipeline.layout import TOKENIZER_FILE
 from neox.pipeline.stage import StageResult
+from neox.runtime.retry import Retry
 
 # A tokenizer larger than this is a typo: tokenizers allocates memory by it (10^9 aborts the process).
 MAX_VOCAB_SIZE = 1 << 20
@@ -75,6 +76,7 @@ class DataConfig:
     output does not depend on it."""
     ray_address: Str | None = None
     """Ray cluster for the dedup and tokenize tasks (default: RAY_ADDRESS, else a local Ray)."""
+    download: Retry = Retry()
 
     def __post_init__(self) -> None:
         if self.corpus is not None and (self.sources or self.pile_mirror):
@@ -98,7 +100,7 @@ def data_sources(data: DataConfig, work_root: Path) -> list[Source]:
 
 
 def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:
-    return download_sources(data_sources(data, Path(work_root)), work_root)
+    return download_sources(data_sources(data, Path(work_root)), work_root, retry=data.download)
 
 
 def scale_out(data: DataConfig) -> dict[str, Any]:

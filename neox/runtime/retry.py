@@ -10,21 +10,27 @@ for the same reason an attempt that brings new bytes resets the count of failed 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
 import tenacity
 
 from neox.errors import ServiceError
+from neox.pipeline.configfile import Positive, PositiveFloat, section
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class Retry:
-    attempts: int = 5  # failed attempts in a row (ones that bring no new bytes) before giving up
-    backoff_s: float = 1.0  # first wait; doubles each try, plus up to as much again of random jitter
-    timeout_s: float = 30.0  # to connect, and for each network read
-    deadline_s: float = 90.0  # give up when this long passes without a byte arriving, across attempts
+    """`data.download:`: how a download rides out network faults (HTTP, S3, the Hugging Face hub)."""
+
+    attempts: Positive = 5
+    """Failed attempts in a row (ones that bring no new bytes) before a file is given up."""
+    backoff_s: PositiveFloat = 1.0
+    """The first wait between attempts; it doubles each time, plus up to as much again of random jitter."""
+    timeout_s: PositiveFloat = 30.0
+    """Seconds to connect, and for each network read."""
+    deadline_s: PositiveFloat = 90.0
+    """Give a file up when this many seconds pass without a byte arriving, across attempts."""
 
 
 class TransientError(ServiceError):
