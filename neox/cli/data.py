@@ -77,10 +77,10 @@ def download(
     from neox.data.download import download_sources, sources_for
     from neox.runtime.retry import Retry
 
-    sources = sources_for(urls or [], pile_mirror, valid or [], test or [])
+    retry = Retry(attempts=retries, timeout_s=timeout, deadline_s=deadline)
+    sources = sources_for(urls or [], pile_mirror, valid or [], test or [], retry)
     if not sources:
         raise ConfigError("give source URLs or --pile-mirror")
-    retry = Retry(attempts=retries, timeout_s=timeout, deadline_s=deadline)
     out = download_sources(sources, work_root, workers=workers, retry=retry).path
     typer.echo(str(out))
 

@@ -105,7 +105,9 @@ def download_one(
             progress(done.stat().st_size)
             return done, cached
     transport = TRANSPORTS[urllib.parse.urlparse(source.url).scheme]
-    clock, high_water = Clock(retry), part.stat().st_size if part.exists() else 0
+    # one Part for every attempt: it hashes what an earlier run left once, then only the bytes that arrive
+    fetching = Part(part)
+    clock, high_water = Clock(retry), fetching.size
 
     def arrived(n: int) -> None:
         nonlocal high_water
@@ -118,8 +120,7 @@ def download_one(
 
     try:
         for attempt in attempts(retry, source.url, clock, also_retry=lambda err: isinstance(err, BadTransfer)):
-            with attempt:
-                fetching = Part(part)  # resumes from the bytes a failed attempt left
+            with attempt:  # each attempt resumes from the bytes the failed one left
                 transport(source.url, fetching, clock.timeout(), arrived)
                 verify_transfer(source, fetching, expected)
     except GaveUp as err:
@@ -212,22 +213,30 @@ def source_set(sources: list[Source]) -> dict:
 
 
 def sources_for(
-    urls: list[str], pile_mirror: str | None = None, valid: list[str] = (), test: list[str] = ()
+    urls: list[str],
+    pile_mirror: str | None = None,
+    valid: list[str] = (),
+    test: list[str] = (),
+    retry: Retry = Retry(),
 ) -> list[Source]:
     """URLs (see `sources_from_strings`): training ones, and validation and test ones; with a mirror, the Pile's
-    catalog under it. May be empty."""
-    named = [*sources_from_strings(urls), *sources_from_strings(valid, "valid"), *sources_from_strings(test, "test")]
+    catalog under it. May be empty. `retry` is for listing folders."""
+    named = [
+        *sources_from_strings(urls, retry=retry),
+        *sources_from_strings(valid, "valid", retry),
+        *sources_from_strings(test, "test", retry),
+    ]
     return named + (pile_catalog(pile_mirror) if pile_mirror else [])
 
 
-def sources_from_strings(urls: list[str], split: str = "train") -> list[Source]:
+def sources_from_strings(urls: list[str], split: str = "train", retry: Retry = Retry()) -> list[Source]:
     """Sources from command-line URLs, each optionally suffixed `#sha256=HEX`. A folder (a URL or path ending
     in `/`: local, file:// or s3://) stands for every shard in it at the time of the run, by name, which is
     how a scheduled retrain picks up newly arrived shards."""
     out = []
     for url in urls:
         if url.endswith("/"):
-            out += [Source(found, split=split) for found in list_folder(url)]
+            out += [Source(found, split=split) for found in list_folder(url, retry)]
             continue
         base, _, fragment = url.partition("#sha256=")
         out.append(Source(base, sha256=fragment or None, split=split))

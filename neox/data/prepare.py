@@ -91,12 +91,12 @@ def data_config(section: dict[str, Any] | DataConfig) -> DataConfig:
 
 
 def data_sources(data: DataConfig, work_root: Path) -> list[Source]:
-    held_out = sources_for([], None, list(data.valid_sources), list(data.test_sources))
+    held_out = sources_for([], None, list(data.valid_sources), list(data.test_sources), data.download)
     if data.corpus == "sample":
         return [
             Source(p.resolve().as_uri()) for p in build_sample_corpus(work_root / "mirror", data.sample_shards)
         ] + held_out
-    return sources_for(list(data.sources), data.pile_mirror) + held_out
+    return sources_for(list(data.sources), data.pile_mirror, retry=data.download) + held_out
 
 
 def download_stage(data: DataConfig, work_root: str | Path) -> StageResult:

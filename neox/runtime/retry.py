@@ -10,6 +10,7 @@ for the same reason an attempt that brings new bytes resets the count of failed 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 
@@ -50,8 +51,13 @@ def is_transient(err: BaseException) -> bool:
         return True
     if isinstance(err, requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError):
         return True
-    if isinstance(err, botocore.exceptions.HTTPClientError | botocore.exceptions.ResponseStreamingError):
-        return True  # connect/read timeouts, refused and closed connections, a body cut off mid-stream
+    if isinstance(
+        err,
+        botocore.exceptions.ConnectionError  # refused connections, connect timeouts
+        | botocore.exceptions.HTTPClientError  # read timeouts, closed connections
+        | botocore.exceptions.ResponseStreamingError,  # a body cut off mid-stream
+    ):
+        return True
     if isinstance(err, botocore.exceptions.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return status == 429 or status >= 500 or err.response.get("Error", {}).get("Code") in _S3_RETRYABLE
@@ -103,10 +109,11 @@ def attempts(
     def give_up(state: tenacity.RetryCallState) -> bool:
         return clock.failures_since_progress >= retry.attempts or clock.remaining() <= 0
 
-    backoff = tenacity.wait_exponential_jitter(multiplier=retry.backoff_s, jitter=retry.backoff_s, max=retry.deadline_s)
-
     def wait(state: tenacity.RetryCallState) -> float:
-        return max(0.0, min(backoff(state), clock.remaining()))
+        # doubling with the failures since the last progress, not with every attempt (tenacity's own waits): a long
+        # download whose connection breaks now and then, each time after new bytes, keeps waiting briefly
+        pause = retry.backoff_s * 2 ** max(clock.failures_since_progress - 1, 0) + random.uniform(0, retry.backoff_s)
+        return max(0.0, min(pause, clock.remaining()))
 
     def failed(state: tenacity.RetryCallState) -> None:
         err = state.outcome.exception()
