@@ -23,6 +23,7 @@ from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_fil
 
 EVAL_KEY_TAG = "neox.eval_key"
 OUTPUT_TAG = "neox.eval_output"  # the output folder the run recorded
+COMPLETE_TAG = "neox.eval_recorded"  # set last, once metrics, params and results are all logged
 CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # the weights the eval scored
 RECORDED_FILES = (MANIFEST, RESULTS_FILE, EVAL_METRICS_FILE)
 
@@ -40,31 +41,62 @@ def evaluate_and_record(
     experiment: str = "neox-pipeline",
 ) -> tuple[StageResult, str]:
     """The eval stage and its MLflow run: a new output is recorded before its lock is let go, and an earlier one
-    is reused only when this tracking store holds its record."""
+    is reused only when this tracking store holds a record its files still match."""
     result = eval_stage(
         checkpoint,
         eval_data,
         work_root,
         cfg,
-        reuse_if=lambda out: find_eval_run(out, tracking_uri, experiment),
+        reuse_if=lambda out: intact(out, tracking_uri, experiment),
         on_publish=lambda out: log_eval(out, tracking_uri, experiment),
     )
     return result, find_eval_run(result.path, tracking_uri, experiment).info.run_id
 
 
-def find_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline"):
-    """The MLflow run that recorded this eval output (this folder, by its stage key and path), or None. The same
-    key in another work root is another output, with manifest timings and a checkpoint path of its own."""
+def find_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", any_manifest=False):
+    """The complete MLflow record of this eval output as it is now (its stage key, its folder, its manifest's
+    sha256), or None. The same key in another folder, or redone in this one, is another output: its manifest has
+    timings (and a checkpoint path) of its own. `any_manifest`: the newest record of this folder whatever its
+    manifest (to say what changed)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    key, where = read_manifest(output)["key"], str(Path(output).resolve())
-    query = f"tags.`{EVAL_KEY_TAG}` = '{key}' and tags.`{OUTPUT_TAG}` = '{where}'"
-    runs = client.search_runs([found.experiment_id], query, max_results=1)
+    output = Path(output)
+    conditions = {
+        EVAL_KEY_TAG: read_manifest(output)["key"],
+        OUTPUT_TAG: str(output.resolve()),
+        COMPLETE_TAG: "true",
+        **({} if any_manifest else {file_tag(MANIFEST): sha256_file(output / MANIFEST)}),
+    }
+    query = " and ".join(f"tags.`{tag}` = {quoted(value)}" for tag, value in conditions.items())
+    runs = client.search_runs([found.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
+
+
+def quoted(value: str) -> str:
+    """A string literal of MLflow's search syntax (a work root's path may hold a quote)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def intact(output: Path, tracking_uri: str, experiment: str) -> bool:
+    """Whether this tracking store recorded the eval output and its files still hash to what it recorded."""
+    run = find_eval_run(output, tracking_uri, experiment)
+    return run is not None and not changed_files(output, run)
+
+
+def changed_files(output: Path, run) -> list[tuple[str, str, str | None]]:
+    """(file, sha256 now, sha256 recorded) of each recorded file of the output that differs from its record."""
+    changed = []
+    for name in RECORDED_FILES:
+        if not (output / name).is_file():
+            raise MissingInput(f"{output / name} is missing: the eval output is damaged")
+        actual, recorded = sha256_file(output / name), run.data.tags.get(file_tag(name))
+        if actual != recorded:
+            changed.append((name, actual, recorded))
+    return changed
 
 
 def log_eval(
@@ -104,6 +136,7 @@ def log_eval(
     metrics = [Metric(k, v, now, 0) for k, v in manifest["stats"]["metrics"].items()]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.log_artifact(run.info.run_id, str(output / RESULTS_FILE))
+    client.set_tag(run.info.run_id, COMPLETE_TAG, "true")  # last: a record cut short is never trusted
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -115,22 +148,20 @@ def verified_eval_run(output: str | Path, tracking_uri: str, experiment: str = "
     manifest = read_manifest(output)
     if manifest.get("stage") != STAGE:
         raise DataError(f"{output} is a {manifest.get('stage')} stage output, not an eval output (neox eval)")
-    run = find_eval_run(output, tracking_uri, experiment)
+    run = find_eval_run(output, tracking_uri, experiment) or find_eval_run(output, tracking_uri, experiment, True)
     if run is None:
         raise RunStateError(
             f"{output} has no eval run in {tracking_uri} (experiment {experiment}): only an output the eval stage "
             "logged can be registered. Run `neox eval` on the checkpoint with this --mlflow-tracking-uri."
         )
+    changed = changed_files(output, run)
+    if changed:
+        name, actual, expected = changed[0]
+        raise DataError(
+            f"{output / name} changed after it was evaluated: sha256 {actual}, eval run {run.info.run_id} "
+            f"recorded {expected}. Refusing it; `neox eval` on the checkpoint evaluates it again."
+        )
     recorded = run.data.tags
-    for name in RECORDED_FILES:
-        if not (output / name).is_file():
-            raise MissingInput(f"{output / name} is missing: the eval output is damaged")
-        actual = sha256_file(output / name)
-        if actual != recorded.get(file_tag(name)):
-            raise DataError(
-                f"{output / name} changed after it was evaluated: sha256 {actual}, eval run {run.info.run_id} "
-                f"recorded {recorded.get(file_tag(name))}. Refusing it; rerun `neox eval` to score the checkpoint."
-            )
     weights = Path(recorded[CHECKPOINT_PATH_TAG]) / WEIGHTS_FILE
     if not weights.is_file():
         raise RunStateError(f"the checkpoint {output} evaluated, {weights.parent}, is gone: nothing to register")

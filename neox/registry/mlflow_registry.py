@@ -42,7 +42,7 @@ def register(
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = [v for v in _versions(client, name) if v.run_id == run_id]
     if existing:
-        return existing[0].version
+        return str(existing[0].version)
     mlflow.set_tracking_uri(tracking_uri)
     artifacts = {"model": str(checkpoint)}
     if hf_export_of(checkpoint).exists():
@@ -62,7 +62,7 @@ def register(
         model_id=info.model_id,
         tags={**lineage_tags(checkpoint, work_root), **(tags or {})},
     ).version
-    return version
+    return str(version)  # MLflow gives an int from a SQL store, a string over REST
 
 
 def model_version(client: MlflowClient, name: str, version: str, tracking_uri: str):
@@ -128,7 +128,7 @@ def promote(
         "promoted": decision.promote,
         "reasons": list(decision.reasons),
         "candidate_metrics": candidate_metrics,
-        "champion_version": champion.version if champion else None,
+        "champion_version": str(champion.version) if champion else None,
         "champion_metrics": champion_metrics,
         "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data",
     }

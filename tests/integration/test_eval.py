@@ -205,14 +205,14 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     trained = register(trained_eval, "tiny", tracking, work_root=None)
     decision = promote("tiny", trained, rule, tracking)
     assert decision.promote, decision.reasons
-    assert client.get_model_version_by_alias("tiny", CHAMPION).version == trained
-    assert client.get_model_version_by_alias("tiny", PREVIOUS_CHAMPION).version == first
+    assert str(client.get_model_version_by_alias("tiny", CHAMPION).version) == trained
+    assert str(client.get_model_version_by_alias("tiny", PREVIOUS_CHAMPION).version) == first
 
     worse = register(evaluated(untrained_checkpoint(work, straight, 1)), "tiny", tracking)
     for _ in range(2):  # a retried promotion decides the same and moves nothing
         assert not promote("tiny", worse, rule, tracking).promote
-        assert client.get_model_version_by_alias("tiny", CHAMPION).version == trained
-        assert client.get_model_version_by_alias("tiny", CANDIDATE).version == worse
+        assert str(client.get_model_version_by_alias("tiny", CHAMPION).version) == trained
+        assert str(client.get_model_version_by_alias("tiny", CANDIDATE).version) == worse
     record = json.loads(client.get_model_version("tiny", worse).tags[DECISION_TAG])
     assert not record["promoted"] and record["champion_version"] == trained
     assert (
@@ -295,16 +295,25 @@ def test_a_tampered_copied_or_hand_written_eval_output_is_refused_and_registers_
         register(tokenized, "forged", tracking)
 
     weights = checkpoint / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\0\0\0\0")
     with pytest.raises(DataError, match="model.safetensors changed after it was evaluated"):
         register(output, "forged", tracking)
     weights.unlink()
     with pytest.raises(RunStateError, match="is gone: nothing to register"):
         register(output, "forged", tracking)
-
     with pytest.raises(MlflowException):
         client.get_registered_model("forged")
     assert len(client.search_runs([experiment])) == runs_before
+
+    # the way on from a tampered output: evaluate again, which redoes it (its record no longer matches) and
+    # records the new output; that one registers
+    weights.write_bytes(original)
+    forged(output, 0.001)
+    again, run_id = evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)
+    assert again.path == output and not again.reused
+    assert client.get_run(run_id).data.metrics[BPB] == pytest.approx(json.loads(metrics)[BPB])
+    assert register(output, "recovered", tracking) == "1"
 
 
 def test_an_eval_output_nothing_vouches_for_is_recomputed_not_logged(trained_eval, straight, eval_data, tmp_path):
@@ -430,7 +439,7 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(straight, eval_d
         evaluated, _ = evaluate_and_record(straight / "final" / "model", eval_data, tmp_path / "work", cfg, uri)
         version = register(evaluated.path, "tiny-http", uri)
         assert promote("tiny-http", version, PromotionRule(), uri).promote
-        assert MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version == version
+        assert str(MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version) == version
         mlflow.set_tracking_uri(uri)
         assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(
             ["def main():"], params={"max_new_tokens": 4}
