@@ -23,7 +23,7 @@ def main() -> None:
     except NeoxError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except OSError as err:
+    except Exception as err:
         full = out_of_space(err)
         if full is None:
             raise
@@ -36,12 +36,16 @@ def main() -> None:
         stop_local_ray()
 
 
-def out_of_space(err: BaseException) -> OSError | None:
-    """The full-disk (or over-quota, or over the file size limit) error behind `err`, also when a Ray task raised it."""
-    cause = getattr(err, "cause", None)  # a RayTaskError carries the task's exception
-    if isinstance(cause, OSError):
-        err = cause
-    return err if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else None
+def out_of_space(err: BaseException | None) -> OSError | None:
+    """The full-disk (or over-quota, or over the file size limit) error behind `err`: itself, what it was raised
+    from, or what a Ray task raised."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__  # a RayTaskError carries `cause`
+    return None
 
 
 def stop_local_ray() -> None:

@@ -86,45 +86,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         dist.all_reduce(value)
         return value.item() / world
 
-    for step in range(start_step, cfg.train_iters):
-        started = time.perf_counter()
-        engine.train()
-        micro_batches = (
-            batch(train_set, sample_indices(step, micro, data_rank, cfg))
-            for micro in range(cfg.gradient_accumulation_steps)
-        )
-        if pipelined:
-            losses = [engine.train_batch(micro_batches)]  # the mean over the micro-batches, on every stage
-        else:
-            losses = []
-            for inputs, labels in micro_batches:
-                loss = loss_of(inputs, labels)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.detach())
-        loss_value = mean_over_ranks(torch.stack(losses).mean())
-        grad_norm = engine.get_global_grad_norm()
-        grad_norm = None if grad_norm is None else float(grad_norm)
-        seconds = time.perf_counter() - started
-        done = step + 1
+    try:
+        for step in range(start_step, cfg.train_iters):
+            started = time.perf_counter()
+            engine.train()
+            micro_batches = (
+                batch(train_set, sample_indices(step, micro, data_rank, cfg))
+                for micro in range(cfg.gradient_accumulation_steps)
+            )
+            if pipelined:
+                losses = [engine.train_batch(micro_batches)]  # the mean over the micro-batches, on every stage
+            else:
+                losses = []
+                for inputs, labels in micro_batches:
+                    loss = loss_of(inputs, labels)
+                    engine.backward(loss)
+                    engine.step()
+                    losses.append(loss.detach())
+            loss_value = mean_over_ranks(torch.stack(losses).mean())
+            grad_norm = engine.get_global_grad_norm()
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            seconds = time.perf_counter() - started
+            done = step + 1
+            if tracker is not None:
+                tracker.step(done, loss_value, engine.get_lr()[0], grad_norm, loss_scale(engine), seconds)
+            if valid_set is not None and (done % cfg.eval_interval == 0 or done == cfg.train_iters):
+                engine.eval()
+                with torch.no_grad():
+                    valid_losses = []
+                    for i in range(cfg.eval_iters):
+                        indices = sample_indices((done // cfg.eval_interval) * cfg.eval_iters + i, 0, data_rank, cfg)
+                        valid_losses.append(loss_of(*batch(valid_set, indices)))
+                valid = mean_over_ranks(torch.stack(valid_losses).mean())
+                if tracker is not None:
+                    tracker.evaluation(done, valid)
+            if done % cfg.checkpoint_interval == 0 or done == cfg.train_iters:
+                if tracker is not None:
+                    tracker.publish()
+                save_and_report(engine, config, rank, done, loss_value)
+                if os.environ.get(FAULT_ENV) == str(done):
+                    raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
+        export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)
+    finally:  # after the export (the other ranks wait for rank 0 there), and also when a step fails
         if tracker is not None:
-            tracker.step(done, loss_value, engine.get_lr()[0], grad_norm, loss_scale(engine), seconds)
-        if valid_set is not None and (done % cfg.eval_interval == 0 or done == cfg.train_iters):
-            engine.eval()
-            with torch.no_grad():
-                valid_losses = []
-                for i in range(cfg.eval_iters):
-                    indices = sample_indices((done // cfg.eval_interval) * cfg.eval_iters + i, 0, data_rank, cfg)
-                    valid_losses.append(loss_of(*batch(valid_set, indices)))
-            valid = mean_over_ranks(torch.stack(valid_losses).mean())
-            if tracker is not None:
-                tracker.evaluation(done, valid)
-        if done % cfg.checkpoint_interval == 0 or done == cfg.train_iters:
-            if tracker is not None:
-                tracker.publish()
-            save_and_report(engine, config, rank, done, loss_value)
-            if os.environ.get(FAULT_ENV) == str(done):
-                raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
-    if tracker is not None:
-        tracker.close()
-    export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)
+            tracker.close()

@@ -25,6 +25,7 @@ class MetricsSender:
         self.deadline = math.inf  # set by close
         self.closing = threading.Event()
         self.failures = 0
+        self.dropped = 0
         self.last_error = ""
         self.thread = threading.Thread(target=self._send_all, name="mlflow-metrics", daemon=True)
         self.thread.start()
@@ -49,10 +50,15 @@ class MetricsSender:
             self.in_flight = None
 
     def _sent(self, batch: list) -> bool:
+        """Whether the batch is done with: sent, or refused for good (then counted as dropped)."""
         try:
             self.client.log_batch(self.run_id, metrics=batch)
-        except Exception as err:  # any failure to reach the server or to be accepted by it: keep the batch
+        except Exception as err:  # any failure to reach the server or to be accepted by it
             self.last_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if refused_for_good(err):  # sending it again cannot help; later batches must not wait behind it
+                self.dropped += 1
+                print(f"MLflow: metrics refused ({self.last_error}); dropped", file=sys.stderr, flush=True)
+                return True
             if not self.failures:
                 print(
                     f"MLflow: metrics not sent ({self.last_error}); training goes on, and they are sent when the "
@@ -72,4 +78,11 @@ class MetricsSender:
         self.deadline = time.monotonic() + drain_s
         self.closing.set()
         self.thread.join(drain_s + 1)
-        return self.pending.qsize() + (self.in_flight is not None)
+        return self.dropped + self.pending.qsize() + (self.in_flight is not None)
+
+
+def refused_for_good(err: Exception) -> bool:
+    """An answer from the server that a retry would get again: a 4xx other than 429 (a deleted run, a bad value,
+    credentials no longer valid)."""
+    status = getattr(err, "get_http_status_code", lambda: None)()
+    return status is not None and 400 <= status < 500 and status != 429

@@ -87,3 +87,14 @@ def test_metrics_the_server_never_takes_are_reported_lost_without_holding_traini
     started = time.monotonic()
     assert sender.close(drain_s=1) == 3
     assert time.monotonic() - started < 5 and sender.last_error
+
+
+def test_metrics_the_server_refuses_for_good_are_dropped_not_retried_forever(tmp_path, capfd):
+    from mlflow import MlflowClient
+
+    sender = MetricsSender(MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), "0" * 32)  # no such run
+    for step in (1, 2):
+        sender.send(batch(step))
+    started = time.monotonic()
+    assert sender.close(drain_s=30) == 2 and time.monotonic() - started < 10  # each answered 404 once, then dropped
+    assert "MLflow: metrics refused (MlflowException: Run with id=0000" in capfd.readouterr().err

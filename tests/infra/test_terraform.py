@@ -236,7 +236,11 @@ def test_head_and_gpu_nodes_have_roles_of_their_own_reaching_only_the_bucket_key
     assert statements["WriteWhatTheRoleWrites"]["resources"] == "${each.value.writes}"
     assert statements["ReadItsServiceCredentials"]["actions"] == ["secretsmanager:GetSecretValue"]
     assert statements["ReadItsServiceCredentials"]["resources"] == "${each.value.secrets}"
-    # the code archive every node installs from is writable by the head alone: GPU nodes write the work root only
+    # the code archive every node installs from is writable by the head alone: GPU nodes write the work root only,
+    # and FSx, which every node writes through, exports the work root only
+    (association,) = resources("aws_fsx_data_repository_association").values()
+    assert association["data_repository_path"] == "s3://${aws_s3_bucket.this.id}/${var.work_dir}/"
+    assert association["file_system_path"] == "/${var.work_dir}"
     assert roles["head"]["writes"] == ["${var.bucket_arn}/*"]
     assert roles["worker"]["writes"] == ["${var.bucket_arn}/${var.work_dir}/*"]
     assert module(ROOT)["resource"]["aws_s3_object.project"]["key"] == "code/neox-pipeline.zip"
@@ -367,6 +371,7 @@ def test_every_service_listens_on_the_private_address_and_asks_for_credentials(r
         for service in ("--node-ip-address=10.42.0.10", "--dashboard-host=10.42.0.10", "mlflow server --app-name "):
             assert service in script
         assert "basic-auth --host 10.42.0.10" in script and "prefect server start --host 10.42.0.10" in script
+        assert "--num-cpus=0" in script  # no task runs on the head, with the head's role
         assert "PREFECT_SERVER_API_AUTH_STRING=$prefect_auth" in script
         assert "EnvironmentFile=/var/lib/neox/mlflow-server.env" in script  # MLflow's CSRF key, made once
     # a credential is only ever echoed (a shell builtin) into a private file, never on a command line, which ps

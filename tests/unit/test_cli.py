@@ -103,3 +103,20 @@ def test_registry_mistakes_are_one_clear_line(tmp_path):
     ):
         result = neox(*args, ok=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_a_full_disk_is_found_behind_the_errors_that_report_it():
+    import errno
+
+    from neox.cli import out_of_space
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as err:
+            raise RuntimeError("could not write the shard") from err
+    except RuntimeError as wrapped:
+        assert out_of_space(wrapped) is full
+    assert out_of_space(RuntimeError("something else")) is None
+    assert out_of_space(OSError(errno.ENOENT, "missing")) is None

@@ -51,6 +51,7 @@ module "storage" {
   bucket_name               = local.bucket_name
   checkpoint_retention_days = var.checkpoint_retention_days
   checkpoint_prefix         = "${local.work_dir}/train/"
+  work_dir                  = local.work_dir
   fsx_storage_capacity_gib  = var.fsx_storage_capacity_gib
   fsx_throughput_per_tib    = var.fsx_throughput_per_tib
   subnet_id                 = module.network.private_subnet_id

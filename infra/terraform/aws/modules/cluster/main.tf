@@ -182,6 +182,9 @@ resource "aws_instance" "head" {
 
   tags = { Name = "${var.name}-head" }
 
+  # its bootstrap reads the service credentials at first boot: they and its role's policy must exist by then
+  depends_on = [aws_secretsmanager_secret_version.service, aws_iam_role_policy.node]
+
   # A newer AMI or a changed bootstrap must not replace a head node with a running flow on it; update the code on
   # a live cluster with neox-update (infra/README.md), replace the head on purpose with -replace.
   lifecycle {

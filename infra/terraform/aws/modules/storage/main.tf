@@ -148,8 +148,9 @@ resource "aws_s3_bucket_policy" "this" {
   depends_on = [aws_s3_bucket_public_access_block.this]
 }
 
-# FSx for Lustre linked to the whole bucket: what the pipeline writes under /fsx is exported to s3://bucket/...,
-# and objects put in the bucket (the Pile mirror, configs) appear under /fsx.
+# FSx for Lustre linked to the work root's prefix only: what the pipeline writes under /fsx/WORK_DIR is exported to
+# s3://bucket/WORK_DIR/ (and objects put there appear under it). Not the whole bucket: every node can write /fsx,
+# and the code archive (code/) and MLflow's artifacts (mlflow/) must stay writable by the head node alone.
 resource "aws_fsx_lustre_file_system" "this" {
   count = var.fsx_storage_capacity_gib > 0 ? 1 : 0
 
@@ -169,8 +170,8 @@ resource "aws_fsx_data_repository_association" "this" {
   count = var.fsx_storage_capacity_gib > 0 ? 1 : 0
 
   file_system_id                   = aws_fsx_lustre_file_system.this[0].id
-  data_repository_path             = "s3://${aws_s3_bucket.this.id}"
-  file_system_path                 = "/"
+  data_repository_path             = "s3://${aws_s3_bucket.this.id}/${var.work_dir}/"
+  file_system_path                 = "/${var.work_dir}"
   batch_import_meta_data_on_create = true
 
   s3 {

@@ -37,3 +37,8 @@ variable "security_group_id" {
   description = "Security group of the file system (the nodes' group, which allows Lustre's ports among its members)."
   type        = string
 }
+
+variable "work_dir" {
+  description = "The pipeline's work root folder: /fsx/WORK_DIR on FSx, linked to s3://bucket/WORK_DIR/."
+  type        = string
+}
