@@ -2,7 +2,8 @@
 
 Eval outputs live in the work root, which more than the pipeline can write. So the eval stage logs its output to
 MLflow as soon as it has computed it, and the run records the sha256 of the output's manifest.json, results.json
-and metrics.json and of the weights it scored. Registration and the gate read the metrics from that run, and refuse
+and metrics.json, and a digest of every file of the checkpoint it scored and of its Hugging Face export (what
+registering it uploads). Registration and the gate read the metrics from that run, and refuse
 an output whose files no longer hash to what the run recorded, or whose checkpoint changed. An output with no run
 (hand-written, or planted under a key the stage would compute) is never logged from its files: the eval stage
 redoes it, and records a new output before it lets go of the key's lock, so that no other run finds it unrecorded.
@@ -17,14 +18,14 @@ from typing import Any
 
 from neox.errors import DataError, MissingInput, RunStateError
 from neox.eval.config import EvalConfig
-from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, eval_stage
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, checkpoint_digest, eval_stage
 from neox.pipeline.layout import WEIGHTS_FILE, run_of
 from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
 
 EVAL_KEY_TAG = "neox.eval_key"
 OUTPUT_TAG = "neox.eval_output"  # the output folder the run recorded
 COMPLETE_TAG = "neox.eval_recorded"  # set last, once metrics, params and results are all logged
-CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # the weights the eval scored
+CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # every file of the checkpoint and its export (checkpoint_digest)
 RECORDED_FILES = (MANIFEST, RESULTS_FILE, EVAL_METRICS_FILE)
 
 
@@ -162,9 +163,12 @@ def verified_eval_run(output: str | Path, tracking_uri: str, experiment: str = "
             f"recorded {expected}. Refusing it; `neox eval` on the checkpoint evaluates it again."
         )
     recorded = run.data.tags
-    weights = Path(recorded[CHECKPOINT_PATH_TAG]) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise RunStateError(f"the checkpoint {output} evaluated, {weights.parent}, is gone: nothing to register")
-    if sha256_file(weights) != recorded[CHECKPOINT_SHA_TAG]:
-        raise DataError(f"{weights} changed after it was evaluated (eval run {run.info.run_id}): refusing it")
+    checkpoint = Path(recorded[CHECKPOINT_PATH_TAG])
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise RunStateError(f"the checkpoint {output} evaluated, {checkpoint}, is gone: nothing to register")
+    if checkpoint_digest(checkpoint) != recorded[CHECKPOINT_SHA_TAG]:
+        raise DataError(
+            f"the checkpoint {checkpoint} (or its Hugging Face export) changed after it was evaluated (eval run "
+            f"{run.info.run_id}): refusing it; `neox eval` on it evaluates it as it is now"
+        )
     return run

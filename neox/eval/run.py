@@ -8,6 +8,7 @@ fails before loading anything, naming the datasets to pre-cache.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
 
 STAGE = "eval"
-CODE_VERSION = "2"  # 2: outputs are trusted only with their MLflow record (neox.eval.record)
+CODE_VERSION = "2"  # 2: keyed on every checkpoint file; trusted only with their MLflow record (neox.eval.record)
 RESULTS_FILE = "results.json"
 CHECKPOINT_PATH_TAG = "neox.checkpoint"  # the evaluated checkpoint folder, on the eval run and its model version
 EVAL_METRICS_FILE = "metrics.json"  # the flat {task/metric: value} scores (not training's metrics.jsonl)
@@ -165,6 +166,18 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:12.5g}" for name, value in sorted(metrics.items()))
 
 
+def checkpoint_digest(checkpoint: Path) -> str:
+    """sha256 over every file of the checkpoint folder and of its Hugging Face export beside it (names and
+    contents): what an eval scores, and what registering it uploads, so that a change to any of them is another
+    evaluation."""
+    files = [(f"model/{p.relative_to(checkpoint)}", p) for p in sorted(checkpoint.rglob("*")) if p.is_file()]
+    export = hf_export_of(checkpoint)
+    if export.is_dir():
+        files += [(f"hf/{p.relative_to(export)}", p) for p in sorted(export.rglob("*")) if p.is_file()]
+    listing = json.dumps([(name, sha256_file(path)) for name, path in files])
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 def eval_stage(
     checkpoint: str | Path,
     eval_data: str | Path | None,
@@ -180,7 +193,7 @@ def eval_stage(
         raise MissingInput(f"{checkpoint} is not a neox checkpoint: {WEIGHTS_FILE} is missing")
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
     del config["ray_address"]  # where it runs does not change what it computes
-    inputs = {"checkpoint": sha256_file(checkpoint / WEIGHTS_FILE)}
+    inputs = {"checkpoint": checkpoint_digest(checkpoint)}
     if eval_data is not None:
         from neox.eval.data import STAGE as EVAL_DATA_STAGE
 

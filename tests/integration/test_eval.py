@@ -297,8 +297,14 @@ def test_a_tampered_copied_or_hand_written_eval_output_is_refused_and_registers_
     weights = checkpoint / "model.safetensors"
     original = weights.read_bytes()
     weights.write_bytes(original[:-4] + b"\0\0\0\0")
-    with pytest.raises(DataError, match="model.safetensors changed after it was evaluated"):
+    with pytest.raises(DataError, match="the checkpoint .* changed after it was evaluated"):
         register(output, "forged", tracking)
+    weights.write_bytes(original)
+    config = checkpoint / "config.yml"  # not only the weights: every file registering uploads
+    config.write_text(config.read_text() + "\n")
+    with pytest.raises(DataError, match="the checkpoint .* changed after it was evaluated"):
+        register(output, "forged", tracking)
+    config.write_text(config.read_text()[:-1])
     weights.unlink()
     with pytest.raises(RunStateError, match="is gone: nothing to register"):
         register(output, "forged", tracking)
