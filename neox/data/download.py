@@ -124,8 +124,9 @@ def download_one(
                 transport(source.url, fetching, clock.timeout(), arrived)
                 verify_transfer(source, fetching, expected)
     except GaveUp as err:
-        kind = ChecksumMismatch if isinstance(err.__cause__, ChecksumMismatch) else DownloadError
-        raise kind(f"{err} (the bad file was deleted)" if kind is ChecksumMismatch else str(err)) from None
+        if isinstance(err.__cause__, ChecksumMismatch):
+            raise ChecksumMismatch(f"{err} (the bad file was deleted)") from None
+        raise DownloadError(str(err)) from None
     known.record(source.url, fetching.sha256)
     os.replace(part, done)
     return done, fetching.sha256

@@ -100,9 +100,7 @@ def changed_files(output: Path, run) -> list[tuple[str, str, str | None]]:
     return changed
 
 
-def log_eval(
-    output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", tags: dict[str, str] | None = None
-) -> str:
+def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline") -> str:
     """The MLflow run holding an eval output's metrics, params, results JSON and hashes: found again if this output
     was logged before, else created. Called on an output the eval stage has just published (its `on_publish`)."""
     from mlflow import MlflowClient
@@ -126,7 +124,6 @@ def log_eval(
             CHECKPOINT_PATH_TAG: str(checkpoint),
             CHECKPOINT_SHA_TAG: manifest["inputs"]["checkpoint"],
             **{file_tag(name): sha256_file(output / name) for name in RECORDED_FILES},
-            **(tags or {}),
         },
     )
     now = int(time.time() * 1000)

@@ -117,12 +117,10 @@ def attempts(
 
     def failed(state: tenacity.RetryCallState) -> None:
         err = state.outcome.exception()
-        why = "deadline" if clock.remaining() <= 0 else "attempts"
-        limit = (
-            f"nothing arrived for {retry.deadline_s:g} s"
-            if why == "deadline"
-            else f"{retry.attempts} failed attempts in a row"
-        )
+        if clock.remaining() <= 0:
+            limit = f"nothing arrived for {retry.deadline_s:g} s"
+        else:
+            limit = f"{retry.attempts} failed attempts in a row"
         raise GaveUp(f"{what}: gave up after {limit} ({type(err).__name__}: {err})") from err
 
     return iter(
