@@ -18,7 +18,8 @@ from typing import Any
 
 from neox.errors import DataError, MissingInput, RunStateError
 from neox.eval.config import EvalConfig
-from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, checkpoint_digest, eval_stage
+from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, eval_stage
+from neox.model.digest import checkpoint_digest
 from neox.pipeline.layout import WEIGHTS_FILE, run_of
 from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
 
@@ -139,9 +140,12 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
     return run.info.run_id
 
 
-def verified_eval_run(output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline") -> Any:
-    """The eval output's MLflow run, after checking the output's files and its checkpoint's weights against the
-    hashes the run recorded. Raises a one-line error naming what does not match."""
+def verified_eval_run(
+    output: str | Path, tracking_uri: str, experiment: str = "neox-pipeline", snapshot: Path | None = None
+) -> Any:
+    """The eval output's MLflow run, after checking the output's files and its checkpoint's files against the
+    hashes the run recorded. Raises a one-line error naming what does not match. With `snapshot`, the checkpoint
+    and its export are copied there as they are checked (`checkpoint_digest`): what registering uploads."""
     output = Path(output)
     manifest = read_manifest(output)
     if manifest.get("stage") != STAGE:
@@ -163,7 +167,7 @@ def verified_eval_run(output: str | Path, tracking_uri: str, experiment: str = "
     checkpoint = Path(recorded[CHECKPOINT_PATH_TAG])
     if not (checkpoint / WEIGHTS_FILE).is_file():
         raise RunStateError(f"the checkpoint {output} evaluated, {checkpoint}, is gone: nothing to register")
-    if checkpoint_digest(checkpoint) != recorded[CHECKPOINT_SHA_TAG]:
+    if checkpoint_digest(checkpoint, snapshot) != recorded[CHECKPOINT_SHA_TAG]:
         raise DataError(
             f"the checkpoint {checkpoint} (or its Hugging Face export) changed after it was evaluated (eval run "
             f"{run.info.run_id}): refusing it; `neox eval` on it evaluates it as it is now"

@@ -8,10 +8,10 @@ fails before loading anything, naming the datasets to pre-cache.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ import yaml
 
 from neox.errors import ConfigError, DataError, MissingInput, ServiceError
 from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, EvalConfig
-from neox.pipeline.layout import HF_CONFIG_FILE, WEIGHTS_FILE, hf_export_of
-from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage, sha256_file
+from neox.model.digest import checkpoint_digest
+from neox.pipeline.layout import HF_CONFIG_FILE, HF_DIR, MODEL_DIR, WEIGHTS_FILE, hf_export_of
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage
 
 STAGE = "eval"
 CODE_VERSION = "2"  # 2: keyed on every checkpoint file; trusted only with their MLflow record (neox.eval.record)
@@ -106,14 +107,12 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
     else:
         from lm_eval.models.huggingface import HFLM
 
-        from neox.model.hf import safetensors_weights
-
-        hf_dir = hf_export_of(checkpoint)
-        if not (hf_dir / HF_CONFIG_FILE).exists():
-            raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
-        safetensors_weights(hf_dir)  # refuses pickled weights before transformers would unpickle them
         model = HFLM(
-            pretrained=str(hf_dir), device=cfg.device, batch_size=cfg.batch_size, dtype=cfg.dtype, use_safetensors=True
+            pretrained=str(checked_hf_export(checkpoint)),
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            dtype=cfg.dtype,
+            use_safetensors=True,
         )
     results = lm_eval.simple_evaluate(
         model=model, tasks=tasks, task_manager=task_manager, limit=cfg.limit, bootstrap_iters=0, log_samples=False
@@ -123,21 +122,46 @@ def run_lm_eval(checkpoint: str | Path, eval_data: str | Path | None, cfg: EvalC
     return results
 
 
-def evaluated_here(checkpoint: str, eval_data: str | None, cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """lm-eval's results as plain JSON data (so they travel back from a Ray worker), and where they were computed."""
+def checked_hf_export(checkpoint: Path) -> Path:
+    """The checkpoint's Hugging Face export, which `eval.model: hf` scores; pickled weights are refused before
+    transformers would unpickle them."""
+    from neox.model.hf import safetensors_weights
+
+    hf_dir = hf_export_of(checkpoint)
+    if not (hf_dir / HF_CONFIG_FILE).exists():
+        raise ConfigError(f"eval.model hf needs the Hugging Face export next to the checkpoint ({hf_dir})")
+    safetensors_weights(hf_dir)
+    return hf_dir
+
+
+def evaluated_here(
+    checkpoint: str, digest: str, eval_data: str | None, cfg: EvalConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """lm-eval's results as plain JSON data (so they travel back from a Ray worker), and where they were computed.
+    lm-eval reads a private copy of the checkpoint, made here as it is hashed, so the scores are those of the
+    checkpoint whose `digest` the stage is keyed on and records, even if its files are swapped meanwhile."""
     import torch
     from lm_eval.utils import handle_non_serializable
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():  # checked where lm-eval runs (a Ray task)
         raise ConfigError(f"eval.device is {cfg.device}, but {socket.gethostname()} has no CUDA GPU")
-    results = json.loads(json.dumps(run_lm_eval(checkpoint, eval_data, cfg), default=handle_non_serializable))
+    with tempfile.TemporaryDirectory(prefix="neox-eval-") as snapshot:
+        read = (HF_DIR,) if cfg.model == "hf" else (MODEL_DIR,)
+        if checkpoint_digest(checkpoint, Path(snapshot), read) != digest:
+            raise DataError(
+                f"{checkpoint} changed after its eval began (its files no longer hash as they did): run it again"
+            )
+        results = run_lm_eval(Path(snapshot) / MODEL_DIR, eval_data, cfg)
+    results = json.loads(json.dumps(results, default=handle_non_serializable))
     return results, {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def evaluate(checkpoint: Path, eval_data: str | Path | None, cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate(
+    checkpoint: Path, digest: str, eval_data: str | Path | None, cfg: EvalConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """lm-eval here, or with `ray_address` as a Ray task on the cluster: a flow runs on a head node without a GPU,
     and the task takes one on a GPU node (the checkpoint and eval data must be on a path every node sees)."""
-    args = (str(checkpoint), None if eval_data is None else str(eval_data), cfg)
+    args = (str(checkpoint), digest, None if eval_data is None else str(eval_data), cfg)
     if cfg.ray_address is None:
         return evaluated_here(*args)
     import ray
@@ -166,18 +190,6 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:12.5g}" for name, value in sorted(metrics.items()))
 
 
-def checkpoint_digest(checkpoint: Path) -> str:
-    """sha256 over every file of the checkpoint folder and of its Hugging Face export beside it (names and
-    contents): what an eval scores, and what registering it uploads, so that a change to any of them is another
-    evaluation."""
-    files = [(f"model/{p.relative_to(checkpoint)}", p) for p in sorted(checkpoint.rglob("*")) if p.is_file()]
-    export = hf_export_of(checkpoint)
-    if export.is_dir():
-        files += [(f"hf/{p.relative_to(export)}", p) for p in sorted(export.rglob("*")) if p.is_file()]
-    listing = json.dumps([(name, sha256_file(path)) for name, path in files])
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
 def eval_stage(
     checkpoint: str | Path,
     eval_data: str | Path | None,
@@ -193,6 +205,8 @@ def eval_stage(
         raise MissingInput(f"{checkpoint} is not a neox checkpoint: {WEIGHTS_FILE} is missing")
     config = {**dataclasses.asdict(cfg), "tasks": list(cfg.tasks)}
     del config["ray_address"]  # where it runs does not change what it computes
+    if cfg.model == "hf":
+        checked_hf_export(checkpoint)  # here, to name the user's folder; again on the copy lm-eval reads
     inputs = {"checkpoint": checkpoint_digest(checkpoint)}
     if eval_data is not None:
         from neox.eval.data import STAGE as EVAL_DATA_STAGE
@@ -202,7 +216,7 @@ def eval_stage(
         inputs["eval_data"] = input_fingerprint(eval_data)
 
     def body(run: StageRun) -> None:
-        results, ran_on = evaluate(checkpoint, eval_data, cfg)
+        results, ran_on = evaluate(checkpoint, inputs["checkpoint"], eval_data, cfg)
         metrics = flat_metrics(results)
         (run.tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         (run.tmp / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -5,6 +5,7 @@ eval's MLflow run, lineage in its tags), and the promotion gate moves the `champ
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -12,8 +13,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from neox.errors import ConfigError, RunStateError
+from neox.eval.record import find_eval_run, quoted, verified_eval_run
 from neox.eval.run import CHECKPOINT_PATH_TAG
-from neox.pipeline.layout import hf_export_of
+from neox.pipeline.layout import MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
 from neox.registry.pyfunc import TextGenerator
 from neox.registry.rule import Decision, PromotionRule, decide
@@ -35,26 +37,32 @@ def register(
     files and checkpoint unchanged since (`neox.eval.record.verified_eval_run`): anything else is refused before
     MLflow is written to. Registering the same eval again returns its existing version. `tags` are added to the
     lineage (the flow run id under Prefect)."""
-    from neox.eval.record import verified_eval_run
-
-    run = verified_eval_run(eval_output, tracking_uri, experiment)
-    run_id, checkpoint = run.info.run_id, Path(run.data.tags[CHECKPOINT_PATH_TAG])
     client = MlflowClient(tracking_uri=tracking_uri)
-    existing = [v for v in _versions(client, name) if v.run_id == run_id]
-    if existing:
-        return str(existing[0].version)
-    mlflow.set_tracking_uri(tracking_uri)
-    artifacts = {"model": str(checkpoint)}
-    if hf_export_of(checkpoint).exists():
-        artifacts["hf"] = str(hf_export_of(checkpoint))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=TextGenerator(),
-            artifacts=artifacts,
-            pip_requirements=_requirements(),
-            signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params={"max_new_tokens": 32}),
-        )
+    recorded = find_eval_run(eval_output, tracking_uri, experiment)
+    earlier = recorded and _version_of_run(client, name, recorded.info.run_id)
+    if earlier:  # registered from a verified copy already: found again without copying the checkpoint
+        return earlier
+    with tempfile.TemporaryDirectory(prefix="neox-register-") as snapshot:
+        # uploaded from a private copy made as the checkpoint is verified: what was scored is what is registered
+        run = verified_eval_run(eval_output, tracking_uri, experiment, snapshot=Path(snapshot))
+        run_id, checkpoint = run.info.run_id, Path(run.data.tags[CHECKPOINT_PATH_TAG])
+        copy = Path(snapshot) / MODEL_DIR
+        artifacts = {"model": str(copy)}
+        if hf_export_of(copy).exists():
+            artifacts["hf"] = str(hf_export_of(copy))
+        if not _exists(client, name):
+            client.create_registered_model(name)
+        mlflow.set_tracking_uri(tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=TextGenerator(),
+                artifacts=artifacts,
+                pip_requirements=_requirements(),
+                signature=mlflow.models.infer_signature(
+                    ["a prompt"], ["its continuation"], params={"max_new_tokens": 32}
+                ),
+            )
     version = client.create_model_version(
         name,
         info.model_uri,
@@ -79,13 +87,20 @@ def model_version(client: MlflowClient, name: str, version: str, tracking_uri: s
         raise RunStateError(f"{name} has no version {version} in {tracking_uri}") from None
 
 
-def _versions(client: MlflowClient, name: str) -> list:
+def _exists(client: MlflowClient, name: str) -> bool:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name)
-        return []
-    return client.search_model_versions(f"name='{name}'")
+        return False
+    return True
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
+    """The version of `name` registered from this run, if any (as a string: MLflow gives an int from a SQL store)."""
+    if not _exists(client, name):
+        return None
+    found = client.search_model_versions(f"name={quoted(name)} and run_id={quoted(run_id)}")
+    return str(found[0].version) if found else None
 
 
 def _requirements() -> list[str]:

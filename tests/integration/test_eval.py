@@ -322,6 +322,62 @@ def test_a_tampered_copied_or_hand_written_eval_output_is_refused_and_registers_
     assert register(output, "recovered", tracking) == "1"
 
 
+def test_a_checkpoint_swapped_during_its_eval_or_registration_changes_neither_the_score_nor_the_upload(
+    work, eval_data, straight, tracking, tmp_path, monkeypatch
+):
+    """Whoever can write the work root could swap a checkpoint's weights after they were hashed and back again
+    later: the eval would record another model's score, registration upload another model. Both read a private
+    copy made as the files are hashed (the swaps below happen right after the hashing)."""
+    import neox.eval.run as eval_run
+    import neox.registry.mlflow_registry as registry
+    from neox.errors import DataError
+    from neox.eval.record import evaluate_and_record
+
+    checkpoint = untrained_checkpoint(work / "swapped", straight, 5)
+    weights = checkpoint / "model.safetensors"
+    genuine = weights.read_bytes()
+    other = (straight / "final" / "model" / "model.safetensors").read_bytes()  # the trained model scores better
+    reference = evaluate_and_record(checkpoint, eval_data, tmp_path / "ref", EvalConfig(batch_size=8), tracking)[0]
+
+    def swapped_during(function):
+        def run(*args, **kwargs):
+            weights.write_bytes(other)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                weights.write_bytes(genuine)
+
+        return run
+
+    monkeypatch.setattr(eval_run, "run_lm_eval", swapped_during(eval_run.run_lm_eval))
+    output, run_id = evaluate_and_record(checkpoint, eval_data, work, EvalConfig(batch_size=8), tracking)
+    assert json.loads((output.path / EVAL_METRICS_FILE).read_text()) == json.loads(
+        (reference.path / EVAL_METRICS_FILE).read_text()
+    )
+    monkeypatch.undo()
+
+    def swapped_after(function):
+        def run(*args, **kwargs):
+            result = function(*args, **kwargs)
+            weights.write_bytes(other)
+            return result
+
+        return run
+
+    monkeypatch.setattr(registry, "verified_eval_run", swapped_after(registry.verified_eval_run))
+    version = registry.register(output.path, "swapped", tracking)
+    weights.write_bytes(genuine)
+    uploaded = Path(mlflow_download(f"models:/swapped/{version}", tmp_path / "uploaded", tracking))
+    assert (uploaded / "artifacts" / "model" / "model.safetensors").read_bytes() == genuine
+    monkeypatch.undo()
+
+    # swapped before the copy is made: refused, nothing recorded
+    monkeypatch.setattr(eval_run, "evaluated_here", swapped_during(eval_run.evaluated_here))
+    with pytest.raises(DataError, match="changed after its eval began"):
+        evaluate_and_record(checkpoint, eval_data, tmp_path / "late", EvalConfig(batch_size=8), tracking)
+    assert not list((tmp_path / "late").rglob("manifest.json"))
+
+
 def test_an_eval_output_nothing_vouches_for_is_recomputed_not_logged(trained_eval, straight, eval_data, tmp_path):
     """A forged output planted under the very key the eval stage computes passes the stage's own manifest check;
     a tracking store with no record of it does not trust it: the stage evaluates again."""
