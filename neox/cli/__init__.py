@@ -13,7 +13,7 @@ from neox.errors import NeoxError
 
 # isort: off
 # importing a module registers its commands, in the order `neox --help` lists them
-from neox.cli import model, data, train, evaluate, cluster, config  # noqa: F401
+from neox.cli import data, train, evaluate, cluster, model, config  # noqa: F401
 # isort: on
 
 

@@ -9,11 +9,31 @@ import typer
 
 app = typer.Typer(
     name="neox",
-    help="neox-pipeline: train, evaluate and convert GPT-NeoX language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# the panels `neox -h` groups its commands in
+DATA, TRAIN, EVAL, CLUSTER, TOOLS = "Data", "Train", "Eval & registry", "Cluster", "Tools"
+
+
+def print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        typer.echo(f"neox-pipeline {version('neox-pipeline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """neox-pipeline: train, evaluate and convert GPT-NeoX language models. `neox COMMAND -h` explains one."""
+
 
 WorkRootOption = Annotated[
     Path,
@@ -32,4 +52,10 @@ ChunkOption = Annotated[
     ),
 ]
 RayOption = Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")]
-TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI (a sqlite:/// file or an http:// server).")]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking URI: a sqlite:/// file or an http(s):// server (default: MLFLOW_TRACKING_URI, else the "
+        "config's train.mlflow_tracking_uri, else sqlite:///mlflow.db)."
+    ),
+]

@@ -7,16 +7,14 @@ from typing import Annotated
 
 import typer
 
-from neox.cli.app import app
+from neox.cli.app import CLUSTER, app
 from neox.errors import ConfigError
 
-cluster_app = typer.Typer(
-    help="The cluster infra/terraform/aws stands up, as the pipeline config sees it.", no_args_is_help=True
-)
-app.add_typer(cluster_app, name="cluster")
+cluster_app = typer.Typer(help="The cluster infra/terraform/aws stands up, for a config.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster", rich_help_panel=CLUSTER)
 
 
-@cluster_app.command("config")
+@cluster_app.command("config", short_help="A config's cluster part, from Terraform's outputs.")
 def cluster_config(
     outputs: Annotated[Path, typer.Argument(help="`terraform output -json` of infra/terraform/aws, saved to a file.")],
     base: Annotated[

@@ -7,15 +7,15 @@ from typing import Annotated
 
 import typer
 
-from neox.cli.app import app
+from neox.cli.app import TOOLS, app
 
 config_app = typer.Typer(help="The pipeline config's JSON Schema and reference docs.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
+app.add_typer(config_app, name="config", rich_help_panel=TOOLS)
 
 OutputOption = Annotated[Path | None, typer.Option(help="Write here (atomically) instead of printing.")]
 
 
-@config_app.command("schema")
+@config_app.command("schema", short_help="Print the JSON Schema of a pipeline config.")
 def schema_command(output: OutputOption = None) -> None:
     """Print the JSON Schema of a pipeline config (for editors: yaml-language-server's `$schema`).
 
@@ -28,7 +28,7 @@ def schema_command(output: OutputOption = None) -> None:
     emit(json.dumps(json_schema(), indent=2) + "\n", output)
 
 
-@config_app.command("docs")
+@config_app.command("docs", short_help="Print the config reference (docs/configuration.md).")
 def docs_command(output: OutputOption = None) -> None:
     """Print the pipeline config reference (docs/configuration.md) generated from the config types.
 

@@ -7,12 +7,16 @@ from typing import Annotated
 
 import typer
 
-from neox.cli.app import ChunkOption, RayOption, WorkersOption, WorkRootOption, app
+from neox.cli.app import DATA, ChunkOption, RayOption, WorkersOption, WorkRootOption, app
 from neox.data.chunks import DEFAULT_CHUNK_MB
 from neox.errors import ConfigError
 
 
-@app.command("sample-corpus")
+@app.command(
+    "sample-corpus",
+    rich_help_panel=DATA,
+    short_help="Write the demo corpus: Pile-format shards, ~32 MB.",
+)
 def sample_corpus(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write 00.jsonl.zst, 01.jsonl.zst, ... into.")],
     shards: Annotated[int, typer.Option(help="Number of shards.")] = 4,
@@ -28,7 +32,7 @@ def sample_corpus(
     typer.echo(f"wrote {len(paths)} shards to {out_dir}")
 
 
-@app.command()
+@app.command(rich_help_panel=DATA, short_help="Download shards (http, s3, file): resumable, checksummed.")
 def download(
     urls: Annotated[
         list[str] | None,
@@ -85,7 +89,7 @@ def download(
     typer.echo(str(out))
 
 
-@app.command()
+@app.command(rich_help_panel=DATA, short_help="Remove exact and near-duplicate documents (MinHash LSH).")
 def dedup(
     input_dir: Annotated[Path, typer.Argument(help="Directory of Pile-format shards (*.jsonl.zst or *.jsonl).")],
     work_root: WorkRootOption = Path("work"),
@@ -114,7 +118,11 @@ def dedup(
     typer.echo(str(result.path))
 
 
-@app.command("train-tokenizer")
+@app.command(
+    "train-tokenizer",
+    rich_help_panel=DATA,
+    short_help="Train a BPE tokenizer, or adopt a tokenizer.json.",
+)
 def train_tokenizer(
     input_dir: Annotated[Path | None, typer.Argument(help="Shards to train on (omit with --from).")] = None,
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")] = 50277,
@@ -135,7 +143,7 @@ def train_tokenizer(
     typer.echo(str(result.path / TOKENIZER_FILE))
 
 
-@app.command()
+@app.command(rich_help_panel=DATA, short_help="Tokenize shards into a Megatron .bin/.idx dataset.")
 def tokenize(
     input_dir: Annotated[Path, typer.Argument(help="Directory of Pile-format shards.")],
     tokenizer: Annotated[Path, typer.Option(help="tokenizer.json to encode with.")],
@@ -165,7 +173,7 @@ def tokenize(
     typer.echo(str(out))
 
 
-@app.command("data")
+@app.command("data", rich_help_panel=DATA, short_help="Run a config's data stages, download to tokenize.")
 def data_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `data:` section.")],
 ) -> None:

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from neox.cli.app import TrackingOption, WorkRootOption, app
+from neox.cli.app import EVAL, TrackingOption, WorkRootOption, app
 
 if TYPE_CHECKING:
     from neox.registry.rule import PromotionRule
 
 
-@app.command("eval-data")
+@app.command("eval-data", rich_help_panel=EVAL, short_help="Held-out eval data from documents training left out.")
 def eval_data_command(
     dataset: Annotated[Path, typer.Argument(help="A tokenize stage output (the dataset the model trained on).")],
     work_root: WorkRootOption = Path("work"),
     split: Annotated[str, typer.Option(help="The training run's train/valid/test split weights.")] = "969,30,1",
-    part: Annotated[str, typer.Option(help="Which part of the split to build from: test (default) or valid.")] = "test",
+    part: Annotated[Literal["test", "valid"], typer.Option(help="Which part of the split to build from.")] = "test",
     max_documents: Annotated[int, typer.Option(help="Documents to take from that part at most.")] = 500,
     lastword_chars: Annotated[
         int, typer.Option(help="Characters of each last-word passage before its target word.")
@@ -40,7 +40,7 @@ def eval_data_command(
     typer.echo(str(eval_data_stage(dataset, work_root, cfg).path))
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=EVAL, short_help="Evaluate a checkpoint with lm-eval; record it in MLflow.")
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="A neox checkpoint folder, e.g. <run>/final/model.")],
     eval_data: Annotated[
@@ -54,13 +54,18 @@ def eval_command(
         ),
     ] = "neox_heldout,neox_lastword",
     model: Annotated[
-        str, typer.Option(help="neox (our adapter) or hf (lm-eval's own model on <run>/final/hf).")
+        Literal["neox", "hf"], typer.Option(help="neox (our adapter) or hf (lm-eval's own model on <run>/final/hf).")
     ] = "neox",
     batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[
+        Literal["cpu", "cuda"], typer.Option(help="Where to run (CUDA_VISIBLE_DEVICES picks the GPU).")
+    ] = "cpu",
+    dtype: Annotated[
+        Literal["float32", "bfloat16", "float16"], typer.Option(help="The weights' dtype; bfloat16 halves the memory.")
+    ] = "float32",
     limit: Annotated[int | None, typer.Option(help="Examples per task (default: whole tasks).")] = None,
     work_root: WorkRootOption = Path("work"),
-    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    mlflow_tracking_uri: TrackingOption = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the eval run.")] = "neox-pipeline",
 ) -> None:
     """Evaluate a checkpoint with lm-eval; print the metrics table, log them (with lm-eval's results JSON and the
@@ -73,23 +78,25 @@ def eval_command(
     from neox.eval.record import evaluate_and_record
     from neox.eval.run import EVAL_METRICS_FILE, metrics_table, task_names
     from neox.pipeline.configfile import parse
+    from neox.runtime.tracking_uri import tracking_uri
 
-    options = dict(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model)
+    options = dict(tasks=task_names(tasks), batch_size=batch_size, device=device, limit=limit, model=model, dtype=dtype)
     cfg = parse(EvalConfig, options)
-    result, run_id = evaluate_and_record(checkpoint, eval_data, work_root, cfg, mlflow_tracking_uri, experiment)
+    tracking = tracking_uri(mlflow_tracking_uri)
+    result, run_id = evaluate_and_record(checkpoint, eval_data, work_root, cfg, tracking, experiment)
     typer.echo(metrics_table(json.loads((result.path / EVAL_METRICS_FILE).read_text())))
     typer.echo(f"MLflow run {run_id} in experiment {experiment}")
     typer.echo(str(result.path))
 
 
-@app.command("register")
+@app.command("register", rich_help_panel=EVAL, short_help="Register an evaluated checkpoint in MLflow.")
 def register_command(
     eval_output: Annotated[Path, typer.Argument(help="An eval stage output (printed by `neox eval`).")],
     name: Annotated[str, typer.Option(help="Registered model name.")] = "neox-tiny",
     work_root: Annotated[Path | None, typer.Option(help="Where the data stages ran, for the lineage tags.")] = Path(
         "work"
     ),
-    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    mlflow_tracking_uri: TrackingOption = None,
     promote: Annotated[bool, typer.Option(help="Run the promotion gate on the new version.")] = True,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment of the eval run the version is logged in.")
@@ -103,21 +110,22 @@ def register_command(
 
     Example: neox register work/eval/<key> --name neox-tiny
     """
-    from neox.pipeline.commands import promotion_rule_from_config
+    from neox.pipeline.commands import promotion_rule_from_config, tracking_uri_from_config
     from neox.registry.mlflow_registry import register
 
     rule = promotion_rule_from_config(config)  # a bad rule is reported before anything is registered
-    version = register(eval_output, name, mlflow_tracking_uri, work_root, experiment)
+    tracking = tracking_uri_from_config(mlflow_tracking_uri, config)
+    version = register(eval_output, name, tracking, work_root, experiment)
     typer.echo(f"{name} version {version}")
     if promote:
-        _promote(name, version, rule, mlflow_tracking_uri)
+        _promote(name, version, rule, tracking)
 
 
-@app.command("promote")
+@app.command("promote", rich_help_panel=EVAL, short_help="Make a version champion if the promotion rule agrees.")
 def promote_command(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="The version to consider for champion.")],
-    mlflow_tracking_uri: TrackingOption = "sqlite:///mlflow.db",
+    mlflow_tracking_uri: TrackingOption = None,
     config: Annotated[
         Path | None, typer.Option(help="Pipeline config whose registry.rule is the promotion rule.")
     ] = None,
@@ -126,9 +134,10 @@ def promote_command(
 
     Example: neox promote neox-tiny 3 --config configs/pipeline/local.yaml
     """
-    from neox.pipeline.commands import promotion_rule_from_config
+    from neox.pipeline.commands import promotion_rule_from_config, tracking_uri_from_config
 
-    _promote(name, version, promotion_rule_from_config(config), mlflow_tracking_uri)
+    rule = promotion_rule_from_config(config)
+    _promote(name, version, rule, tracking_uri_from_config(mlflow_tracking_uri, config))
 
 
 def _promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) -> None:

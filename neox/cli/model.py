@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from neox.cli.app import app
+from neox.cli.app import TOOLS, app
 
-DtypeOption = Annotated[str, typer.Option(help="Weight dtype to write: float32, bfloat16 or float16.")]
+DtypeOption = Annotated[Literal["float32", "bfloat16", "float16"], typer.Option(help="Weight dtype to write.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists (swapped in only when complete).")]
 
 
-@app.command()
+@app.command(rich_help_panel=TOOLS, short_help="Print the parameter count of a GPT-NeoX model config.")
 def params(
     config: Annotated[
         list[Path], typer.Argument(help="GPT-NeoX YAML config file(s); later files override earlier ones.")
@@ -36,7 +36,7 @@ def params(
     typer.echo(f"{count_parameters(cfg):,}")
 
 
-@app.command("init-model")
+@app.command("init-model", rich_help_panel=TOOLS, short_help="Write an untrained checkpoint (GPT-NeoX's init).")
 def init_model(
     config: Annotated[list[Path], typer.Argument(help="GPT-NeoX YAML config file(s).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
@@ -59,7 +59,7 @@ def init_model(
     typer.echo(f"wrote {out_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
-@app.command("export-hf")
+@app.command("export-hf", rich_help_panel=TOOLS, short_help="Export a checkpoint as a Hugging Face model folder.")
 def export_hf(
     checkpoint: Annotated[
         Path, typer.Argument(help="A neox model checkpoint directory (config.yml + model.safetensors).")
@@ -80,7 +80,7 @@ def export_hf(
     typer.echo(f"wrote {out_dir}")
 
 
-@app.command("import-hf")
+@app.command("import-hf", rich_help_panel=TOOLS, short_help="Convert a Hugging Face GPT-NeoX model to a checkpoint.")
 def import_hf(
     hf_dir: Annotated[
         Path, typer.Argument(help="A Hugging Face GPTNeoXForCausalLM directory (e.g. a Pythia download).")
@@ -98,7 +98,7 @@ def import_hf(
     typer.echo(f"wrote {out_dir}")
 
 
-@app.command()
+@app.command(rich_help_panel=TOOLS, short_help="Continue a prompt with a checkpoint.")
 def generate(
     model: Annotated[Path, typer.Argument(help="A neox checkpoint or a Hugging Face GPT-NeoX directory.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from neox.cli.app import app
+from neox.cli.app import TRAIN, app
 
 
-@app.command("train")
+@app.command("train", rich_help_panel=TRAIN, short_help="Train or fine-tune with DeepSpeed on Ray Train.")
 def train_command(
     config: Annotated[
         Path, typer.Argument(help="Pipeline config YAML with a `train:` section (e.g. configs/pipeline/local.yaml).")
@@ -47,7 +47,7 @@ def train_command(
     typer.echo(train_from_config(config, overrides, resume=resume, allow_new_data=allow_new_data))
 
 
-@app.command("runs")
+@app.command("runs", rich_help_panel=TRAIN, short_help="List the training runs and their status.")
 def runs_command(
     config: Annotated[
         Path | None, typer.Argument(help="Pipeline config YAML whose train.storage_path to list (or --storage-path).")
@@ -74,7 +74,7 @@ def runs_command(
     typer.echo(runs_table(list_runs(storage_path)))
 
 
-@app.command("check")
+@app.command("check", rich_help_panel=TRAIN, short_help="Validate a pipeline config without running anything.")
 def check_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML (e.g. configs/pipeline/pile-pythia-160m.yaml).")],
 ) -> None:
@@ -88,7 +88,7 @@ def check_command(
     typer.echo(describe(config))
 
 
-@app.command("plan")
+@app.command("plan", rich_help_panel=TRAIN, short_help="Per-GPU memory of each parallel layout; picks one.")
 def plan_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `train:` section.")],
     gpus: Annotated[int, typer.Option(min=1, help="GPUs the run gets (its num_workers).")],
@@ -115,7 +115,7 @@ def plan_command(
     typer.echo(recommendation(planned, train))
 
 
-@app.command("reshard")
+@app.command("reshard", rich_help_panel=TRAIN, short_help="Whole weights from a checkpoint of any parallel layout.")
 def reshard_command(
     run: Annotated[
         Path, typer.Argument(help="A run folder (its newest checkpoint is read) or one of its checkpoints.")

@@ -38,6 +38,14 @@ def train_from_config(
     return train(cfg, resume=resume, allow_new_data=allow_new_data)
 
 
+def tracking_uri_from_config(flag: str | None, path: str | Path | None = None) -> str:
+    """The tracking URI a registry command uses: its flag, MLFLOW_TRACKING_URI, the config's, the default."""
+    from neox.runtime.tracking_uri import tracking_uri
+
+    train = (read_pipeline_config(path).get("train") or {}) if path else {}
+    return tracking_uri(flag, train.get("mlflow_tracking_uri") if isinstance(train, dict) else None)
+
+
 def promotion_rule_from_config(path: str | Path | None = None) -> PromotionRule:
     """The config's `registry.rule` (the default rule without a config)."""
     section = (read_pipeline_config(path).get("registry") or {}) if path else {}

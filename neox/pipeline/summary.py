@@ -56,7 +56,7 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
     print(f"   {total_seconds:7.1f} s  in all")
     print("\n   Prefect UI: .venv/bin/prefect server start      (flow runs, subflows, task states, artifacts)")
     print(
-        f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.train.mlflow_tracking_uri}"
+        f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.train.tracking_uri}"
         "   (runs, metrics, models, aliases)"
     )
     print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")

@@ -29,6 +29,7 @@ from neox.pipeline.configfile import (
     read_pipeline_config,
     section,
 )
+from neox.runtime.tracking_uri import tracking_uri
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -124,8 +125,9 @@ class TrainConfig:
     """Ray cluster to train on (default: RAY_ADDRESS, else a local Ray)."""
     env: dict[Str, Str] = dataclasses.field(default_factory=dict)
     """Environment variables of every training worker, set before it starts (NCCL/EFA settings)."""
-    mlflow_tracking_uri: Str = "sqlite:///mlflow.db"
-    """Where metrics go: a sqlite:/// file or an http:// MLflow server."""
+    mlflow_tracking_uri: Str | None = None
+    """Where metrics, evals and the registry go: a sqlite:/// file or an http(s):// MLflow server. MLFLOW_TRACKING_URI
+    overrides it; without either, sqlite:///mlflow.db."""
     mlflow_experiment: Str = "neox-pipeline"
     """MLflow experiment of the training run."""
 
@@ -165,12 +167,8 @@ class TrainConfig:
 
     @property
     def tracking_uri(self) -> str:
-        """The MLflow tracking URI with a relative sqlite path made absolute: workers and flows run elsewhere."""
-        prefix = "sqlite:///"
-        uri = self.mlflow_tracking_uri
-        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-            return prefix + str(Path(uri[len(prefix) :]).resolve())
-        return uri
+        """The MLflow tracking URI to use (`neox.runtime.tracking_uri`: MLFLOW_TRACKING_URI first), absolute."""
+        return tracking_uri(configured=self.mlflow_tracking_uri)
 
     @property
     def data_parallel_size(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,46 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
 from neox.model.config import pad_vocab_size
-from tests.conftest import neox
+from tests.conftest import NEOX, neox
 
 
-def test_help_explains_every_command():
-    out = neox("--help").stdout
-    for command in ("params", "init-model", "export-hf", "import-hf", "generate"):
-        assert command in out
-    assert "Example: neox generate" in neox("generate", "--help").stdout
+COMMANDS = {
+    "Data": ("sample-corpus", "download", "dedup", "train-tokenizer", "tokenize", "data"),
+    "Train": ("train", "runs", "check", "plan", "reshard"),
+    "Eval & registry": ("eval-data", "eval", "register", "promote"),
+    "Cluster": ("cluster",),
+    "Tools": ("params", "init-model", "export-hf", "import-hf", "generate", "config"),
+}
+
+
+def test_help_lists_every_command_in_its_group_on_one_line_and_explains_each():
+    out = neox("-h").stdout
+    assert out == neox("--help").stdout
+    panels = {}  # panel title -> the command names listed in it, each row one line
+    for line in out.splitlines():
+        if line.startswith("╭─ "):
+            title = line.removeprefix("╭─ ").split(" ─")[0]
+            panels[title] = []
+        elif line.startswith("│ ") and panels and title in COMMANDS:
+            panels[title].append(line[2:].split()[0] if line[2:3] != " " else None)
+    assert {title: tuple(names) for title, names in panels.items() if title in COMMANDS} == COMMANDS
+    for command in (c for group in COMMANDS.values() for c in group if c not in ("cluster", "config")):
+        assert f"Example: neox {command}" in neox(command, "-h").stdout, command
+
+
+def test_version_and_shell_completion():
+    from importlib.metadata import version
+
+    assert neox("--version").stdout == f"neox-pipeline {version('neox-pipeline')}\n" == neox("-V").stdout
+    assert "_neox_completion" in neox("--show-completion", "bash").stdout
+
+
+def test_options_with_a_fixed_set_of_values_offer_them(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # a terminal wide enough for the choices not to wrap
+    out = neox("eval", "-h").stdout
+    assert "<neox|hf>" in out and "<cpu|cuda>" in out and "<float32|bfloat16|float16>" in out
+    assert "<test|valid>" in neox("eval-data", "-h").stdout
+    assert "<float32|bfloat16|float16>" in neox("export-hf", "-h").stdout
 
 
 def test_params_prints_the_published_count():
@@ -57,8 +90,8 @@ def test_init_export_import_generate(tmp_path, tokenizer_file):
         (["eval-data", "configs"], "configs has no manifest.json: not a completed stage output"),
         (["eval-data", "missing"], "missing does not exist"),
         (["check", "configs"], "configs cannot be read as a pipeline YAML file"),
-        (["eval", "configs", "--device", "tpu"], "device: string should match pattern"),
-        (["eval-data", "configs", "--part", "train"], "part: input should be 'test' or 'valid'"),
+        (["eval", "configs", "--device", "tpu"], "Invalid value for '--device'"),
+        (["eval-data", "configs", "--part", "train"], "Invalid value for '--part'"),
         (["generate", "configs", "--prompt", "hi", "--temperature", "nan"], "temperature must be >= 0 and finite"),
         (
             ["init-model", "configs/model/tiny.yml", "--out", "README.md/m", "--vocab-size", "99"],
@@ -103,6 +136,25 @@ def test_registry_mistakes_are_one_clear_line(tmp_path):
     ):
         result = neox(*args, ok=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_the_tracking_uri_is_the_flag_then_mlflow_tracking_uri_then_the_config_then_mlflow_db(tmp_path, monkeypatch):
+    uri = {name: f"sqlite:///{tmp_path / name}.db" for name in ("flag", "env", "config")}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"train:\n  mlflow_tracking_uri: {uri['config']}\n")
+
+    def store_used(*args) -> str:  # the store `neox promote` looked the model up in, as its error names it
+        command = [NEOX, "promote", "nope", "1", *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert result.returncode == 2, result.stderr
+        return result.stderr.split(" in ")[-1].strip()
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store_used("--config", config) == uri["config"]
+    assert store_used() == f"sqlite:///{tmp_path / 'mlflow.db'}"  # in the working folder, made absolute
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri["env"])
+    assert store_used("--config", config) == uri["env"]
+    assert store_used("--config", config, "--mlflow-tracking-uri", uri["flag"]) == uri["flag"]
 
 
 def test_a_full_disk_is_found_behind_the_errors_that_report_it():

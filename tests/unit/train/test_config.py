@@ -80,6 +80,16 @@ def test_worker_environment_values_are_text_as_the_environment_holds_them():
     assert build_train_config({"model": PYTHIA_160M}).env == {}
 
 
+def test_training_logs_where_mlflow_tracking_uri_says_then_where_the_config_says(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert build_train_config({"model": PYTHIA_160M}).tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    configured = build_train_config({"model": PYTHIA_160M, "mlflow_tracking_uri": "http://mlflow:5000"})
+    assert configured.tracking_uri == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://tracking.example")
+    assert configured.tracking_uri == "https://tracking.example"
+
+
 def test_model_paths_are_relative_to_the_config_file(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "tiny.yml").write_text((REPO / "configs" / "model" / "tiny.yml").read_text())
