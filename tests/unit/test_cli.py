@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 from neox.model.config import pad_vocab_size
 from tests.conftest import NEOX, neox
 
-
 COMMANDS = {
     "Data": ("sample-corpus", "download", "dedup", "train-tokenizer", "tokenize", "data"),
     "Train": ("train", "runs", "check", "plan", "reshard"),
