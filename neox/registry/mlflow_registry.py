@@ -17,11 +17,11 @@ from neox.eval.record import find_eval_run, quoted, verified_eval_run
 from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.layout import MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
-from neox.registry.pyfunc import TextGenerator
 from neox.registry.rule import Decision, PromotionRule, decide
 
 CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
 DECISION_TAG = "neox.promotion"
+PYFUNC_SOURCE = str(Path(__file__).with_name("pyfunc.py"))  # logged as a model from code: no pickle
 
 
 def register(
@@ -45,32 +45,49 @@ def register(
     with tempfile.TemporaryDirectory(prefix="neox-register-") as snapshot:
         # uploaded from a private copy made as the checkpoint is verified: what was scored is what is registered
         run = verified_eval_run(eval_output, tracking_uri, experiment, snapshot=Path(snapshot))
-        run_id, checkpoint = run.info.run_id, Path(run.data.tags[CHECKPOINT_PATH_TAG])
+        checkpoint = Path(run.data.tags[CHECKPOINT_PATH_TAG])
         copy = Path(snapshot) / MODEL_DIR
         artifacts = {"model": str(copy)}
         if hf_export_of(copy).exists():
             artifacts["hf"] = str(hf_export_of(copy))
-        if not _exists(client, name):
-            client.create_registered_model(name)
-        mlflow.set_tracking_uri(tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=TextGenerator(),
-                artifacts=artifacts,
-                pip_requirements=_requirements(),
-                signature=mlflow.models.infer_signature(
-                    ["a prompt"], ["its continuation"], params={"max_new_tokens": 32}
-                ),
-            )
-    version = client.create_model_version(
-        name,
-        info.model_uri,
-        run_id=run_id,
-        model_id=info.model_id,
-        tags={**lineage_tags(checkpoint, work_root), **(tags or {})},
+        model_id = log_text_generator(client, run, artifacts)
+    mlflow.set_tracking_uri(tracking_uri)  # register_model has no tracking_uri of its own
+    # register_model, not the client's create_model_version: it also links the logged model to its versions
+    version = mlflow.register_model(
+        f"models:/{model_id}", name, tags={**lineage_tags(checkpoint, work_root), **(tags or {})}
     ).version
     return str(version)  # MLflow gives an int from a SQL store, a string over REST
+
+
+def log_text_generator(client: MlflowClient, run, artifacts: dict[str, str]) -> str:
+    """Log the pyfunc (`neox/registry/pyfunc.py`, a model from code, the checkpoint as its artifacts) as a model of
+    the eval run; returns its model id. Spelled out instead of `mlflow.pyfunc.log_model`, which runs the model on
+    the input example before uploading it: that would load the weights (41 GB for GPT-NeoX-20B) where registering
+    runs, on a head node without a GPU."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    logged = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run.info.run_id)
+    client.log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    with tempfile.TemporaryDirectory(prefix="neox-pyfunc-") as local:
+        path = Path(local) / "model"
+        mlflow.pyfunc.save_model(
+            path,
+            mlflow_model=Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run.info.run_id,
+                model_id=logged.model_id,
+            ),
+            python_model=PYFUNC_SOURCE,
+            artifacts=artifacts,
+            pip_requirements=_requirements(),
+            signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params={"max_new_tokens": 32}),
+            input_example=(["Once upon a time"], {"max_new_tokens": 32}),
+        )
+        client.log_model_artifacts(logged.model_id, str(path))
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return logged.model_id
 
 
 def model_version(client: MlflowClient, name: str, version: str, tracking_uri: str):

@@ -1,40 +1,49 @@
 """The MLflow pyfunc a registered version is: prompts in, greedy continuations out, from our checkpoint with its
 KV cache. `mlflow.pyfunc.load_model("models:/NAME@champion").predict([...])` runs it offline wherever
-neox-pipeline is installed."""
+neox-pipeline is installed.
+
+Registration logs this file as MLflow "model from code" (it ends with `set_model`), not a pickled object: loading
+a version runs this source, never an unpickled one."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
 
+with warnings.catch_warnings():
+    # MLflow asks for type hints on `predict`; with them, logging a model runs `predict` on the input example to
+    # infer the output, which would load the weights (41 GB for GPT-NeoX-20B) on the head node at registration
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
-class TextGenerator(mlflow.pyfunc.PythonModel):
-    """A list of prompts in, their greedy continuations out (params: max_new_tokens). Its `predict` has no type
-    hints on purpose: with them MLflow ignores the explicit signature and its params."""
+    class TextGenerator(mlflow.pyfunc.PythonModel):
+        """A list of prompts in, their greedy continuations out (params: max_new_tokens)."""
 
-    def load_context(self, context) -> None:
-        from neox.data.tokenizer import eod_id, load_tokenizer
-        from neox.model.checkpoint import load_model, tokenizer_path
+        def load_context(self, context) -> None:
+            from neox.data.tokenizer import eod_id, load_tokenizer
+            from neox.model.checkpoint import load_model, tokenizer_path
 
-        self.model = load_model(context.artifacts["model"])
-        self.tokenizer = load_tokenizer(tokenizer_path(context.artifacts["model"]))
-        self.eod = eod_id(self.tokenizer)
+            self.model = load_model(context.artifacts["model"])
+            self.tokenizer = load_tokenizer(tokenizer_path(context.artifacts["model"]))
+            self.eod = eod_id(self.tokenizer)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        # untyped on purpose: MLflow ignores the explicit signature (and its params) of a type-hinted predict
-        import torch
+        def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+            import torch
 
-        from neox.model.generate import SamplingConfig, generate
+            from neox.model.generate import SamplingConfig, generate
 
-        prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
-        limit = self.model.cfg.max_position_embeddings
-        new_tokens = int((params or {}).get("max_new_tokens", 32))
-        out = []
-        for prompt in prompts:
-            ids = (self.tokenizer.encode(prompt).ids or [self.eod])[-(limit - new_tokens) :]
-            tokens = generate(
-                self.model, torch.tensor([ids]), SamplingConfig(max_new_tokens=new_tokens, eos_token_id=self.eod)
-            )
-            out.append(self.tokenizer.decode(tokens[0, len(ids) :].tolist()))
-        return out
+            prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
+            limit = self.model.cfg.max_position_embeddings
+            new_tokens = int((params or {}).get("max_new_tokens", 32))
+            out = []
+            for prompt in prompts:
+                ids = (self.tokenizer.encode(prompt).ids or [self.eod])[-(limit - new_tokens) :]
+                tokens = generate(
+                    self.model, torch.tensor([ids]), SamplingConfig(max_new_tokens=new_tokens, eos_token_id=self.eod)
+                )
+                out.append(self.tokenizer.decode(tokens[0, len(ids) :].tolist()))
+            return out
+
+
+mlflow.models.set_model(TextGenerator())

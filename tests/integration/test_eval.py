@@ -232,6 +232,12 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     assert (newest / DEEPSPEED_TAG).is_dir() and json.loads((newest / STATE_FILE).read_text())["step"] == STEPS
 
     mlflow.set_tracking_uri(tracking)
+    logged = Path(mlflow.artifacts.download_artifacts(f"models:/tiny@{CHAMPION}"))
+    assert (logged / "input_example.json").is_file()
+    assert not list(logged.rglob("*.pkl"))  # a model from code: loading it unpickles nothing
+    model_id = client.get_model_version("tiny", trained).source.removeprefix("models:/")
+    linked = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])  # the UI's "Registered"
+    assert {"name": "tiny", "version": trained} in [{**v, "version": str(v["version"])} for v in linked]
     champion = mlflow.pyfunc.load_model(f"models:/tiny@{CHAMPION}")
     text = champion.predict(["Once upon a time"], params={"max_new_tokens": 12})
     tok = load_tokenizer(straight / "final" / "model" / TOKENIZER_FILE)
