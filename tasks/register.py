@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
+from mlflow import MlflowClient
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from neox.registry.mlflow_registry import DECISION_TAG, promote, register
+from neox.registry.mlflow_registry import promote, register
 from neox.registry.rule import Decision, RegistryConfig
 
 
@@ -28,18 +27,8 @@ def promote_version(
 ) -> Decision:
     name = registry.name
     decision = promote(name, version, registry.rule, tracking_uri, champion_metrics)
-    from mlflow import MlflowClient
-
-    tags = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).tags
-    record = json.loads(tags.get(DECISION_TAG, "{}"))
+    description = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).description
+    create_markdown_artifact(description, key="promotion", description="promotion gate decision")
     verdict = "champion" if decision.promote else "not promoted"
-    create_markdown_artifact(
-        f"**{name} v{version}: {verdict}** — {'; '.join(decision.reasons)}\n\n"
-        f"candidate metrics: `{json.dumps(record.get('candidate_metrics'))}`\n\n"
-        f"champion (v{record.get('champion_version')}) metrics on {record.get('champion_scored_on')}: "
-        f"`{json.dumps(record.get('champion_metrics'))}`\n",
-        key="promotion",
-        description="promotion gate decision",
-    )
     get_run_logger().info("%s version %s: %s (%s)", name, version, verdict, "; ".join(decision.reasons))
     return decision

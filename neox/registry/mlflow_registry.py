@@ -17,6 +17,7 @@ from neox.eval.record import find_eval_run, quoted, verified_eval_run
 from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.layout import MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
+from neox.registry.report import decision_markdown
 from neox.registry.rule import Decision, PromotionRule, decide
 
 CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
@@ -165,6 +166,7 @@ def promote(
         "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data",
     }
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(record, sort_keys=True)[:5000])
+    client.update_model_version(name, version, description=decision_markdown(name, version, record, rule))
     if decision.promote:
         if champion is not None:  # first, so a retry after a crash here still finds the old champion
             client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)

@@ -330,6 +330,10 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
     v1, v2 = (client.get_model_version("flow-tiny", v) for v in ("1", "2"))
     decision = json.loads(v2.tags["neox.promotion"])
     assert str(decision["champion_version"]) == "1" and decision["champion_scored_on"] == "the candidate's eval data"
+    assert v2.description.startswith("### flow-tiny version 2: ") and "| metric | this version | champion (v1) |" in (
+        v2.description
+    )
+    assert "No champion yet" in v1.description
     # the champion was scored again on the new held-out documents, not compared through its old numbers
     assert decision["champion_metrics"] != client.get_run(v1.run_id).data.metrics
     train_run = client.get_run(v2.tags["neox.train_run_id"])

@@ -75,3 +75,32 @@ def test_rule_from_a_config_section():
 def test_bad_rule_is_a_clear_error(section, message):
     with pytest.raises(ConfigError, match=message):
         promotion_rule(section)
+
+
+def test_the_decision_reads_as_markdown_with_the_rule_and_both_metric_sets():
+    from neox.registry.report import decision_markdown
+
+    record = {
+        "promoted": False,
+        "reasons": ["guard acc regressed by 0.06 (> 0.02)"],
+        "candidate_metrics": {"bpb": 2.0, "acc": 0.25},
+        "champion_version": "3",
+        "champion_metrics": {"bpb": 2.5, "acc": 0.31},
+        "champion_scored_on": "the candidate's eval data",
+    }
+    text = decision_markdown("tiny", "4", record, RULE)
+    assert text.startswith("### tiny version 4: not promoted\n\n- guard acc regressed by 0.06 (> 0.02)\n")
+    assert "**Rule**: `bpb`, lower is better, by more than 0.01." in text
+    assert "Guard: `acc` may not get worse by more than 0.02." in text
+    assert (
+        "| metric | this version | champion (v3) |\n|---|---|---|\n| `acc` | 0.25 | 0.31 |\n| `bpb` | 2 | 2.5 |" in text
+    )
+
+
+def test_a_first_version_is_said_to_have_no_champion_to_beat():
+    from neox.registry.report import decision_markdown
+
+    record = {"promoted": True, "reasons": ["first version meeting the floors"], "candidate_metrics": {"bpb": 3.0}}
+    text = decision_markdown("tiny", "1", record, RULE)
+    assert "now the champion" in text and "No champion yet" in text and "None" not in text
+    assert "| `bpb` | 3 |" in text
