@@ -20,11 +20,13 @@ from neox.errors import DataError, MissingInput, RunStateError
 from neox.eval.config import EvalConfig
 from neox.eval.run import CHECKPOINT_PATH_TAG, EVAL_METRICS_FILE, RESULTS_FILE, STAGE, eval_stage
 from neox.model.digest import checkpoint_digest
-from neox.pipeline.layout import WEIGHTS_FILE, run_of
+from neox.pipeline.layout import MLFLOW_RUN_FILE, WEIGHTS_FILE, run_of
 from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
+from neox.runtime.run_context import source_tags
 
 EVAL_KEY_TAG = "neox.eval_key"
 OUTPUT_TAG = "neox.eval_output"  # the output folder the run recorded
+TRAIN_RUN_TAG = "neox.train_run_id"  # the training run whose final weights were scored
 COMPLETE_TAG = "neox.eval_recorded"  # set last, once metrics, params and results are all logged
 CHECKPOINT_SHA_TAG = "neox.checkpoint_sha256"  # every file of the checkpoint and its export (checkpoint_digest)
 RECORDED_FILES = (MANIFEST, RESULTS_FILE, EVAL_METRICS_FILE)
@@ -119,6 +121,8 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
         experiment_id,
         run_name=f"eval {(run_of(checkpoint) or checkpoint).name}",
         tags={
+            **source_tags(),
+            **training_link(client, checkpoint, experiment_id),
             "neox.stage": STAGE,
             EVAL_KEY_TAG: manifest["key"],
             OUTPUT_TAG: str(output.resolve()),
@@ -138,6 +142,23 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
     client.set_tag(run.info.run_id, COMPLETE_TAG, "true")  # last: a record cut short is never trusted
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def training_link(client, checkpoint: Path, experiment_id: str) -> dict[str, str]:
+    """Tags tying an eval run to the training run whose final weights it scored: `neox.train_run_id`, and
+    `mlflow.parentRunId` (the eval shows nested under its training run) when both are in this experiment."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    run = run_of(checkpoint)
+    if run is None or not (run / MLFLOW_RUN_FILE).is_file():
+        return {}
+    train_run_id = (run / MLFLOW_RUN_FILE).read_text().strip()
+    try:
+        same_experiment = client.get_run(train_run_id).info.experiment_id == experiment_id
+    except MlflowException:  # logged to another tracking store
+        return {TRAIN_RUN_TAG: train_run_id}
+    return {TRAIN_RUN_TAG: train_run_id, **({MLFLOW_PARENT_RUN_ID: train_run_id} if same_experiment else {})}
 
 
 def verified_eval_run(

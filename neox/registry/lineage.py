@@ -4,26 +4,12 @@ checkpoint), the tokenized dataset and tokenizer, the dedup and download manifes
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, MLFLOW_RUN_FILE, TOKENIZER_FILE, newest_checkpoint, run_of
 from neox.pipeline.stage import MANIFEST, sha256_file
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from neox.runtime.run_context import git_commit
 
 
 def lineage_tags(checkpoint: Path, work_root: str | Path | None) -> dict[str, str]:

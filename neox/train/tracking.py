@@ -11,6 +11,7 @@ from typing import Any
 
 from neox.model.config import ModelConfig
 from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
+from neox.runtime.run_context import source_tags
 from neox.train.config import TrainConfig
 from neox.train.flops import flops_per_step, gpu_peak_tflops
 from neox.train.metrics_sender import MetricsSender
@@ -34,7 +35,7 @@ def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any
             pass
     experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={"neox.stage": "train"})
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={**source_tags(), "neox.stage": "train"})
     flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
     storage.write_text(run.info.run_id, MLFLOW_RUN_FILE)

@@ -171,6 +171,28 @@ def test_eval_is_logged_to_mlflow_with_the_hashes_of_what_it_wrote(trained_eval,
     assert run.data.tags[CHECKPOINT_SHA_TAG] == read_manifest(trained_eval)["inputs"]["checkpoint"]
 
 
+def test_eval_and_training_runs_say_who_ran_which_code_and_the_eval_is_nested_under_its_training_run(
+    trained_eval, straight, tracking
+):
+    from mlflow import MlflowClient
+
+    from neox.eval.record import find_eval_run, log_eval
+
+    train_run_id = (straight / "mlflow_run_id").read_text().strip()
+    elsewhere = find_eval_run(trained_eval, tracking)  # logged to another store than the training run's
+    assert elsewhere.data.tags["neox.train_run_id"] == train_run_id
+    assert "mlflow.parentRunId" not in elsewhere.data.tags
+
+    train_tracking = f"sqlite:///{straight.parent.parent / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=train_tracking)
+    nested = client.get_run(log_eval(trained_eval, train_tracking))
+    assert nested.data.tags["mlflow.parentRunId"] == train_run_id == nested.data.tags["neox.train_run_id"]
+    for run in (nested, client.get_run(train_run_id), elsewhere):
+        tags = run.data.tags
+        assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+        assert len(tags["mlflow.source.git.commit"]) == 40
+
+
 def untrained_checkpoint(directory: Path, straight: Path, seed: int) -> Path:
     from neox.model.checkpoint import load_model, save_model
     from neox.model.gpt_neox import initialized
