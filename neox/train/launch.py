@@ -12,7 +12,15 @@ from pathlib import Path
 
 from neox.data.tokenize import data_prefix, named_split_prefixes
 from neox.errors import RunStateError
-from neox.pipeline.layout import CONFIG_FILE, DATA_FILE, FINAL_MODEL, INDEX_CACHE_DIR, RUN_FILE, TOKENIZER_FILE
+from neox.pipeline.layout import (
+    CONFIG_FILE,
+    DATA_FILE,
+    FINAL_MODEL,
+    INDEX_CACHE_DIR,
+    RUN_FILE,
+    TOKENIZER_FILE,
+    TRAIN_METRICS_FILE,
+)
 from neox.pipeline.stage import MANIFEST, sha256_file
 from neox.runtime.ray_cluster import ensure_ray
 from neox.train.checkpointing import check_compatible, latest_state, newest_checkpoint_name
@@ -211,13 +219,17 @@ def launch(
     result = trainer.fit()
     from mlflow import MlflowClient
 
+    from neox.train.artifacts import log_training_artifacts
+    from neox.train.engine import deepspeed_config
+
     status = "FAILED" if result.error is not None else "FINISHED"
+    client, run_id = MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]), loop_config["mlflow_run_id"]
     try:
-        MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]).set_terminated(
-            loop_config["mlflow_run_id"], status
-        )
+        metrics = storage.read_text(TRAIN_METRICS_FILE)
+        log_training_artifacts(client, run_id, cfg, plan.model, deepspeed_config(cfg), metrics)
+        client.set_terminated(run_id, status)
     except Exception as err:  # the run's outcome is its files; MLflow being down must not turn it into a failure
-        print(f"MLflow: could not mark run {loop_config['mlflow_run_id']} {status} ({type(err).__name__})", flush=True)
+        print(f"MLflow: could not finish run {run_id} ({status}): {type(err).__name__}", flush=True)
     if result.error is not None:
         raise result.error
     return storage.uri

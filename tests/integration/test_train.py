@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
@@ -101,6 +102,13 @@ def test_zero1_trains_logs_to_mlflow_and_exports(straight):
     run = client.get_run(run_id)
     assert run.data.params["train.zero_stage"] == "1" and run.info.status == "FINISHED"
     assert {"train/tokens_per_s", "train/lr", "train/grad_norm", "valid/perplexity"} <= set(run.data.metrics)
+    artifacts = Path(client.download_artifacts(run_id, "", str(straight.parent.parent / "artifacts")))
+    assert (artifacts / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert (artifacts / "training.png").read_bytes().startswith(b"\x89PNG")
+    assert yaml.safe_load((artifacts / "config" / "train.yaml").read_text())["train_iters"] == STEPS
+    assert yaml.safe_load((artifacts / "config" / "model.yml").read_text())["num_layers"] == 2
+    assert json.loads((artifacts / "config" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 1
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["mlflow.user"]
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(straight / "final" / "hf")
