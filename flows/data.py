@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.naming import run_name
 from neox.data.prepare import DataConfig
 from neox.pipeline.config import load_pipeline_config
 from tasks.dedup import dedup
@@ -13,7 +14,7 @@ from tasks.tokenize import tokenize
 from tasks.tokenizer import train_tokenizer
 
 
-@flow(name="data_prep")
+@flow(name="data_prep", flow_run_name=run_name("data_prep"))
 def data_prep(config: str = "configs/pipeline/local.yaml", data: DataConfig | None = None) -> str:
     """`data`: a data section to run instead of the config's (the retrain flow's new shards)."""
     cfg = load_pipeline_config(config)

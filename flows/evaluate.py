@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.naming import run_name
 from neox.eval.config import eval_configs
 from neox.pipeline.config import load_pipeline_config
 from tasks.evaluate import evaluate, score_champion
 from tasks.register import promote_version, register_model
 
 
-@flow(name="evaluate_and_promote")
+@flow(name="evaluate_and_promote", flow_run_name=run_name("evaluate_and_promote"))
 def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
     cfg = load_pipeline_config(config)
     heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow
+from prefect import flow, tags
 
 from flows.data import data_prep
 from flows.evaluate import evaluate_and_promote
+from flows.naming import config_tags, run_name
 from flows.train import train
 from neox.pipeline.check import check_pipeline_config
 from neox.pipeline.layout import final_model
 
 
-@flow(name="pretrain")
+@flow(name="pretrain", flow_run_name=run_name("pretrain"))
 def pretrain(config: str = "configs/pipeline/local.yaml") -> dict:
     check_pipeline_config(config)
     timings = {}
@@ -42,7 +43,8 @@ def main() -> None:
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()
-    result = pretrain(config)
+    with tags(*config_tags(config)):
+        result = pretrain(config)
     if not print_summary(load_pipeline_config(config), result, time.perf_counter() - started):
         sys.exit("the Hugging Face export check failed")
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 
 from flows.data import data_prep
 from flows.evaluate import evaluate_and_promote
+from flows.naming import config_tags, run_name
 from flows.train import train
 from neox.pipeline.check import check_pipeline_config
 from neox.pipeline.layout import final_model
@@ -22,7 +23,7 @@ from neox.pipeline.retrain import RetrainConfig, retrain_overrides
 from tasks.retrain import plan_retrain
 
 
-@flow(name="retrain")
+@flow(name="retrain", flow_run_name=run_name("retrain"))
 def retrain(config: str = "configs/pipeline/local.yaml") -> dict:
     cfg = check_pipeline_config(config)
     plan = cfg.retrain or RetrainConfig()
@@ -58,7 +59,8 @@ def main() -> None:
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()
-    result = retrain(config)
+    with tags(*config_tags(config)):
+        result = retrain(config)
     if "skipped" in result:
         print(f"\n== neox-pipeline: retrain skipped ({result['skipped']})")
         return

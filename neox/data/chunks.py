@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
-from tqdm import tqdm
 
 from neox.data.jsonl import Document, Rejects, decompressed_blocks, parse_line, split_lines
+from neox.runtime.progress import progress
 
 DEFAULT_CHUNK_MB = 256
 
@@ -154,7 +154,7 @@ def map_chunks(
     planned: collections.deque[Chunk] = collections.deque()  # waiting for a free worker
     running: dict[Any, Chunk] = {}
     results: dict[str, tuple[Chunk, Any]] = {}
-    with tqdm(total=0, desc=desc, unit="chunk") as bar:
+    with progress(total=0, desc=desc, unit="chunk") as bar:
         while to_plan or planning or planned or running:
             while len(planning) + len(running) < limit and (planned or to_plan):
                 if planned:

@@ -23,13 +23,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from neox.data.splits import SPLITS, write_splits
 from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
 from neox.pipeline.stage import StageResult, StageRun, run_stage, sha256_file, stage_key
+from neox.runtime.progress import progress
 from neox.runtime.retry import Clock, GaveUp, Retry, attempts, call
 
 STAGE = "download"
@@ -183,7 +182,7 @@ def download_sources(
             (scratch / sub).mkdir(parents=True, exist_ok=True)
         known = KnownChecksums(area / "known_sha256.json")
         total = sum(s.size for s in sources) if all(s.size for s in sources) else None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
+        with progress(total=total, unit="B", unit_scale=True, desc=f"download {len(sources)} files") as bar:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 files = list(pool.map(lambda s: download_one(s, scratch, known, retry, bar.update), sources))
         for source, (file, sha256) in zip(sources, files, strict=True):

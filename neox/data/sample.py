@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from neox.data.jsonl import write_shard
 from neox.errors import ConfigError
 from neox.pipeline.atomic import make_folder
+from neox.runtime.progress import progress
 
 
 def stdlib_documents() -> Iterator[dict[str, Any]]:
@@ -47,7 +46,7 @@ def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> 
     documents = list(stdlib_documents()) + list(pydoc_documents())
     random.Random(seed).shuffle(documents)
     paths = []
-    for i in tqdm(range(shards), desc="sample corpus", unit="shard"):
+    for i in progress(range(shards), desc="sample corpus", unit="shard"):
         path = out_dir / f"{i:02d}.jsonl.zst"
         write_shard(path, documents[i::shards])
         paths.append(path)

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from tqdm import tqdm
 
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
 from neox.model.checkpoint import load_model, parse_dtype, tokenizer_path
 from neox.model.generate import SamplingConfig, generate
+from neox.runtime.progress import progress
 
 
 @register_model("neox")
@@ -62,7 +62,7 @@ class NeoxLM(TemplateLM):
         """(log P(continuation | context), whether greedy decoding yields the continuation) per request."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
-        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="neox loglikelihood")
+        bar = progress(total=len(requests), disable=disable_tqdm, desc="neox loglikelihood")
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1) :][:-1] for i in chunk]
@@ -80,8 +80,8 @@ class NeoxLM(TemplateLM):
                 results[i] = answer
                 if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-            progress.update(len(chunk))
-        progress.close()
+            bar.update(len(chunk))
+        bar.close()
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -120,7 +120,7 @@ class NeoxLM(TemplateLM):
             prepared.append((prompt, until, new_tokens, temperature))
         results: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: (-len(prepared[i][0]), prepared[i][2:]))
-        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="neox generate_until")
+        bar = progress(total=len(requests), disable=disable_tqdm, desc="neox generate_until")
         while order:
             first = prepared[order[0]]
             same = [i for i in order if len(prepared[i][0]) == len(first[0]) and prepared[i][2:] == first[2:]]
@@ -139,6 +139,6 @@ class NeoxLM(TemplateLM):
                     text = text.split(stop)[0] if stop else text
                 results[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
-            progress.update(len(chunk))
-        progress.close()
+            bar.update(len(chunk))
+        bar.close()
         return results

@@ -22,8 +22,8 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
     tokenize_manifest = read_manifest(tokenized)
     # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
     dedup_stats = read_manifest(stage_output(cfg.work_root, "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
-    curve = (run_dir / TRAIN_METRICS_FILE).read_text().splitlines()
-    first, last = json.loads(curve[0]), json.loads(curve[-1])
+    logged = logged_losses((run_dir / TRAIN_METRICS_FILE).read_text(), cfg.train.log_interval)
+    (first_step, first_loss), (last_step, last_loss) = logged[0], logged[-1]
     print(f"\n== neox-pipeline: {title}")
     if result.get("continued_from"):
         print(f"   continued from champion version {result['continued_from']}")
@@ -36,17 +36,14 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
         f"vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}"
     )
     print(
-        f"   training: loss {first['loss']:.3f} at step {first['step']} -> "
-        f"{last['loss']:.3f} at step {last['step']} ({run_dir})"
+        f"   training: loss {first_loss:.3f} at step {first_step} -> {last_loss:.3f} at step {last_step}, "
+        f"each the mean since the previous log line, as MLflow's train/loss ({run_dir})"
     )
-    ok = check_export(run_dir)
+    ok, parameters = check_export(run_dir)
+    metrics = json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())
     print("   lm-eval:")
-    print(
-        "\n".join(
-            "     " + line
-            for line in metrics_table(json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())).splitlines()
-        )
-    )
+    print("\n".join("     " + line for line in metrics_table(metrics).splitlines()))
+    print(reading(metrics, parameters, last_step, tokenize_manifest["stats"]["tokens"]))
     name = cfg.registry.name
     verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
     print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
@@ -63,7 +60,32 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
     return ok
 
 
-def check_export(run_dir: Path) -> bool:
+def logged_losses(metrics_jsonl: str, log_interval: int) -> list[tuple[int, float]]:
+    """(step, mean loss) as training logs them (`neox.train.tracking.Tracker`): the mean over the steps since the
+    previous log line, every log_interval steps and at the last step."""
+    records = [json.loads(line) for line in metrics_jsonl.splitlines()]
+    logged, window = [], []
+    for i, record in enumerate(records):
+        window.append(record["loss"])
+        if record["step"] % log_interval == 0 or i == len(records) - 1:
+            logged.append((record["step"], sum(window) / len(window)))
+            window = []
+    return logged
+
+
+def reading(metrics: dict[str, float], parameters: int, steps: int, tokens: int) -> str:
+    """One line on what the scores mean for a model of this size and training."""
+    line = f"   reading: a {parameters / 1e6:.1f}M-parameter model after {steps} steps over a {tokens:,}-token corpus."
+    bpb = metrics.get("neox_heldout/bits_per_byte")
+    if bpb is not None:
+        line += f" {bpb:.2f} bits per byte on held-out text: 8 is random bytes; large trained models score under 1."
+    if "neox_lastword/acc" in metrics:
+        line += " Guessing the last word takes far more training: an accuracy near 0 is expected here."
+    return line
+
+
+def check_export(run_dir: Path) -> tuple[bool, int]:
+    """Whether transformers loads the export and computes our logits; and the model's parameter count."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -81,4 +103,4 @@ def check_export(run_dir: Path) -> bool:
     )
     print(f"   Hugging Face export: max |logit difference| vs ours {diff:.2e}")
     print(f"   sample: {tok.decode(sample[0].tolist())!r}")
-    return diff <= 1e-4
+    return diff <= 1e-4, sum(p.numel() for p in ours.parameters())

@@ -3,11 +3,15 @@ instance sized to the cores we may use. Data stages and training both go through
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, NoReturn
 
 import ray
-from tqdm import tqdm
+
+from neox.runtime.progress import progress
+
+PLACEMENT_GROUP_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -18,7 +22,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, configure_logging=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            configure_logging=False,
+            runtime_env={"worker_process_setup_hook": "neox.runtime.ray_cluster.quiet_without_dashboard"},
+        )
+
+
+def quiet_without_dashboard() -> None:
+    """Run in each worker of a local Ray, which has no dashboard and so no State API: Ray Train's placement-group
+    cleaner asks the State API every second whether the controller lives and warns each time it cannot (it
+    cannot clean up here either way)."""
+    logging.getLogger(PLACEMENT_GROUP_CLEANER).setLevel(logging.ERROR)
 
 
 def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, unit: str) -> list[Any]:
@@ -29,7 +45,7 @@ def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, 
     results: dict[int, Any] = {}
     pending: dict[Any, int] = {}
     queue = list(enumerate(calls))
-    with tqdm(total=len(calls), desc=desc, unit=unit) as bar:
+    with progress(total=len(calls), desc=desc, unit=unit) as bar:
         while queue or pending:
             while queue and len(pending) < limit:
                 i, (fn, args) = queue.pop(0)

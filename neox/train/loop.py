@@ -22,7 +22,7 @@ from neox.train.config import TrainConfig
 from neox.train.engine import build_engine, effective_zero_stage, loss_scale
 from neox.train.parallel import ModelParallel
 from neox.train.pipeline import next_token_loss
-from neox.train.tracking import Tracker
+from neox.train.tracking import Tracker, node_monitor, stop_monitor
 
 FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure
 
@@ -70,6 +70,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     train_set, valid_set = datasets["train"], datasets.get("valid")
     tracker = Tracker(config, cfg, mcfg, world, start_step) if rank == 0 else None
+    monitor = node_monitor(config, ctx.get_node_rank(), ctx.get_local_rank())
 
     def batch(dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.from_numpy(np.stack([dataset[int(i) % len(dataset)] for i in indices])).to(device)
@@ -128,5 +129,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
         export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)
     finally:  # after the export (the other ranks wait for rank 0 there), and also when a step fails
+        stop_monitor(monitor)
         if tracker is not None:
             tracker.close()

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from neox.model.config import ModelConfig
 from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
+from neox.pipeline.stage import read_manifest
 from neox.runtime.run_context import source_tags
 from neox.train.config import TrainConfig
 from neox.train.flops import flops_per_step, gpu_peak_tflops
@@ -38,8 +41,30 @@ def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any
     run = client.create_run(experiment_id, run_name=cfg.name, tags={**source_tags(), "neox.stage": "train"})
     flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
+    client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg))
     storage.write_text(run.info.run_id, MLFLOW_RUN_FILE)
     return run.info.run_id
+
+
+def dataset_inputs(cfg: TrainConfig) -> list:
+    """The tokenized datasets the run reads, as MLflow dataset inputs (the run page's "Datasets used"): named and
+    digested by their tokenize stage key, the folder as source, documents, tokens and blend weight as profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for path, weight in zip(cfg.datasets, cfg.weights, strict=True):
+        manifest = read_manifest(path)
+        stats = manifest["stats"]
+        profile = {"documents": stats.get("documents"), "tokens": stats.get("tokens"), "weight": weight}
+        dataset = Dataset(
+            name=f"tokenize/{manifest['key']}",
+            digest=manifest["key"],
+            source_type="local",
+            source=json.dumps({"uri": str(Path(path).resolve())}),
+            profile=json.dumps(profile),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")]))
+    return inputs
 
 
 def logged_step(line: str) -> float:
@@ -131,3 +156,28 @@ class Tracker:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def node_monitor(config: dict[str, Any], node_rank: int, local_rank: int):
+    """MLflow's system metrics (CPU, memory, disk, network, and GPUs through nvidia-ml-py) from the node this
+    worker runs on, as system/node_<N>/...: one monitor per node (its local rank 0), where the training runs rather
+    than on the driver, which on a cluster is a head node without a GPU. MLflow's sampling interval (10 s;
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL in train.env) applies."""
+    if local_rank != 0:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        config["mlflow_run_id"], node_id=f"node_{node_rank}", tracking_uri=config["mlflow_tracking_uri"]
+    )
+    monitor.start()
+    return monitor
+
+
+def stop_monitor(monitor, wait_s: float = 30.0) -> None:
+    """Stop a node monitor and flush its last samples, waiting `wait_s` at most: its thread may be inside MLflow's
+    own HTTP retries when the server is down, and training must not wait for that."""
+    if monitor is not None:
+        stopping = threading.Thread(target=monitor.finish, daemon=True)
+        stopping.start()
+        stopping.join(wait_s)

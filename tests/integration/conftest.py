@@ -87,7 +87,7 @@ def straight(tmp_path_factory, tokenized) -> Path:
     """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
     directory = tmp_path_factory.mktemp("straight")
     config = write_config(directory, tokenized)
-    out = finish(launch(config))
+    out = finish(launch(config, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}))  # samples in a short run
     assert str(run_folder(config)) in out.splitlines()  # neox train prints the run's folder
     return run_folder(config)
 

@@ -88,8 +88,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "model" / "model.safetensors")
 
 
-def test_zero1_trains_logs_to_mlflow_and_exports(straight):
+def test_zero1_trains_logs_to_mlflow_and_exports(straight, tokenized):
     from mlflow import MlflowClient
+
+    from neox.pipeline.summary import logged_losses
 
     curve = losses(straight)
     assert sorted(curve) == list(range(1, STEPS + 1))
@@ -98,6 +100,8 @@ def test_zero1_trains_logs_to_mlflow_and_exports(straight):
     client = MlflowClient(tracking_uri=f"sqlite:///{straight.parent.parent / 'mlflow.db'}")
     history = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [5, 10, 15, 20, 25, 30]
+    summarised = logged_losses((straight / "metrics.jsonl").read_text(), log_interval=5)  # the demo's summary
+    assert summarised == [(m.step, pytest.approx(m.value)) for m in history]
     assert [m.step for m in client.get_metric_history(run_id, "valid/loss")] == [10, 20, 30]
     run = client.get_run(run_id)
     assert run.data.params["train.zero_stage"] == "1" and run.info.status == "FINISHED"
@@ -109,6 +113,14 @@ def test_zero1_trains_logs_to_mlflow_and_exports(straight):
     assert yaml.safe_load((artifacts / "config" / "model.yml").read_text())["num_layers"] == 2
     assert json.loads((artifacts / "config" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 1
     assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["mlflow.user"]
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.digest == json.loads((tokenized / "manifest.json").read_text())["key"]
+    assert json.loads(used.dataset.source)["uri"] == str(tokenized.resolve())
+    assert json.loads(used.dataset.profile)["tokens"] > 0 and used.tags[0].value == "training"
+    # system metrics from the node the workers ran on (one monitor per node), not from the driver
+    assert {"system/node_0/cpu_utilization_percentage", "system/node_0/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(straight / "final" / "hf")
