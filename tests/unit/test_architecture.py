@@ -30,7 +30,7 @@ ALLOWED = {
     "neox.data": (*CONTRACT, "neox.runtime", "neox.data"),
     "neox.train": (*CONTRACT, "neox.runtime", "neox.model", "neox.data", "neox.train"),
     "neox.eval": (*CONTRACT, "neox.runtime", "neox.model", "neox.data", "neox.eval"),
-    "neox.registry": (*CONTRACT, "neox.model", "neox.data", "neox.eval", "neox.registry"),
+    "neox.registry": (*CONTRACT, "neox.runtime", "neox.model", "neox.data", "neox.eval", "neox.registry"),
     "neox.pipeline": ("neox",),
     "neox.cli": ("neox",),
     "tasks": ("neox", "tasks"),
