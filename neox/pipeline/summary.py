@@ -88,6 +88,9 @@ def check_export(run_dir: Path) -> tuple[bool, int]:
     """Whether transformers loads the export and computes our logits; and the model's parameter count."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar for loading 28 tensors, in the middle of the summary
 
     from neox.model.checkpoint import load_model
     from neox.model.generate import SamplingConfig, generate

@@ -12,10 +12,23 @@ from typing import Any
 
 import mlflow
 
-with warnings.catch_warnings():
-    # MLflow asks for type hints on `predict`; with them, logging a model runs `predict` on the input example to
-    # infer the output, which would load the weights (41 GB for GPT-NeoX-20B) on the head node at registration
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+ADVICE = "Add type hints to the `predict` method"
+
+
+def without_type_hint_advice(show):
+    """MLflow asks for type hints on `predict` when a PythonModel class is defined; with them, logging a model runs
+    `predict` on the input example, which would load the weights (41 GB for GPT-NeoX-20B) where registering runs.
+    Its own decorator forces that warning on ("once"), so a filter cannot drop it: this drops it where it shows."""
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if ADVICE not in str(message):
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
+warnings.showwarning, _show = without_type_hint_advice(warnings.showwarning), warnings.showwarning
+try:
 
     class TextGenerator(mlflow.pyfunc.PythonModel):
         """A list of prompts in, their greedy continuations out (params: max_new_tokens)."""
@@ -45,5 +58,6 @@ with warnings.catch_warnings():
                 out.append(self.tokenizer.decode(tokens[0, len(ids) :].tolist()))
             return out
 
-
-mlflow.models.set_model(TextGenerator())
+    mlflow.models.set_model(TextGenerator())
+finally:
+    warnings.showwarning = _show

@@ -18,7 +18,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Initialise Ray once per process; later calls reuse the connection (a process joins one cluster)."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_cluster_address(address)
     if address:
         ray.init(address=address, configure_logging=False)
     else:
@@ -28,6 +28,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             configure_logging=False,
             runtime_env={"worker_process_setup_hook": "neox.runtime.ray_cluster.quiet_without_dashboard"},
         )
+
+
+def ray_cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join (`address`, else RAY_ADDRESS), or None for a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def quiet_without_dashboard() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from neox.data.tokenize import data_prefix, named_split_prefixes
@@ -22,7 +23,7 @@ from neox.pipeline.layout import (
     TRAIN_METRICS_FILE,
 )
 from neox.pipeline.stage import MANIFEST, sha256_file
-from neox.runtime.ray_cluster import ensure_ray
+from neox.runtime.ray_cluster import ensure_ray, ray_cluster_address
 from neox.train.checkpointing import check_compatible, latest_state, newest_checkpoint_name
 from neox.train.config import TrainConfig
 from neox.train.identity import differences
@@ -50,15 +51,24 @@ def train(cfg: TrainConfig, resume: bool = False, allow_new_data: bool = False) 
     return launch(plan, initial_checkpoint=start, allow_new_data=True)
 
 
-def train_or_resume(cfg: TrainConfig) -> tuple[str, str]:
+def train_or_resume(cfg: TrainConfig, plan: RunPlan | None = None) -> tuple[str, str]:
     """What a pipeline rerun wants: (run location, what happened). A finished run of this key is reused, a
-    stopped one resumes from its latest checkpoint, anything else starts fresh."""
-    plan = plan_run(cfg)
+    stopped one resumes from its latest checkpoint, anything else starts fresh. `plan`: `plan_run(cfg)`, when the
+    caller made it already (to watch the run's folder)."""
+    plan = plan or plan_run(cfg)
     if latest_state(plan.storage) is None:
         return launch(plan), "trained"
     if finished(plan):
         return plan.storage.uri, "reused"
     return launch(plan, resume=True), "resumed"
+
+
+def worker_env(cfg: TrainConfig) -> dict[str, str]:
+    """The environment of every training worker: `train.env`, over our quiet defaults. Ray Train's print patch
+    sends each print to its logger as well as to stdout (every metrics line reached the console twice); DeepSpeed
+    warns that it falls back to the CPU unless told it is meant to."""
+    quiet = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **({} if cfg.use_gpu else {"DS_ACCELERATOR": "cpu"})}
+    return {**quiet, **cfg.env}
 
 
 def finished(plan: RunPlan) -> bool:
@@ -155,7 +165,7 @@ def data_fingerprint(cfg: TrainConfig) -> str:
 def launch(
     plan: RunPlan, resume: bool = False, initial_checkpoint: str | None = None, allow_new_data: bool = False
 ) -> str:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg, storage = plan.cfg, plan.storage
@@ -201,6 +211,9 @@ def launch(
     )
     print(f"training run {plan.key} ({cfg.name}) in {storage.uri}", flush=True)
     ensure_ray(cfg.ray_address)
+    if not ray_cluster_address(cfg.ray_address):
+        # Ray Train's preemption watcher is for cloud instances; creating it on a local Ray only logs a core error
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -213,7 +226,8 @@ def launch(
             storage_filesystem=storage.filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
-            worker_runtime_env={"env_vars": cfg.env},  # set before the worker process starts, so NCCL sees it
+            worker_runtime_env={"env_vars": worker_env(cfg)},  # set before a worker starts, so NCCL sees it
+            logging_config=LoggingConfig(log_level="WARNING"),  # not each checkpoint and report, twice per worker
         ),
     )
     result = trainer.fit()

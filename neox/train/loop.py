@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,9 @@ def sample_indices(step: int, micro: int, data_rank: int, cfg: TrainConfig) -> n
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
+
+    # DeepSpeed's ZeRO gathers with a torch collective torch now calls deprecated: nothing for us (or users) to change
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
 
     cfg = TrainConfig(
         **{**config["train"], "model": tuple(config["train"]["model"]), "betas": tuple(config["train"]["betas"])}

@@ -4,6 +4,7 @@ on resume) and rank 0's per-step metrics (metrics.jsonl in the run folder, the c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import threading
@@ -167,6 +168,7 @@ def node_monitor(config: dict[str, Any], node_rank: int, local_rank: int):
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not its start, stop and GPU-less notes
     monitor = SystemMetricsMonitor(
         config["mlflow_run_id"], node_id=f"node_{node_rank}", tracking_uri=config["mlflow_tracking_uri"]
     )
