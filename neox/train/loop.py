@@ -7,6 +7,7 @@ needs no loader state to read exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -43,9 +44,13 @@ def sample_indices(step: int, micro: int, data_rank: int, cfg: TrainConfig) -> n
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
+    from ray.train.v2._internal.execution import context as train_context
 
     # DeepSpeed's ZeRO gathers with a torch collective torch now calls deprecated: nothing for us (or users) to change
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
+    # Ray Train notes each checkpoint report through a logger named by its file's path, which its LoggingConfig
+    # level (WARNING, set by launch) does not reach
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
     cfg = TrainConfig(
         **{**config["train"], "model": tuple(config["train"]["model"]), "betas": tuple(config["train"]["betas"])}

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,30 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
         assert not re.search(rf"Task run '{task}-\w+' - Finished in state Cached\(", uninterrupted), task
     assert "train: reused" in again and "flow-tiny version 1 is `champion` (already champion)" in again
     assert files_state(work) == before  # same files, same bytes, same mtimes
+
+
+def test_the_console_says_each_thing_once_without_warnings_and_prefect_shows_training_progress(setting, uninterrupted):
+    lines = [line.strip() for line in uninterrupted.splitlines() if line.strip()]
+    assert not {line: n for line, n in Counter(lines).items() if n > 2}
+    assert "Failed to query Ray Train Controller" not in uninterrupted  # Ray's State API noise, ~50 lines before
+    assert not re.search(r"Warning\b|\[WARNING\]|WARNING mlflow|core_worker\.cc", uninterrupted)
+    # every training line once (Ray Train's print patch printed each twice), all before the summary
+    steps = [line for line in lines if re.search(r"step +\d+ train/loss=", line)]
+    assert len(steps) == len(set(steps)) == 4  # 20 steps, logged every 5
+    assert uninterrupted.rindex("train/loss=") < uninterrupted.index("== neox-pipeline: pretrain")
+    assert re.search(r"training: loss [\d.]+ at step 5 -> [\d.]+ at step 20, each the mean", uninterrupted)
+    assert re.search(r"reading: a [\d.]+M-parameter model after 20 steps .* bits per byte on held-out", uninterrupted)
+
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    shown = subprocess.run(
+        [prefect, "artifact", "inspect", "train-progress"],
+        cwd=REPO,
+        env=setting["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 0 and "100.0" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_failed_training_stage_resumes_on_rerun_and_ends_like_an_uninterrupted_run(setting, uninterrupted):
