@@ -27,8 +27,10 @@ def promote_version(
 ) -> Decision:
     name = registry.name
     decision = promote(name, version, registry.rule, tracking_uri, champion_metrics)
-    description = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).description
-    create_markdown_artifact(description, key="promotion", description="promotion gate decision")
     verdict = "champion" if decision.promote else "not promoted"
+    # the decision as promote wrote it on the version; a version promoted before it wrote one has only the verdict
+    description = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).description
+    markdown = description or f"### {name} version {version}: {verdict}\n\n- " + "\n- ".join(decision.reasons)
+    create_markdown_artifact(markdown, key="promotion", description="promotion gate decision")
     get_run_logger().info("%s version %s: %s (%s)", name, version, verdict, "; ".join(decision.reasons))
     return decision
