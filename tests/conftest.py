@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,15 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+@pytest.fixture(autouse=True)
+def tracking_store_of_its_own():
+    """`mlflow.set_tracking_uri` (some tests load models by `models:/` URI) also sets MLFLOW_TRACKING_URI, which
+    every neox command reads before its config: one test's store (or the developer's) must not become a test's."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

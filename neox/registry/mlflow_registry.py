@@ -52,12 +52,31 @@ def register(
         if hf_export_of(copy).exists():
             artifacts["hf"] = str(hf_export_of(copy))
         model_id = log_text_generator(client, run, artifacts)
-    mlflow.set_tracking_uri(tracking_uri)  # register_model has no tracking_uri of its own
-    # register_model, not the client's create_model_version: it also links the logged model to its versions
-    version = mlflow.register_model(
-        f"models:/{model_id}", name, tags={**lineage_tags(checkpoint, work_root), **(tags or {})}
-    ).version
-    return str(version)  # MLflow gives an int from a SQL store, a string over REST
+    if not _exists(client, name):
+        client.create_registered_model(name)
+    version = str(  # MLflow gives an int from a SQL store, a string over REST
+        client.create_model_version(
+            name,
+            f"models:/{model_id}",
+            run_id=run.info.run_id,
+            model_id=model_id,
+            tags={**lineage_tags(checkpoint, work_root), **(tags or {})},
+        ).version
+    )
+    link_versions(client, model_id, name, version)
+    return version
+
+
+def link_versions(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Tag the logged model with the version registered from it, as `mlflow.register_model` does, so its page
+    lists it. Not register_model itself: it works on the global tracking URI, and setting that also sets
+    MLFLOW_TRACKING_URI for the rest of the process, which our commands read before their config."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    linked = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if {"name": name, "version": version} not in linked:
+        linked.append({"name": name, "version": version})
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
 
 
 def log_text_generator(client: MlflowClient, run, artifacts: dict[str, str]) -> str:
