@@ -57,7 +57,9 @@ def register(
     version = str(  # MLflow gives an int from a SQL store, a string over REST
         client.create_model_version(
             name,
-            f"models:/{model_id}",
+            # where the logged model's files are: a `models:/` URI would be resolved by MLflow's SQL store through
+            # the global tracking URI, whatever this client's
+            client.get_logged_model(model_id).artifact_location,
             run_id=run.info.run_id,
             model_id=model_id,
             tags={**lineage_tags(checkpoint, work_root), **(tags or {})},

@@ -257,7 +257,8 @@ def test_registration_promotion_and_loading_the_champion(work, eval_data, straig
     logged = Path(mlflow.artifacts.download_artifacts(f"models:/tiny@{CHAMPION}"))
     assert (logged / "input_example.json").is_file()
     assert not list(logged.rglob("*.pkl"))  # a model from code: loading it unpickles nothing
-    model_id = client.get_model_version("tiny", trained).source.removeprefix("models:/")
+    (logged_model,) = client.get_run(client.get_model_version("tiny", trained).run_id).outputs.model_outputs
+    model_id = logged_model.model_id
     linked = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])  # the UI's "Registered"
     assert {"name": "tiny", "version": trained} in [{**v, "version": str(v["version"])} for v in linked]
     champion = mlflow.pyfunc.load_model(f"models:/tiny@{CHAMPION}")
