@@ -11,7 +11,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -245,6 +248,20 @@ def test_a_new_dedup_threshold_redoes_dedup_and_everything_after_it_only(setting
     assert rows["straight"][5] == str(first_run / "final" / "model") and rows["tiny-local"][2] == "legacy"
 
 
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint on loopback: keeps the bodies POSTed to it."""
+
+    bodies: list[str] = []
+
+    def do_POST(self):
+        Receiver.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(setting, uninterrupted):
     """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port, a
     process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
@@ -309,6 +326,35 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         assert (deployed / "final" / "model" / "model.safetensors").read_bytes() == (
             straight / "final" / "model" / "model.safetensors"
         ).read_bytes()
+
+        # the failure notification: flows.notify's automation POSTs to a webhook when a flow run fails
+        hook = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=hook.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        notify = subprocess.run(
+            [sys.executable, "-m", "flows.notify", url], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert notify.returncode == 0, notify.stderr[-2000:]
+        missing = json.dumps({"config": str(setting["root"] / "missing.yaml")})
+        run = [
+            prefect,
+            "deployment",
+            "run",
+            "pretrain/pretrain",
+            "--params",
+            missing,
+            "--watch",
+            "--watch-timeout",
+            "300",
+        ]
+        failed = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert "Failed" in failed.stdout + failed.stderr
+        deadline = time.monotonic() + 90
+        while not Receiver.bodies and time.monotonic() < deadline:
+            time.sleep(1)
+        (body,) = Receiver.bodies
+        assert "neox-pipeline: flow run pretrain" in body and "of pretrain failed" in body
+        hook.shutdown()
     finally:
         for process in processes:  # the server and the worker with everything they started, nothing else
             os.killpg(process.pid, signal.SIGKILL)
