@@ -18,8 +18,8 @@ from tasks.tokenizer import train_tokenizer
 def data_prep(config: str = "configs/pipeline/local.yaml", data: DataConfig | None = None) -> str:
     """`data`: a data section to run instead of the config's (the retrain flow's new shards)."""
     cfg = load_pipeline_config(config)
-    data, work_root = data or cfg.data, cfg.work_root
-    downloaded = download(data, work_root).result()
-    deduped = dedup(downloaded, data, work_root).result()
-    tokenizer = train_tokenizer(deduped, data, work_root).result()
-    return tokenize(deduped, tokenizer, data, work_root).result()
+    data, work_root, hours = data or cfg.data, cfg.work_root, cfg.timeouts
+    downloaded = download(data, work_root, hours.download_hours).result()
+    deduped = dedup(downloaded, data, work_root, hours.dedup_hours).result()
+    tokenizer = train_tokenizer(deduped, data, work_root, hours.tokenizer_hours).result()
+    return tokenize(deduped, tokenizer, data, work_root, hours.tokenize_hours).result()

@@ -16,10 +16,10 @@ from tasks.register import promote_version, register_model
 def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
     cfg = load_pipeline_config(config)
     heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)
-    tracking, registry = cfg.train.tracking_uri, cfg.registry
-    experiment = cfg.train.mlflow_experiment
-    evaluated = evaluate(checkpoint, tokenized, heldout, evaluation, cfg.work_root, tracking, experiment).result()
-    version = register_model(evaluated, registry, tracking, cfg.work_root, experiment)
-    champion = score_champion(version, tokenized, heldout, evaluation, cfg.work_root, registry, tracking, experiment)
+    tracking, registry, work_root = cfg.train.tracking_uri, cfg.registry, cfg.work_root
+    experiment, hours = cfg.train.mlflow_experiment, cfg.timeouts.evaluate_hours
+    evaluated = evaluate(checkpoint, tokenized, heldout, evaluation, work_root, tracking, experiment, hours).result()
+    version = register_model(evaluated, registry, tracking, work_root, experiment)
+    champion = score_champion(version, tokenized, heldout, evaluation, work_root, registry, tracking, experiment, hours)
     decision = promote_version(version, registry, tracking, champion)
     return {"eval": evaluated, "version": version, "promoted": decision.promote, "reasons": list(decision.reasons)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.naming import run_name
+from neox.pipeline.config import load_pipeline_config
 from neox.train.config import load_train_config
 from tasks.train import train as train_task
 
@@ -12,4 +13,5 @@ from tasks.train import train as train_task
 @flow(name="train", flow_run_name=run_name("train"))
 def train(config: str, tokenized: str, overrides: dict | None = None) -> str:
     """`overrides`: train-section keys replaced for this run (the retrain flow's name, init_from, schedule)."""
-    return train_task(load_train_config(config, overrides), tokenized)
+    hours = load_pipeline_config(config).timeouts.train_hours
+    return train_task(load_train_config(config, overrides), tokenized, hours)

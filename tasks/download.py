@@ -7,10 +7,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from neox.data.prepare import DataConfig, download_stage
+from tasks.deadline import within
 from tasks.report import STAGE_TASK, stage_state
 
 
 # no Prefect retries: the stage retries transient faults itself, resuming each file (neox.runtime.retry)
 @task(name="download", cache_policy=NO_CACHE, **STAGE_TASK)
-def download(data: DataConfig, work_root: str) -> State:
-    return stage_state("download", download_stage(data, work_root))
+def download(data: DataConfig, work_root: str, hours: float) -> State:
+    return stage_state("download", within("download", hours, lambda: download_stage(data, work_root)))

@@ -18,6 +18,7 @@ from neox.pipeline.layout import WEIGHTS_FILE
 from neox.pipeline.stage import StageResult
 from neox.registry.mlflow_registry import champion_version
 from neox.registry.rule import RegistryConfig
+from tasks.deadline import within
 from tasks.report import STAGE_TASK, stage_state
 
 
@@ -44,8 +45,13 @@ def evaluate(
     work_root: str,
     tracking_uri: str,
     experiment: str,
+    hours: float,
 ) -> State:
-    result, run_id = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment)
+    result, run_id = within(
+        "evaluate",
+        hours,
+        lambda: eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment),
+    )
     metrics = json.loads((result.path / EVAL_METRICS_FILE).read_text())
     return stage_state("eval", result, {"mlflow_run_id": run_id, **metrics})
 
@@ -60,6 +66,7 @@ def score_champion(
     registry: RegistryConfig,
     tracking_uri: str,
     experiment: str,
+    hours: float,
 ) -> dict[str, float] | None:
     """The current champion scored on the candidate's held-out data, so the gate compares like with like when
     the candidate was trained on other data (a retrain, a new dedup threshold). The eval stage is
@@ -75,7 +82,11 @@ def score_champion(
             "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint
         )
         return None
-    result, _ = eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment)
+    result, _ = within(
+        "evaluate",
+        hours,
+        lambda: eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment),
+    )
     metrics = verified_eval_run(result.path, tracking_uri, experiment).data.metrics
     get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
     return metrics

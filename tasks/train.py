@@ -1,19 +1,23 @@
 """Prefect task: training. Not retried by Prefect: a rerun of the flow resumes the run from its latest
 checkpoint (and Ray Train itself replaces failed workers within `max_failures`).
 
-While it trains, a thread here keeps a progress artifact at the share of the steps done, read from the run's
-metrics.jsonl: the library writes that file and knows nothing of Prefect."""
+While it trains, a thread here keeps a progress artifact at the share of the steps done, read from the tail of
+the run's metrics.jsonl: the library writes that file and knows nothing of Prefect. When it ends, the loss curve
+becomes an image artifact (the PNG inline as a data URL, so it shows without access to MLflow's store)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
-import json
+import io
+import math
 import threading
 
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import (
+    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
@@ -22,16 +26,20 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
+from neox.train.artifacts import training_plot
 from neox.train.config import TrainConfig
 from neox.train.launch import train_or_resume
 from neox.train.runs import plan_run
 from neox.train.storage import RunStorage
+from neox.train.tracking import logged_step
+from tasks.deadline import within
 
 POLL_S = 10.0
+TAIL_BYTES = 4096  # several metrics.jsonl lines: the poller never reads the whole file of a long run
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(cfg: TrainConfig, tokenized: str) -> str:
+def train(cfg: TrainConfig, tokenized: str, hours: float) -> str:
     cfg = dataclasses.replace(cfg, data=tokenized)
     plan = plan_run(cfg)
     stop = threading.Event()
@@ -40,7 +48,7 @@ def train(cfg: TrainConfig, tokenized: str) -> str:
     watcher = threading.Thread(target=watch, args=(plan.storage, cfg.train_iters, artifact, stop), daemon=True)
     watcher.start()
     try:
-        run, outcome = train_or_resume(cfg, plan)
+        run, outcome = within("train", hours, lambda: train_or_resume(cfg, plan))
     finally:
         stop.set()
         watcher.join()
@@ -51,13 +59,9 @@ def train(cfg: TrainConfig, tokenized: str) -> str:
 
 def steps_done(storage: RunStorage) -> int:
     """The last step metrics.jsonl records (0 before the first)."""
-    lines = (storage.read_text(TRAIN_METRICS_FILE) or "").splitlines()
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError, ValueError):
-            continue  # a line torn by a crash mid-write
-    return 0
+    lines = (storage.read_tail(TAIL_BYTES, TRAIN_METRICS_FILE) or "").splitlines()
+    steps = [logged_step(line) for line in lines]  # a line cut by the tail or torn by a crash: infinity
+    return int(max((s for s in steps if math.isfinite(s)), default=0))
 
 
 def watch(storage: RunStorage, total: int, artifact, stop: threading.Event) -> None:
@@ -72,18 +76,18 @@ def watch(storage: RunStorage, total: int, artifact, stop: threading.Event) -> N
 
 
 def report(storage: RunStorage, cfg: TrainConfig, outcome: str) -> None:
-    """The loss curve (every tenth of the steps) as a table, and a link to the MLflow run with its plot."""
-    records = [json.loads(line) for line in (storage.read_text(TRAIN_METRICS_FILE) or "").splitlines()]
-    every = max(1, len(records) // 10)
-    shown = [r for r in records if r["step"] in (1, len(records)) or r["step"] % every == 0]
-    table = "\n".join(f"| {r['step']} | {r['loss']:.4f} | {r['lr']:.3g} |" for r in shown)
+    """What the run was, the loss curve as an image, and (for an MLflow server) a link to the MLflow run."""
+    metrics = storage.read_text(TRAIN_METRICS_FILE) or ""
     run_id = (storage.read_text(MLFLOW_RUN_FILE) or "").strip()
     create_markdown_artifact(
-        f"**{outcome}** `{storage.uri}`\n\nMLflow run `{run_id}` (its artifact `training.png` plots loss, learning "
-        f"rate and gradient norm)\n\n| step | loss | lr |\n| --- | --- | --- |\n{table}\n",
+        f"**{outcome}** `{storage.uri}`\n\n{steps_done(storage)} of {cfg.train_iters} steps; MLflow run `{run_id}` "
+        "(its artifacts: `training.png`, `metrics.jsonl`, the resolved configs)\n",
         key="train",
-        description=f"training loss curve ({outcome})",
+        description=f"training run ({outcome})",
     )
+    if metrics:
+        plot = png_data_url(training_plot(metrics))
+        create_image_artifact(plot, key="train-loss-curve", description="loss, learning rate and gradient norm by step")
     if cfg.tracking_uri.startswith(("http://", "https://")) and run_id:
         experiment = MlflowClient(tracking_uri=cfg.tracking_uri).get_run(run_id).info.experiment_id
         create_link_artifact(
@@ -91,3 +95,10 @@ def report(storage: RunStorage, cfg: TrainConfig, outcome: str) -> None:
             link_text="the training run in MLflow",
             key="train-mlflow",
         )
+
+
+def png_data_url(figure) -> str:
+    """The figure as a PNG data URL (about 30 KB at this size)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=72)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -7,6 +7,7 @@ registry rule should not surface after hours of data preparation and training.
     eval: {...}            # neox.eval.config.EvalSection
     registry: {...}        # neox.registry.rule.RegistryConfig
     retrain: {...}         # neox.pipeline.retrain.RetrainConfig (optional)
+    timeouts: {...}        # TimeoutsConfig: hours each Prefect task may run
 
 Every key at every depth is known, every value typed and in range; errors name the dotted path. Besides each
 section's own checks: train.seq_length fits the model's positions, every metric of the promotion rule is one the
@@ -24,13 +25,33 @@ from neox.data.prepare import DataConfig, data_config
 from neox.errors import ConfigError
 from neox.eval.config import OFFLINE_TASKS, EvalSection
 from neox.model.config import load_model_config
-from neox.pipeline.configfile import Str, parse, read_pipeline_config, section
+from neox.pipeline.configfile import PositiveFloat, Str, parse, read_pipeline_config, section
 from neox.pipeline.retrain import RetrainConfig, merged_data
 from neox.registry.rule import RegistryConfig
 from neox.train.config import TrainConfig, build_train_config, check_layout
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 PLACEHOLDER_VOCAB = 50277  # the architecture is checked before a tokenizer exists; its size only pads the embedding
+
+
+@section
+class TimeoutsConfig:
+    """`timeouts:`: hours each Prefect task may run before it fails (a hung download or a stalled worker fails
+    the flow run, and its failure notification fires, instead of holding the run open). Reruns resume: the data
+    stages reuse what they published and training continues from its latest checkpoint."""
+
+    download_hours: PositiveFloat = 24.0
+    """The download task."""
+    dedup_hours: PositiveFloat = 24.0
+    """The dedup task."""
+    tokenizer_hours: PositiveFloat = 12.0
+    """The tokenizer task (training or loading one)."""
+    tokenize_hours: PositiveFloat = 24.0
+    """The tokenize task."""
+    train_hours: PositiveFloat = 168.0
+    """The train task; raise it for pretraining runs longer than a week."""
+    evaluate_hours: PositiveFloat = 12.0
+    """Each lm-eval task: the new checkpoint's and the champion's."""
 
 
 @section
@@ -44,6 +65,7 @@ class PipelineConfig:
     eval: EvalSection = EvalSection()
     registry: RegistryConfig = RegistryConfig()
     retrain: RetrainConfig | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

@@ -47,6 +47,15 @@ class RunStorage:
         with self.filesystem.open_input_stream(self.path(*parts)) as stream:
             return stream.read().decode()
 
+    def read_tail(self, size: int, *parts: str) -> str | None:
+        """The file's last `size` bytes (its first line may be cut), without reading the rest."""
+        info = self.filesystem.get_file_info(self.path(*parts))
+        if info.type != fs.FileType.File:
+            return None
+        with self.filesystem.open_input_file(self.path(*parts)) as stream:
+            stream.seek(max(0, info.size - size))
+            return stream.read().decode(errors="replace")
+
     def write_text(self, text: str, *parts: str) -> None:
         self.filesystem.create_dir(self.path(*parts[:-1]), recursive=True)
         with self.filesystem.open_output_stream(self.path(*parts)) as stream:

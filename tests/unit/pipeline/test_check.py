@@ -104,6 +104,9 @@ MISTAKES = [
     ("retrain.train", {"split": "1,1,1"}, "nor split"),
     ("retrain.train", {"lr": "fast"}, "train.lr: input should be a valid number"),
     ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
+    # timeouts
+    ("timeouts.train_hours", 0, "timeouts.train_hours: input should be greater than 0"),
+    ("timeouts.train", 24, "timeouts.train: unknown key (did you mean train_hours?)"),
 ]
 
 
