@@ -1,34 +1,51 @@
 """The pipeline config's `timeouts:` for the stage tasks.
 
-Not Prefect's `timeout_seconds`: in the flow's main thread that is a SIGALRM, and a blocking `ray.get` (training,
-the Ray data stages, an eval on a GPU node) holds the alarm's error back until it returns, so a hung run would
-never time out. Here the stage runs in a thread the task waits on; at the deadline the driver leaves Ray, which
-ends the Ray job's actors and tasks (a training run's checkpoints stay, for a rerun to resume from)."""
+Not Prefect's `timeout_seconds`: that is a SIGALRM whose error a blocking `ray.get` holds back until the call
+returns, so a hung training run would never time out. Ray does honour Ctrl-C there, so at the deadline the
+stage is interrupted as Ctrl-C would: SIGINT to the flow's main thread. Ray Train's handler then aborts the run
+(workers stopped, checkpoints kept for a rerun to resume from), the data stages cancel their pending Ray tasks,
+and a download stops at its next read."""
 
 from __future__ import annotations
 
-import contextvars
+import logging
+import signal
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as Pending
 from typing import TypeVar
-
-import ray
 
 T = TypeVar("T")
 
 
 def within(stage: str, hours: float, work: Callable[[], T]) -> T:
     """work(), or a TimeoutError once it has run `hours`, timeouts.<stage>_hours (Prefect marks the task run
-    TimedOut). A stage off Ray (a download) may go on in its thread until the process ends: it publishes whole
-    or not at all."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix=stage)
-    future = pool.submit(contextvars.copy_context().run, work)  # Prefect's run context: its logger, artifacts
+    TimedOut). Needs the main thread, where Prefect runs a task a sync flow calls directly; elsewhere work()
+    runs without a deadline (a warning says so)."""
+    main = threading.main_thread()
+    if threading.current_thread() is not main:
+        logging.getLogger(__name__).warning(
+            "%s: not on the main thread, so timeouts.%s_hours is not applied", stage, stage
+        )
+        return work()
+    expired = threading.Event()
+
+    def interrupt() -> None:
+        expired.set()
+        signal.pthread_kill(main.ident, signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(hours * 3600, interrupt)
+    timer.daemon = True
+    timer.start()
     try:
-        return future.result(timeout=hours * 3600)
-    except Pending:
-        if ray.is_initialized():
-            ray.shutdown()
-        raise TimeoutError(f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}") from None
+        result = work()
+    except BaseException:  # KeyboardInterrupt, or what the interrupted stage raised on its way out
+        if expired.is_set():
+            raise TimeoutError(f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}") from None
+        raise
     finally:
-        pool.shutdown(wait=False)
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)  # Ray Train leaves its abort handler installed after a run
+    if expired.is_set():  # the interrupt came as the stage was finishing
+        raise TimeoutError(f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}")
+    return result

@@ -142,10 +142,10 @@ def map_chunks(
     (planners included) at once (default: the cluster's CPUs). Planning a shard is one streaming task, so work on
     its first chunks overlaps the reading of the rest instead of waiting for every shard to be planned.
     Returns every chunk, in shard and line order, and the task's result for each; a failing task or planner
-    cancels the rest and re-raises its own exception."""
+    cancels the rest and re-raises its own exception; so does an interrupt (Ctrl-C, a timeout)."""
     import ray  # here, so that the CLI reads DEFAULT_CHUNK_MB without loading Ray
 
-    from neox.runtime.ray_cluster import cancel_and_raise, cpu_limit
+    from neox.runtime.ray_cluster import cancel, cancel_and_raise, cpu_limit
 
     planner = ray.remote(num_cpus=1)(shard_chunks)  # a generator: Ray hands its chunks over as they are yielded
     limit = cpu_limit(workers)
@@ -163,8 +163,8 @@ def map_chunks(
                 else:
                     shard_index, shard = to_plan.pop(0)
                     planning.append(planner.remote(shard, shard_index, chunk_bytes, scratch))
-            ready = ray.wait([*planning, *running], num_returns=1)[0][0]
             try:
+                ready = ray.wait([*planning, *running], num_returns=1)[0][0]
                 if ready in running:
                     chunk = running.pop(ready)
                     results[chunk.label] = (chunk, ray.get(ready))
@@ -178,6 +178,9 @@ def map_chunks(
                     planning.remove(ready)
             except ray.exceptions.RayTaskError as err:
                 cancel_and_raise(err, [*planning, *running])
+            except BaseException:  # an interrupt (Ctrl-C, a timeout): leave nothing running
+                cancel([*planning, *running])
+                raise
     ordered = [results[label] for label in sorted(results)]
     return [chunk for chunk, _ in ordered], [result for _, result in ordered]
 

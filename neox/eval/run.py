@@ -170,7 +170,12 @@ def evaluate(
 
     ensure_ray(cfg.ray_address)
     gpus = 1 if cfg.device.startswith("cuda") else 0
-    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(evaluated_here).remote(*args))
+    evaluation = ray.remote(num_cpus=1, num_gpus=gpus)(evaluated_here).remote(*args)
+    try:
+        return ray.get(evaluation)
+    except KeyboardInterrupt:  # Ctrl-C, a timeout: not left running on the GPU node
+        ray.cancel(evaluation)
+        raise
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -45,7 +45,7 @@ def quiet_without_dashboard() -> None:
 def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, unit: str) -> list[Any]:
     """Run Ray remote functions `fn.remote(*args)` with at most `workers` in flight (default: the cluster's
     CPUs), with a progress bar; results come back in the order of `calls`, whatever order they finish in.
-    A failing task cancels the rest and re-raises its own exception."""
+    A failing task cancels the rest and re-raises its own exception; so does an interrupt (Ctrl-C, a timeout)."""
     limit = cpu_limit(workers)
     results: dict[int, Any] = {}
     pending: dict[Any, int] = {}
@@ -55,11 +55,14 @@ def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, 
             while queue and len(pending) < limit:
                 i, (fn, args) = queue.pop(0)
                 pending[fn.remote(*args)] = i
-            done, _ = ray.wait(list(pending), num_returns=1)
             try:
+                done, _ = ray.wait(list(pending), num_returns=1)
                 results[pending.pop(done[0])] = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
                 cancel_and_raise(err, list(pending))
+            except BaseException:
+                cancel(list(pending))
+                raise
             bar.update(1)
     return [results[i] for i in range(len(calls))]
 
@@ -71,6 +74,12 @@ def cpu_limit(workers: int | None) -> int:
 
 def cancel_and_raise(err: ray.exceptions.RayTaskError, pending: list[Any]) -> NoReturn:
     """Cancel the tasks still pending, then raise the failed task's own exception, with its clear message."""
-    for ref in pending:
-        ray.cancel(ref)
+    cancel(pending)
     raise err.cause from None
+
+
+def cancel(pending: list[Any]) -> None:
+    """Stop the tasks: force, because a plain cancel leaves a running task running until it next yields to Ray (a
+    stage task writes only under its stage's temp folder, which is never published)."""
+    for ref in pending:
+        ray.cancel(ref, force=True)

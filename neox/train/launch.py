@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from neox.data.tokenize import data_prefix, named_split_prefixes
 from neox.errors import RunStateError
@@ -230,20 +231,36 @@ def launch(
             logging_config=LoggingConfig(log_level="WARNING"),  # not each checkpoint and report, twice per worker
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException:  # a second Ctrl-C, or Ray Train's abort ending in SystemExit
+        close_mlflow_run(plan, loop_config, "KILLED")
+        raise
+    # fit() also returns, without an error, from a run Ray Train aborted on SIGINT (Ctrl-C, a task's timeout)
+    stopped = result.error is None and not finished(plan)
+    close_mlflow_run(plan, loop_config, "FAILED" if result.error is not None else "KILLED" if stopped else "FINISHED")
+    if result.error is not None:
+        raise result.error
+    if stopped:
+        step = (latest_state(storage) or {}).get("step", 0)
+        raise RunStateError(
+            f"training run {plan.key} was stopped (interrupted) before step {cfg.train_iters}; its latest "
+            f"checkpoint is step {step}, which a rerun resumes from"
+        )
+    return storage.uri
+
+
+def close_mlflow_run(plan: RunPlan, loop_config: dict[str, Any], status: str) -> None:
+    """Log the run's configs, metrics.jsonl and plot to its MLflow run, and end it with `status`."""
     from mlflow import MlflowClient
 
     from neox.train.artifacts import log_training_artifacts
     from neox.train.engine import deepspeed_config
 
-    status = "FAILED" if result.error is not None else "FINISHED"
     client, run_id = MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]), loop_config["mlflow_run_id"]
     try:
-        metrics = storage.read_text(TRAIN_METRICS_FILE)
-        log_training_artifacts(client, run_id, cfg, plan.model, deepspeed_config(cfg), metrics)
+        metrics = plan.storage.read_text(TRAIN_METRICS_FILE)
+        log_training_artifacts(client, run_id, plan.cfg, plan.model, deepspeed_config(plan.cfg), metrics)
         client.set_terminated(run_id, status)
     except Exception as err:  # the run's outcome is its files; MLflow being down must not turn it into a failure
         print(f"MLflow: could not finish run {run_id} ({status}): {type(err).__name__}", flush=True)
-    if result.error is not None:
-        raise result.error
-    return storage.uri
