@@ -6,14 +6,18 @@ from __future__ import annotations
 import errno
 import sys
 
-import typer
+from neox.runtime.progress import quiet_library_bars
 
-from neox.cli.app import app
-from neox.errors import NeoxError
+quiet_library_bars()  # before the commands' modules import the libraries
+
+import typer  # noqa: E402
+
+from neox.cli.app import app  # noqa: E402
+from neox.errors import NeoxError  # noqa: E402
 
 # isort: off
 # importing a module registers its commands, in the order `neox --help` lists them
-from neox.cli import data, train, evaluate, cluster, model, config  # noqa: F401
+from neox.cli import data, train, evaluate, cluster, model, config  # noqa: F401, E402
 # isort: on
 
 

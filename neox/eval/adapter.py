@@ -57,12 +57,18 @@ class NeoxLM(TemplateLM):
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's, without its bar over the tokenizing (milliseconds): the scoring shows ours."""
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_: object) -> list[tuple[float, bool]]:
-        """(log P(continuation | context), whether greedy decoding yields the continuation) per request."""
+        """(log P(continuation | context), whether greedy decoding yields the continuation) per request. Its bar
+        ignores `disable_tqdm`, which lm-eval sets for ranks other than 0 and `loglikelihood` above for its own;
+        we evaluate in one process."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
-        bar = progress(total=len(requests), disable=disable_tqdm, desc="neox loglikelihood")
+        bar = progress(total=len(requests), desc="neox loglikelihood")
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1) :][:-1] for i in chunk]

@@ -5,6 +5,7 @@ eval's MLflow run, lineage in its tags), and the promotion gate moves the `champ
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -91,23 +92,31 @@ def log_text_generator(client: MlflowClient, run, artifacts: dict[str, str]) -> 
 
     logged = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run.info.run_id)
     client.log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    with tempfile.TemporaryDirectory(prefix="neox-pyfunc-") as local:
-        path = Path(local) / "model"
-        mlflow.pyfunc.save_model(
-            path,
-            mlflow_model=Model(
-                artifact_path=logged.artifact_location,
-                model_uuid=logged.model_id,
-                run_id=run.info.run_id,
-                model_id=logged.model_id,
-            ),
-            python_model=PYFUNC_SOURCE,
-            artifacts=artifacts,
-            pip_requirements=_requirements(),
-            signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params={"max_new_tokens": 32}),
-            input_example=(["Once upon a time"], {"max_new_tokens": 32}),
-        )
-        client.log_model_artifacts(logged.model_id, str(path))
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.WARNING)  # not "Validating input example against model signature" each time
+    try:
+        with tempfile.TemporaryDirectory(prefix="neox-pyfunc-") as local:
+            path = Path(local) / "model"
+            mlflow.pyfunc.save_model(
+                path,
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=logged.model_id,
+                    run_id=run.info.run_id,
+                    model_id=logged.model_id,
+                ),
+                python_model=PYFUNC_SOURCE,
+                artifacts=artifacts,
+                pip_requirements=_requirements(),
+                signature=mlflow.models.infer_signature(
+                    ["a prompt"], ["its continuation"], params={"max_new_tokens": 32}
+                ),
+                input_example=(["Once upon a time"], {"max_new_tokens": 32}),
+            )
+            client.log_model_artifacts(logged.model_id, str(path))
+    finally:
+        pyfunc_logger.setLevel(level)
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return logged.model_id
 
