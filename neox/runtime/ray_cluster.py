@@ -20,7 +20,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = ray_cluster_address(address)
     if address:
-        ray.init(address=address, configure_logging=False)
+        context = ray.init(address=address, configure_logging=False)
+        if context.dashboard_url:  # a cluster's head runs it (ray[default]); locally it stays off
+            print(f"Ray dashboard: http://{context.dashboard_url} (it asks for the cluster's Ray token)", flush=True)
     else:
         ray.init(
             num_cpus=num_cpus,

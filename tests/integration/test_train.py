@@ -17,10 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+import ray
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -189,13 +192,14 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
 
 
 def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokenized):
-    """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address. bf16
-    mixed precision (DeepSpeed's CPU path supports it) with ZeRO-2's fp32 partitions."""
+    """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address and links
+    the head's dashboard, which answers only with the token. bf16 mixed precision (DeepSpeed's CPU path supports
+    it) with ZeRO-2's fp32 partitions."""
     short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
     token = short / "token"
     token.write_text("neox-pipeline-test-token-0123456789abcdef")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port = free_port()
+    port, dashboard = free_port(), free_port()
     nodes = []
     try:
         nodes.append(
@@ -207,7 +211,8 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
                     "--block",
                     f"--port={port}",
                     "--num-cpus=1",
-                    "--include-dashboard=false",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}",
                     "--node-ip-address=127.0.0.1",
                     f"--temp-dir={short / 'head'}",
                 ],
@@ -237,7 +242,14 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
         )
         time.sleep(5)
         config = write_config(tmp_path, tokenized, zero_stage=2, precision="bf16", ray_address=f"127.0.0.1:{port}")
-        finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
+        out = finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
+        assert f"Ray dashboard: http://127.0.0.1:{dashboard}" in out
+        version = f"http://127.0.0.1:{dashboard}/api/version"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(version, timeout=30)
+        bearer = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        with urllib.request.urlopen(urllib.request.Request(version, headers=bearer), timeout=30) as answer:
+            assert json.loads(answer.read())["ray_version"] == ray.__version__
         curve = losses(run_folder(config))
         assert sorted(curve) == list(range(1, STEPS + 1)) and curve[STEPS] < curve[1] - 0.5
     finally:
