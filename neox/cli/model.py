@@ -1,4 +1,4 @@
-"""`neox` commands on models: params, init-model, export-hf, import-hf, generate."""
+"""`neox` commands on models: params, init-model, export-hf, import-hf, import-neox, export-neox, generate."""
 
 from __future__ import annotations
 
@@ -95,6 +95,48 @@ def import_hf(
     from neox.model import hf
 
     hf.import_hf(hf_dir, out_dir, overwrite=overwrite)
+    typer.echo(f"wrote {out_dir}")
+
+
+@app.command("import-neox", rich_help_panel=TOOLS, short_help="Convert a gpt-neox (EleutherAI) checkpoint.")
+def import_neox(
+    directory: Annotated[
+        Path, typer.Argument(help="gpt-neox's global_stepN folder (per-layer or mp_rank_XX files, any TP size).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="neox checkpoint directory to write.")],
+    config: Annotated[
+        list[Path], typer.Option("--config", help="The run's gpt-neox model YAML (repeat for several files).")
+    ],
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer.json to keep with the checkpoint.")] = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Convert a checkpoint written by EleutherAI's gpt-neox into a neox checkpoint, merging its tensor-parallel
+    partitions. Its files are loaded with weights_only (no code in them is run). docs/neox-checkpoints.md
+    describes the layouts.
+
+    Example: neox import-neox ckpts/global_step143000 runs/pythia-160m --config pythia-160m.yml
+    """
+    from neox.model.neox_checkpoint import import_neox as convert
+
+    convert(directory, [str(c) for c in config], out_dir, tokenizer_file=tokenizer, overwrite=overwrite)
+    typer.echo(f"wrote {out_dir}")
+
+
+@app.command("export-neox", rich_help_panel=TOOLS, short_help="Write a checkpoint in gpt-neox's per-layer layout.")
+def export_neox(
+    checkpoint: Annotated[Path, typer.Argument(help="A neox model checkpoint directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="The gpt-neox checkpoint folder to write.")],
+    model_parallel_size: Annotated[int, typer.Option(min=1, help="Tensor-parallel partitions to cut it into.")] = 1,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a checkpoint as gpt-neox writes one with pipe_parallel_size >= 1 (layer_XX-model_YY-model_states.pt),
+    cut for --model-parallel-size ranks, with a config.yml for gpt-neox's tools/ckpts/convert_neox_to_hf.py.
+
+    Example: neox export-neox runs/tiny-local/final/model neox-ckpt/global_step200 --model-parallel-size 2
+    """
+    from neox.model.neox_checkpoint import export_neox as convert
+
+    convert(checkpoint, out_dir, partitions=model_parallel_size, overwrite=overwrite)
     typer.echo(f"wrote {out_dir}")
 
 

@@ -18,7 +18,7 @@ COMMANDS = {
     "Train": ("train", "runs", "check", "plan", "reshard"),
     "Eval & registry": ("eval-data", "eval", "register", "promote"),
     "Cluster": ("cluster",),
-    "Tools": ("params", "init-model", "export-hf", "import-hf", "generate", "config"),
+    "Tools": ("params", "init-model", "export-hf", "import-hf", "import-neox", "export-neox", "generate", "config"),
 }
 
 
