@@ -146,3 +146,25 @@ def _promote(name: str, version: str, rule: PromotionRule, tracking_uri: str) ->
     decision = promote(name, version, rule, tracking_uri)
     verdict = "champion" if decision.promote else "not promoted"
     typer.echo(f"{name} version {version}: {verdict} ({'; '.join(decision.reasons)})")
+
+
+@app.command("serve", rich_help_panel=EVAL, short_help="Serve a registered model over HTTP on this machine.")
+def serve_command(
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME@champion, models:/NAME/VERSION, or a logged model's folder.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5001,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each holding the model.")] = 1,
+    mlflow_tracking_uri: TrackingOption = None,
+) -> None:
+    """Serve a registered version with MLflow's scoring server (POST /invocations, GET /ping), started with this
+    environment's Python, so it needs nothing on PATH. Requests take a list of prompts and optional params:
+    max_new_tokens, temperature (0 is greedy), top_k, top_p, seed, stop; a bad value is answered 400.
+
+    Example: neox serve models:/neox-tiny@champion --port 5001
+    """
+    from neox.registry.serve import serve
+    from neox.runtime.tracking_uri import tracking_uri
+
+    raise typer.Exit(serve(model_uri, tracking_uri(mlflow_tracking_uri, None), host, port, workers))

@@ -18,6 +18,7 @@ from neox.eval.record import find_eval_run, quoted, verified_eval_run
 from neox.eval.run import CHECKPOINT_PATH_TAG
 from neox.pipeline.layout import MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
+from neox.registry.pyfunc_params import PARAMS
 from neox.registry.report import decision_markdown
 from neox.registry.rule import Decision, PromotionRule, decide
 
@@ -108,10 +109,9 @@ def log_text_generator(client: MlflowClient, run, artifacts: dict[str, str]) -> 
                 ),
                 python_model=PYFUNC_SOURCE,
                 artifacts=artifacts,
+                code_paths=[str(package_copy(Path(local) / "code"))],
                 pip_requirements=_requirements(),
-                signature=mlflow.models.infer_signature(
-                    ["a prompt"], ["its continuation"], params={"max_new_tokens": 32}
-                ),
+                signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params=PARAMS),
                 input_example=(["Once upon a time"], {"max_new_tokens": 32}),
             )
             client.log_model_artifacts(logged.model_id, str(path))
@@ -151,10 +151,28 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     return str(found[0].version) if found else None
 
 
+# What loading and running the pyfunc imports, beyond MLflow and the `neox` code it carries (a test checks the
+# list against the modules a load and a prediction import): published packages only, at the versions trained with.
+PYFUNC_REQUIREMENTS = ("torch", "tokenizers", "safetensors", "PyYAML", "pydantic", "numpy", "zstandard", "tenacity")
+PYFUNC_REQUIREMENTS += ("tqdm",)
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{package}=={version(package)}" for package in ("torch", "tokenizers", "safetensors", "neox-pipeline")]
+    return [f"{package}=={version(package)}" for package in PYFUNC_REQUIREMENTS]
+
+
+def package_copy(directory: Path) -> Path:
+    """The `neox` package's source copied to `directory`/neox (no bytecode), for the pyfunc's code_paths: the
+    logged model carries the code it runs instead of needing neox-pipeline installed."""
+    import shutil
+
+    import neox
+
+    target = directory / "neox"
+    shutil.copytree(Path(neox.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def _version_by_alias(client: MlflowClient, name: str, alias: str):

@@ -1,18 +1,29 @@
-"""The MLflow pyfunc a registered version is: prompts in, greedy continuations out, from our checkpoint with its
-KV cache. `mlflow.pyfunc.load_model("models:/NAME@champion").predict([...])` runs it offline wherever
-neox-pipeline is installed.
+"""The MLflow pyfunc a registered version is: prompts in, continuations out, from our checkpoint with its KV cache.
+`mlflow.pyfunc.load_model("models:/NAME@champion").predict([...], params={...})` runs it offline; `neox serve`
+puts it behind MLflow's scoring server.
 
-Registration logs this file as MLflow "model from code" (it ends with `set_model`), not a pickled object: loading
-a version runs this source, never an unpickled one."""
+Params (each optional): max_new_tokens (32), temperature (0: greedy), top_k (0: off), top_p (1: off), seed (-1:
+unseeded) and stop (strings that end a continuation, not included). A bad value, or a max_new_tokens that leaves
+no room for a prompt in the model's context, is an MLflow invalid-parameter error (HTTP 400 when served); a prompt
+longer than the room left keeps its last tokens. Prompts of equal token length are generated as one batch (the KV
+cache has no padding mask, so unequal ones are not mixed).
+
+Registration logs this file as MLflow "model from code" (it ends with `set_model`), not a pickled object, with the
+`neox` package as its code: loading a version runs this source, never an unpickled one, and needs only the
+packages in its requirements."""
 
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 from typing import Any
 
 import mlflow
 
+from neox.registry.pyfunc_params import PARAMS
+
 ADVICE = "Add type hints to the `predict` method"
+BATCH = 16  # prompts generated at once
 
 
 def without_type_hint_advice(show):
@@ -27,11 +38,17 @@ def without_type_hint_advice(show):
     return shown
 
 
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to the first stop string in it."""
+    ends = [text.find(stop) for stop in stops if stop in text]
+    return text[: min(ends)] if ends else text
+
+
 warnings.showwarning, _show = without_type_hint_advice(warnings.showwarning), warnings.showwarning
 try:
 
     class TextGenerator(mlflow.pyfunc.PythonModel):
-        """A list of prompts in, their greedy continuations out (params: max_new_tokens)."""
+        """A list of prompts in, their continuations out (params: see the module's docstring)."""
 
         def load_context(self, context) -> None:
             from neox.data.tokenizer import eod_id, load_tokenizer
@@ -44,19 +61,50 @@ try:
         def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
             import torch
 
-            from neox.model.generate import SamplingConfig, generate
+            from neox.model.generate import generate
 
             prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
-            limit = self.model.cfg.max_position_embeddings
-            new_tokens = int((params or {}).get("max_new_tokens", 32))
-            out = []
-            for prompt in prompts:
-                ids = (self.tokenizer.encode(prompt).ids or [self.eod])[-(limit - new_tokens) :]
-                tokens = generate(
-                    self.model, torch.tensor([ids]), SamplingConfig(max_new_tokens=new_tokens, eos_token_id=self.eod)
-                )
-                out.append(self.tokenizer.decode(tokens[0, len(ids) :].tolist()))
+            sampling, stops, seed = self.sampling({**PARAMS, **(params or {})})
+            room = self.model.cfg.max_position_embeddings - sampling.max_new_tokens
+            encoded = [(self.tokenizer.encode(str(prompt)).ids or [self.eod])[-room:] for prompt in prompts]
+            generator = None if seed < 0 else torch.Generator().manual_seed(seed)
+            by_length = defaultdict(list)
+            for i, ids in enumerate(encoded):
+                by_length[len(ids)].append(i)
+            out: list[str] = [""] * len(prompts)
+            for length, rows in sorted(by_length.items()):
+                for start in range(0, len(rows), BATCH):
+                    batch = rows[start : start + BATCH]
+                    tokens = generate(self.model, torch.tensor([encoded[i] for i in batch]), sampling, generator)
+                    for row, i in enumerate(batch):
+                        out[i] = cut_at_stop(self.tokenizer.decode(tokens[row, length:].tolist()), stops)
             return out
+
+        def sampling(self, params: dict[str, Any]):
+            """The generation settings from the request's params, or MLflow's invalid-parameter error."""
+            from mlflow.exceptions import MlflowException
+
+            from neox.errors import ConfigError
+            from neox.model.generate import SamplingConfig
+
+            context = self.model.cfg.max_position_embeddings
+            try:
+                sampling = SamplingConfig(
+                    max_new_tokens=int(params["max_new_tokens"]),
+                    temperature=float(params["temperature"]),
+                    top_k=int(params["top_k"]),
+                    top_p=float(params["top_p"]),
+                    eos_token_id=self.eod,
+                )
+                if sampling.max_new_tokens >= context:
+                    raise ConfigError(
+                        f"max_new_tokens {sampling.max_new_tokens} leaves no room for a prompt in the model's "
+                        f"context of {context} tokens"
+                    )
+                stops = params["stop"] if isinstance(params["stop"], (list, tuple)) else [params["stop"]]
+                return sampling, [str(s) for s in stops if s], int(params["seed"])
+            except (ConfigError, TypeError, ValueError) as err:
+                raise MlflowException.invalid_parameter_value(str(err)) from None
 
     mlflow.models.set_model(TextGenerator())
 finally:

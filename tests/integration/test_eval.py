@@ -7,8 +7,12 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import os
 import shutil
 import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -24,7 +28,7 @@ from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, eval_data_stage
 from neox.eval.run import EVAL_METRICS_FILE, eval_stage
 from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import read_manifest, sha256_file
-from tests.conftest import Payload
+from tests.conftest import REPO, Payload
 from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
 
 
@@ -624,3 +628,120 @@ def mlflow_download(source: str, destination: Path, uri: str) -> str:
     mlflow.set_tracking_uri(uri)
     destination.mkdir(parents=True)
     return mlflow.artifacts.download_artifacts(source, dst_path=str(destination))
+
+
+SELF_SUFFICIENT = """
+import json, sys
+from importlib.metadata import packages_distributions
+import mlflow.pyfunc
+# neox-pipeline installed in this venv is hidden: the model must bring the code it runs
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path = [p for p in sys.path if p.rstrip("/") != sys.argv[2]]
+before = set(sys.modules)
+model = mlflow.pyfunc.load_model(sys.argv[1])
+text = model.predict(["Once upon a time"], params={"max_new_tokens": 4})
+import neox
+imported = {m.split(".")[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names) - {"neox"}
+owners = packages_distributions()
+dists = sorted({d for m in imported for d in owners.get(m, [])})
+print(json.dumps({"neox": neox.__file__, "text": text, "dists": dists}))
+"""
+
+
+def requirement_closure(names: list[str]) -> set[str]:
+    """The distributions `names` need, dependencies included (extras left out), as lowercase names."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [n.lower().replace("_", "-") for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            needs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for spec in map(Requirement, needs):
+            if spec.marker is None or spec.marker.evaluate({"extra": ""}):
+                todo.append(spec.name.lower().replace("_", "-"))
+    return seen
+
+
+def test_the_champion_serves_from_a_copied_folder_with_nothing_on_path(work, trained_eval, tracking, tmp_path):
+    """The logged model carries its code and names published packages only; `neox serve` answers batched
+    requests with the params honoured, and a bad one with a 400 that says why, with the venv off PATH."""
+    import mlflow
+
+    from neox.registry.mlflow_registry import promote, register
+    from neox.registry.rule import PromotionRule
+
+    version = register(trained_eval, "served", tracking)
+    assert promote("served", version, PromotionRule(), tracking).promote
+    downloaded = Path(mlflow_download("models:/served@champion", tmp_path / "downloaded", tracking))
+    model = tmp_path / "elsewhere" / "model"
+    shutil.copytree(downloaded, model)
+    shutil.rmtree(tmp_path / "downloaded")
+
+    requirements = (model / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if r.startswith("neox")] and all("==" in r for r in requirements)
+    loaded = subprocess.run(
+        [sys.executable, "-c", SELF_SUFFICIENT, str(model), str(REPO)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    found = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert found["neox"].startswith(str(model / "code")) and found["text"][0]
+    needed = requirement_closure([r.split("==")[0] for r in requirements] + ["mlflow"])
+    optional = {"dill", "nvidia-ml-py", "colorama"}  # torch imports them when they are installed, not needing them
+    assert {d.lower().replace("_", "-") for d in found["dists"]} - optional <= needed
+
+    port = free_port()
+    server = subprocess.Popen(
+        [NEOX, "serve", str(model), "--port", str(port)],
+        env={**os.environ, "PATH": "/usr/bin:/bin"},  # no venv: MLflow's own `models serve` fails here
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
+
+        def ask(prompts: list[str], **params) -> tuple[int, object]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=json.dumps({"inputs": prompts, "params": params}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    return answer.status, json.loads(answer.read())["predictions"]
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())["message"]
+
+        prompts = ["Once upon a time", "def main():", "Once upon a time", "import"]
+        status, greedy = ask(prompts, max_new_tokens=8)
+        direct = mlflow.pyfunc.load_model(str(model)).predict(prompts, params={"max_new_tokens": 8})
+        assert status == 200 and greedy == direct and greedy[0] == greedy[2] and len(greedy) == 4
+        sampled = [ask(prompts[:2], max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9, seed=3)[1] for _ in "ab"]
+        assert sampled[0] == sampled[1] != greedy[:2]  # seeded sampling repeats itself
+        text = greedy[1]
+        stop = text[len(text) // 2 :][:2]
+        assert ask(["def main():"], max_new_tokens=8, stop=[stop]) == (200, [text[: text.find(stop)]])
+
+        status, message = ask(["Once upon a time"], temperature=-1.0)
+        assert status == 400 and "temperature must be >= 0" in message
+        status, message = ask(["Once upon a time"], max_new_tokens=500)
+        assert status == 400 and "leaves no room for a prompt in the model's context of 128 tokens" in message
+        long_prompt = "word " * 400  # far past the context: its last tokens are kept
+        assert ask([long_prompt], max_new_tokens=4)[0] == 200
+    finally:
+        server.terminate()
+        out = server.communicate(timeout=60)[0]
+    assert "Traceback" not in out and f"curl -s http://127.0.0.1:{port}/invocations" in out

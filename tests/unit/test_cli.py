@@ -16,7 +16,7 @@ from tests.conftest import NEOX, neox
 COMMANDS = {
     "Data": ("sample-corpus", "download", "dedup", "train-tokenizer", "tokenize", "data"),
     "Train": ("train", "runs", "check", "plan", "reshard"),
-    "Eval & registry": ("eval-data", "eval", "register", "promote"),
+    "Eval & registry": ("eval-data", "eval", "register", "promote", "serve"),
     "Cluster": ("cluster",),
     "Tools": ("params", "init-model", "export-hf", "import-hf", "import-neox", "export-neox", "generate", "config"),
 }
