@@ -55,13 +55,37 @@ def restore(engine, config: dict[str, Any], rank: int) -> int:
         checkpoint = ray.train.Checkpoint(config["initial_checkpoint"], filesystem=config["storage"].filesystem)
     if checkpoint is None:
         return 0
-    with checkpoint.as_directory() as directory:
+    with checkpoint_folder(checkpoint, config["storage"]) as directory:
         _, state = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
         check_compatible(state, config)
         load_rng(Path(directory) / rng_file(rank))
     if rank == 0:
         print(f"resumed from the step-{state['step']} checkpoint", flush=True)
     return int(state["step"])
+
+
+@contextlib.contextmanager
+def checkpoint_folder(checkpoint, storage: RunStorage):
+    """A local folder holding the checkpoint, for every rank of this node. Ray's `as_directory` on a remote
+    (S3) checkpoint races between the ranks of one node: one removes the shared download while another still
+    checks that it exists. Here the node downloads it once (Ray's `to_directory` locks it) into a folder of the
+    run's, removed once every rank has loaded it."""
+    import shutil
+
+    import ray.train
+    import torch.distributed as dist
+    from pyarrow import fs
+
+    if isinstance(checkpoint.filesystem, fs.LocalFileSystem):
+        with checkpoint.as_directory() as directory:
+            yield directory
+        return
+    folder = storage.local_dir() / "restore" / Path(checkpoint.path).name
+    yield checkpoint.to_directory(str(folder))
+    if dist.is_initialized():
+        dist.barrier()
+    if ray.train.get_context().get_local_rank() == 0:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_rng(path: Path) -> None:
