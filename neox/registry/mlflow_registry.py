@@ -168,10 +168,9 @@ def package_copy(directory: Path) -> Path:
     logged model carries the code it runs instead of needing neox-pipeline installed."""
     import shutil
 
-    import neox
-
     target = directory / "neox"
-    shutil.copytree(Path(neox.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    package = Path(__file__).resolve().parents[1]  # neox/, this file being neox/registry/mlflow_registry.py
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
 
 
