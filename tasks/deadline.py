@@ -33,6 +33,7 @@ def within(stage: str, hours: float, work: Callable[[], T]) -> T:
         expired.set()
         signal.pthread_kill(main.ident, signal.SIGINT)
 
+    late = f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}"
     previous = signal.getsignal(signal.SIGINT)
     timer = threading.Timer(hours * 3600, interrupt)
     timer.daemon = True
@@ -41,11 +42,11 @@ def within(stage: str, hours: float, work: Callable[[], T]) -> T:
         result = work()
     except BaseException:  # KeyboardInterrupt, or what the interrupted stage raised on its way out
         if expired.is_set():
-            raise TimeoutError(f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}") from None
+            raise TimeoutError(late) from None
         raise
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)  # Ray Train leaves its abort handler installed after a run
     if expired.is_set():  # the interrupt came as the stage was finishing
-        raise TimeoutError(f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}")
+        raise TimeoutError(late)
     return result

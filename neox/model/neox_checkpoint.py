@@ -146,9 +146,10 @@ class Reader:
         return {key: merged(key, [state[key] for state in states]) for key in keys}
 
 
-def imported_tensors(reader: Reader, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Our (name, tensor) pairs in our model's order, a layer read at a time."""
-    embedding = reader.layer(0)
+def imported_tensors(
+    reader: Reader, cfg: ModelConfig, embedding: dict[str, torch.Tensor]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our (name, tensor) pairs in our model's order, a layer read at a time (`embedding`: layer 0, read already)."""
     yield "embed_in.weight", _only(embedding, "word_embeddings.weight", 0)
     for layer in range(cfg.num_layers):
         state = reader.layer(layer + 2)
@@ -186,23 +187,17 @@ def import_neox(
     """A gpt-neox checkpoint folder (either layout, any tensor-parallel size) and its model YAML(s) as our
     checkpoint, tensor for tensor in fp32."""
     reader = Reader(Path(directory))
-    rows = sum(t.shape[0] for t in _embedding_parts(reader))
+    embedding = reader.layer(0)
+    rows = _pop(dict(embedding), "word_embeddings.weight", 0).shape[0]
     yamls = model_yaml if isinstance(model_yaml, list) else [model_yaml]
     cfg, _ = load_model_config(*yamls, vocab_size=rows)
     if cfg.vocab_size != rows:
         raise DataError(
             f"the checkpoint's embedding has {rows} rows; the model YAML pads the vocabulary to {cfg.vocab_size}"
         )
-    return save_model_streaming(cfg, imported_tensors(reader, cfg), out_dir, tokenizer_file, overwrite=overwrite)
-
-
-def _embedding_parts(reader: Reader) -> list[torch.Tensor]:
-    if reader.whole is not None:
-        return [(module or {}).get("sequential.0.word_embeddings.weight", torch.empty(0)) for module in reader.whole]
-    return [
-        load_pickled(reader.directory / LAYER_FILE.format(index=0, rank=r))["word_embeddings.weight"]
-        for r in range(reader.partitions)
-    ]
+    return save_model_streaming(
+        cfg, imported_tensors(reader, cfg, embedding), out_dir, tokenizer_file, overwrite=overwrite
+    )
 
 
 def export_neox(checkpoint: str | Path, out_dir: str | Path, partitions: int = 1, overwrite: bool = False) -> Path:
