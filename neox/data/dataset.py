@@ -135,6 +135,57 @@ class GPT2Dataset:
         return np.concatenate(pieces).astype(np.int64)
 
 
+class PaddedDataset:
+    """Supervised fine-tuning samples, one example per sequence: its tokens and labels (gpt-neox's label dataset,
+    -100 where the loss does not score) cut to seq_length + 1 and padded with `pad_id`, labelled -100. Packing
+    several examples into a sequence would let each attend to the ones before it; padding needs no attention mask
+    (the causal mask already keeps real tokens from seeing the padding after them) at the cost of computing on
+    the padding. Examples come in the order gpt-neox's doc_idx gives: the split's examples shuffled by
+    `np.random.RandomState(seed)`, tiled over as many epochs as `num_samples` needs."""
+
+    def __init__(
+        self,
+        indexed: IndexedDataset,
+        labels: IndexedDataset,
+        documents: np.ndarray,
+        num_samples: int,
+        seq_length: int,
+        seed: int,
+        pad_id: int,
+    ):
+        if len(documents) == 0:
+            raise DataError("this split has no examples; adjust `split` or add data")
+        if not np.array_equal(indexed.sizes, labels.sizes):
+            raise DataError(f"{labels.prefix} does not hold one label per token of {indexed.prefix}")
+        self.indexed, self.labels, self.seq_length, self.pad_id = indexed, labels, seq_length, pad_id
+        epochs = math.ceil(num_samples / len(documents))
+        self.doc_idx = build_doc_idx(documents, epochs, np.random.RandomState(seed=seed))
+
+    def __len__(self) -> int:
+        return len(self.doc_idx)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Tokens and labels of sample i, shape (2, seq_length + 1) (inputs are [0, :-1], targets [1, 1:])."""
+        document = int(self.doc_idx[i])
+        length = min(int(self.indexed.sizes[document]), self.seq_length + 1)
+        sample = np.full((2, self.seq_length + 1), IGNORE_INDEX, dtype=np.int64)
+        sample[0] = self.pad_id
+        sample[0, :length] = self.indexed.get(document, length=length)
+        sample[1, :length] = self.labels.get(document, length=length)
+        return sample
+
+
+IGNORE_INDEX = -100  # a label the loss does not score (PyTorch's default ignore_index, gpt-neox's label value)
+
+
+def inputs_and_targets(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's model inputs and next-token targets: from a window of tokens (every next token scored), or from a
+    PaddedDataset's tokens and labels."""
+    if sample.ndim == 1:
+        return sample[:-1], sample[1:]
+    return sample[0, :-1], sample[1, 1:]
+
+
 def _build_indices(
     sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int
 ) -> dict[str, np.ndarray]:
@@ -162,9 +213,28 @@ def build_split_datasets(
     seq_length: int,
     seed: int,
     cache_dir: str | Path | None = None,
-) -> dict[str, GPT2Dataset]:
+    labels: str | Path | None = None,
+    pad_id: int = 0,
+) -> dict[str, GPT2Dataset | PaddedDataset]:
     """The train/valid/test datasets asked for in num_samples: of one `.bin/.idx` prefix cut by the positional
-    `split`, or, given named splits (split -> prefix, as gpt-neox's train/valid/test_data_paths), each whole."""
+    `split`, or, given named splits (split -> prefix, as gpt-neox's train/valid/test_data_paths), each whole.
+    With a label dataset (`labels`, fine-tuning data), padded examples cut by the positional split."""
+    if labels is not None:
+        indexed, label_set = IndexedDataset(data), IndexedDataset(labels)
+        bounds = split_boundaries(split, len(indexed))
+        return {
+            name: PaddedDataset(
+                indexed,
+                label_set,
+                np.arange(bounds[i], bounds[i + 1], dtype=np.int32),
+                num_samples[name],
+                seq_length,
+                seed,
+                pad_id,
+            )
+            for i, name in enumerate(SPLITS)
+            if num_samples.get(name)
+        }
     if isinstance(data, dict):
         named = {name: IndexedDataset(prefix) for name, prefix in data.items()}
         parts = {name: (indexed, np.arange(len(indexed), dtype=np.int32)) for name, indexed in named.items()}
@@ -193,11 +263,13 @@ def build_datasets(
 ) -> dict[str, GPT2Dataset | BlendedDataset]:
     """The train/valid/test datasets of one tokenized dataset, or of several blended by weight as gpt-neox blends
     train_data_paths: each gives its weight's share of the samples (and 0.5% more, as gpt-neox asks of each), and
-    the blend interleaves them. A source is {"prefix", "split_prefixes" (its named splits, if any), "weight"}."""
+    the blend interleaves them. A source is {"prefix", "split_prefixes" (its named splits, if any), "weight"}, and for
+    fine-tuning data "label_prefix" and "pad_id"."""
 
     def of(source: dict[str, Any], wanted: dict[str, int]) -> dict[str, GPT2Dataset]:
         data = source["split_prefixes"] or source["prefix"]
-        return build_split_datasets(data, split, wanted, seq_length, seed, cache_dir)
+        labels, pad_id = source.get("label_prefix"), source.get("pad_id", 0)
+        return build_split_datasets(data, split, wanted, seq_length, seed, cache_dir, labels, pad_id)
 
     if len(sources) == 1:
         return of(sources[0], num_samples)

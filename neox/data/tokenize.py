@@ -40,6 +40,7 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_m
 from neox.runtime.ray_cluster import ensure_ray
 
 STAGE = "tokenize"
+TOKENIZED_STAGES = (STAGE, "instructions")  # outputs training reads: text, or text and labels
 CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects, named splits
 MAX_PIECE_CHARS = 1 << 20  # a longer document is encoded piece by piece (tokenizers needs ~200 B per character)
 SAMPLE_CHARS = 1 << 16  # of each document the engines are compared on
@@ -259,14 +260,23 @@ def split_prefix_name(prefix: str, split: str) -> str:
 
 def tokenized_stats(output: str | Path) -> dict[str, Any]:
     manifest = read_manifest(output)
-    if manifest.get("stage") != STAGE:
-        raise DataError(f"{output} is a {manifest.get('stage')} stage output, not a tokenized dataset (neox tokenize)")
+    if manifest.get("stage") not in TOKENIZED_STAGES:
+        raise DataError(
+            f"{output} is a {manifest.get('stage')} stage output, not a tokenized dataset (neox tokenize, or "
+            "instructions for fine-tuning)"
+        )
     return manifest["stats"]
 
 
 def data_prefix(output: str | Path) -> Path:
     """The `.bin/.idx` prefix inside a tokenize stage output: its training data (all of it, without named splits)."""
     return Path(output) / tokenized_stats(output)["data_prefix"]
+
+
+def label_prefix(output: str | Path) -> Path | None:
+    """The label dataset's prefix (-100 where the loss does not score) of an instructions stage output, else None."""
+    name = tokenized_stats(output).get("label_prefix")
+    return Path(output) / name if name else None
 
 
 def named_split_prefixes(output: str | Path) -> dict[str, Path]:

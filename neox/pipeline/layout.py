@@ -19,6 +19,7 @@ It imports nothing heavy (no torch), so the registry, retraining and the summary
         config.yml                         the model's GPT-NeoX keys
         model.safetensors                  the weights
         tokenizer.json                     the tokenizer, when there is one (also in every tokenize stage output)
+        chat_template.jinja                the chat template it was fine-tuned with (also in instructions outputs)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 CONFIG_FILE = "config.yml"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # beside tokenizer.json, when the model was fine-tuned on chats
 
 # a training run
 RUN_FILE = "run.json"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neox.data.dataset import build_datasets
+from neox.data.dataset import build_datasets, inputs_and_targets
 from neox.errors import RunStateError
 from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
@@ -82,8 +82,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     monitor = node_monitor(config, ctx.get_node_rank(), ctx.get_local_rank())
 
     def batch(dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.from_numpy(np.stack([dataset[int(i) % len(dataset)] for i in indices])).to(device)
-        return tokens[:, :-1], tokens[:, 1:]
+        pairs = [inputs_and_targets(dataset[int(i) % len(dataset)]) for i in indices]
+        inputs, targets = (torch.from_numpy(np.stack(part)).to(device) for part in zip(*pairs, strict=True))
+        return inputs, targets
 
     def loss_of(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if pipelined:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from neox.data.dataset import IGNORE_INDEX
 from neox.model.checkpoint import dense_specs
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import Layer, init_parameter
@@ -101,10 +102,16 @@ class OutputPiece(Piece):
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """The mean next-token cross-entropy, from the whole logits or (with a group) this rank's vocabulary slice."""
+    """The mean next-token cross-entropy over the scored positions (labels other than -100, which fine-tuning
+    gives prompt and padding), from the whole logits or (with a group) this rank's vocabulary slice."""
+    scored = labels != IGNORE_INDEX
     if group is not None:
-        return vocab_parallel_cross_entropy(logits, labels, group).mean()
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        total = (vocab_parallel_cross_entropy(logits, labels.masked_fill(~scored, 0), group) * scored).sum()
+    else:
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        total = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    # a micro-batch of prompts cut before their responses scores nothing: a zero loss, not 0/0
+    return total / scored.sum().clamp(min=1)
 
 
 def pipeline_model(cfg: ModelConfig, seed: int, parallel: ModelParallel, activation_checkpointing: bool):

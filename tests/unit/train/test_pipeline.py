@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from neox.model.gpt_neox import initialized
-from neox.train.pipeline import EmbeddingPiece, LayerPiece, OutputPiece, piece_names
+from neox.train.pipeline import EmbeddingPiece, LayerPiece, OutputPiece, next_token_loss, piece_names
 from tests.conftest import REPO, tiny_config
 
 
@@ -51,3 +51,20 @@ def test_init_from_weights_fill_each_piece_under_its_dense_names(tmp_path):
     for piece in pieces:
         for name, param in piece.named_parameters():
             torch.testing.assert_close(param, expected[piece.prefix + name], rtol=0, atol=0)
+
+
+def test_the_loss_scores_only_labels_other_than_minus_100():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    masked = labels.clone()
+    masked[0, :3] = -100  # a prompt
+    masked[1, 4:] = -100  # padding
+    scored = masked != -100
+    expected = nn.functional.cross_entropy(logits[scored], labels[scored])
+    assert torch.allclose(next_token_loss(logits, masked, None), expected)
+    assert torch.allclose(
+        next_token_loss(logits, labels, None), nn.functional.cross_entropy(logits.view(-1, 11), labels.view(-1))
+    )
+    nothing = next_token_loss(logits.requires_grad_(), torch.full_like(labels, -100), None)
+    nothing.backward()  # a micro-batch with nothing scored: zero, and no NaN in the gradients
+    assert nothing.item() == 0.0 and not logits.grad.isnan().any()

@@ -1,0 +1,239 @@
+"""The instructions stage: supervised fine-tuning data, JSON lines of
+
+    {"prompt": "...", "response": "..."}                                   or
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+
+rendered with a Jinja chat template (Hugging Face's `apply_chat_template` convention; `configs/chat/default.jinja`
+unless one is given) and tokenized into two GPT-NeoX mmap datasets, as gpt-neox's
+`preprocess_data_with_chat_template.py` stores them:
+
+    PREFIX_text_document.bin/.idx          the token ids of each example (int32)
+    PREFIX_text_label_document.bin/.idx    the same ids where the loss scores them, -100 where it does not
+
+Only assistant turns are scored (`mask_prompt`): the template is rendered turn by turn, and the text up to each
+assistant turn (`add_generation_prompt`) is what inference will be given, so it is masked; each segment is
+encoded alone, as the prompt is at inference. An example not ending in the end-of-text id gets one. The
+tokenizer and the template are stored with the data, so every later stage renders and decodes as training saw.
+Bad lines (not JSON, no assistant turn, unknown roles, an empty response) go to rejects.jsonl with the reason.
+Examples are streamed: memory is one example plus 4 bytes of size per example.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neox.data.indexed import write_index
+from neox.data.jsonl import Rejects, read_lines
+from neox.data.tokenizer import EOD_TOKEN, eod_id, load_tokenizer
+from neox.errors import ConfigError, DataError, MissingInput
+from neox.pipeline.configfile import Bool, PlainName, Str, section
+from neox.pipeline.layout import CHAT_TEMPLATE_FILE, TOKENIZER_FILE
+from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage, sha256_file
+from neox.runtime.progress import progress
+
+STAGE = "instructions"
+CODE_VERSION = "1"
+IGNORE = -100  # the label of a position the loss does not score (PyTorch's and gpt-neox's ignore index)
+ROLES = ("system", "user", "assistant")
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "chat" / "default.jinja"
+DTYPE = np.dtype(np.int32)  # the label dataset holds -100; gpt-neox writes both as int32
+
+
+@section
+class InstructionsConfig:
+    """`finetune.instructions`: instruction data for supervised fine-tuning."""
+
+    sources: tuple[Str, ...]
+    """JSONL files (.jsonl or .jsonl.zst), or folders of them, relative to where you run: one example per line,
+    {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}."""
+    chat_template: Str | None = None
+    """A Jinja chat template file (Hugging Face's apply_chat_template convention; default:
+    configs/chat/default.jinja). It is stored with the data and the fine-tuned model."""
+    prefix: PlainName = "instructions"
+    """Output file names: PREFIX_text_document and PREFIX_text_label_document."""
+    mask_prompt: Bool = True
+    """Score only the assistant turns (false: every token, as continued pretraining on chats)."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources names no file")
+
+
+def source_files(sources: tuple[str, ...]) -> list[Path]:
+    """The JSONL files the sources name, folders expanded in name order."""
+    files = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.zst")))
+            if not found:
+                raise MissingInput(f"{path} holds no .jsonl or .jsonl.zst file")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise MissingInput(f"instruction data {path} does not exist")
+    return files
+
+
+def as_messages(record: Any) -> list[dict[str, str]]:
+    """The chat of one example, or ValueError naming what is wrong with it."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages is not a non-empty list")
+    elif "prompt" in record and "response" in record:
+        messages = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+    else:
+        raise ValueError("neither messages nor prompt and response")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"a message's role is not one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError("a message's content is not a string")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message is not the assistant's")
+    if not messages[-1]["content"].strip():
+        raise ValueError("empty response")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def chat_renderer(tokenizer_file: Path, template: str) -> Callable[[list[dict[str, str]], bool], str]:
+    """render(messages, add_generation_prompt) with transformers' sandboxed Jinja renderer."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=EOD_TOKEN, chat_template=template)
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        if not messages:
+            return ""
+        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    return render
+
+
+def segments(messages: list[dict[str, str]], render: Callable, mask_prompt: bool) -> list[tuple[str, bool]]:
+    """The rendered chat cut into (text, scored) pieces: what precedes each assistant turn (through its
+    generation prompt) and the turn itself. A template whose renderings do not extend one another cannot be cut
+    so; that is a ConfigError (the template, not the example, is wrong)."""
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            cuts = [(render(messages[:i], True), not mask_prompt), (render(messages[: i + 1], False), True)]
+        else:
+            cuts = [(render(messages[: i + 1], False), not mask_prompt)]
+        for text, scored in cuts:
+            if not text.startswith(done):
+                raise ConfigError(
+                    "the chat template's rendering of the first turns is not a prefix of the next rendering; "
+                    "fine-tuning cannot tell prompt from response with it"
+                )
+            if text != done:
+                pieces.append((text[len(done) :], scored))
+            done = text
+    return pieces
+
+
+def encode_example(
+    pieces: list[tuple[str, bool]], encode: Callable[[str], list[int]], eod: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and labels (-100 where not scored) of one example, ending in the end-of-text id."""
+    tokens: list[int] = []
+    labels: list[int] = []
+    for text, scored in pieces:
+        ids = encode(text)
+        tokens += ids
+        labels += ids if scored else [IGNORE] * len(ids)
+    if not tokens or tokens[-1] != eod:
+        tokens.append(eod)
+        labels.append(eod if pieces and pieces[-1][1] else IGNORE)
+    return np.asarray(tokens, dtype=DTYPE), np.asarray(labels, dtype=DTYPE)
+
+
+def read_examples(files: list[Path], rejects: Rejects) -> Iterator[list[dict[str, str]]]:
+    for file in files:
+        for number, raw in enumerate(read_lines(file), start=1):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                yield as_messages(json.loads(line))
+            except json.JSONDecodeError:
+                rejects.add(file.name, number, "not JSON", line[:1000])
+            except ValueError as err:
+                rejects.add(file.name, number, str(err), line[:1000])
+
+
+def instructions_stage(
+    cfg: InstructionsConfig, tokenizer_file: str | Path, work_root: str | Path, base_dir: Path = Path(".")
+) -> StageResult:
+    """Run (or reuse) the instructions stage on the sources, with the base model's tokenizer."""
+    files = source_files(tuple(str(base_dir / s) for s in cfg.sources))
+    template_file = Path(base_dir / cfg.chat_template) if cfg.chat_template else DEFAULT_TEMPLATE
+    if not template_file.is_file():
+        raise MissingInput(f"chat template {template_file} does not exist")
+    tokenizer_file = Path(tokenizer_file)
+
+    def body(run: StageRun) -> None:
+        template = template_file.read_text()
+        tok = load_tokenizer(tokenizer_file)
+        eod = eod_id(tok)
+        render = chat_renderer(tokenizer_file, template)
+
+        def encode(text: str) -> list[int]:
+            return tok.encode(text, add_special_tokens=False).ids
+
+        text_prefix = run.tmp / f"{cfg.prefix}_text_document"
+        label_prefix = run.tmp / f"{cfg.prefix}_text_label_document"
+        sizes = array.array("i")
+        rejects = Rejects(run.tmp / "rejects.jsonl")
+        scored = total = 0
+        with open(f"{text_prefix}.bin", "wb") as text_bin, open(f"{label_prefix}.bin", "wb") as label_bin:
+            for messages in progress(read_examples(files, rejects), desc="instructions", unit=" examples"):
+                tokens, labels = encode_example(segments(messages, render, cfg.mask_prompt), encode, eod)
+                text_bin.write(tokens.tobytes())
+                label_bin.write(labels.tobytes())
+                sizes.append(len(tokens))
+                total += len(tokens)
+                scored += int((labels != IGNORE).sum())
+        rejects.close()
+        if not sizes:
+            raise DataError(
+                f"no usable example in {', '.join(map(str, files))} (see {len(rejects.counts)} reasons: "
+                f"{rejects.counts})"
+            )
+        for prefix in (text_prefix, label_prefix):
+            write_index(f"{prefix}.idx", lambda: [np.frombuffer(sizes, dtype=np.int32)], DTYPE)
+        shutil.copyfile(tokenizer_file, run.tmp / TOKENIZER_FILE)
+        (run.tmp / CHAT_TEMPLATE_FILE).write_text(template)
+        run.stats.update(
+            documents=len(sizes),
+            sequences=len(sizes),
+            tokens=total,
+            scored_tokens=scored,
+            rejects=rejects.counts,
+            dtype=DTYPE.name,
+            vocab_size=tok.get_vocab_size(),
+            eod_id=eod,
+            data_prefix=text_prefix.name,
+            label_prefix=label_prefix.name,
+            longest=int(max(sizes)),
+        )
+
+    inputs = {
+        "sources": json.dumps([input_fingerprint(f) for f in files]),
+        "tokenizer": sha256_file(tokenizer_file),
+        "chat_template": sha256_file(template_file),
+    }
+    config = {"prefix": cfg.prefix, "mask_prompt": cfg.mask_prompt}
+    return run_stage(work_root, STAGE, CODE_VERSION, config, inputs, body)

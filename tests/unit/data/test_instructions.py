@@ -1,0 +1,145 @@
+"""Instruction data: rendered with the chat template, prompt tokens labelled -100, stored as gpt-neox stores it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from neox.data.dataset import IGNORE_INDEX, build_datasets, inputs_and_targets
+from neox.data.indexed import IndexedDataset
+from neox.data.instructions import InstructionsConfig, instructions_stage
+from neox.data.tokenize import data_prefix, label_prefix
+from neox.data.tokenizer import load_tokenizer
+from neox.errors import ConfigError, DataError
+from neox.pipeline.layout import CHAT_TEMPLATE_FILE, TOKENIZER_FILE
+from neox.pipeline.stage import read_manifest
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+EXAMPLES = [
+    {"prompt": "Name a fox.", "response": "The quick brown fox."},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Once?"},
+            {"role": "assistant", "content": "Upon a time."},
+            {"role": "user", "content": "And?"},
+            {"role": "assistant", "content": "It read."},
+        ]
+    },
+]
+
+
+def test_only_the_assistant_turns_are_scored_token_by_token(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    tok = load_tokenizer(tokenizer_file)
+    text, labels = IndexedDataset(data_prefix(out)), IndexedDataset(label_prefix(out))
+    assert data_prefix(out).name == "instructions_text_document"
+    assert label_prefix(out).name == "instructions_text_label_document"  # gpt-neox's names for the key "text"
+    assert text.dtype == labels.dtype == np.int32 and list(text.sizes) == list(labels.sizes)
+
+    def scored_text(i: int) -> str:
+        ids, marks = text[i], labels[i]
+        scored = marks != IGNORE_INDEX
+        assert (marks[scored] == ids[scored]).all()  # a scored label is the token itself
+        return tok.decode(ids[scored].tolist(), skip_special_tokens=False)
+
+    first = tok.decode(text[0].tolist(), skip_special_tokens=False)
+    assert first == "<|user|>\nName a fox.\n<|assistant|>\nThe quick brown fox.<|endoftext|>"
+    assert scored_text(0) == "The quick brown fox.<|endoftext|>"
+    assert scored_text(1) == "Upon a time.<|endoftext|>It read.<|endoftext|>"
+    # the masked tokens are exactly those of the prompt as inference renders it (add_generation_prompt)
+    prompt_ids = tok.encode("<|user|>\nName a fox.\n<|assistant|>\n").ids
+    assert labels[0][: len(prompt_ids)].tolist() == [IGNORE_INDEX] * len(prompt_ids)
+    assert labels[0][len(prompt_ids) :].tolist() == text[0][len(prompt_ids) :].tolist()
+    assert (out / TOKENIZER_FILE).exists() and "eos_token" in (out / CHAT_TEMPLATE_FILE).read_text()
+    assert read_manifest(out)["stats"]["scored_tokens"] == int(sum((labels[i] != IGNORE_INDEX).sum() for i in (0, 1)))
+
+
+def test_bad_lines_are_rejected_with_their_reason_and_the_rest_kept(tmp_path, tokenizer_file):
+    source = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            EXAMPLES[0],
+            "{not json",
+            {"prompt": "no response"},
+            {"messages": [{"role": "user", "content": "last is not the assistant"}]},
+            {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            {"prompt": "empty", "response": "  "},
+        ],
+    )
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    stats = read_manifest(out)["stats"]
+    assert stats["documents"] == 1
+    assert stats["rejects"] == {
+        "not JSON": 1,
+        "neither messages nor prompt and response": 1,
+        "the last message is not the assistant's": 1,
+        "a message's role is not one of system, user, assistant": 1,
+        "empty response": 1,
+    }
+    lines = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["shard"], r["line"]) for r in lines] == [("mixed.jsonl", n) for n in (2, 3, 4, 5, 6)]
+
+
+def test_no_usable_example_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "bad.jsonl", ["{", "[]"])
+    with pytest.raises(DataError, match="no usable example"):
+        instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work")
+    assert not list((tmp_path / "work" / "instructions").glob("[0-9a-f]*"))
+
+
+def test_a_template_that_does_not_extend_its_renderings_is_refused(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES[:1])
+    template = tmp_path / "reversed.jinja"
+    template.write_text("{% for m in messages | reverse %}{{ m['content'] }}\n{% endfor %}")
+    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(template))
+    with pytest.raises(ConfigError, match="not a prefix"):
+        instructions_stage(cfg, tokenizer_file, tmp_path / "work")
+
+
+def test_without_prompt_masking_every_token_is_scored(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
+    cfg = InstructionsConfig(sources=(str(source),), mask_prompt=False)
+    out = instructions_stage(cfg, tokenizer_file, tmp_path / "work").path
+    text, labels = IndexedDataset(data_prefix(out)), IndexedDataset(label_prefix(out))
+    assert all((labels[i] == text[i]).all() for i in range(len(text)))
+
+
+def test_fine_tuning_samples_hold_one_example_each_padded_and_unscored_past_its_end(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES * 5)
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    text, labels = IndexedDataset(data_prefix(out)), IndexedDataset(label_prefix(out))
+    seq_length, pad = 64, 0
+    source_entry = {"prefix": data_prefix(out), "split_prefixes": {}, "weight": 1.0}
+    source_entry.update(label_prefix=label_prefix(out), pad_id=pad)
+    datasets = build_datasets([source_entry], "8,2,0", {"train": 20, "valid": 4}, seq_length, seed=3)
+    train, valid = datasets["train"], datasets["valid"]
+    assert len(train) >= 20 and sorted(set(train.doc_idx.tolist())) == list(range(8))
+    assert sorted(set(valid.doc_idx.tolist())) == [8, 9]  # the split cuts examples, as gpt-neox cuts documents
+    for i in range(len(train)):
+        sample = train[i]
+        document = int(train.doc_idx[i])
+        n = min(len(text[document]), seq_length + 1)
+        assert sample.shape == (2, seq_length + 1)
+        assert sample[0, :n].tolist() == text[document][:n].tolist()
+        assert sample[1, :n].tolist() == labels[document][:n].tolist()
+        assert (sample[0, n:] == pad).all() and (sample[1, n:] == IGNORE_INDEX).all()
+        inputs, targets = inputs_and_targets(sample)
+        assert inputs.tolist() == sample[0, :-1].tolist() and targets.tolist() == sample[1, 1:].tolist()
+
+
+def test_an_example_longer_than_the_sequence_is_cut_at_its_end(tmp_path, tokenizer_file):
+    long = {"prompt": "Name a fox.", "response": "The quick brown fox jumps over the lazy dog. " * 10}
+    out = instructions_stage(
+        InstructionsConfig(sources=(str(write_jsonl(tmp_path / "long.jsonl", [long])),)), tokenizer_file, tmp_path
+    ).path
+    text = IndexedDataset(data_prefix(out))
+    source_entry = {"prefix": data_prefix(out), "split_prefixes": {}, "weight": 1.0, "label_prefix": label_prefix(out)}
+    sample = build_datasets([source_entry], "1,0,0", {"train": 1}, 16, seed=0)["train"][0]
+    assert len(text[0]) > 17 and sample[0].tolist() == text[0][:17].tolist()
