@@ -24,7 +24,14 @@ from neox.model.gpt_neox import GPTNeoX
 from neox.model.streaming import write_safetensors
 from neox.pipeline.atomic import atomic_directory
 from neox.pipeline.configfile import parse
-from neox.pipeline.layout import CONFIG_FILE, HF_CONFIG_FILE, HF_TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.layout import (
+    CHAT_TEMPLATE_FILE,
+    CONFIG_FILE,
+    HF_CONFIG_FILE,
+    HF_TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 
 HF_PREFIX = "gpt_neox."
 OUTPUT_LAYER = "embed_out.weight"
@@ -171,6 +178,8 @@ def export_hf(
                 "model_max_length": cfg.max_position_embeddings,
                 **special,
             }
+            if (checkpoint / CHAT_TEMPLATE_FILE).exists():  # fine-tuned on chats: apply_chat_template renders as it
+                tokenizer_config["chat_template"] = (checkpoint / CHAT_TEMPLATE_FILE).read_text()
             (tmp / HF_TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return Path(out_dir)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +19,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from neox.errors import RunStateError
-from neox.pipeline.layout import DEEPSPEED_TAG, FINAL_DIR, HF_DIR, MODEL_DIR, STATE_FILE, rng_file
+from neox.pipeline.layout import (
+    CHAT_TEMPLATE_FILE,
+    DEEPSPEED_TAG,
+    FINAL_DIR,
+    HF_DIR,
+    MODEL_DIR,
+    STATE_FILE,
+    rng_file,
+)
 from neox.train.storage import RunStorage
 
 
@@ -170,7 +179,9 @@ def export_final(engine, config: dict[str, Any], rank: int, zero_stage: int, cfg
     )
     with gather:
         if rank == 0:
-            write_final(cfg, engine.module.named_parameters(), config)
+            from neox.train.lora import merged
+
+            write_final(cfg, merged(engine.module).named_parameters(), config)
 
 
 def write_final(cfg, tensors: Iterable[tuple[str, torch.Tensor]], config: dict[str, Any]) -> None:
@@ -182,5 +193,7 @@ def write_final(cfg, tensors: Iterable[tuple[str, torch.Tensor]], config: dict[s
     storage = config["storage"]
     final = storage.local_dir() / FINAL_DIR
     save_model_streaming(cfg, tensors, final / MODEL_DIR, tokenizer_file=config.get("tokenizer_file"), overwrite=True)
+    if config.get("chat_template_file"):  # the model answers in the chat format it was fine-tuned on
+        shutil.copyfile(config["chat_template_file"], final / MODEL_DIR / CHAT_TEMPLATE_FILE)
     export_hf(final / MODEL_DIR, final / HF_DIR, overwrite=True)
     storage.publish(final, FINAL_DIR)

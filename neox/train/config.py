@@ -30,6 +30,7 @@ from neox.pipeline.configfile import (
     section,
 )
 from neox.runtime.tracking_uri import tracking_uri
+from neox.train.lora import LoraConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,6 +102,9 @@ class TrainConfig:
     """Recompute each layer's activations in the backward pass instead of storing them."""
     compile: Bool = False
     """torch.compile the model inside the DeepSpeed engine."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters (peft) on the linear layers instead of every weight; the final checkpoint has them merged
+    in. Not with model or pipeline parallelism, nor ZeRO-3."""
     log_interval: Positive = 10
     """Steps between metric means in MLflow and on the console."""
     eval_interval: Positive = 100
@@ -213,6 +217,11 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
         raise ConfigError(
             "dropout with model_parallel_size > 1 is not supported (it needs per-group random streams); "
             "Pythia and GPT-NeoX-20B train with hidden_dropout and attention_dropout 0"
+        )
+    if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
+        raise ConfigError(
+            "train.lora trains with data parallelism only: model_parallel_size and pipe_parallel_size 1, zero_stage "
+            "0 to 2 (adapters make a large model's optimizer state small; ZeRO-1/2 split what is left)"
         )
     if cfg.compile and tp * pp > 1:
         raise ConfigError("train.compile is not supported with model_parallel_size or pipe_parallel_size > 1")

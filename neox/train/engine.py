@@ -61,6 +61,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     """GPT-NeoX's split: no weight decay on biases and LayerNorm parameters."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:  # frozen under LoRA
+            continue
         (no_decay if name.endswith("bias") or "norm" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -97,6 +99,10 @@ def initial_model(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel |
             model.load_state_dict(load_file(str(Path(cfg.init_from) / WEIGHTS_FILE)))
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model.layers)
+    if cfg.lora is not None:
+        from neox.train.lora import with_lora
+
+        model = with_lora(model, cfg.lora)
     return model
 
 

@@ -52,6 +52,8 @@ def identity(
 ) -> dict[str, Any]:
     """What a run's key hashes, as recorded in its run.json."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL | RESOLVED}
+    if settings["lora"] is None:  # keys of full-weight runs stay those they had before LoRA existed
+        del settings["lora"]
     payload = {
         "code_version": TRAIN_CODE_VERSION,
         "train": settings,

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from neox.data.tokenize import data_prefix, named_split_prefixes
+from neox.data.tokenize import data_prefix, label_prefix, named_split_prefixes, tokenized_stats
 from neox.errors import RunStateError
 from neox.pipeline.layout import (
+    CHAT_TEMPLATE_FILE,
     CONFIG_FILE,
     DATA_FILE,
     FINAL_MODEL,
@@ -163,6 +164,18 @@ def data_fingerprint(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps([fingerprints, cfg.weights]).encode()).hexdigest()
 
 
+def fine_tuning_labels(data: str | Path) -> dict[str, Any]:
+    """An instructions stage output's label dataset and padding id (a dataset training pads one example per
+    sequence), or nothing for a tokenized corpus."""
+    labels = label_prefix(data)
+    return {} if labels is None else {"label_prefix": str(labels.resolve()), "pad_id": tokenized_stats(data)["eod_id"]}
+
+
+def chat_template_of(data: str | Path) -> str | None:
+    template = Path(data) / CHAT_TEMPLATE_FILE
+    return str(template.resolve()) if template.exists() else None
+
+
 def launch(
     plan: RunPlan, resume: bool = False, initial_checkpoint: str | None = None, allow_new_data: bool = False
 ) -> str:
@@ -188,6 +201,7 @@ def launch(
                     split: str(prefix.resolve()) for split, prefix in named_split_prefixes(data).items()
                 },
                 "weight": weight,
+                **fine_tuning_labels(data),
             }
             for data, weight in zip(cfg.datasets, cfg.weights, strict=True)
         ],
@@ -198,6 +212,7 @@ def launch(
         "initial_checkpoint": initial_checkpoint,
         "mlflow_tracking_uri": cfg.tracking_uri,
         "tokenizer_file": str((Path(cfg.datasets[0]) / TOKENIZER_FILE).resolve()),
+        "chat_template_file": chat_template_of(cfg.datasets[0]),
     }
     if resume:  # refuse before anything is started or written
         state = latest_state(storage)

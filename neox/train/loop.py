@@ -54,7 +54,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg = TrainConfig(
         **{**config["train"], "model": tuple(config["train"]["model"]), "betas": tuple(config["train"]["betas"])}
-    )
+    )  # nested sections (train.lora) come back from their dicts through the dataclass's validation
     mcfg = ModelConfig(**config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
