@@ -7,6 +7,7 @@ from prefect import flow
 
 from flows.naming import run_name
 from neox.data.prepare import DataConfig
+from neox.errors import ConfigError
 from neox.pipeline.config import load_pipeline_config
 from tasks.dedup import dedup
 from tasks.download import download
@@ -19,6 +20,8 @@ def data_prep(config: str = "configs/pipeline/local.yaml", data: DataConfig | No
     """`data`: a data section to run instead of the config's (the retrain flow's new shards)."""
     cfg = load_pipeline_config(config)
     data, work_root, hours = data or cfg.data, cfg.work_root, cfg.timeouts
+    if data is None:
+        raise ConfigError(f"{config} has no `data:` section to prepare")
     downloaded = download(data, work_root, hours.download_hours).result()
     deduped = dedup(downloaded, data, work_root, hours.dedup_hours).result()
     tokenizer = train_tokenizer(deduped, data, work_root, hours.tokenizer_hours).result()

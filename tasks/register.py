@@ -13,9 +13,15 @@ from neox.registry.rule import Decision, RegistryConfig
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_model(
-    eval_output: str, registry: RegistryConfig, tracking_uri: str, work_root: str, experiment: str
+    eval_output: str,
+    registry: RegistryConfig,
+    tracking_uri: str,
+    work_root: str,
+    experiment: str,
+    lineage: dict[str, str] | None = None,
 ) -> str:
-    tags = {"neox.prefect_flow_run_id": str(runtime.flow_run.id)}
+    """`lineage`: tags beside those the checkpoint's run gives (a fine-tune's base model)."""
+    tags = {"neox.prefect_flow_run_id": str(runtime.flow_run.id), **(lineage or {})}
     version = register(eval_output, registry.name, tracking_uri, work_root, experiment, tags=tags)
     get_run_logger().info("registered %s version %s", registry.name, version)
     return version
@@ -23,10 +29,14 @@ def register_model(
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_version(
-    version: str, registry: RegistryConfig, tracking_uri: str, champion_metrics: dict[str, float] | None = None
+    version: str,
+    registry: RegistryConfig,
+    tracking_uri: str,
+    champion_metrics: dict[str, float] | None = None,
+    baseline: tuple[str, dict[str, float]] | None = None,
 ) -> Decision:
     name = registry.name
-    decision = promote(name, version, registry.rule, tracking_uri, champion_metrics)
+    decision = promote(name, version, registry.rule, tracking_uri, champion_metrics, baseline)
     verdict = "champion" if decision.promote else "not promoted"
     # the decision as promote wrote it on the version; a version promoted before it wrote one has only the verdict
     description = MlflowClient(tracking_uri=tracking_uri).get_model_version(name, version).description

@@ -173,6 +173,36 @@ def tokenize(
     typer.echo(str(out))
 
 
+@app.command(rich_help_panel=DATA, short_help="Tokenize chat/instruction JSONL for fine-tuning, prompts masked.")
+def instructions(
+    sources: Annotated[
+        list[Path], typer.Argument(help="JSONL files (or folders of them): prompt/response or messages.")
+    ],
+    tokenizer: Annotated[Path, typer.Option(help="tokenizer.json of the model to fine-tune (its checkpoint's).")],
+    chat_template: Annotated[
+        Path | None, typer.Option(help="Jinja chat template (default: configs/chat/default.jinja).")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Output names: PREFIX_text_document and PREFIX_text_label_document.")] = (
+        "instructions"
+    ),
+    mask_prompt: Annotated[bool, typer.Option(help="Score only the assistant turns.")] = True,
+    work_root: WorkRootOption = Path("work"),
+) -> None:
+    """Render instruction data with a chat template and tokenize it into a text dataset and a label dataset (-100
+    on the prompt tokens), as gpt-neox's preprocess_data_with_chat_template.py stores them; train.data takes the
+    output. Bad lines go to rejects.jsonl with their reason. Prints the stage output directory.
+
+    Example: neox instructions chats.jsonl --tokenizer work/import/<key>/tokenizer.json
+    """
+    from neox.data.instructions import InstructionsConfig, instructions_stage
+    from neox.pipeline.configfile import parse
+
+    raw = {"sources": [str(s) for s in sources], "prefix": prefix, "mask_prompt": mask_prompt}
+    if chat_template is not None:
+        raw["chat_template"] = str(chat_template)
+    typer.echo(str(instructions_stage(parse(InstructionsConfig, raw), tokenizer, work_root).path))
+
+
 @app.command("data", rich_help_panel=DATA, short_help="Run a config's data stages, download to tokenize.")
 def data_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML with a `data:` section.")],

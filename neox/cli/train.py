@@ -47,6 +47,36 @@ def train_command(
     typer.echo(train_from_config(config, overrides, resume=resume, allow_new_data=allow_new_data))
 
 
+@app.command(
+    "finetune", rich_help_panel=TRAIN, short_help="Fine-tune a model: data, train, eval beside its base, register."
+)
+def finetune_command(
+    config: Annotated[
+        Path,
+        typer.Argument(help="Pipeline config YAML with a `finetune:` section (e.g. configs/pipeline/finetune.yaml)."),
+    ],
+) -> None:
+    """Run the finetune flow: the base model (finetune.base: models:/NAME@champion, a neox checkpoint or a Hugging
+    Face GPT-NeoX folder) trained on finetune.instructions (prompt tokens masked; LoRA with train.lora) or on the
+    data section's shards, evaluated beside its base on the same held-out data, registered as a version of
+    registry.name with lineage to the base, and promoted when the gate says so. The same as
+    `python -m flows.finetune CONFIG`: a Prefect flow run (local, or on PREFECT_API_URL). A rerun reuses every
+    finished stage and resumes training.
+
+    Example: neox finetune configs/pipeline/finetune.yaml
+    """
+    import subprocess
+    import sys
+
+    from neox.pipeline.check import check_pipeline_config
+
+    cfg = check_pipeline_config(config)  # a bad config fails here, before Prefect starts
+    if cfg.finetune is None:
+        raise typer.BadParameter(f"{config} has no `finetune:` section", param_hint="CONFIG")
+    # a child process: the library never imports Prefect, the flow does
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "flows.finetune", str(config)]))
+
+
 @app.command("runs", rich_help_panel=TRAIN, short_help="List the training runs and their status.")
 def runs_command(
     config: Annotated[

@@ -25,12 +25,13 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from neox.data.indexed import write_index
 from neox.data.jsonl import Rejects, read_lines
+from neox.data.sample import build_sample_instructions
 from neox.data.tokenizer import EOD_TOKEN, eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.pipeline.configfile import Bool, PlainName, Str, section
@@ -50,9 +51,12 @@ DTYPE = np.dtype(np.int32)  # the label dataset holds -100; gpt-neox writes both
 class InstructionsConfig:
     """`finetune.instructions`: instruction data for supervised fine-tuning."""
 
-    sources: tuple[Str, ...]
+    sources: tuple[Str, ...] = ()
     """JSONL files (.jsonl or .jsonl.zst), or folders of them, relative to where you run: one example per line,
     {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}."""
+    corpus: Literal["sample"] | None = None
+    """`sample`: the embedded instruction set instead of sources (~700 questions on standard-library functions,
+    answered from their docstrings)."""
     chat_template: Str | None = None
     """A Jinja chat template file (Hugging Face's apply_chat_template convention; default:
     configs/chat/default.jinja). It is stored with the data and the fine-tuned model."""
@@ -62,8 +66,8 @@ class InstructionsConfig:
     """Score only the assistant turns (false: every token, as continued pretraining on chats)."""
 
     def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("sources names no file")
+        if bool(self.sources) == (self.corpus is not None):
+            raise ValueError("give sources (JSONL files) or corpus: sample, one of the two")
 
 
 def source_files(sources: tuple[str, ...]) -> list[Path]:
@@ -174,12 +178,13 @@ def read_examples(files: list[Path], rejects: Rejects) -> Iterator[list[dict[str
                 rejects.add(file.name, number, str(err), line[:1000])
 
 
-def instructions_stage(
-    cfg: InstructionsConfig, tokenizer_file: str | Path, work_root: str | Path, base_dir: Path = Path(".")
-) -> StageResult:
+def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work_root: str | Path) -> StageResult:
     """Run (or reuse) the instructions stage on the sources, with the base model's tokenizer."""
-    files = source_files(tuple(str(base_dir / s) for s in cfg.sources))
-    template_file = Path(base_dir / cfg.chat_template) if cfg.chat_template else DEFAULT_TEMPLATE
+    if cfg.corpus == "sample":
+        files = [build_sample_instructions(Path(work_root) / "mirror" / "instructions.jsonl")]
+    else:
+        files = source_files(cfg.sources)
+    template_file = Path(cfg.chat_template) if cfg.chat_template else DEFAULT_TEMPLATE
     if not template_file.is_file():
         raise MissingInput(f"chat template {template_file} does not exist")
     tokenizer_file = Path(tokenizer_file)

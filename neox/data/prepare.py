@@ -127,12 +127,16 @@ def tokenize_stage(deduped: str | Path, tokenizer: str | Path, data: DataConfig,
 
 
 def upstream_outputs(tokenized: str | Path, work_root: str | Path) -> dict[str, Path]:
-    """The dedup and download stage outputs a tokenized dataset was made from, those still under `work_root`."""
+    """The dedup and download stage outputs a tokenized dataset was made from, those still under `work_root`
+    (none for fine-tuning data, read from its sources directly)."""
     from neox.pipeline.stage import MANIFEST, read_manifest, stage_output
 
     found, current = {}, Path(tokenized)
     for stage in ("dedup", "download"):
-        current = stage_output(work_root, stage, read_manifest(current)["inputs"]["shards"])
+        shards = read_manifest(current)["inputs"].get("shards")
+        if shards is None:
+            break
+        current = stage_output(work_root, stage, shards)
         if not (current / MANIFEST).exists():
             break
         found[stage] = current

@@ -1,10 +1,15 @@
 """The embedded corpus: Pile-format shards built from text every Python install carries, so `make demo` and
 the tests need no download. The standard library's `.py` sources become `Github` documents and
 `pydoc_data.topics` become `Docs` documents (about 32 MB, ~1,900 documents on CPython 3.11). The result is
-deterministic for a given Python version."""
+deterministic for a given Python version.
+
+The embedded instruction set, for the fine-tuning demo, comes from the same sources: "What does the Python
+function `json.dumps` do?" answered by the first paragraph of its docstring (read with `ast`, nothing imported)."""
 
 from __future__ import annotations
 
+import ast
+import json
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -51,3 +56,38 @@ def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> 
         write_shard(path, documents[i::shards])
         paths.append(path)
     return paths
+
+
+def stdlib_instructions() -> Iterator[dict[str, str]]:
+    """A prompt/response pair per public top-level function of the standard library's top-level modules whose
+    docstring opens with a paragraph of 20 to 300 characters."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            first = (ast.get_docstring(node) or "").split("\n\n")[0].strip()
+            if 20 <= len(first) <= 300:
+                yield {
+                    "prompt": f"What does the Python function `{path.stem}.{node.name}` do?",
+                    "response": " ".join(first.split()),
+                }
+
+
+def build_sample_instructions(path: str | Path, seed: int = 0) -> Path:
+    """Write the embedded instruction set as one JSONL file, shuffled with `seed` (so the held-out split mixes
+    modules)."""
+    examples = list(stdlib_instructions())
+    random.Random(seed).shuffle(examples)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(example) + "\n" for example in examples))
+    tmp.replace(path)
+    return path

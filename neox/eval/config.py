@@ -11,7 +11,7 @@ from pydantic import Field, Strict
 from neox.data.dataset import split_boundaries
 from neox.pipeline.configfile import Positive, Str, parse, section
 
-OFFLINE_TASKS = ("neox_heldout", "neox_lastword")
+OFFLINE_TASKS = ("neox_heldout", "neox_lastword", "neox_response")
 PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "hellaswag")
 
 
@@ -19,8 +19,9 @@ PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challen
 class EvalConfig:
     """The eval stage's config: which tasks, on what, how."""
 
-    tasks: tuple[Str, ...] = OFFLINE_TASKS
-    """Offline tasks (neox_heldout, neox_lastword) and/or lm-eval task names (e.g. the Pythia suite)."""
+    tasks: tuple[Str, ...] = OFFLINE_TASKS[:2]
+    """Offline tasks (neox_heldout, neox_lastword; neox_response on fine-tuning data) and/or lm-eval task names
+    (e.g. the Pythia suite)."""
     batch_size: Positive = 16
     """Requests per forward pass."""
     device: Annotated[str, Strict(), Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"

@@ -5,7 +5,9 @@ so no evaluation document was trained on. Each document is decoded from its toke
 
 - `heldout.jsonl` ({"text"}): whole documents, for perplexity through `loglikelihood_rolling` (like wikitext);
 - `lastword.jsonl` ({"context", "target"}): LAMBADA-style passages, the document's first `lastword_chars`
-  characters up to a final word of 3+ letters, which the model must predict.
+  characters up to a final word of 3+ letters, which the model must predict;
+- `responses.jsonl` ({"context", "target"}), for fine-tuning data only: each assistant turn and the chat before it,
+  for the response-only loss (`neox_response`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import json
 import re
 from pathlib import Path
 
-from neox.data.dataset import split_boundaries
+import numpy as np
+
+from neox.data.dataset import IGNORE_INDEX, split_boundaries
 from neox.data.indexed import IndexedDataset
 from neox.data.splits import SPLITS
-from neox.data.tokenize import data_prefix, named_split_prefixes
+from neox.data.tokenize import data_prefix, label_prefix, named_split_prefixes
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError
 from neox.eval.config import EvalDataConfig
@@ -29,6 +33,7 @@ STAGE = "eval-data"
 CODE_VERSION = "2"  # 2: named splits
 HELDOUT_FILE = "heldout.jsonl"
 LASTWORD_FILE = "lastword.jsonl"
+RESPONSES_FILE = "responses.jsonl"
 WORD = re.compile(r"\b[A-Za-z]{3,}\b")
 
 
@@ -42,6 +47,30 @@ def lastword_passage(text: str, max_chars: int) -> dict[str, str] | None:
     if last is None or not text[: last.start()].strip():
         return None
     return {"context": text[: last.start()].rstrip(), "target": last.group()}
+
+
+def scored_runs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive scored positions (labels other than -100)."""
+    scored = np.concatenate([[False], labels != IGNORE_INDEX, [False]])
+    edges = np.flatnonzero(scored[1:] != scored[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def write_responses(indexed: IndexedDataset, labels: IndexedDataset, documents: range, tok, path: Path) -> int:
+    """One {"context", "target"} line per scored run (an assistant turn) of each held-out example: the text before
+    it, as training saw it, and the turn. Returns the line count."""
+    count = 0
+    with open(path, "w") as out:
+        for index in documents:
+            tokens = [int(t) for t in indexed[index]]
+            for first, last in scored_runs(labels[index]):
+                context = tok.decode(tokens[:first], skip_special_tokens=False)
+                target = tok.decode(tokens[first:last], skip_special_tokens=False)
+                out.write(json.dumps({"context": context, "target": target, "document": index}) + "\n")
+                count += 1
+    if not count:
+        raise ConfigError(f"the held-out examples {documents.start}..{documents.stop - 1} have no scored response")
+    return count
 
 
 def part_documents(tokenized: str | Path, split: str, part: str) -> tuple[Path, int, int]:
@@ -87,9 +116,22 @@ def eval_data_stage(
                     passages += 1
         if not documents or not passages:
             raise ConfigError(f"the {cfg.part} split of {tokenized} yields no usable documents")
+        labels = label_prefix(tokenized)
+        responses = (
+            write_responses(
+                indexed,
+                IndexedDataset(labels),
+                range(start, min(end, start + cfg.max_documents)),
+                tok,
+                run.tmp / RESPONSES_FILE,
+            )
+            if labels is not None
+            else None
+        )
         run.stats.update(
             documents=documents,
             passages=passages,
+            **({"responses": responses} if responses is not None else {}),
             dataset=prefix.name,
             document_range=[start, end],
             train_range=list(part_documents(tokenized, cfg.split, "train")[1:]),

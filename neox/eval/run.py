@@ -47,7 +47,20 @@ def offline_task_config(name: str, eval_data: Path) -> dict[str, Any]:
     config = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
     files = config["dataset_kwargs"]["data_files"]
     config["dataset_kwargs"]["data_files"] = {split: str(Path(eval_data) / file) for split, file in files.items()}
+    missing = [file for file in files.values() if not (Path(eval_data) / file).exists()]
+    if missing:
+        what = "fine-tuning data (an instructions stage output)" if name == "neox_response" else "its eval-data"
+        raise ConfigError(f"task {name} needs {what}: {eval_data} has no {', '.join(missing)}")
+    if name == "neox_response":  # lm-eval scores loglikelihood tasks per document; this one per response byte
+        config["process_results"] = response_bytes
     return config
+
+
+def response_bytes(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, tuple[float, int]]:
+    """(log-likelihood, UTF-8 bytes) of one response, which bits_per_byte and weighted_perplexity aggregate."""
+    loglikelihood, _ = results[0]
+    pair = (loglikelihood, len(doc["target"].encode()))
+    return {"bits_per_byte": pair, "byte_perplexity": pair}
 
 
 def check_task_data(names: list[str], task_manager) -> None:

@@ -26,7 +26,8 @@ def describe(path: str | Path) -> str:
     """`neox check`'s answer: the config checked whole, in one line (model, schedule, workers, precision)."""
     cfg = check_pipeline_config(path)
     train = cfg.train
-    sections = ["work_root", "data", "train", "eval", "registry"] + (["retrain"] if cfg.retrain else [])
+    names = ("work_root", "data", "train", "eval", "registry", "retrain", "finetune")
+    sections = [name for name in names if getattr(cfg, name) is not None]
     return (
         f"{path}: ok — model {', '.join(Path(m).name for m in train.model)}, {train.train_iters} steps x "
         f"{train.global_batch_size} sequences x {train.seq_length} tokens on {train.num_workers} worker(s), "

@@ -7,6 +7,7 @@ registry rule should not surface after hours of data preparation and training.
     eval: {...}            # neox.eval.config.EvalSection
     registry: {...}        # neox.registry.rule.RegistryConfig
     retrain: {...}         # neox.pipeline.retrain.RetrainConfig (optional)
+    finetune: {...}        # neox.pipeline.finetune.FinetuneConfig (optional): what `neox finetune` starts from
     timeouts: {...}        # TimeoutsConfig: hours each Prefect task may run
 
 Every key at every depth is known, every value typed and in range; errors name the dotted path. Besides each
@@ -26,6 +27,7 @@ from neox.errors import ConfigError
 from neox.eval.config import OFFLINE_TASKS, EvalSection
 from neox.model.config import load_model_config
 from neox.pipeline.configfile import PositiveFloat, Str, parse, read_pipeline_config, section
+from neox.pipeline.finetune import FinetuneConfig, check_finetune
 from neox.pipeline.retrain import RetrainConfig, merged_data
 from neox.registry.rule import RegistryConfig
 from neox.train.config import TrainConfig, build_train_config, check_layout
@@ -58,13 +60,15 @@ class TimeoutsConfig:
 class PipelineConfig:
     """A pipeline config file: the stages' sections, each checked whole."""
 
-    data: DataConfig
     train: TrainConfig
+    data: DataConfig | None = None
+    """Required, except in a fine-tuning config with finetune.instructions."""
     work_root: Str = "work"
     """Where stage outputs live: <work_root>/<stage>/<key>/."""
     eval: EvalSection = EvalSection()
     registry: RegistryConfig = RegistryConfig()
     retrain: RetrainConfig | None = None
+    finetune: FinetuneConfig | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
 
 
@@ -89,7 +93,11 @@ def _load(path: Path) -> PipelineConfig:
         raise ConfigError(
             f"train.seq_length {train.seq_length} exceeds the model's max_position_embeddings {positions}"
         )
+    if cfg.data is None and (cfg.finetune is None or cfg.finetune.instructions is None or cfg.retrain is not None):
+        raise ConfigError("no `data:` section (only a fine-tuning config with finetune.instructions may leave it out)")
     check_rule_metrics(cfg)
+    if cfg.finetune is not None:
+        check_finetune(cfg.finetune, cfg.registry.name)
     if cfg.retrain is not None:
         data_config(merged_data(raw["data"], cfg.retrain))
         build_train_config({**raw["train"], **cfg.retrain.train}, base_dir=path.parent)

@@ -12,7 +12,7 @@ import torch
 
 from neox.eval.run import EVAL_METRICS_FILE, metrics_table
 from neox.pipeline.config import PipelineConfig
-from neox.pipeline.layout import TOKENIZER_FILE, TRAIN_METRICS_FILE, final_hf, final_model
+from neox.pipeline.layout import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, TRAIN_METRICS_FILE, final_hf, final_model
 from neox.pipeline.stage import read_manifest, stage_output
 
 
@@ -20,21 +20,27 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
     """Print the summary; returns whether the Hugging Face export check passed."""
     tokenized, run_dir = Path(result["tokenized"]), Path(result["run"])
     tokenize_manifest = read_manifest(tokenized)
-    # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
-    dedup_stats = read_manifest(stage_output(cfg.work_root, "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
+    stats = tokenize_manifest["stats"]
     logged = logged_losses((run_dir / TRAIN_METRICS_FILE).read_text(), cfg.train.log_interval)
     (first_step, first_loss), (last_step, last_loss) = logged[0], logged[-1]
     print(f"\n== neox-pipeline: {title}")
     if result.get("continued_from"):
         print(f"   continued from champion version {result['continued_from']}")
-    print(
-        f"   dedup: {dedup_stats['documents_in']} -> {dedup_stats['documents_out']} documents "
-        f"({dedup_stats['exact_duplicates']} exact, {dedup_stats['near_duplicates']} near duplicates)"
-    )
-    print(
-        f"   tokenize: {tokenize_manifest['stats']['tokens']:,} tokens, "
-        f"vocabulary {tokenize_manifest['stats']['vocab_size']} -> {tokenized}"
-    )
+    if result.get("base"):
+        print(f"   fine-tuned from {result['base']}")
+    if tokenize_manifest["stage"] == "instructions":
+        print(
+            f"   instructions: {stats['documents']} examples, {stats['tokens']:,} tokens of which "
+            f"{stats['scored_tokens']:,} scored, {sum(stats['rejects'].values())} lines rejected -> {tokenized}"
+        )
+    else:
+        # the dedup output this dataset was tokenized from: its key is the tokenize stage's input
+        dedup = read_manifest(stage_output(cfg.work_root, "dedup", tokenize_manifest["inputs"]["shards"]))["stats"]
+        print(
+            f"   dedup: {dedup['documents_in']} -> {dedup['documents_out']} documents "
+            f"({dedup['exact_duplicates']} exact, {dedup['near_duplicates']} near duplicates)"
+        )
+        print(f"   tokenize: {stats['tokens']:,} tokens, vocabulary {stats['vocab_size']} -> {tokenized}")
     print(
         f"   training: loss {first_loss:.3f} at step {first_step} -> {last_loss:.3f} at step {last_step}, "
         f"each the mean since the previous log line, as MLflow's train/loss ({run_dir})"
@@ -43,7 +49,10 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
     metrics = json.loads((Path(result["eval"]) / EVAL_METRICS_FILE).read_text())
     print("   lm-eval:")
     print("\n".join("     " + line for line in metrics_table(metrics).splitlines()))
-    print(reading(metrics, parameters, last_step, tokenize_manifest["stats"]["tokens"]))
+    if result.get("base_metrics"):
+        print("   the base model on the same held-out data:")
+        print("\n".join("     " + line for line in metrics_table(result["base_metrics"]).splitlines()))
+    print(reading(metrics, parameters, last_step, stats["tokens"]))
     name = cfg.registry.name
     verdict = "is `champion`" if result["promoted"] else "stays `candidate`"
     print(f"   registry: {name} version {result['version']} {verdict} ({'; '.join(result['reasons'])})")
@@ -84,6 +93,9 @@ def reading(metrics: dict[str, float], parameters: int, steps: int, tokens: int)
     return line
 
 
+CHAT_PROMPT = "What does the Python function `json.dumps` do?"
+
+
 def check_export(run_dir: Path) -> tuple[bool, int]:
     """Whether transformers loads the export and computes our logits; and the model's parameter count."""
     from tokenizers import Tokenizer
@@ -98,7 +110,15 @@ def check_export(run_dir: Path) -> tuple[bool, int]:
     ours = load_model(final_model(run_dir))
     theirs = AutoModelForCausalLM.from_pretrained(final_hf(run_dir)).eval()
     tok = Tokenizer.from_file(str(final_model(run_dir) / TOKENIZER_FILE))
-    ids = torch.tensor([tok.encode("def main():\n    return").ids])
+    prompt = "def main():\n    return"
+    if (final_model(run_dir) / CHAT_TEMPLATE_FILE).exists():  # fine-tuned on chats: asked as it was taught
+        from neox.data.instructions import chat_renderer
+
+        render = chat_renderer(
+            final_model(run_dir) / TOKENIZER_FILE, (final_model(run_dir) / CHAT_TEMPLATE_FILE).read_text()
+        )
+        prompt = render([{"role": "user", "content": CHAT_PROMPT}], True)
+    ids = torch.tensor([tok.encode(prompt).ids])
     with torch.no_grad():
         diff = (theirs(ids).logits - ours(ids)).abs().max().item()
     sample = generate(

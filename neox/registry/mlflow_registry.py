@@ -187,12 +187,18 @@ def champion_version(name: str, tracking_uri: str):
 
 
 def promote(
-    name: str, version: str, rule: PromotionRule, tracking_uri: str, champion_metrics: dict[str, float] | None = None
+    name: str,
+    version: str,
+    rule: PromotionRule,
+    tracking_uri: str,
+    champion_metrics: dict[str, float] | None = None,
+    baseline: tuple[str, dict[str, float]] | None = None,
 ) -> Decision:
     """Give `version` the candidate alias and move champion to it if the rule says so (the old champion keeps
     `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat.
     `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
-    without them the champion's own recorded metrics are used."""
+    without them the champion's own recorded metrics are used. `baseline`: (what it is, its metrics on the
+    candidate's data) to beat while there is no champion yet (a fine-tune's base model), instead of the floors."""
     client = MlflowClient(tracking_uri=tracking_uri)
     candidate = model_version(client, name, version, tracking_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)
@@ -203,6 +209,8 @@ def promote(
     rescored = champion is not None and champion_metrics is not None
     if champion is not None and champion_metrics is None:
         champion_metrics = client.get_run(champion.run_id).data.metrics
+    if champion is None and baseline is not None:
+        champion_metrics = baseline[1]
     decision = decide(candidate_metrics, champion_metrics, rule)
     record = {
         "promoted": decision.promote,
@@ -211,6 +219,7 @@ def promote(
         "champion_version": str(champion.version) if champion else None,
         "champion_metrics": champion_metrics,
         "champion_scored_on": "the candidate's eval data" if rescored else "its own eval data",
+        **({"baseline": baseline[0]} if champion is None and baseline is not None else {}),
     }
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(record, sort_keys=True)[:5000])
     client.update_model_version(name, version, description=decision_markdown(name, version, record, rule))

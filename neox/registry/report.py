@@ -19,7 +19,12 @@ def decision_markdown(name: str, version: str, record: dict[str, Any], rule: Pro
     lines += [f"Guard: `{g.metric}` may not get worse by more than {g.tolerance:g}." for g in rule.guards]
     lines += [f"Floor: `{metric}` {bound}." for metric, bound in rule.floors.items()]
     candidate, held = record["candidate_metrics"], record.get("champion_metrics") or {}
-    if champion is None:
+    if champion is None and record.get("baseline"):
+        lines += ["", f"No champion yet: compared with {record['baseline']}, scored on the same data.", ""]
+        lines += ["| metric | this version | baseline |", "|---|---|---|"]
+        for metric in sorted(set(candidate) | set(held)):
+            lines.append(f"| `{metric}` | {_number(candidate.get(metric))} | {_number(held.get(metric))} |")
+    elif champion is None:
         lines += ["", "No champion yet: this first version was checked against the floors only.", ""]
         lines += ["| metric | this version |", "|---|---|"]
         lines += [f"| `{metric}` | {value:.6g} |" for metric, value in sorted(candidate.items())]

@@ -491,3 +491,69 @@ def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outp
     assert (runs["conc-a"] / "final" / "model" / "model.safetensors").read_bytes() == (
         run_labelled(setting["work"] / "train", "straight") / "final" / "model" / "model.safetensors"
     ).read_bytes()
+
+
+FINETUNE = "import sys; from flows.finetune import main; main()"
+
+
+def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_with_lineage(setting, uninterrupted):
+    """Version 1 of the pretrained model, fine-tuned with LoRA on the embedded instruction set: the prompt tokens
+    unscored, the response loss on held-out examples below the base's, a version of its own registered model
+    tagged with its base, promoted because it beats the base (there is no fine-tune champion yet)."""
+    from mlflow import MlflowClient
+
+    config = setting["root"] / "finetune.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "work_root": str(setting["work"]),
+                "finetune": {"base": "models:/flow-tiny/1", "instructions": {"corpus": "sample"}},
+                "train": {
+                    "model": str(REPO / "configs" / "model" / "tiny.yml"),
+                    "name": "sft",
+                    "storage_path": str(setting["work"] / "train"),
+                    "split": "90,5,5",
+                    "seq_length": 64,
+                    "micro_batch_size": 8,
+                    "train_iters": 40,
+                    "lr": 3.0e-3,
+                    "warmup": 0.05,
+                    "eval_interval": 20,
+                    "eval_iters": 1,
+                    "checkpoint_interval": 20,
+                    "log_interval": 10,
+                    "num_workers": 2,
+                    "lora": {"r": 8, "alpha": 16.0},
+                    "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}",
+                },
+                "eval": {"tasks": ["neox_response"], "batch_size": 16, "data": {"max_documents": 24}},
+                "registry": {
+                    "name": "flow-tiny-sft",
+                    "rule": {"metric": "neox_response/bits_per_byte", "direction": "minimize"},
+                },
+            }
+        )
+    )
+    out = run_flow(setting, FINETUNE, config)
+    assert "fine-tuned from models:/flow-tiny/1" in out and "flow-tiny-sft version 1 is `champion`" in out
+    assert "the base model on the same held-out data:" in out and "Hugging Face export: max |logit difference|" in out
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")
+    version = client.get_model_version("flow-tiny-sft", "1")
+    base_checkpoint = run_labelled(setting["work"] / "train", "straight") / "final" / "model"
+    assert version.tags["neox.base_model"] == "models:/flow-tiny/1"
+    assert version.tags["neox.base_checkpoint"] == str(base_checkpoint)
+    decision = json.loads(version.tags["neox.promotion"])
+    assert decision["baseline"] == "the base model models:/flow-tiny/1" and decision["champion_version"] is None
+    tuned, base = (
+        m["neox_response/bits_per_byte"] for m in (decision["candidate_metrics"], decision["champion_metrics"])
+    )
+    assert tuned < base - 0.1, (tuned, base)  # the response loss fell
+    train_run = client.get_run(version.tags["neox.train_run_id"])
+    assert train_run.data.params["train.init_from"] == str(base_checkpoint)
+    # the merged export is a plain GPT-NeoX with the chat template; a rerun reuses everything
+    hf = run_labelled(setting["work"] / "train", "sft") / "final" / "hf"
+    assert "<|assistant|>" in json.loads((hf / "tokenizer_config.json").read_text())["chat_template"]
+    again = run_flow(setting, FINETUNE, config)
+    assert "instructions: reused the verified output" in again and "train: reused" in again
+    assert "flow-tiny-sft version 1 is `champion` (already champion)" in again

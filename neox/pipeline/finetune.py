@@ -1,0 +1,120 @@
+"""The `finetune:` section and the model a fine-tune starts from.
+
+    finetune:
+      base: models:/neox-tiny@champion     # or models:/NAME/VERSION, a neox checkpoint, a Hugging Face folder
+      instructions: {sources: [chats.jsonl]}   # supervised fine-tuning; without it, the data section's shards
+
+The fine-tuned model is registered under the config's `registry.name`, its own registered model, with lineage
+tags naming the base; the promotion gate compares it with its registered model's champion or, before there is
+one, with the base model scored on the same held-out data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from neox.data.instructions import InstructionsConfig
+from neox.errors import ConfigError, MissingInput
+from neox.pipeline.configfile import Str, section
+from neox.pipeline.layout import CONFIG_FILE, HF_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+BASE_MODEL_TAG = "neox.base_model"  # on a fine-tuned version: models:/NAME/VERSION, or the base's folder
+BASE_CHECKPOINT_TAG = "neox.base_checkpoint"
+
+
+@section
+class FinetuneConfig:
+    """`finetune:`: what `neox finetune` and the finetune flow start from and train on (the train section says
+    how: steps, learning rate, LoRA)."""
+
+    base: Str
+    """The model to fine-tune: a registered version (models:/NAME@champion, models:/NAME/3), a neox checkpoint
+    folder, or a Hugging Face GPT-NeoX folder (imported into the work root first)."""
+    instructions: InstructionsConfig | None = None
+    """Instruction data for supervised fine-tuning; without it, the data section's shards (continued
+    pretraining), which must use the base model's tokenizer."""
+
+    def __post_init__(self) -> None:
+        if self.base.startswith("models:") and not MODEL_URI.match(self.base):
+            raise ValueError(f"base {self.base!r}: give models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    """The resolved base: its checkpoint folder and what the lineage tags name it by."""
+
+    checkpoint: Path
+    uri: str
+    registered_name: str | None = None
+
+
+def registered_name(base: str) -> str | None:
+    match = MODEL_URI.match(base)
+    return match["name"] if match else None
+
+
+def resolve_base(base: str, work_root: str | Path, tracking_uri: str) -> Base:
+    """The base model as a neox checkpoint folder: a registered version's checkpoint (the folder it was evaluated
+    from), a checkpoint as given, or a Hugging Face folder imported once into <work_root>/import/<its hash>."""
+    match = MODEL_URI.match(base)
+    if match:
+        return registered_base(match, tracking_uri)
+    folder = Path(base)
+    if (folder / CONFIG_FILE).exists():
+        checkpoint = folder
+    elif (folder / HF_CONFIG_FILE).exists():
+        checkpoint = imported(folder, Path(work_root))
+    else:
+        raise MissingInput(f"finetune.base {base}: not a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face folder")
+    for needed in (WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (checkpoint / needed).exists():
+            raise MissingInput(f"finetune.base {checkpoint} has no {needed}")
+    return Base(checkpoint.resolve(), str(folder.resolve()))
+
+
+def registered_base(match: re.Match, tracking_uri: str) -> Base:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from neox.eval.run import CHECKPOINT_PATH_TAG
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    name = match["name"]
+    try:
+        version = (
+            client.get_model_version_by_alias(name, match["alias"])
+            if match["alias"]
+            else client.get_model_version(name, match["version"])
+        )
+    except MlflowException as err:
+        raise MissingInput(f"finetune.base {match.string}: no such model version in {tracking_uri} ({err})") from None
+    checkpoint = Path(version.tags.get(CHECKPOINT_PATH_TAG, ""))
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise MissingInput(
+            f"finetune.base {match.string} is version {version.version}, whose checkpoint {checkpoint} is gone; "
+            f"download its `model` artifact (mlflow artifacts download) and give that folder as the base"
+        )
+    return Base(checkpoint, f"models:/{name}/{version.version}", name)
+
+
+def imported(hf_dir: Path, work_root: Path) -> Path:
+    """A Hugging Face folder as a neox checkpoint, imported once (keyed by the folder's content)."""
+    from neox.model.hf import import_hf
+    from neox.pipeline.stage import input_fingerprint
+
+    out = work_root / "import" / input_fingerprint(hf_dir)[:16]
+    if not (out / WEIGHTS_FILE).exists():
+        import_hf(hf_dir, out, overwrite=True)
+    return out
+
+
+def check_finetune(finetune: FinetuneConfig, registry_name: str) -> None:
+    """A fine-tune registers as its own model: not as new versions of the model it starts from."""
+    if registered_name(finetune.base) == registry_name:
+        raise ConfigError(
+            f"registry.name {registry_name} is the base model's: register the fine-tune under its own name "
+            f"(e.g. {registry_name}-sft), with lineage to the base version"
+        )
