@@ -32,8 +32,9 @@ import numpy as np
 from neox.data.indexed import write_index
 from neox.data.jsonl import Rejects, read_lines
 from neox.data.sample import build_sample_instructions
-from neox.data.tokenizer import EOD_TOKEN, eod_id, load_tokenizer
+from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
+from neox.model.chat import chat_renderer
 from neox.pipeline.configfile import Bool, PlainName, Str, section
 from neox.pipeline.layout import CHAT_TEMPLATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage, sha256_file
@@ -109,20 +110,6 @@ def as_messages(record: Any) -> list[dict[str, str]]:
     if not messages[-1]["content"].strip():
         raise ValueError("empty response")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def chat_renderer(tokenizer_file: Path, template: str) -> Callable[[list[dict[str, str]], bool], str]:
-    """render(messages, add_generation_prompt) with transformers' sandboxed Jinja renderer."""
-    from transformers import PreTrainedTokenizerFast
-
-    hf = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=EOD_TOKEN, chat_template=template)
-
-    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        if not messages:
-            return ""
-        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    return render
 
 
 def segments(messages: list[dict[str, str]], render: Callable, mask_prompt: bool) -> list[tuple[str, bool]]:

@@ -112,7 +112,7 @@ def check_export(run_dir: Path) -> tuple[bool, int]:
     tok = Tokenizer.from_file(str(final_model(run_dir) / TOKENIZER_FILE))
     prompt = "def main():\n    return"
     if (final_model(run_dir) / CHAT_TEMPLATE_FILE).exists():  # fine-tuned on chats: asked as it was taught
-        from neox.data.instructions import chat_renderer
+        from neox.model.chat import chat_renderer
 
         render = chat_renderer(
             final_model(run_dir) / TOKENIZER_FILE, (final_model(run_dir) / CHAT_TEMPLATE_FILE).read_text()

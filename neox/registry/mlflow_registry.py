@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from neox.errors import ConfigError, RunStateError
 from neox.eval.record import find_eval_run, quoted, verified_eval_run
 from neox.eval.run import CHECKPOINT_PATH_TAG
-from neox.pipeline.layout import MODEL_DIR, hf_export_of
+from neox.pipeline.layout import CHAT_TEMPLATE_FILE, MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
 from neox.registry.pyfunc_params import PARAMS
 from neox.registry.report import decision_markdown
@@ -110,7 +110,7 @@ def log_text_generator(client: MlflowClient, run, artifacts: dict[str, str]) -> 
                 python_model=PYFUNC_SOURCE,
                 artifacts=artifacts,
                 code_paths=[str(package_copy(Path(local) / "code"))],
-                pip_requirements=_requirements(),
+                pip_requirements=_requirements(chat=(Path(artifacts["model"]) / CHAT_TEMPLATE_FILE).exists()),
                 signature=mlflow.models.infer_signature(["a prompt"], ["its continuation"], params=PARAMS),
                 input_example=(["Once upon a time"], {"max_new_tokens": 32}),
             )
@@ -157,10 +157,14 @@ PYFUNC_REQUIREMENTS = ("torch", "tokenizers", "safetensors", "PyYAML", "pydantic
 PYFUNC_REQUIREMENTS += ("tqdm",)
 
 
-def _requirements() -> list[str]:
+def _requirements(chat: bool) -> list[str]:
+    """PYFUNC_REQUIREMENTS pinned as installed here; and what rendering a chat template needs, for a chat model."""
     from importlib.metadata import version
 
-    return [f"{package}=={version(package)}" for package in PYFUNC_REQUIREMENTS]
+    from neox.model.chat import CHAT_REQUIREMENTS
+
+    packages = PYFUNC_REQUIREMENTS + (CHAT_REQUIREMENTS if chat else ())
+    return [f"{package}=={version(package)}" for package in packages]
 
 
 def package_copy(directory: Path) -> Path:

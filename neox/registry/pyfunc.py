@@ -3,10 +3,11 @@
 puts it behind MLflow's scoring server.
 
 Params (each optional): max_new_tokens (32), temperature (0: greedy), top_k (0: off), top_p (1: off), seed (-1:
-unseeded) and stop (strings that end a continuation, not included). A bad value, or a max_new_tokens that leaves
-no room for a prompt in the model's context, is an MLflow invalid-parameter error (HTTP 400 when served); a prompt
-longer than the room left keeps its last tokens. Prompts of equal token length are generated as one batch (the KV
-cache has no padding mask, so unequal ones are not mixed).
+unseeded), stop (strings that end a continuation, not included) and chat (true: a model fine-tuned on chats, whose
+checkpoint carries its chat template, gets each prompt as a user turn rendered with it; false: as is). A bad value,
+or a max_new_tokens that leaves no room for a prompt in the model's context, is an MLflow invalid-parameter error
+(HTTP 400 when served); a prompt longer than the room left keeps its last tokens. Prompts of equal token length are
+generated as one batch (the KV cache has no padding mask, so unequal ones are not mixed).
 
 Registration logs this file as MLflow "model from code" (it ends with `set_model`), not a pickled object, with the
 `neox` package as its code: loading a version runs this source, never an unpickled one, and needs only the
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import mlflow
 
+from neox.pipeline.layout import CHAT_TEMPLATE_FILE
 from neox.registry.pyfunc_params import PARAMS
 
 ADVICE = "Add type hints to the `predict` method"
@@ -57,6 +60,12 @@ try:
             self.model = load_model(context.artifacts["model"])
             self.tokenizer = load_tokenizer(tokenizer_path(context.artifacts["model"]))
             self.eod = eod_id(self.tokenizer)
+            template = Path(context.artifacts["model"]) / CHAT_TEMPLATE_FILE
+            self.render = None
+            if template.exists():  # fine-tuned on chats: a prompt becomes a user turn, as in training
+                from neox.model.chat import chat_renderer
+
+                self.render = chat_renderer(tokenizer_path(context.artifacts["model"]), template.read_text())
 
         def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
             import torch
@@ -64,7 +73,10 @@ try:
             from neox.model.generate import generate
 
             prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
-            sampling, stops, seed = self.sampling({**PARAMS, **(params or {})})
+            params = {**PARAMS, **(params or {})}
+            sampling, stops, seed = self.sampling(params)
+            if self.render is not None and params["chat"]:
+                prompts = [self.render([{"role": "user", "content": str(prompt)}], True) for prompt in prompts]
             room = self.model.cfg.max_position_embeddings - sampling.max_new_tokens
             encoded = [(self.tokenizer.encode(str(prompt)).ids or [self.eod])[-room:] for prompt in prompts]
             generator = None if seed < 0 else torch.Generator().manual_seed(seed)

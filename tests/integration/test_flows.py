@@ -554,6 +554,19 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     # the merged export is a plain GPT-NeoX with the chat template; a rerun reuses everything
     hf = run_labelled(setting["work"] / "train", "sft") / "final" / "hf"
     assert "<|assistant|>" in json.loads((hf / "tokenizer_config.json").read_text())["chat_template"]
+    # served, a question becomes a user turn rendered with the model's chat template (chat: false sends it as is)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{setting['root'] / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/flow-tiny-sft/1")
+    questions = ["What does the Python function `json.dumps` do?", "def main():"]
+    rendered = [f"<|user|>\n{question}\n<|assistant|>\n" for question in questions]
+    sampling = {"max_new_tokens": 12, "temperature": 1.0, "seed": 1}
+    answers = served.predict(questions, params=sampling)
+    assert answers == served.predict(rendered, params={**sampling, "chat": False})
+    assert answers != served.predict(questions, params={**sampling, "chat": False})
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/flow-tiny-sft/1")).read_text()
+    assert "transformers==" in requirements and "Jinja2==" in requirements  # what rendering the template needs
     again = run_flow(setting, FINETUNE, config)
     assert "instructions: reused the verified output" in again and "train: reused" in again
     assert "flow-tiny-sft version 1 is `champion` (already champion)" in again
