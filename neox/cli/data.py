@@ -173,7 +173,7 @@ def tokenize(
     typer.echo(str(out))
 
 
-@app.command(rich_help_panel=DATA, short_help="Tokenize chat/instruction JSONL for fine-tuning, prompts masked.")
+@app.command(rich_help_panel=DATA, short_help="Tokenize chat JSONL for fine-tuning, prompts masked.")
 def instructions(
     sources: Annotated[
         list[Path], typer.Argument(help="JSONL files (or folders of them): prompt/response or messages.")

@@ -47,9 +47,7 @@ def train_command(
     typer.echo(train_from_config(config, overrides, resume=resume, allow_new_data=allow_new_data))
 
 
-@app.command(
-    "finetune", rich_help_panel=TRAIN, short_help="Fine-tune a model: data, train, eval beside its base, register."
-)
+@app.command("finetune", rich_help_panel=TRAIN, short_help="Fine-tune a model; eval it beside its base; register.")
 def finetune_command(
     config: Annotated[
         Path,

@@ -315,6 +315,7 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         prefect_cli("work-pool", "create", "neox-local", "--type", "process")
         deployed = prefect_cli("--no-prompt", "deploy", "--all")
         assert "pretrain/pretrain" in deployed and "evaluate_and_promote/evaluate-and-promote" in deployed
+        assert "finetune/finetune" in deployed
         retrain = prefect_cli("deployment", "inspect", "retrain/scheduled-retrain")
         assert "0 3 * * 1" in retrain  # the weekly cron
         assert re.search(r"'global_concurrency_limit': \{[^}]*'limit': 1\b", retrain), retrain  # never two at once

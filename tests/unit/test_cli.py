@@ -14,8 +14,8 @@ from neox.model.config import pad_vocab_size
 from tests.conftest import NEOX, neox
 
 COMMANDS = {
-    "Data": ("sample-corpus", "download", "dedup", "train-tokenizer", "tokenize", "data"),
-    "Train": ("train", "runs", "check", "plan", "reshard"),
+    "Data": ("sample-corpus", "download", "dedup", "train-tokenizer", "tokenize", "instructions", "data"),
+    "Train": ("train", "finetune", "runs", "check", "plan", "reshard"),
     "Eval & registry": ("eval-data", "eval", "register", "promote", "serve"),
     "Cluster": ("cluster",),
     "Tools": ("params", "init-model", "export-hf", "import-hf", "import-neox", "export-neox", "generate", "config"),
