@@ -143,3 +143,20 @@ def test_an_example_longer_than_the_sequence_is_cut_at_its_end(tmp_path, tokeniz
     source_entry = {"prefix": data_prefix(out), "split_prefixes": {}, "weight": 1.0, "label_prefix": label_prefix(out)}
     sample = build_datasets([source_entry], "1,0,0", {"train": 1}, 16, seed=0)["train"][0]
     assert len(text[0]) > 17 and sample[0].tolist() == text[0][:17].tolist()
+
+
+def test_held_out_examples_become_one_response_row_per_assistant_turn(tmp_path, tokenizer_file):
+    from neox.eval.config import EvalDataConfig
+    from neox.eval.data import RESPONSES_FILE, eval_data_stage
+
+    source = write_jsonl(tmp_path / "chat.jsonl", [EXAMPLES[0]] * 2 + [EXAMPLES[1]] * 2)
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    eval_data = eval_data_stage(out, tmp_path / "work", EvalDataConfig(split="2,0,2", lastword_chars=20)).path
+    rows = [json.loads(line) for line in (eval_data / RESPONSES_FILE).read_text().splitlines()]
+    first_turn = "<|system|>\nBe brief.\n<|user|>\nOnce?\n<|assistant|>\n"
+    turns = [
+        (first_turn, "Upon a time.<|endoftext|>"),
+        (first_turn + "Upon a time.<|endoftext|><|user|>\nAnd?\n<|assistant|>\n", "It read.<|endoftext|>"),
+    ]
+    assert [(r["document"], r["context"], r["target"]) for r in rows] == [(d, c, t) for d in (2, 3) for c, t in turns]
+    assert read_manifest(eval_data)["stats"]["responses"] == 4

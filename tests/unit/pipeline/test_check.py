@@ -42,7 +42,7 @@ MISTAKES = [
     # top level
     ("trian", {}, "trian: unknown key (did you mean train?)"),
     ("work_root", 3, "work_root: input should be a valid string"),
-    ("data", DELETE, "data: field required"),
+    ("data", DELETE, "no `data:` section (only a fine-tuning config with finetune.instructions may leave it out)"),
     # data
     ("data.corpus", "sampel", "data.corpus: input should be 'sample'"),
     ("data.sample_shards", 0, "data.sample_shards: input should be greater than or equal to 1"),
@@ -104,6 +104,16 @@ MISTAKES = [
     ("retrain.train", {"split": "1,1,1"}, "nor split"),
     ("retrain.train", {"lr": "fast"}, "train.lr: input should be a valid number"),
     ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
+    ("train.lora.r", 0, "train.lora.r: input should be greater than or equal to 1"),
+    ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
+    ("train.lora.rank", 8, "train.lora.rank: unknown key"),
+    # finetune
+    ("finetune.bsae", "x", "finetune.bsae: unknown key (did you mean base?)"),
+    ("finetune.base", "models:/neox-tiny", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ("finetune.base", "models:/neox-tiny@champion", "registry.name neox-tiny is the base model's"),
+    ("finetune.instructions", {"chat_template": "t.jinja"}, "give sources (JSONL files) or corpus: sample"),
+    ("finetune.instructions", {"corpus": "samples"}, "finetune.instructions.corpus: input should be 'sample'"),
+    ("finetune.instructions", {"sources": "a.jsonl"}, "finetune.instructions.sources: must be a list"),
     # timeouts
     ("timeouts.train_hours", 0, "timeouts.train_hours: input should be greater than 0"),
     ("timeouts.train", 24, "timeouts.train: unknown key (did you mean train_hours?)"),
