@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from neox.data.chat import chat_renderer
 from neox.data.indexed import write_index
 from neox.data.jsonl import Rejects, read_lines
 from neox.data.sample import build_sample_instructions
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
-from neox.model.chat import chat_renderer
 from neox.pipeline.configfile import Bool, PlainName, Str, section
 from neox.pipeline.layout import CHAT_TEMPLATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_stage, sha256_file

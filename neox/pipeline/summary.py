@@ -65,7 +65,8 @@ def print_summary(cfg: PipelineConfig, result: dict[str, Any], total_seconds: fl
         f"   MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {cfg.train.tracking_uri}"
         "   (runs, metrics, models, aliases)"
     )
-    print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict(['def main():'])")
+    example = CHAT_PROMPT if (final_model(run_dir) / CHAT_TEMPLATE_FILE).exists() else "def main():"
+    print(f"   champion:   mlflow.pyfunc.load_model('models:/{name}@champion').predict([{example!r}])")
     return ok
 
 
@@ -112,7 +113,7 @@ def check_export(run_dir: Path) -> tuple[bool, int]:
     tok = Tokenizer.from_file(str(final_model(run_dir) / TOKENIZER_FILE))
     prompt = "def main():\n    return"
     if (final_model(run_dir) / CHAT_TEMPLATE_FILE).exists():  # fine-tuned on chats: asked as it was taught
-        from neox.model.chat import chat_renderer
+        from neox.data.chat import chat_renderer
 
         render = chat_renderer(
             final_model(run_dir) / TOKENIZER_FILE, (final_model(run_dir) / CHAT_TEMPLATE_FILE).read_text()

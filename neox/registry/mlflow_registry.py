@@ -161,7 +161,7 @@ def _requirements(chat: bool) -> list[str]:
     """PYFUNC_REQUIREMENTS pinned as installed here; and what rendering a chat template needs, for a chat model."""
     from importlib.metadata import version
 
-    from neox.model.chat import CHAT_REQUIREMENTS
+    from neox.data.chat import CHAT_REQUIREMENTS
 
     packages = PYFUNC_REQUIREMENTS + (CHAT_REQUIREMENTS if chat else ())
     return [f"{package}=={version(package)}" for package in packages]

@@ -63,7 +63,7 @@ try:
             template = Path(context.artifacts["model"]) / CHAT_TEMPLATE_FILE
             self.render = None
             if template.exists():  # fine-tuned on chats: a prompt becomes a user turn, as in training
-                from neox.model.chat import chat_renderer
+                from neox.data.chat import chat_renderer
 
                 self.render = chat_renderer(tokenizer_path(context.artifacts["model"]), template.read_text())
 

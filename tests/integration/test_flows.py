@@ -571,3 +571,34 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     again = run_flow(setting, FINETUNE, config)
     assert "instructions: reused the verified output" in again and "train: reused" in again
     assert "flow-tiny-sft version 1 is `champion` (already champion)" in again
+
+
+def test_finetune_without_instructions_continues_pretraining_on_the_data_sections_shards(setting, uninterrupted):
+    """No finetune.instructions: the data section's stages (reused here) and training from the base's weights,
+    evaluated on the held-out documents beside the base, registered with lineage to it."""
+    from mlflow import MlflowClient
+
+    raw = yaml.safe_load(write_config(setting, "continued", registry="flow-tiny-continued").read_text())
+    raw["finetune"] = {"base": "models:/flow-tiny/1"}
+    raw["train"].update(train_iters=10, warmup=0.0, lr=3.0e-4)
+    config = setting["root"] / "continued.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = run_flow(setting, FINETUNE, config)
+    assert "dedup: reused the verified output" in out and "tokenize: reused the verified output" in out
+    assert "fine-tuned from models:/flow-tiny/1" in out and "the base model on the same held-out data:" in out
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")
+    version = client.get_model_version("flow-tiny-continued", "1")
+    straight = run_labelled(setting["work"] / "train", "straight")
+    assert version.tags["neox.base_model"] == "models:/flow-tiny/1"
+    assert client.get_run(version.tags["neox.train_run_id"]).data.params["train.init_from"] == str(
+        straight / "final" / "model"
+    )
+    decision = json.loads(version.tags["neox.promotion"])
+    assert decision["baseline"] == "the base model models:/flow-tiny/1"
+    assert "neox_heldout/bits_per_byte" in decision["champion_metrics"]  # the base, scored on the same documents
+    continued = run_labelled(setting["work"] / "train", "continued")
+    first, base_first = (
+        json.loads((r / "metrics.jsonl").read_text().splitlines()[0])["loss"] for r in (continued, straight)
+    )
+    assert first < base_first - 0.4  # it starts from the base's training, not from a fresh init
