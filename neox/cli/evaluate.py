@@ -49,8 +49,8 @@ def eval_command(
     tasks: Annotated[
         str,
         typer.Option(
-            help="Comma-separated tasks: neox_heldout, neox_lastword, and/or lm-eval task names "
-            "(pythia: the Pythia suite)."
+            help="Comma-separated tasks: neox_heldout, neox_lastword, neox_response (fine-tuning data), and/or "
+            "lm-eval task names (pythia: the Pythia suite)."
         ),
     ] = "neox_heldout,neox_lastword",
     model: Annotated[

@@ -66,11 +66,12 @@ def finetune_command(
     import subprocess
     import sys
 
+    from neox.errors import ConfigError
     from neox.pipeline.check import check_pipeline_config
 
     cfg = check_pipeline_config(config)  # a bad config fails here, before Prefect starts
     if cfg.finetune is None:
-        raise typer.BadParameter(f"{config} has no `finetune:` section", param_hint="CONFIG")
+        raise ConfigError(f"{config} has no `finetune:` section (finetune.base names the model to start from)")
     # a child process: the library never imports Prefect, the flow does
     raise typer.Exit(subprocess.call([sys.executable, "-m", "flows.finetune", str(config)]))
 
