@@ -82,11 +82,26 @@ def score_champion(
             "champion v%s's checkpoint %s is gone: the gate uses its recorded metrics", champion.version, checkpoint
         )
         return None
+    metrics = scored_on(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment, hours)
+    get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
+    return metrics
+
+
+def scored_on(
+    checkpoint: str | Path,
+    tokenized: str,
+    heldout: EvalDataConfig,
+    evaluation: EvalConfig,
+    work_root: str,
+    tracking_uri: str,
+    experiment: str,
+    hours: float,
+) -> dict[str, float]:
+    """Another model's metrics on the candidate's held-out data, read from its eval's MLflow run after its output
+    is checked against the hashes that run recorded (the eval stage reuses an evaluation already made)."""
     result, _ = within(
         "evaluate",
         hours,
         lambda: eval_on_heldout(checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment),
     )
-    metrics = verified_eval_run(result.path, tracking_uri, experiment).data.metrics
-    get_run_logger().info("champion v%s on the candidate's eval data: %s", champion.version, metrics)
-    return metrics
+    return verified_eval_run(result.path, tracking_uri, experiment).data.metrics

@@ -3,19 +3,16 @@ its tokenizer, and the base scored on the fine-tune's held-out data (what the ga
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from neox.data.instructions import InstructionsConfig, instructions_stage
 from neox.eval.config import EvalConfig, EvalDataConfig
-from neox.eval.record import verified_eval_run
 from neox.pipeline.finetune import Base, resolve_base
 from neox.pipeline.layout import TOKENIZER_FILE
 from tasks.deadline import within
-from tasks.evaluate import eval_on_heldout
+from tasks.evaluate import scored_on
 from tasks.report import STAGE_TASK, stage_state
 
 
@@ -46,13 +43,6 @@ def score_base(
     hours: float,
 ) -> dict[str, float]:
     """The base model's metrics on the fine-tune's held-out data (its eval is content-addressed: reused when done)."""
-    result, _ = within(
-        "evaluate",
-        hours,
-        lambda: eval_on_heldout(
-            Path(base.checkpoint), tokenized, heldout, evaluation, work_root, tracking_uri, experiment
-        ),
-    )
-    metrics = verified_eval_run(result.path, tracking_uri, experiment).data.metrics
+    metrics = scored_on(base.checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment, hours)
     get_run_logger().info("base %s on the fine-tune's eval data: %s", base.uri, metrics)
     return metrics

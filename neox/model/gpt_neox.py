@@ -111,8 +111,10 @@ class GPTNeoX(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
         self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if cfg.no_weight_tying else None
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (batch, seq, vocab) for input_ids (batch, seq); with a cache, positions continue after it."""
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, hidden_only: bool = False) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for input_ids (batch, seq); with a cache, positions continue after it.
+        `hidden_only`: the final hidden states instead (batch, seq, hidden), for a loss fused with the output layer
+        (`output_weight`)."""
         start = cache.length if cache is not None else 0
         cos, sin = rotary_cos_sin(
             self.cfg.rotary_ndims, self.cfg.rotary_emb_base, start, input_ids.shape[1], input_ids.device
@@ -122,12 +124,17 @@ class GPTNeoX(nn.Module):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += input_ids.shape[1]
-        return self.output_layer(self.final_layer_norm(x))
+        x = self.final_layer_norm(x)
+        return x if hidden_only else self.output_layer(x)
+
+    @property
+    def output_weight(self) -> nn.Parameter:
+        """The output layer's weight (vocab, hidden): `embed_out`, or the input embedding for a tied model."""
+        return self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
 
     def output_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits: `embed_out`, or the input embedding's transpose for a tied model."""
-        weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
-        return F.linear(x, weight)
+        """Logits from the final hidden states."""
+        return F.linear(x, self.output_weight)
 
 
 def init_std(method: str, cfg: ModelConfig) -> float:

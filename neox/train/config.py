@@ -102,6 +102,13 @@ class TrainConfig:
     """Recompute each layer's activations in the backward pass instead of storing them."""
     compile: Bool = False
     """torch.compile the model inside the DeepSpeed engine."""
+    cross_entropy: Literal["full", "chunked", "liger"] = "full"
+    """How the loss comes from the last hidden states: full (the whole batch x sequence x vocabulary logits, then
+    cross-entropy), chunked (our fused linear + cross-entropy, a chunk of tokens at a time: never the full logits;
+    CPU or GPU) or liger (liger-kernel's fused kernel; GPU, the `gpu` extra). Not with model or pipeline
+    parallelism (the vocabulary-parallel loss applies there), nor ZeRO-3."""
+    fused_adamw: Bool = False
+    """torch's fused AdamW (one kernel for every parameter's update; on the GPU, and on the CPU since torch 2.4)."""
     lora: LoraConfig | None = None
     """Train LoRA adapters (peft) on the linear layers instead of every weight; the final checkpoint has them merged
     in. Not with model or pipeline parallelism, nor ZeRO-3."""
@@ -218,6 +225,14 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
             "dropout with model_parallel_size > 1 is not supported (it needs per-group random streams); "
             "Pythia and GPT-NeoX-20B train with hidden_dropout and attention_dropout 0"
         )
+    if cfg.cross_entropy != "full" and (tp * pp > 1 or cfg.zero_stage == 3):
+        raise ConfigError(
+            f"train.cross_entropy {cfg.cross_entropy} needs model_parallel_size and pipe_parallel_size 1 and "
+            "zero_stage 0 to 2 (tensor parallelism has its own vocabulary-parallel loss; ZeRO-3 splits the output "
+            "layer's weight, which the fused loss reads whole)"
+        )
+    if cfg.cross_entropy == "liger" and not cfg.use_gpu:
+        raise ConfigError("train.cross_entropy liger runs on GPUs only (use_gpu: true); on the CPU use chunked")
     if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
         raise ConfigError(
             "train.lora trains with data parallelism only: model_parallel_size and pipe_parallel_size 1, zero_stage "

@@ -34,6 +34,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
                 "eps": cfg.eps,
                 "weight_decay": cfg.weight_decay,
                 "torch_adam": True,
+                **({"fused": True} if cfg.fused_adamw else {}),  # DeepSpeed passes it on to torch.optim.AdamW
             },
         },
         "zero_optimization": {"stage": stage},
@@ -151,6 +152,11 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
     if cfg.compile:
         engine.compile()  # inside the engine, so checkpoints keep the plain module's parameter names
     return engine
+
+
+def plain_model(module: torch.nn.Module) -> torch.nn.Module:
+    """Our GPTNeoX inside the engine's module (under LoRA, peft's wrapper holds it)."""
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 
 def loss_scale(engine) -> float:

@@ -38,6 +38,8 @@ RUN_CONTROL = frozenset(
         "mlflow_experiment",
     }
 )
+# Train keys added after runs were keyed, with the default that reproduces what runs did before them.
+ADDED_WITH_DEFAULT = {"lora": None, "cross_entropy": "full", "fused_adamw": False}
 # Paths whose content enters the key instead: the resolved model config, the dataset's stage key (with the weights,
 # when several are blended), the weights' sha256.
 RESOLVED = frozenset({"model", "data", "data_weights", "init_from"})
@@ -52,8 +54,9 @@ def identity(
 ) -> dict[str, Any]:
     """What a run's key hashes, as recorded in its run.json."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL | RESOLVED}
-    if settings["lora"] is None:  # keys of full-weight runs stay those they had before LoRA existed
-        del settings["lora"]
+    for key, default in ADDED_WITH_DEFAULT.items():  # runs that do not use them keep the keys they had before
+        if settings[key] == default:
+            del settings[key]
     payload = {
         "code_version": TRAIN_CODE_VERSION,
         "train": settings,

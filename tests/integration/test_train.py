@@ -350,6 +350,18 @@ def test_torch_compile_inside_the_engine_trains_the_same_model(tmp_path, tokeniz
     assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
 
 
+def test_the_chunked_loss_and_fused_adamw_train_the_same_model(tmp_path, tokenized, straight):
+    """train.cross_entropy chunked (the full logits never made) and train.fused_adamw, through DeepSpeed on 2
+    workers: the straight run's first 10 steps (the same schedule), within rounding."""
+    config = write_config(
+        tmp_path, tokenized, cross_entropy="chunked", fused_adamw=True, train_iters=10, lr_decay_iters=STEPS
+    )
+    finish(launch(config))
+    fused, plain = losses(run_folder(config)), losses(straight)
+    assert sorted(fused) == list(range(1, 11))
+    assert all(abs(fused[s] - plain[s]) < 1e-4 for s in fused), [(s, fused[s], plain[s]) for s in fused]
+
+
 @pytest.mark.faults
 def test_training_goes_on_through_an_mlflow_outage_and_its_metrics_catch_up(tmp_path, tokenized):
     from mlflow import MlflowClient

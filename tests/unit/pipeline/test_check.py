@@ -104,6 +104,8 @@ MISTAKES = [
     ("retrain.train", {"split": "1,1,1"}, "nor split"),
     ("retrain.train", {"lr": "fast"}, "train.lr: input should be a valid number"),
     ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
+    ("train.cross_entropy", "fused", "train.cross_entropy: input should be 'full', 'chunked' or 'liger'"),
+    ("train.cross_entropy", "liger", "train.cross_entropy liger runs on GPUs only"),
     ("train.lora.r", 0, "train.lora.r: input should be greater than or equal to 1"),
     ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
     ("train.lora.rank", 8, "train.lora.rank: unknown key"),

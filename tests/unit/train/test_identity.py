@@ -39,7 +39,17 @@ def test_run_control_keeps_the_same_run(change):
 
 @pytest.mark.parametrize(
     "change",
-    [{"lr": 2e-3}, {"seed": 7}, {"train_iters": 300}, {"num_workers": 4}, {"precision": "bf16"}, {"zero_stage": 2}],
+    [
+        {"lr": 2e-3},
+        {"seed": 7},
+        {"train_iters": 300},
+        {"num_workers": 4},
+        {"precision": "bf16"},
+        {"zero_stage": 2},
+        {"cross_entropy": "chunked"},
+        {"fused_adamw": True},
+        {"lora": {"r": 4}},
+    ],
 )
 def test_what_changes_the_weights_makes_a_new_run(change):
     assert key(dataclasses.replace(BASE, **change)) != key()
@@ -54,3 +64,11 @@ def test_the_dataset_and_the_model_enter_the_key_and_differences_name_them():
 
 def test_every_run_control_key_is_a_train_key():
     assert RUN_CONTROL <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_keys_added_later_leave_the_keys_of_runs_that_do_not_use_them_as_they_were():
+    """A run of the defaults keeps the key it had before LoRA, the fused loss and fused AdamW existed: upgrading
+    does not orphan a stopped run's checkpoints."""
+    settings = identity(BASE, tiny_config(), "data-1", None)["train"]
+    assert not {"lora", "cross_entropy", "fused_adamw"} & set(settings)
+    assert key() == "6f164225fbf520ae"  # what d1e968a, before them, gave this config
