@@ -19,7 +19,7 @@ from flows.train import train
 from neox.errors import ConfigError
 from neox.eval.config import eval_configs
 from neox.pipeline.check import check_pipeline_config
-from neox.pipeline.finetune import BASE_CHECKPOINT_TAG, BASE_MODEL_TAG
+from neox.pipeline.finetune import BASE_CHECKPOINT_TAG, BASE_MODEL_TAG, with_base_tokenizer
 from neox.pipeline.layout import final_model
 from tasks.evaluate import evaluate, score_champion
 from tasks.finetune import base_model, instructions, score_base
@@ -38,7 +38,7 @@ def finetune(config: str = "configs/pipeline/finetune.yaml") -> dict:
     if cfg.finetune.instructions is not None:
         tokenized = instructions(cfg.finetune.instructions, base, work_root, hours.tokenize_hours).result()
     else:
-        tokenized = data_prep(config)
+        tokenized = data_prep(config, with_base_tokenizer(cfg.data, base))
     timings["data"] = time.perf_counter() - started
     started = time.perf_counter()
     run = train(config, tokenized, {"init_from": str(base.checkpoint)})

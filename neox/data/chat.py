@@ -13,10 +13,13 @@ CHAT_REQUIREMENTS = ("transformers", "Jinja2")
 
 
 def chat_renderer(tokenizer_file: str | Path, template: str) -> Callable[[list[dict[str, str]], bool], str]:
-    """render(messages, add_generation_prompt) -> the chat as text, the template given eos_token = <|endoftext|>."""
+    """render(messages, add_generation_prompt) -> the chat as text, the template given eos_token and bos_token
+    <|endoftext|> (as the Hugging Face export's tokenizer_config.json names them)."""
     from transformers import PreTrainedTokenizerFast
 
-    hf = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=EOD_TOKEN, chat_template=template)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file), eos_token=EOD_TOKEN, bos_token=EOD_TOKEN, chat_template=template
+    )
 
     def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if not messages:

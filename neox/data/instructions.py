@@ -11,10 +11,11 @@ unless one is given) and tokenized into two GPT-NeoX mmap datasets, as gpt-neox'
     PREFIX_text_label_document.bin/.idx    the same ids where the loss scores them, -100 where it does not
 
 Only assistant turns are scored (`mask_prompt`): the template is rendered turn by turn, and the text up to each
-assistant turn (`add_generation_prompt`) is what inference will be given, so it is masked; each segment is
-encoded alone, as the prompt is at inference. An example not ending in the end-of-text id gets one. The
-tokenizer and the template are stored with the data, so every later stage renders and decodes as training saw.
-Bad lines (not JSON, no assistant turn, unknown roles, an empty response) go to rejects.jsonl with the reason.
+assistant turn (`add_generation_prompt`) is what inference will be given, so it is masked; the text between two
+scored turns is encoded as one, so a one-turn prompt has exactly the ids inference gives its rendering. An
+example not ending in the end-of-text id gets one. The tokenizer and the template are stored with the data, so
+every later stage renders and decodes as training saw. Bad lines (not JSON, no assistant turn, unknown roles, an
+empty response, a lone surrogate, a chat the template refuses) go to rejects.jsonl with the reason.
 Examples are streamed: memory is one example plus 4 bytes of size per example.
 """
 
@@ -41,7 +42,7 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_st
 from neox.runtime.progress import progress
 
 STAGE = "instructions"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: the text between scored turns encoded as one
 IGNORE = -100  # the label of a position the loss does not score (PyTorch's and gpt-neox's ignore index)
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "chat" / "default.jinja"
@@ -105,6 +106,10 @@ def as_messages(record: Any) -> list[dict[str, str]]:
             raise ValueError(f"a message's role is not one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise ValueError("a message's content is not a string")
+        try:
+            message["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate (an unpaired \\ud800-\\udfff escape): not text") from None
     if messages[-1]["role"] != "assistant":
         raise ValueError("the last message is not the assistant's")
     if not messages[-1]["content"].strip():
@@ -132,7 +137,15 @@ def segments(messages: list[dict[str, str]], render: Callable, mask_prompt: bool
             if text != done:
                 pieces.append((text[len(done) :], scored))
             done = text
-    return pieces
+    # neighbours scored alike are encoded as one text, so a prompt's ids are those of its whole rendering, as the
+    # model is given it at inference
+    merged: list[tuple[str, bool]] = []
+    for text, scored in pieces:
+        if merged and merged[-1][1] == scored:
+            merged[-1] = (merged[-1][0] + text, scored)
+        else:
+            merged.append((text, scored))
+    return merged
 
 
 def encode_example(
@@ -151,18 +164,27 @@ def encode_example(
     return np.asarray(tokens, dtype=DTYPE), np.asarray(labels, dtype=DTYPE)
 
 
-def read_examples(files: list[Path], rejects: Rejects) -> Iterator[list[dict[str, str]]]:
+def read_examples(
+    files: list[Path], rejects: Rejects, render: Callable, mask_prompt: bool
+) -> Iterator[list[tuple[str, bool]]]:
+    """Each usable example's rendered pieces; the others go to `rejects` with the reason."""
+    from jinja2 import TemplateError
+
     for file in files:
         for number, raw in enumerate(read_lines(file), start=1):
             line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
-                yield as_messages(json.loads(line))
+                yield segments(as_messages(json.loads(line)), render, mask_prompt)
             except json.JSONDecodeError:
                 rejects.add(file.name, number, "not JSON", line[:1000])
+            except ConfigError:  # the template itself is wrong (a ValueError too): no line is to blame
+                raise
             except ValueError as err:
                 rejects.add(file.name, number, str(err), line[:1000])
+            except TemplateError as err:  # a template may refuse a chat (raise_exception), e.g. roles out of order
+                rejects.add(file.name, number, f"the chat template refused it: {err}", line[:1000])
 
 
 def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work_root: str | Path) -> StageResult:
@@ -191,8 +213,9 @@ def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work
         rejects = Rejects(run.tmp / "rejects.jsonl")
         scored = total = 0
         with open(f"{text_prefix}.bin", "wb") as text_bin, open(f"{label_prefix}.bin", "wb") as label_bin:
-            for messages in progress(read_examples(files, rejects), desc="instructions", unit=" examples"):
-                tokens, labels = encode_example(segments(messages, render, cfg.mask_prompt), encode, eod)
+            examples = read_examples(files, rejects, render, cfg.mask_prompt)
+            for pieces in progress(examples, desc="instructions", unit=" examples"):
+                tokens, labels = encode_example(pieces, encode, eod)
                 text_bin.write(tokens.tobytes())
                 label_bin.write(labels.tobytes())
                 sizes.append(len(tokens))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def build_sample_instructions(path: str | Path, seed: int = 0) -> Path:
     random.Random(seed).shuffle(examples)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two flows on one work root may write it at once
     tmp.write_text("".join(json.dumps(example) + "\n" for example in examples))
     tmp.replace(path)
     return path

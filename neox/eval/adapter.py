@@ -19,6 +19,7 @@ from lm_eval.api.registry import register_model
 
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
+from neox.eval.config import RESPONSE_TASK
 from neox.model.checkpoint import load_model, parse_dtype, tokenizer_path
 from neox.model.generate import SamplingConfig, generate
 from neox.runtime.progress import progress
@@ -58,8 +59,22 @@ class NeoxLM(TemplateLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """lm-eval's, without its bar over the tokenizing (milliseconds): the scoring shows ours."""
-        return super().loglikelihood(requests, disable_tqdm=True)
+        """lm-eval's, without its bar over the tokenizing (milliseconds): the scoring shows ours. A response of
+        `neox_response` is encoded apart from its prompt, as fine-tuning encodes them (lm-eval's pair encoding
+        would move the prompt's trailing newline into the response, scoring a token training masks)."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        apart = [i for i, request in enumerate(requests) if request.task_name == RESPONSE_TASK]
+        together = [i for i in range(len(requests)) if i not in set(apart)]
+        if together:
+            scored = super().loglikelihood([requests[i] for i in together], disable_tqdm=True)
+            for i, result in zip(together, scored, strict=True):
+                results[i] = result
+        if apart:
+            pairs = [requests[i].args for i in apart]
+            encoded = [((c, t), self.tok_encode(c) or [self.eot_token_id], self.tok_encode(t)) for c, t in pairs]
+            for i, result in zip(apart, self._loglikelihood_tokens(encoded), strict=True):
+                results[i] = result
+        return results
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_: object) -> list[tuple[float, bool]]:

@@ -11,7 +11,8 @@ from pydantic import Field, Strict
 from neox.data.dataset import split_boundaries
 from neox.pipeline.configfile import Positive, Str, parse, section
 
-OFFLINE_TASKS = ("neox_heldout", "neox_lastword", "neox_response")
+RESPONSE_TASK = "neox_response"  # fine-tuning data: each response scored given its prompt, encoded apart
+OFFLINE_TASKS = ("neox_heldout", "neox_lastword", RESPONSE_TASK)
 PYTHIA_SUITE = ("lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq", "logiqa", "hellaswag")
 
 
@@ -38,6 +39,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("tasks names no task")
+        if self.model == "hf" and RESPONSE_TASK in self.tasks:
+            raise ValueError(
+                f"{RESPONSE_TASK} scores each response encoded apart from its prompt, as fine-tuning does, which "
+                "the neox model does; lm-eval's hf model moves the prompt's trailing whitespace into the response"
+            )
 
 
 @section

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from neox.errors import ConfigError, DataError, MissingInput, ServiceError
-from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, EvalConfig
+from neox.eval.config import OFFLINE_TASKS, PYTHIA_SUITE, RESPONSE_TASK, EvalConfig
 from neox.model.digest import checkpoint_digest
 from neox.pipeline.layout import HF_CONFIG_FILE, HF_DIR, MODEL_DIR, WEIGHTS_FILE, hf_export_of
 from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, read_manifest, run_stage
@@ -49,9 +49,9 @@ def offline_task_config(name: str, eval_data: Path) -> dict[str, Any]:
     config["dataset_kwargs"]["data_files"] = {split: str(Path(eval_data) / file) for split, file in files.items()}
     missing = [file for file in files.values() if not (Path(eval_data) / file).exists()]
     if missing:
-        what = "fine-tuning data (an instructions stage output)" if name == "neox_response" else "its eval-data"
+        what = "fine-tuning data (an instructions stage output)" if name == RESPONSE_TASK else "its eval-data"
         raise ConfigError(f"task {name} needs {what}: {eval_data} has no {', '.join(missing)}")
-    if name == "neox_response":  # lm-eval scores loglikelihood tasks per document; this one per response byte
+    if name == RESPONSE_TASK:  # lm-eval scores loglikelihood tasks per document; this one per response byte
         config["process_results"] = response_bytes
     return config
 

@@ -24,7 +24,7 @@ import yaml
 
 from neox.data.prepare import DataConfig, data_config
 from neox.errors import ConfigError
-from neox.eval.config import OFFLINE_TASKS, EvalSection
+from neox.eval.config import OFFLINE_TASKS, RESPONSE_TASK, EvalSection
 from neox.model.config import load_model_config
 from neox.pipeline.configfile import PositiveFloat, Str, parse, read_pipeline_config, section
 from neox.pipeline.finetune import FinetuneConfig, check_finetune
@@ -96,6 +96,11 @@ def _load(path: Path) -> PipelineConfig:
     if cfg.data is None and (cfg.finetune is None or cfg.finetune.instructions is None or cfg.retrain is not None):
         raise ConfigError("no `data:` section (only a fine-tuning config with finetune.instructions may leave it out)")
     check_rule_metrics(cfg)
+    if RESPONSE_TASK in cfg.eval.tasks and (cfg.finetune is None or cfg.finetune.instructions is None):
+        raise ConfigError(
+            f"eval.tasks: {RESPONSE_TASK} scores responses of instruction data, which only a fine-tuning config with "
+            "finetune.instructions has"
+        )
     if cfg.finetune is not None:
         check_finetune(cfg.finetune, cfg.registry.name)
     if cfg.retrain is not None:

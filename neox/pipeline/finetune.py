@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 
 from neox.data.instructions import InstructionsConfig
+from neox.data.prepare import DataConfig, TokenizerConfig
 from neox.errors import ConfigError, MissingInput
-from neox.pipeline.configfile import Str, section
+from neox.pipeline.configfile import Str, parse, section
 from neox.pipeline.layout import CONFIG_FILE, HF_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -35,7 +36,7 @@ class FinetuneConfig:
     folder, or a Hugging Face GPT-NeoX folder (imported into the work root first)."""
     instructions: InstructionsConfig | None = None
     """Instruction data for supervised fine-tuning; without it, the data section's shards (continued
-    pretraining), which must use the base model's tokenizer."""
+    pretraining), tokenized with the base model's tokenizer whatever data.tokenizer says."""
 
     def __post_init__(self) -> None:
         if self.base.startswith("models:") and not MODEL_URI.match(self.base):
@@ -92,6 +93,8 @@ def registered_base(match: re.Match, tracking_uri: str) -> Base:
     except MlflowException as err:
         raise MissingInput(f"finetune.base {match.string}: no such model version in {tracking_uri} ({err})") from None
     checkpoint = Path(version.tags.get(CHECKPOINT_PATH_TAG, ""))
+    if (checkpoint / WEIGHTS_FILE).is_file() and not (checkpoint / TOKENIZER_FILE).is_file():
+        raise MissingInput(f"finetune.base {match.string}: its checkpoint {checkpoint} has no {TOKENIZER_FILE}")
     if not (checkpoint / WEIGHTS_FILE).is_file():
         raise MissingInput(
             f"finetune.base {match.string} is version {version.version}, whose checkpoint {checkpoint} is gone; "
@@ -109,6 +112,12 @@ def imported(hf_dir: Path, work_root: Path) -> Path:
     if not (out / WEIGHTS_FILE).exists():
         import_hf(hf_dir, out, overwrite=True)
     return out
+
+
+def with_base_tokenizer(data: DataConfig, base: Base) -> DataConfig:
+    """The data section tokenizing with the base's tokenizer (continued pretraining reads ids as the base learnt
+    them), whatever its own `tokenizer:` says."""
+    return dataclasses.replace(data, tokenizer=parse(TokenizerConfig, {"from": str(base.checkpoint / TOKENIZER_FILE)}))
 
 
 def check_finetune(finetune: FinetuneConfig, registry_name: str) -> None:

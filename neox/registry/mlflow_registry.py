@@ -20,7 +20,7 @@ from neox.pipeline.layout import CHAT_TEMPLATE_FILE, MODEL_DIR, hf_export_of
 from neox.registry.lineage import lineage_tags
 from neox.registry.pyfunc_params import PARAMS
 from neox.registry.report import decision_markdown
-from neox.registry.rule import Decision, PromotionRule, decide
+from neox.registry.rule import Decision, PromotionRule, decide, decide_first
 
 CHAMPION, CANDIDATE, PREVIOUS_CHAMPION = "champion", "candidate", "previous-champion"
 DECISION_TAG = "neox.promotion"
@@ -202,7 +202,7 @@ def promote(
     `previous-champion`). The decision, with both metric sets, is recorded on the version. Safe to repeat.
     `champion_metrics`: the champion scored on the candidate's evaluation data (what a fair gate compares);
     without them the champion's own recorded metrics are used. `baseline`: (what it is, its metrics on the
-    candidate's data) to beat while there is no champion yet (a fine-tune's base model), instead of the floors."""
+    candidate's data) to beat, besides the floors, while there is no champion yet (a fine-tune's base model)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     candidate = model_version(client, name, version, tracking_uri)
     client.set_registered_model_alias(name, CANDIDATE, version)
@@ -213,9 +213,11 @@ def promote(
     rescored = champion is not None and champion_metrics is not None
     if champion is not None and champion_metrics is None:
         champion_metrics = client.get_run(champion.run_id).data.metrics
-    if champion is None and baseline is not None:
-        champion_metrics = baseline[1]
-    decision = decide(candidate_metrics, champion_metrics, rule)
+    if champion is None:
+        champion_metrics = baseline[1] if baseline is not None else None  # shown beside the candidate's
+        decision = decide_first(candidate_metrics, champion_metrics, rule)
+    else:
+        decision = decide(candidate_metrics, champion_metrics, rule)
     record = {
         "promoted": decision.promote,
         "reasons": list(decision.reasons),

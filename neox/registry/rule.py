@@ -116,3 +116,10 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, rule:
     if reasons:
         return Decision(False, tuple(reasons))
     return Decision(True, (f"{rule.metric} improved by {gain:.6g}",))
+
+
+def decide_first(candidate: dict[str, float], baseline: dict[str, float] | None, rule: PromotionRule) -> Decision:
+    """Whether a first version (no champion yet) becomes champion: it must meet the floors and, given a baseline
+    (a fine-tune's base model scored on the same data), beat it as it would have to beat a champion."""
+    floors = decide(candidate, None, rule)
+    return decide(candidate, baseline, rule) if floors.promote and baseline is not None else floors

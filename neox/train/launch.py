@@ -172,6 +172,7 @@ def fine_tuning_labels(data: str | Path) -> dict[str, Any]:
 
 
 def chat_template_of(data: str | Path) -> str | None:
+    """The chat template an instructions dataset was rendered with (the first one of a blend that has one)."""
     template = Path(data) / CHAT_TEMPLATE_FILE
     return str(template.resolve()) if template.exists() else None
 
@@ -212,7 +213,7 @@ def launch(
         "initial_checkpoint": initial_checkpoint,
         "mlflow_tracking_uri": cfg.tracking_uri,
         "tokenizer_file": str((Path(cfg.datasets[0]) / TOKENIZER_FILE).resolve()),
-        "chat_template_file": chat_template_of(cfg.datasets[0]),
+        "chat_template_file": next(filter(None, map(chat_template_of, cfg.datasets)), None),
     }
     if resume:  # refuse before anything is started or written
         state = latest_state(storage)

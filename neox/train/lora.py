@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field, Strict
+from pydantic import Field, Strict, field_validator
 
 from neox.pipeline.configfile import Positive, PositiveFloat, Str, section
 
@@ -29,6 +29,14 @@ class LoraConfig:
     target_modules: tuple[Str, ...] = LINEAR_LAYERS
     """Linear layers that get adapters, by name: query_key_value, dense (attention output), dense_h_to_4h,
     dense_4h_to_h."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def one_spelling(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Each layer once, in the model's order: the same training then has the same run key."""
+        return tuple(n for n in LINEAR_LAYERS if n in names) + tuple(
+            dict.fromkeys(n for n in names if n not in LINEAR_LAYERS)
+        )
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.target_modules) - set(LINEAR_LAYERS))

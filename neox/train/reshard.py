@@ -60,6 +60,11 @@ def checkpoint_tensors(folder: str | Path, cfg: ModelConfig) -> Iterator[tuple[s
     modules = [
         part(read_states(tag / f"mp_rank_{rank:02d}_model_states.pt"), "module", "module", tag) for rank in ranks
     ]
+    if any(".lora_A." in key for key in modules[0]):
+        raise DataError(
+            f"{tag} is a checkpoint of a LoRA run, its adapters kept apart from the weights: resume the run to its "
+            "end (neox train CONFIG --resume), whose final export has them merged in"
+        )
     for name, shape in dense_specs(cfg):
         yield name, joined(name, shape, [part(module, name, name, tag) for module in modules])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
     if cfg.seq_length > model.max_position_embeddings:
         positions = model.max_position_embeddings
         raise ConfigError(f"train.seq_length {cfg.seq_length} exceeds the model's max_position_embeddings {positions}")
+    for data in cfg.datasets:
+        check_examples(cfg, Path(data))
     start = None
     if cfg.init_from:
         check_init_from(cfg.init_from, model, Path(cfg.datasets[0]))
@@ -71,6 +74,34 @@ def plan_run(cfg: TrainConfig, continued_from: dict[str, Any] | None = None) -> 
     payload = identity(cfg, model, data_key, start, continued_from)
     key = key_of(payload)
     return RunPlan(cfg, model, manifest, payload, key, run_storage(cfg.storage_path, key))
+
+
+def check_examples(cfg: TrainConfig, data: Path) -> None:
+    """Fine-tuning data (one example per sequence) checked before any worker starts: the split must leave examples
+    to train and validate on; examples longer than a sequence are cut at the end, said here with how many."""
+    from neox.data.dataset import split_boundaries
+    from neox.data.indexed import IndexedDataset
+    from neox.data.tokenize import label_prefix
+
+    if label_prefix(data) is None:
+        return
+    sizes = IndexedDataset(label_prefix(data)).sizes
+    bounds = split_boundaries(cfg.split, len(sizes))
+    for index, part in enumerate(("train", "valid")):
+        if bounds[index + 1] <= bounds[index]:
+            raise ConfigError(
+                f"train.split {cfg.split} leaves no {part} examples of the {len(sizes)} in {data}: give the {part} "
+                "part a larger weight, or more examples"
+            )
+    cut = int((sizes > cfg.seq_length + 1).sum())
+    if cut:
+        print(
+            f"train: {cut} of {len(sizes)} examples ({cut / len(sizes):.1%}) are longer than seq_length + 1 = "
+            f"{cfg.seq_length + 1} tokens and are cut at the end (the longest has {int(sizes.max())}); an example cut "
+            "within its prompt has nothing scored. Raise train.seq_length to keep them whole.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_init_from(checkpoint: str, model_cfg: ModelConfig, data: Path) -> None:

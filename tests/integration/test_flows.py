@@ -568,6 +568,20 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     assert answers != served.predict(questions, params={**sampling, "chat": False})
     requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/flow-tiny-sft/1")).read_text()
     assert "transformers==" in requirements and "Jinja2==" in requirements  # what rendering the template needs
+    # its checkpoints keep the adapters apart: reshard says to finish the run instead of writing unmerged weights
+    refused = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("neox")),
+            "reshard",
+            str(run_labelled(setting["work"] / "train", "sft")),
+            "--out",
+            str(setting["root"] / "resharded"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "checkpoint of a LoRA run" in refused.stderr
     again = run_flow(setting, FINETUNE, config)
     assert "instructions: reused the verified output" in again and "train: reused" in again
     assert "flow-tiny-sft version 1 is `champion` (already champion)" in again

@@ -7,7 +7,7 @@ import pytest
 
 from neox.data.dataset import IGNORE_INDEX, build_datasets, inputs_and_targets
 from neox.data.indexed import IndexedDataset
-from neox.data.instructions import InstructionsConfig, instructions_stage
+from neox.data.instructions import DEFAULT_TEMPLATE, InstructionsConfig, instructions_stage
 from neox.data.tokenize import data_prefix, label_prefix
 from neox.data.tokenizer import load_tokenizer
 from neox.errors import ConfigError, DataError
@@ -61,6 +61,20 @@ def test_only_the_assistant_turns_are_scored_token_by_token(tmp_path, tokenizer_
     assert read_manifest(out)["stats"]["scored_tokens"] == int(sum((labels[i] != IGNORE_INDEX).sum() for i in (0, 1)))
 
 
+def test_a_prompt_has_the_ids_inference_gives_its_whole_rendering(tmp_path, tokenizer_file):
+    """The prompt is encoded as one text, as at inference: a user turn ending in a newline before the template's
+    own newline encodes as the whole rendering does, not as two pieces would."""
+    example = {"prompt": "Name a fox.\n", "response": "The quick brown fox."}
+    out = instructions_stage(
+        InstructionsConfig(sources=(str(write_jsonl(tmp_path / "c.jsonl", [example])),)), tokenizer_file, tmp_path
+    ).path
+    tok = load_tokenizer(tokenizer_file)
+    prompt = tok.encode("<|user|>\nName a fox.\n\n<|assistant|>\n").ids
+    text, labels = IndexedDataset(data_prefix(out))[0], IndexedDataset(label_prefix(out))[0]
+    assert text[: len(prompt)].tolist() == prompt and (labels[: len(prompt)] == IGNORE_INDEX).all()
+    assert (labels[len(prompt) :] != IGNORE_INDEX).all()
+
+
 def test_bad_lines_are_rejected_with_their_reason_and_the_rest_kept(tmp_path, tokenizer_file):
     source = write_jsonl(
         tmp_path / "mixed.jsonl",
@@ -71,9 +85,17 @@ def test_bad_lines_are_rejected_with_their_reason_and_the_rest_kept(tmp_path, to
             {"messages": [{"role": "user", "content": "last is not the assistant"}]},
             {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
             {"prompt": "empty", "response": "  "},
+            '{"prompt": "a lone \\ud800 surrogate", "response": "x"}',
+            {"messages": [{"role": "assistant", "content": "no question"}]},
         ],
     )
-    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    template = tmp_path / "strict.jinja"  # a template may refuse a chat, as Hugging Face templates do
+    refusing = (
+        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('a chat starts with a question') }}{% endif %}"
+    )
+    template.write_text(refusing + DEFAULT_TEMPLATE.read_text())
+    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(template))
+    out = instructions_stage(cfg, tokenizer_file, tmp_path / "work").path
     stats = read_manifest(out)["stats"]
     assert stats["documents"] == 1
     assert stats["rejects"] == {
@@ -82,9 +104,11 @@ def test_bad_lines_are_rejected_with_their_reason_and_the_rest_kept(tmp_path, to
         "the last message is not the assistant's": 1,
         "a message's role is not one of system, user, assistant": 1,
         "empty response": 1,
+        "a lone surrogate (an unpaired \\ud800-\\udfff escape): not text": 1,
+        "the chat template refused it: a chat starts with a question": 1,
     }
     lines = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["shard"], r["line"]) for r in lines] == [("mixed.jsonl", n) for n in (2, 3, 4, 5, 6)]
+    assert [(r["shard"], r["line"]) for r in lines] == [("mixed.jsonl", n) for n in (2, 3, 4, 5, 6, 7, 8)]
 
 
 def test_no_usable_example_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):
@@ -160,3 +184,19 @@ def test_held_out_examples_become_one_response_row_per_assistant_turn(tmp_path, 
     ]
     assert [(r["document"], r["context"], r["target"]) for r in rows] == [(d, c, t) for d in (2, 3) for c, t in turns]
     assert read_manifest(eval_data)["stats"]["responses"] == 4
+
+
+def test_a_split_leaving_no_examples_to_validate_on_is_refused_before_training(tmp_path, tokenizer_file, capsys):
+    from neox.train.config import TrainConfig
+    from neox.train.runs import check_examples
+
+    long = {"prompt": "Name a fox.", "response": "The quick brown fox jumps over the lazy dog. " * 10}
+    out = instructions_stage(
+        InstructionsConfig(sources=(str(write_jsonl(tmp_path / "c.jsonl", [EXAMPLES[0]] * 9 + [long])),)),
+        tokenizer_file,
+        tmp_path / "work",
+    ).path
+    with pytest.raises(ConfigError, match="train.split 90,5,5 leaves no valid examples of the 10"):
+        check_examples(TrainConfig(model=("m.yml",), split="90,5,5", seq_length=32), out)
+    check_examples(TrainConfig(model=("m.yml",), split="8,1,1", seq_length=200), out)
+    assert "1 of 10 examples (10.0%) are longer than seq_length + 1 = 201 tokens" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from neox.errors import ConfigError
+from neox.eval.config import OFFLINE_TASKS
 from neox.pipeline.check import check_pipeline_config
 from neox.train.config import load_train_config
 from tests.conftest import REPO
@@ -106,6 +107,7 @@ MISTAKES = [
     ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
     ("train.cross_entropy", "fused", "train.cross_entropy: input should be 'full', 'chunked' or 'liger'"),
     ("train.cross_entropy", "liger", "train.cross_entropy liger runs on GPUs only"),
+    ("eval.tasks", [*OFFLINE_TASKS], "only a fine-tuning config with finetune.instructions has"),
     ("train.lora.r", 0, "train.lora.r: input should be greater than or equal to 1"),
     ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
     ("train.lora.rank", 8, "train.lora.rank: unknown key"),

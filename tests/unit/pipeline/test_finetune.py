@@ -70,3 +70,13 @@ def test_a_fine_tune_registers_under_its_own_name(tmp_path):
     (tmp_path / "finetune.yaml").write_text(text.replace("../model/tiny.yml", str(REPO / "configs/model/tiny.yml")))
     with pytest.raises(ConfigError, match="register the fine-tune under its own name"):
         load_pipeline_config(tmp_path / "finetune.yaml")
+
+
+def test_response_scoring_is_refused_through_lm_evals_hf_model(tmp_path):
+    from neox.pipeline.config import load_pipeline_config
+    from tests.conftest import REPO
+
+    text = (REPO / "configs" / "pipeline" / "finetune.yaml").read_text().replace("  batch_size: 16", "  model: hf")
+    (tmp_path / "finetune.yaml").write_text(text.replace("../model/tiny.yml", str(REPO / "configs/model/tiny.yml")))
+    with pytest.raises(ConfigError, match="lm-eval's hf model moves the prompt's trailing whitespace"):
+        load_pipeline_config(tmp_path / "finetune.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neox.errors import ConfigError
-from neox.registry.rule import Guard, PromotionRule, decide, promotion_rule
+from neox.registry.rule import Guard, PromotionRule, decide, decide_first, promotion_rule
 
 RULE = PromotionRule(
     metric="bpb",
@@ -39,6 +39,15 @@ def test_the_first_champion_must_meet_the_floors():
     assert decide({"bpb": 4.0, "acc": 0.2}, None, RULE).promote
     refused = decide({"bpb": 6.0, "acc": 0.05}, None, RULE)
     assert not refused.promote and len(refused.reasons) == 2
+
+
+def test_a_first_fine_tune_must_meet_the_floors_and_beat_its_base():
+    base = {"bpb": 2.5, "acc": 0.31}
+    assert decide_first({"bpb": 2.0, "acc": 0.30}, base, RULE).promote
+    assert not decide_first({"bpb": 2.6, "acc": 0.31}, base, RULE).promote  # worse than its base
+    below_floor = decide_first({"bpb": 2.0, "acc": 0.05}, {"bpb": 2.5, "acc": 0.05}, RULE)
+    assert not below_floor.promote and "below its floor's min" in below_floor.reasons[0]  # beats the base, no matter
+    assert decide_first({"bpb": 4.0, "acc": 0.2}, None, RULE) == decide({"bpb": 4.0, "acc": 0.2}, None, RULE)
 
 
 def test_maximize_direction():
