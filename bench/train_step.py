@@ -9,6 +9,7 @@ come from its metrics.jsonl, so Ray and DeepSpeed start-up are excluded (and pri
 
     .venv/bin/python bench/train_step.py [--steps 30] [--hidden 256] [--layers 4] [--seq 256] [--batch 8]
     python bench/train_step.py --device cuda --batch 16 [--model configs/model/pythia-410m.yml]   # MFU, bf16
+        [--cross-entropy chunked|liger] [--fused-adamw]      # the engine (c) with train.cross_entropy, fused_adamw
 
 With --layouts, instead: the same shape through the full path on 2 workers (one core each) in each model-parallel
 layout at the same global batch: data parallel 2 (the baseline), tensor parallel 2, pipeline parallel 2 (four
@@ -94,6 +95,7 @@ def gpu_main(args: argparse.Namespace) -> None:
 
     from neox.model.config import load_neox_yaml
     from neox.train.config import TrainConfig
+    from neox.train.cross_entropy import linear_cross_entropy
     from neox.train.engine import deepspeed_config, parameter_groups
     from neox.train.flops import flops_per_step, gpu_peak_tflops
 
@@ -154,6 +156,8 @@ def gpu_main(args: argparse.Namespace) -> None:
                 num_workers=1,
                 use_gpu=True,
                 compile=compiled,
+                cross_entropy=args.cross_entropy,
+                fused_adamw=args.fused_adamw,
             )
             model = initialized(cfg)
             ds, _, _, _ = deepspeed.initialize(
@@ -163,8 +167,12 @@ def gpu_main(args: argparse.Namespace) -> None:
                 ds.compile()
 
             def step(tokens: torch.Tensor) -> None:
-                logits = ds(tokens[:, :-1])
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+                if train_cfg.cross_entropy == "full":
+                    logits = ds(tokens[:, :-1])
+                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+                else:  # as the training loop computes it: the loss fused with the output layer
+                    hidden = ds(tokens[:, :-1], hidden_only=True)
+                    loss = linear_cross_entropy(hidden, model.output_weight, tokens[:, 1:], train_cfg.cross_entropy)
                 ds.backward(loss)
                 ds.step()
 
@@ -218,6 +226,13 @@ def main() -> None:
         default=["configs/model/pythia-160m.yml", "configs/model/pythia-410m.yml"],
         help="GPT-NeoX model YAMLs to time with --device cuda",
     )
+    parser.add_argument(
+        "--cross-entropy",
+        default="full",
+        choices=("full", "chunked", "liger"),
+        help="with --device cuda: train.cross_entropy of (c) and (cc)",
+    )
+    parser.add_argument("--fused-adamw", action="store_true", help="with --device cuda: train.fused_adamw of (c), (cc)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
