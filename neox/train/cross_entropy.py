@@ -18,7 +18,7 @@ import torch
 from neox.data.dataset import IGNORE_INDEX
 from neox.errors import ConfigError
 
-CHUNK_TOKENS = 4096  # pythia's vocabulary: 4096 x 50304 fp32 logits = 0.8 GB at a time, instead of 6.6 GB
+CHUNK_TOKENS = 1024  # pythia's vocabulary: 1024 x 50304 fp32 logits (and their gradient) = 0.4 GB at a time
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
