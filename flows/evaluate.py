@@ -6,20 +6,17 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.naming import run_name
-from neox.eval.config import eval_configs
 from neox.pipeline.config import load_pipeline_config
-from tasks.evaluate import evaluate, score_champion
+from tasks.evaluate import evaluate, score_champion, scoring
 from tasks.register import promote_version, register_model
 
 
 @flow(name="evaluate_and_promote", flow_run_name=run_name("evaluate_and_promote"))
 def evaluate_and_promote(config: str, checkpoint: str, tokenized: str) -> dict:
     cfg = load_pipeline_config(config)
-    heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)
-    tracking, registry, work_root = cfg.train.tracking_uri, cfg.registry, cfg.work_root
-    experiment, hours = cfg.train.mlflow_experiment, cfg.timeouts.evaluate_hours
-    evaluated = evaluate(checkpoint, tokenized, heldout, evaluation, work_root, tracking, experiment, hours).result()
-    version = register_model(evaluated, registry, tracking, work_root, experiment)
-    champion = score_champion(version, tokenized, heldout, evaluation, work_root, registry, tracking, experiment, hours)
+    scored, registry, tracking = scoring(cfg), cfg.registry, cfg.train.tracking_uri
+    evaluated = evaluate(checkpoint, tokenized, scored).result()
+    version = register_model(evaluated, registry, tracking, cfg.work_root, cfg.train.mlflow_experiment)
+    champion = score_champion(version, tokenized, registry, scored)
     decision = promote_version(version, registry, tracking, champion)
     return {"eval": evaluated, "version": version, "promoted": decision.promote, "reasons": list(decision.reasons)}

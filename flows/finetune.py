@@ -17,11 +17,10 @@ from flows.data import data_prep
 from flows.naming import config_tags, run_name
 from flows.train import train
 from neox.errors import ConfigError
-from neox.eval.config import eval_configs
 from neox.pipeline.check import check_pipeline_config
 from neox.pipeline.finetune import BASE_CHECKPOINT_TAG, BASE_MODEL_TAG, with_base_tokenizer
 from neox.pipeline.layout import final_model
-from tasks.evaluate import evaluate, score_champion
+from tasks.evaluate import evaluate, score_champion, scoring
 from tasks.finetune import base_model, instructions, score_base
 from tasks.register import promote_version, register_model
 
@@ -44,17 +43,12 @@ def finetune(config: str = "configs/pipeline/finetune.yaml") -> dict:
     run = train(config, tokenized, {"init_from": str(base.checkpoint)})
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    heldout, evaluation = eval_configs(cfg.eval, cfg.train.split)
-    experiment, registry = cfg.train.mlflow_experiment, cfg.registry
-    checkpoint = str(final_model(run))
-    scored = (heldout, evaluation, work_root, tracking, experiment, hours.evaluate_hours)
-    evaluated = evaluate(checkpoint, tokenized, *scored).result()
+    registry, scored = cfg.registry, scoring(cfg)
+    evaluated = evaluate(str(final_model(run)), tokenized, scored).result()
     lineage = {BASE_MODEL_TAG: base.uri, BASE_CHECKPOINT_TAG: str(base.checkpoint)}
-    version = register_model(evaluated, registry, tracking, work_root, experiment, lineage)
-    base_metrics = score_base(base, tokenized, *scored)
-    champion = score_champion(
-        version, tokenized, heldout, evaluation, work_root, registry, tracking, experiment, hours.evaluate_hours
-    )
+    version = register_model(evaluated, registry, tracking, work_root, cfg.train.mlflow_experiment, lineage)
+    base_metrics = score_base(base, tokenized, scored)
+    champion = score_champion(version, tokenized, registry, scored)
     decision = promote_version(version, registry, tracking, champion, (f"the base model {base.uri}", base_metrics))
     timings["evaluate_and_promote"] = time.perf_counter() - started
     return {

@@ -8,11 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from neox.data.instructions import InstructionsConfig, instructions_stage
-from neox.eval.config import EvalConfig, EvalDataConfig
 from neox.pipeline.finetune import Base, resolve_base
 from neox.pipeline.layout import TOKENIZER_FILE
 from tasks.deadline import within
-from tasks.evaluate import scored_on
+from tasks.evaluate import Scoring, scored_on
 from tasks.report import STAGE_TASK, stage_state
 
 
@@ -32,17 +31,8 @@ def instructions(cfg: InstructionsConfig, base: Base, work_root: str, hours: flo
 
 
 @task(name="score-base", cache_policy=NO_CACHE)
-def score_base(
-    base: Base,
-    tokenized: str,
-    heldout: EvalDataConfig,
-    evaluation: EvalConfig,
-    work_root: str,
-    tracking_uri: str,
-    experiment: str,
-    hours: float,
-) -> dict[str, float]:
+def score_base(base: Base, tokenized: str, scoring: Scoring) -> dict[str, float]:
     """The base model's metrics on the fine-tune's held-out data (its eval is content-addressed: reused when done)."""
-    metrics = scored_on(base.checkpoint, tokenized, heldout, evaluation, work_root, tracking_uri, experiment, hours)
+    metrics = scored_on(base.checkpoint, tokenized, scoring)
     get_run_logger().info("base %s on the fine-tune's eval data: %s", base.uri, metrics)
     return metrics
