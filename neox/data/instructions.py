@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from neox.data.chat import chat_renderer
+from neox.data.dataset import IGNORE_INDEX
 from neox.data.indexed import write_index
 from neox.data.jsonl import Rejects, read_lines
 from neox.data.sample import build_sample_instructions
@@ -43,7 +44,6 @@ from neox.runtime.progress import progress
 
 STAGE = "instructions"
 CODE_VERSION = "2"  # 2: the text between scored turns encoded as one
-IGNORE = -100  # the label of a position the loss does not score (PyTorch's and gpt-neox's ignore index)
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "chat" / "default.jinja"
 DTYPE = np.dtype(np.int32)  # the label dataset holds -100; gpt-neox writes both as int32
@@ -157,10 +157,10 @@ def encode_example(
     for text, scored in pieces:
         ids = encode(text)
         tokens += ids
-        labels += ids if scored else [IGNORE] * len(ids)
+        labels += ids if scored else [IGNORE_INDEX] * len(ids)
     if not tokens or tokens[-1] != eod:
         tokens.append(eod)
-        labels.append(eod if pieces and pieces[-1][1] else IGNORE)
+        labels.append(eod if pieces and pieces[-1][1] else IGNORE_INDEX)
     return np.asarray(tokens, dtype=DTYPE), np.asarray(labels, dtype=DTYPE)
 
 
@@ -220,7 +220,7 @@ def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work
                 label_bin.write(labels.tobytes())
                 sizes.append(len(tokens))
                 total += len(tokens)
-                scored += int((labels != IGNORE).sum())
+                scored += int((labels != IGNORE_INDEX).sum())
         rejects.close()
         if not sizes:
             raise DataError(
