@@ -64,7 +64,7 @@ class NeoxLM(TemplateLM):
         would move the prompt's trailing newline into the response, scoring a token training masks)."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         apart = [i for i, request in enumerate(requests) if request.task_name == RESPONSE_TASK]
-        together = [i for i in range(len(requests)) if i not in set(apart)]
+        together = [i for i, request in enumerate(requests) if request.task_name != RESPONSE_TASK]
         if together:
             scored = super().loglikelihood([requests[i] for i in together], disable_tqdm=True)
             for i, result in zip(together, scored, strict=True):

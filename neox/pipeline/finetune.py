@@ -61,18 +61,21 @@ def resolve_base(base: str, work_root: str | Path, tracking_uri: str) -> Base:
     """The base model as a neox checkpoint folder: a registered version's checkpoint (the folder it was evaluated
     from), a checkpoint as given, or a Hugging Face folder imported once into <work_root>/import/<its hash>."""
     match = MODEL_URI.match(base)
-    if match:
-        return registered_base(match, tracking_uri)
-    folder = Path(base)
+    resolved = registered_base(match, tracking_uri) if match else folder_base(Path(base), Path(work_root))
+    if not (resolved.checkpoint / TOKENIZER_FILE).is_file():
+        raise MissingInput(f"finetune.base {base}: its checkpoint {resolved.checkpoint} has no {TOKENIZER_FILE}")
+    return resolved
+
+
+def folder_base(folder: Path, work_root: Path) -> Base:
     if (folder / CONFIG_FILE).exists():
         checkpoint = folder
     elif (folder / HF_CONFIG_FILE).exists():
-        checkpoint = imported(folder, Path(work_root))
+        checkpoint = imported(folder, work_root)
     else:
-        raise MissingInput(f"finetune.base {base}: not a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face folder")
-    for needed in (WEIGHTS_FILE, TOKENIZER_FILE):
-        if not (checkpoint / needed).exists():
-            raise MissingInput(f"finetune.base {checkpoint} has no {needed}")
+        raise MissingInput(f"finetune.base {folder}: not a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face folder")
+    if not (checkpoint / WEIGHTS_FILE).exists():
+        raise MissingInput(f"finetune.base {checkpoint} has no {WEIGHTS_FILE}")
     return Base(checkpoint.resolve(), str(folder.resolve()))
 
 
@@ -93,8 +96,6 @@ def registered_base(match: re.Match, tracking_uri: str) -> Base:
     except MlflowException as err:
         raise MissingInput(f"finetune.base {match.string}: no such model version in {tracking_uri} ({err})") from None
     checkpoint = Path(version.tags.get(CHECKPOINT_PATH_TAG, ""))
-    if (checkpoint / WEIGHTS_FILE).is_file() and not (checkpoint / TOKENIZER_FILE).is_file():
-        raise MissingInput(f"finetune.base {match.string}: its checkpoint {checkpoint} has no {TOKENIZER_FILE}")
     if not (checkpoint / WEIGHTS_FILE).is_file():
         raise MissingInput(
             f"finetune.base {match.string} is version {version.version}, whose checkpoint {checkpoint} is gone; "
