@@ -9,7 +9,9 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
 3. activation checkpointing: the same steps' losses with and without it (fp32), within 1e-5;
 4. resume: an engine checkpoint saved at step 10 and loaded into a fresh engine continues to the losses of the
    uninterrupted run (within 1e-5 relative: a GPU's atomics may change the last bits);
-5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4.
+5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4;
+6. with liger-kernel on a GPU: its LayerNorm and rotary (Pythia's partial slice) against ours as in 1, and the
+   engine with every liger kernel in bf16, whose last 10 steps' mean loss is within 1% of fp32's (as in 2).
 
     python bench/gpu_checks.py --out DIR [--model configs/model/pythia-160m.yml] [--batch 8] [--seq 512]
     .venv/bin/python bench/gpu_checks.py --device cpu --out /tmp/checks        # the small CPU shape
@@ -48,42 +50,73 @@ def relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30))
 
 
-def kernel_checks(device: torch.device, vocab: int, hidden: int) -> dict:
-    """Each available fused loss against the full logits, in fp32 and bf16."""
+def compare(reference, kernel, inputs: list[torch.Tensor], device: torch.device) -> dict:
+    """`kernel` against `reference` (run in fp32) on the same inputs: each output and the gradient of each float
+    input, under a fixed random upstream gradient per output, in fp32 (within 1e-5 relative) and bf16 (1e-2)."""
+
+    def run(fn, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        leaves = [
+            t.to(device, dtype).detach().clone().requires_grad_() if t.is_floating_point() else t.to(device)
+            for t in inputs
+        ]
+        outputs = fn(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        generator = torch.Generator().manual_seed(1)
+        upstream = [torch.randn(o.shape, generator=generator).to(device) for o in outputs]
+        sum((o.float() * g).sum() for o, g in zip(outputs, upstream, strict=True)).backward()
+        found = {f"out{i}": o.detach() for i, o in enumerate(outputs)}
+        found.update({f"grad{i}": t.grad for i, t in enumerate(leaves) if t.grad is not None})
+        return found
+
+    want = run(reference, torch.float32)
+    results = {}
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        errors = {name: relative(got, want[name]) for name, got in run(kernel, dtype).items()}
+        results[str(dtype).removeprefix("torch.")] = {
+            **errors,
+            "tolerance": tolerance,
+            "ok": max(errors.values()) <= tolerance,
+        }
+    return results
+
+
+def kernel_checks(device: torch.device, vocab: int, hidden: int, heads: int, rotary_ndims: int) -> dict:
+    """Each available kernel against its PyTorch reference: the fused losses (chunked, and liger-kernel's) against
+    the full logits; liger-kernel's LayerNorm and rotary (Pythia's partial slice) against ours."""
+    from functools import partial
+
+    import torch.nn.functional as F
+
+    from neox.model.rotary import rotary_cos_sin, rotate_query_key
     from neox.train.cross_entropy import linear_cross_entropy
     from neox.train.pipeline import next_token_loss
 
-    kernels = ["chunked"] + (["liger"] if device.type == "cuda" and importlib.util.find_spec("liger_kernel") else [])
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2048, hidden, generator=generator)
     w = torch.randn(vocab, hidden, generator=generator) / hidden**0.5
     labels = torch.randint(0, vocab, (2048,), generator=generator)
     labels[:100] = -100
-    reference = {}
+    full = lambda x, w, labels: next_token_loss(x @ w.T, labels, None)  # noqa: E731
+    results = {
+        "cross_entropy chunked": compare(full, partial(linear_cross_entropy, kernel="chunked"), [x, w, labels], device)
+    }
+    if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        return results
+    from liger_kernel.transformers.functional import liger_layer_norm, liger_rope
 
-    def leaf(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return t.to(device, dtype).detach().clone().requires_grad_()
-
-    xr, wr = leaf(x), leaf(w)
-    loss = next_token_loss(xr @ wr.T, labels.to(device), None)
-    loss.backward()
-    reference = {"loss": loss.detach(), "x": xr.grad, "w": wr.grad}
-    results = {}
-    for kernel in kernels:
-        for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-            xk, wk = leaf(x, dtype), leaf(w, dtype)
-            got = linear_cross_entropy(xk, wk, labels.to(device), kernel)
-            got.backward()
-            errors = {
-                "loss": relative(got.detach(), reference["loss"]),
-                "grad_hidden": relative(xk.grad, reference["x"]),
-                "grad_weight": relative(wk.grad, reference["w"]),
-            }
-            results[f"{kernel}/{str(dtype).removeprefix('torch.')}"] = {
-                **errors,
-                "tolerance": tolerance,
-                "ok": max(errors.values()) <= tolerance,
-            }
+    results["cross_entropy liger"] = compare(
+        full, partial(linear_cross_entropy, kernel="liger"), [x, w, labels], device
+    )
+    norm_in = [torch.randn(4096, hidden, generator=generator), 1 + 0.1 * torch.randn(hidden, generator=generator)]
+    norm_in.append(0.1 * torch.randn(hidden, generator=generator))
+    layer_norm = lambda x, w, b: F.layer_norm(x, w.shape, w, b, 1e-5)  # noqa: E731
+    results["layer_norm liger"] = compare(layer_norm, lambda x, w, b: liger_layer_norm(x, w, b, 1e-5), norm_in, device)
+    head_size = hidden // heads
+    q, k = (torch.randn(4, heads, 512, head_size, generator=generator) for _ in range(2))
+    # the angles stay fp32, as the model passes them; only q and k take the checked precision
+    cos, sin = (t.to(device) for t in rotary_cos_sin(rotary_ndims, 10000, 0, 512, torch.device("cpu")))
+    reference = lambda q, k: rotate_query_key(q, k, cos, sin)  # noqa: E731
+    results["rotary liger"] = compare(reference, lambda q, k: liger_rope(q, k, cos, sin), [q, k], device)
     return results
 
 
@@ -155,7 +188,13 @@ def main() -> None:
     import deepspeed
     import yaml
 
+    from neox.model.config import load_model_config
+
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(report: dict) -> None:  # after each part: a run cut short by the device's time limit keeps the rest
+        (args.out / "checks.json").write_text(json.dumps(report, indent=1))
+
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29519")
     deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
     with tempfile.TemporaryDirectory() as work:
@@ -165,7 +204,6 @@ def main() -> None:
             model_yaml = args.work / "tiny.yml"
             model_yaml.write_text(yaml.safe_dump(CPU_SHAPE))
             args.batch, args.seq, args.vocab, args.steps = 4, 64, 512, min(args.steps, 20)
-        hidden = yaml.safe_load(model_yaml.read_text())["hidden_size"]
         device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
         report = {
             "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
@@ -176,8 +214,12 @@ def main() -> None:
             "batch": args.batch,
             "seq": args.seq,
         }
-        report["kernels"] = kernel_checks(device, args.vocab, hidden)
+        model_cfg, _ = load_model_config(model_yaml, vocab_size=args.vocab)
+        report["kernels"] = kernel_checks(
+            device, model_cfg.vocab_size, model_cfg.hidden_size, model_cfg.num_attention_heads, model_cfg.rotary_ndims
+        )
         print(json.dumps(report["kernels"], indent=1), flush=True)
+        save(report)
 
         precision = "bf16" if args.device == "cuda" else "fp32"  # bf16 on the CPU engine: not what is checked
         low = engine_losses(model_yaml, args, args.steps, precision=precision)
@@ -185,10 +227,12 @@ def main() -> None:
         last = slice(-10, None)
         gap = abs(sum(low[last]) - sum(full[last])) / sum(full[last])
         report["precision"] = {"bf16": low, "fp32": full, "last10_relative_gap": gap, "ok": gap <= 0.01}
+        save(report)
 
         checkpointed = engine_losses(model_yaml, args, 10, precision="fp32", activation_checkpointing=True)
         worst = max(abs(a - b) / b for a, b in zip(checkpointed, full[:10], strict=True))
         report["activation_checkpointing"] = {"max_relative_gap": worst, "ok": worst <= 1e-5}
+        save(report)
 
         straight = engine_losses(model_yaml, args, 20, save_at=10, precision=precision)
         resumed = engine_losses(model_yaml, args, 20, save_at=10, load=args.work / "resume", precision=precision)
@@ -200,13 +244,27 @@ def main() -> None:
             "max_relative_gap": worst,
             "ok": worst <= 1e-5,
         }
+        save(report)
 
         chunked = engine_losses(model_yaml, args, 10, precision="fp32", cross_entropy="chunked", fused_adamw=True)
         worst = max(abs(a - b) / b for a, b in zip(chunked, full[:10], strict=True))
         report["engine_chunked_fused_adamw"] = {"max_relative_gap": worst, "ok": worst <= 1e-4}
-    (args.out / "checks.json").write_text(json.dumps(report, indent=1))
+        save(report)
+
+        if report["kernels"].get("rotary liger"):  # liger-kernel is here, on a GPU
+            liger = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
+            fused = engine_losses(model_yaml, args, args.steps, precision="bf16", **liger)
+            gap = abs(sum(fused[last]) - sum(full[last])) / sum(full[last])
+            report["engine_liger_bf16"] = {"losses": fused, "last10_relative_gap_to_fp32": gap, "ok": gap <= 0.01}
+            save(report)
     verdicts = {name: part["ok"] for name, part in report.items() if isinstance(part, dict) and "ok" in part}
-    verdicts.update({f"kernel {name}": part["ok"] for name, part in report["kernels"].items()})
+    verdicts.update(
+        {
+            f"kernel {name} {dtype}": part["ok"]
+            for name, kernel in report["kernels"].items()
+            for dtype, part in kernel.items()
+        }
+    )
     for name, ok in verdicts.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     sys.exit(0 if all(verdicts.values()) else 1)

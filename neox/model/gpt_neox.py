@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neox.model.config import ModelConfig
-from neox.model.rotary import apply_rotary, rotary_cos_sin
+from neox.model.rotary import rotary_cos_sin, rotate_query_key
 
 
 class KVCache:
@@ -45,6 +45,7 @@ class Attention(nn.Module):
         # Fused projection, per-head interleaved: output rows are [h0:(q,k,v), h1:(q,k,v), ...].
         self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.rotary = rotate_query_key  # (q, k, cos, sin) -> (q, k); a fused kernel may take its place in training
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
@@ -52,7 +53,7 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_size).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.rotary(q, k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.length

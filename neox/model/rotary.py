@@ -34,3 +34,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rot, passthrough = x[..., :ndims], x[..., ndims:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((rot * cos + _rotate_half(rot) * sin, passthrough), dim=-1)
+
+
+def rotate_query_key(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k rotated alike: the PyTorch path of `Attention.rotary`, with the signature of liger-kernel's fused
+    rotary (which `train.rotary: liger` puts in its place)."""
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

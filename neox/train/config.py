@@ -107,6 +107,12 @@ class TrainConfig:
     cross-entropy), chunked (our fused linear + cross-entropy, a chunk of tokens at a time: never the full logits;
     CPU or GPU) or liger (liger-kernel's fused kernel; GPU, the `gpu` extra). Not with model or pipeline
     parallelism (the vocabulary-parallel loss applies there), nor ZeRO-3."""
+    layer_norm: Literal["torch", "liger"] = "torch"
+    """The LayerNorms' kernel: torch, or liger (liger-kernel's fused Triton kernel; GPU, the `gpu` extra). The
+    parameters and checkpoints are the same either way."""
+    rotary: Literal["torch", "liger"] = "torch"
+    """The rotary embedding's kernel: torch, or liger (liger-kernel's fused Triton kernel, which rotates Pythia's
+    partial slice of each head in place; GPU, the `gpu` extra)."""
     fused_adamw: Bool = False
     """torch's fused AdamW (one kernel for every parameter's update; on the GPU, and on the CPU since torch 2.4)."""
     lora: LoraConfig | None = None
@@ -231,8 +237,10 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
             "zero_stage 0 to 2 (tensor parallelism has its own vocabulary-parallel loss; ZeRO-3 splits the output "
             "layer's weight, which the fused loss reads whole)"
         )
-    if cfg.cross_entropy == "liger" and not cfg.use_gpu:
-        raise ConfigError("train.cross_entropy liger runs on GPUs only (use_gpu: true); on the CPU use chunked")
+    on_cpu = {"cross_entropy": "chunked", "layer_norm": "torch", "rotary": "torch"}
+    for setting, cpu_choice in on_cpu.items():
+        if getattr(cfg, setting) == "liger" and not cfg.use_gpu:
+            raise ConfigError(f"train.{setting} liger runs on GPUs only (use_gpu: true); on the CPU use {cpu_choice}")
     if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
         raise ConfigError(
             "train.lora trains with data parallelism only: model_parallel_size and pipe_parallel_size 1, zero_stage "

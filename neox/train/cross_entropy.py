@@ -17,6 +17,7 @@ import torch
 
 from neox.data.dataset import IGNORE_INDEX
 from neox.errors import ConfigError
+from neox.train.kernels import liger
 
 CHUNK_TOKENS = 1024  # pythia's vocabulary: 1024 x 50304 fp32 logits (and their gradient) = 0.4 GB at a time
 
@@ -78,13 +79,7 @@ def chunked_linear_cross_entropy(
 
 
 def liger_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-    except ImportError:
-        raise ConfigError(
-            "train.cross_entropy: liger needs liger-kernel, the `gpu` extra (pip install -e '.[gpu]' on a GPU "
-            "machine); use chunked on the CPU"
-        ) from None
+    liger_fused_linear_cross_entropy = liger("liger_fused_linear_cross_entropy", "train.cross_entropy", "chunked")
     # liger's kernel counts the tokens it ignores out of the mean as we do; an all-ignored batch gives 0
     scored = (labels != IGNORE_INDEX).any()
     loss = liger_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="mean")

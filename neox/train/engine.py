@@ -13,6 +13,7 @@ from neox.model.config import ModelConfig
 from neox.model.gpt_neox import initialized
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.train.config import TrainConfig
+from neox.train.kernels import use_kernels
 from neox.train.parallel import ModelParallel
 from neox.train.schedule import lr_at
 
@@ -131,6 +132,7 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
 
     deepspeed.init_distributed()  # takes Ray Train's process group; a PipelineModule needs it before the engine
     model = initial_model(cfg, mcfg, parallel)
+    use_kernels(model, cfg.layer_norm, cfg.rotary)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=parameter_groups(model, cfg.weight_decay),

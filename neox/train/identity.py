@@ -39,7 +39,13 @@ RUN_CONTROL = frozenset(
     }
 )
 # Train keys added after runs were keyed, with the default that reproduces what runs did before them.
-ADDED_WITH_DEFAULT = {"lora": None, "cross_entropy": "full", "fused_adamw": False}
+ADDED_WITH_DEFAULT = {
+    "lora": None,
+    "cross_entropy": "full",
+    "fused_adamw": False,
+    "layer_norm": "torch",
+    "rotary": "torch",
+}
 # Paths whose content enters the key instead: the resolved model config, the dataset's stage key (with the weights,
 # when several are blended), the weights' sha256.
 RESOLVED = frozenset({"model", "data", "data_weights", "init_from"})
