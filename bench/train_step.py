@@ -8,8 +8,15 @@ right after (c), since this shared machine's speed drifts by tens of percent bet
 come from its metrics.jsonl, so Ray and DeepSpeed start-up are excluded (and printed).
 
     .venv/bin/python bench/train_step.py [--steps 30] [--hidden 256] [--layers 4] [--seq 256] [--batch 8]
-    python bench/train_step.py --device cuda --batch 16 [--model configs/model/pythia-410m.yml]   # MFU, bf16
-        [--cross-entropy chunked|liger] [--fused-adamw]      # the engine (c) with train.cross_entropy, fused_adamw
+
+With --device cuda, instead: MFU, tokens/s and peak memory on one GPU, bf16, of each configuration named by
+--variants (transformers' model, ours in a bare loop, ours in the DeepSpeed engine as the training loop builds it,
+each with any of the kernel and memory levers) on each --model shape, rows to --out as they are measured.
+`bench/gpu/run.sh` runs it, and bench/gpu_checks.py, in one device session.
+
+    python bench/train_step.py --device cuda [--model configs/model/pythia-410m.yml ...] [--batch 16]
+        [--variants engine bare hf engine:ce=liger,ln=liger,rope=liger,adamw=fused ...] [--out DIR] [--profile SPEC]
+    .venv/bin/python bench/train_step.py --device cuda --rehearse --model configs/model/pythia-14m.yml  # on the CPU
 
 With --layouts, instead: the same shape through the full path on 2 workers (one core each) in each model-parallel
 layout at the same global batch: data parallel 2 (the baseline), tensor parallel 2, pipeline parallel 2 (four
@@ -28,6 +35,8 @@ import sys
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -47,8 +56,8 @@ from neox.model.hf import hf_config  # noqa: E402
 class BareLoop:
     """AdamW + gradient clipping, one step at a time, so two models can take turns on the same machine state."""
 
-    def __init__(self, model: torch.nn.Module, logits_of, autocast: torch.dtype | None = None):
-        self.model, self.logits_of, self.autocast = model.train(), logits_of, autocast
+    def __init__(self, model: torch.nn.Module, loss_of, autocast: torch.dtype | None = None):
+        self.model, self.loss_of, self.autocast = model.train(), loss_of, autocast
         on_gpu = next(model.parameters()).is_cuda
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, fused=on_gpu or None
@@ -61,8 +70,7 @@ class BareLoop:
         with torch.autocast(
             tokens.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
         ):
-            logits = self.logits_of(self.model, tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            loss = self.loss_of(tokens[:, :-1], tokens[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -84,119 +92,304 @@ def transformers_model(cfg) -> torch.nn.Module:
     )
 
 
-def gpu_main(args: argparse.Namespace) -> None:
-    """bf16 on one GPU, per model shape: (a) transformers and (b) ours in the bare loop under autocast with
-    fused AdamW, (b') ours torch.compiled, (c) ours in the DeepSpeed engine exactly as configured by
-    `neox.train.loop.deepspeed_config` (bf16, one rank, no Ray: Ray only starts the process), eager and compiled.
-    Tokens are random: a step's cost does not depend on their values. MFU counts model FLOPs (GPT-NeoX's
-    formula without recomputation) over the GPU's dense bf16 peak."""
-    import deepspeed
+def logits_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One configuration the GPU benchmark times, from a spec `KIND[:OPTION,...]`. KIND: hf (transformers'
+    GPTNeoXForCausalLM in the bare loop), bare (ours in the bare loop: autocast bf16, torch's fused AdamW) or engine
+    (ours in the DeepSpeed engine exactly as the training loop builds it, `build_engine`). OPTIONs (bare and
+    engine): ce=full|chunked|liger, ln=torch|liger, rope=torch|liger (train.cross_entropy, layer_norm, rotary),
+    compile, ckpt (activation checkpointing), mb=N (micro-batch, default --batch), attn=flash|cudnn
+    (scaled_dot_product_attention's backend first in line; default: torch's choice); engine only: adamw=fused,
+    zero=0|1|2."""
+
+    spec: str
+    kind: str
+    cross_entropy: str = "full"
+    layer_norm: str = "torch"
+    rotary: str = "torch"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    micro_batch: int | None = None
+    fused_adamw: bool = False
+    zero_stage: int = 1
+    attention: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        kind, _, options = spec.partition(":")
+        if kind not in ("hf", "bare", "engine") or (kind == "hf" and options):
+            raise argparse.ArgumentTypeError(f"{spec!r}: a variant is hf, bare[:OPTIONS] or engine[:OPTIONS]")
+        choices = {"ce": ("full", "chunked", "liger"), "ln": ("torch", "liger"), "rope": ("torch", "liger")}
+        choices |= {"attn": ("flash", "cudnn")}
+        choices |= {"adamw": ("fused",), "zero": ("0", "1", "2")} if kind == "engine" else {}
+        names = {
+            "ce": "cross_entropy",
+            "ln": "layer_norm",
+            "rope": "rotary",
+            "adamw": "fused_adamw",
+            "attn": "attention",
+        }
+        names |= {"zero": "zero_stage", "mb": "micro_batch", "compile": "compile", "ckpt": "activation_checkpointing"}
+        fields: dict[str, object] = {}
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key in ("compile", "ckpt") and not value:
+                fields[names[key]] = True
+            elif key == "mb" and value.isdigit() and int(value) > 0:
+                fields[names[key]] = int(value)
+            elif value in choices.get(key, ()):
+                fields[names[key]] = {"fused": True}.get(value, int(value) if key == "zero" else value)
+            else:
+                raise argparse.ArgumentTypeError(f"{spec!r}: {option!r} is not an option of {kind} (see --help)")
+        return cls(spec, kind, **fields)
+
+
+# The default run, most telling first (the device's minutes may run out): the engine as configured today, the two
+# bare baselines, then each lever added to the engine in turn, the bare loop with every kernel, and the engine's
+# memory levers.
+LIGER = "ce=liger,ln=liger,rope=liger"
+DEFAULT_VARIANTS = [
+    "engine",
+    "bare",
+    "hf",
+    "engine:ce=liger",
+    f"engine:{LIGER}",
+    f"engine:{LIGER},adamw=fused",
+    f"engine:{LIGER},adamw=fused,compile",
+    f"bare:{LIGER}",
+    f"bare:{LIGER},compile",
+    f"engine:{LIGER},adamw=fused,zero=2",
+    f"engine:{LIGER},adamw=fused,mb=8",
+    f"engine:{LIGER},adamw=fused,mb=32",
+    f"engine:{LIGER},adamw=fused,attn=cudnn",
+    f"engine:{LIGER},adamw=fused,ckpt",
+]
+
+
+def with_attention(step, backend: str | None):
+    """`step` with scaled_dot_product_attention trying `backend` first (None: torch's own order)."""
+    if backend is None:
+        return step
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from neox.model.config import load_neox_yaml
-    from neox.train.config import TrainConfig
+    first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    order = [first, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def attended(tokens: torch.Tensor) -> None:
+        with sdpa_kernel(list(dict.fromkeys(order)), set_priority=True):
+            step(tokens)
+
+    attended.release = getattr(step, "release", None)
+    return attended
+
+
+def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, device: torch.device):
+    """The step function of `variant` (a fresh model, optimizer and engine), taking a (batch, seq + 1) tensor."""
+    from neox.train.config import TrainConfig, check_layout
     from neox.train.cross_entropy import linear_cross_entropy
-    from neox.train.engine import deepspeed_config, parameter_groups
+    from neox.train.engine import apply_activation_checkpointing, build_engine, micro_batch_loss, plain_model
+    from neox.train.kernels import use_kernels
+    from neox.train.pipeline import next_token_loss
+
+    on_gpu = device.type == "cuda"
+    if variant.kind == "engine":
+        train_cfg = TrainConfig(
+            model=(model_path,),
+            seq_length=seq,
+            micro_batch_size=batch,
+            precision="bf16" if on_gpu else "fp32",
+            num_workers=1,
+            use_gpu=on_gpu,
+            compile=variant.compile,
+            activation_checkpointing=variant.activation_checkpointing,
+            cross_entropy=variant.cross_entropy,
+            layer_norm=variant.layer_norm,
+            rotary=variant.rotary,
+            fused_adamw=variant.fused_adamw,
+            zero_stage=variant.zero_stage,
+        )
+        check_layout(train_cfg, cfg)  # what a run with these settings would be refused
+        engine = build_engine(train_cfg, cfg)
+        output_weight = plain_model(engine.module).output_weight
+
+        def step(tokens: torch.Tensor) -> None:
+            engine.backward(micro_batch_loss(engine, train_cfg, tokens[:, :-1], tokens[:, 1:], output_weight))
+            engine.step()
+
+        step.release = engine.destroy  # DeepSpeed keeps references to the engine's buffers until destroyed
+        return step
+    if variant.kind == "hf":
+        model = transformers_model(cfg).to(device)
+        return BareLoop(model, lambda x, y: logits_loss(model(x).logits, y), torch.bfloat16 if on_gpu else None).step
+    model = initialized(cfg)
+    use_kernels(model, variant.layer_norm, variant.rotary)
+    if variant.activation_checkpointing:
+        apply_activation_checkpointing(model.layers)
+    model = model.to(device)
+    run = torch.compile(model) if variant.compile else model
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if variant.cross_entropy == "full":
+            return next_token_loss(run(x), y, None)
+        return linear_cross_entropy(run(x, hidden_only=True), model.output_weight, y, variant.cross_entropy)
+
+    return BareLoop(model, loss_of, torch.bfloat16 if on_gpu else None).step
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    """Each --variants spec on each --model shape, one after the other on one GPU (or, with --rehearse, on the
+    CPU in fp32 on a small shape, to try the run before device time is spent). Tokens are random: a step's cost
+    does not depend on their values. MFU counts model FLOPs (GPT-NeoX's formula, without recomputation) over the
+    GPU's dense bf16 peak. Each row goes to OUT/train_step.jsonl as it is measured, so a run cut short keeps what
+    it measured; the table goes to OUT/train_step.md at the end. A variant that fails (out of memory, a kernel
+    error) is recorded with its error and the run goes on."""
+    import deepspeed
+
+    from neox.model.config import load_neox_yaml
     from neox.train.flops import flops_per_step, gpu_peak_tflops
 
-    ATTENTION_BACKENDS = {
-        "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
-        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
-    }
-    device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
+    device = torch.device("cpu") if args.rehearse else torch.device("cuda", 0)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(device)
     peak = gpu_peak_tflops()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
-    deepspeed.init_distributed(dist_backend="nccl")
-    print(
-        f"{torch.cuda.get_device_name()}: peak {peak} TFLOPS bf16 dense; torch {torch.__version__}, "
-        f"deepspeed {deepspeed.__version__}",
-        flush=True,
-    )
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    versions = {
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu (rehearsal)",
+        "peak_tflops": peak,
+        **{name: package_version(name) for name in ("torch", "deepspeed", "liger-kernel", "transformers", "triton")},
+    }
+    print(json.dumps(versions), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "versions.json").write_text(json.dumps(versions, indent=1))
     rows = []
-
-    def timed(label: str, step, batches, cfg, seq: int) -> None:
-        times = []
-        for i in range(args.steps):
-            started = time.perf_counter()
-            step(batches[i % len(batches)])
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        seconds = statistics.median(times[5:])
-        tflops = flops_per_step(cfg, args.batch, seq, activation_checkpointing=False) / seconds / 1e12
-        rows.append((label, seconds, args.batch * seq / seconds, tflops, tflops / peak if peak else float("nan")))
-        print(
-            f"{label:44s} {seconds * 1000:8.1f} ms/step  {args.batch * seq / seconds:9.0f} tokens/s  "
-            f"{tflops:6.1f} TFLOPS  MFU {rows[-1][4]:.1%}  (first step {times[0]:.1f} s)",
-            flush=True,
-        )
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     for model_path in args.model:
         cfg, _ = load_model_config(model_path, vocab_size=50277)  # the GPT-NeoX-20B tokenizer, as Pythia
-        seq = int(load_neox_yaml(model_path)["seq_length"])
+        seq = 128 if args.rehearse else int(load_neox_yaml(model_path)["seq_length"])
         shape = Path(model_path).stem
-        generator = torch.Generator(device=device).manual_seed(0)
-        batches = [
-            torch.randint(cfg.vocab_size, (args.batch, seq + 1), device=device, generator=generator) for _ in range(4)
-        ]
-        print(
-            f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, batch {args.batch} x {seq}",
-            flush=True,
-        )
-
-        def bare(model: torch.nn.Module, logits_of=lambda m, x: m(x)):
-            return BareLoop(model.to(device), logits_of, torch.bfloat16).step
-
-        def engine(compiled: bool):
-            train_cfg = TrainConfig(
-                model=(model_path,),
-                seq_length=seq,
-                micro_batch_size=args.batch,
-                precision="bf16",
-                num_workers=1,
-                use_gpu=True,
-                compile=compiled,
-                cross_entropy=args.cross_entropy,
-                fused_adamw=args.fused_adamw,
-            )
-            model = initialized(cfg)
-            ds, _, _, _ = deepspeed.initialize(
-                model=model, model_parameters=parameter_groups(model, 0.01), config=deepspeed_config(train_cfg)
-            )
-            if compiled:
-                ds.compile()
-
-            def step(tokens: torch.Tensor) -> None:
-                if train_cfg.cross_entropy == "full":
-                    logits = ds(tokens[:, :-1])
-                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-                else:  # as the training loop computes it: the loss fused with the output layer
-                    hidden = ds(tokens[:, :-1], hidden_only=True)
-                    loss = linear_cross_entropy(hidden, model.output_weight, tokens[:, 1:], train_cfg.cross_entropy)
-                ds.backward(loss)
-                ds.step()
-
-            return step
-
-        variants = {
-            "a": ("(a) transformers, bare loop", lambda: bare(transformers_model(cfg), lambda m, x: m(x).logits)),
-            "b": ("(b) ours, bare loop", lambda: bare(initialized(cfg))),
-            "bc": ("(b') ours, bare loop, torch.compile", lambda: bare(torch.compile(initialized(cfg)))),
-            "c": ("(c) ours, DeepSpeed engine", lambda: engine(False)),
-            "cc": ("(c') ours, DeepSpeed engine, compiled", lambda: engine(True)),
-        }
-        for key in args.variants:
-            for attention in args.attention:
-                label, make = variants[key]
-                step = make()
-                with sdpa_kernel(ATTENTION_BACKENDS[attention], set_priority=True):
-                    timed(f"{shape} {label}, {attention}", step, batches, cfg, seq)
+        print(f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, seq {seq}", flush=True)
+        for variant in args.variants:
+            batch = variant.micro_batch or args.batch
+            row = {"model": shape, "variant": variant.spec, "batch": batch, "seq": seq}
+            generator = torch.Generator().manual_seed(0)
+            batches = [torch.randint(cfg.vocab_size, (batch, seq + 1), generator=generator).to(device) for _ in "ab"]
+            step = None
+            try:
+                if on_gpu:
+                    torch.cuda.reset_peak_memory_stats()
+                step = with_attention(variant_step(variant, model_path, cfg, seq, batch, device), variant.attention)
+                times = []
+                for i in range(args.steps):
+                    started = time.perf_counter()
+                    step(batches[i % 2])
+                    sync()
+                    times.append(time.perf_counter() - started)
+                seconds = statistics.median(times[5:])
+                tflops = flops_per_step(cfg, batch, seq, activation_checkpointing=False) / seconds / 1e12
+                row |= {
+                    "ms_per_step": round(seconds * 1000, 2),
+                    "tokens_per_s": round(batch * seq / seconds),
+                    "tflops": round(tflops, 1),
+                    "mfu": round(tflops / peak, 4) if peak else None,
+                    "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if on_gpu else None,
+                    "first_step_s": round(times[0], 1),
+                }
+                if args.profile == variant.spec:
+                    profile(step, batches, sync, args.out / f"profile_{shape}.txt", on_gpu)
+            except Exception as error:  # one failing lever must not cost the rest of the run
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+            finally:
+                if getattr(step, "release", None) is not None:
+                    step.release()
                 del step
-                torch.cuda.empty_cache()
+                gc.collect()
+                if on_gpu:
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            with (args.out / "train_step.jsonl").open("a") as out:
+                out.write(json.dumps(row) + "\n")
+            print(format_row(row), flush=True)
+    table = markdown_table(rows, versions)
+    (args.out / "train_step.md").write_text(table)
+    print("\n" + table)
 
-    print(f"\n{'':56s} {'ms/step':>8s} {'tokens/s':>10s} {'TFLOPS':>7s} {'MFU':>6s}")
-    for label, seconds, tokens, tflops, mfu in rows:
-        print(f"{label:56s} {seconds * 1000:8.1f} {tokens:10.0f} {tflops:7.1f} {mfu:6.1%}")
+
+def package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def format_row(row: dict) -> str:
+    head = f"{row['model']:12s} {row['variant']:58s}"
+    if "error" in row:
+        return f"{head} FAILED {row['error']}"
+    mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+    memory = f"{row['peak_gib']} GiB" if row["peak_gib"] is not None else ""
+    return (
+        f"{head} {row['ms_per_step']:8.1f} ms  {row['tokens_per_s']:8d} tok/s  {row['tflops']:6.1f} TFLOPS  "
+        f"MFU {mfu}  {memory}  (first step {row['first_step_s']} s)"
+    )
+
+
+def markdown_table(rows: list[dict], versions: dict) -> str:
+    """The rows as a Markdown table under the device and versions, then each engine row's tokens/s over the bare
+    loop's with the same settings ((c)/(b))."""
+    lines = [
+        "Measured on " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + ".",
+        "",
+        "| model | variant | micro-batch x seq | ms/step | tokens/s | TFLOPS | MFU | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(
+                f"| {row['model']} | `{row['variant']}` | {row['batch']} x {row['seq']} | failed: {row['error']} |||||"
+            )
+            continue
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+        lines.append(
+            f"| {row['model']} | `{row['variant']}` | {row['batch']} x {row['seq']} | {row['ms_per_step']} | "
+            f"{row['tokens_per_s']} | {row['tflops']} | {mfu} | {row['peak_gib'] or '-'} |"
+        )
+    lines.append("")
+    # (c)/(b): each engine row over the bare row with the same kernels, compile, checkpointing and micro-batch
+    measured = [(row, Variant.parse(row["variant"])) for row in rows if "error" not in row]
+    for row, variant in measured:
+        twin = dataclasses.replace(variant, spec="", kind="bare", fused_adamw=False, zero_stage=1)
+        for bare, other in measured:
+            if (
+                variant.kind == "engine"
+                and bare["model"] == row["model"]
+                and dataclasses.replace(other, spec="") == twin
+            ):
+                ratio = row["tokens_per_s"] / bare["tokens_per_s"]
+                lines.append(f"- {row['model']}: `{row['variant']}` / `{bare['variant']}` = {ratio:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def profile(step, batches: list[torch.Tensor], sync, path: Path, on_gpu: bool) -> None:
+    """The top kernels by their own time over 3 steps (after the timed ones), to `path`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profiler(activities=activities) as recorded:
+        for i in range(3):
+            step(batches[i % 2])
+        sync()
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    path.write_text(recorded.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=90))
 
 
 def main() -> None:
@@ -205,48 +398,47 @@ def main() -> None:
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
-        help="cuda: bf16 on one GPU with MFU, on the --model shapes (the options below are CPU-only)",
+        help="cuda: bf16 on one GPU with MFU, on the --model shapes (the options from --hidden on are CPU-only)",
     )
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["a", "b", "bc", "c", "cc"],
-        help="with --device cuda: a (transformers), b (ours), bc (ours compiled), c (DeepSpeed), cc (compiled)",
-    )
-    parser.add_argument(
-        "--attention",
-        nargs="+",
-        default=["flash"],
-        choices=("flash", "cudnn"),
-        help="with --device cuda: scaled_dot_product_attention backend(s) to time",
+        type=Variant.parse,
+        default=[Variant.parse(spec) for spec in DEFAULT_VARIANTS],
+        metavar="KIND[:OPTION,...]",
+        help="with --device cuda: the configurations to time, in order. " + Variant.__doc__.split(". ", 1)[1],
     )
     parser.add_argument(
         "--model",
         nargs="+",
-        default=["configs/model/pythia-160m.yml", "configs/model/pythia-410m.yml"],
+        default=["configs/model/pythia-410m.yml", "configs/model/pythia-1b.yml", "configs/model/pythia-160m.yml"],
         help="GPT-NeoX model YAMLs to time with --device cuda",
     )
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="with --device cuda: folder for figures")
     parser.add_argument(
-        "--cross-entropy",
-        default="full",
-        choices=("full", "chunked", "liger"),
-        help="with --device cuda: train.cross_entropy of (c) and (cc)",
+        "--profile", metavar="SPEC", help="with --device cuda: the variant whose top kernels to profile"
     )
-    parser.add_argument("--fused-adamw", action="store_true", help="with --device cuda: train.fused_adamw of (c), (cc)")
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="with --device cuda: run its code on the CPU instead, in fp32 at sequence 128 (try it before device time)",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, help="micro-batch (default: 8 on the CPU, 16 with --device cuda)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--zero", type=int, default=1, help="ZeRO stage of (c)")
+    parser.add_argument("--zero", type=int, default=1, help="ZeRO stage of (c) on the CPU")
     parser.add_argument(
         "--layouts", action="store_true", help="time data, tensor and pipeline parallel 2 against each other"
     )
     args = parser.parse_args()
     if args.device == "cuda":
+        args.batch = args.batch or (2 if args.rehearse else 16)
         return gpu_main(args)
+    args.batch = args.batch or 8
     from neox.data.dataset import build_split_datasets
     from neox.data.sample import build_sample_corpus
     from neox.data.tokenize import data_prefix, tokenize_shards
@@ -297,8 +489,9 @@ def main() -> None:
         if args.layouts:
             return layouts(args, model_yaml, tokenized, tmp)
         torch.manual_seed(0)
-        loop_a = BareLoop(transformers_model(cfg), lambda m, x: m(x).logits)
-        loop_b = BareLoop(initialized(cfg, 0), lambda m, x: m(x))
+        model_a, model_b = transformers_model(cfg), initialized(cfg, 0)
+        loop_a = BareLoop(model_a, lambda x, y: logits_loss(model_a(x).logits, y))
+        loop_b = BareLoop(model_b, lambda x, y: logits_loss(model_b(x), y))
         for i, tokens in enumerate(batches):  # (a) and (b) take turns, so machine noise hits both alike
             for loop in (loop_a, loop_b) if i % 2 else (loop_b, loop_a):
                 loop.step(tokens)

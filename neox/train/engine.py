@@ -13,8 +13,10 @@ from neox.model.config import ModelConfig
 from neox.model.gpt_neox import initialized
 from neox.pipeline.layout import WEIGHTS_FILE
 from neox.train.config import TrainConfig
+from neox.train.cross_entropy import linear_cross_entropy
 from neox.train.kernels import use_kernels
 from neox.train.parallel import ModelParallel
+from neox.train.pipeline import next_token_loss
 from neox.train.schedule import lr_at
 
 
@@ -154,6 +156,22 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
     if cfg.compile:
         engine.compile()  # inside the engine, so checkpoints keep the plain module's parameter names
     return engine
+
+
+def micro_batch_loss(
+    engine,
+    cfg: TrainConfig,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    output_weight: torch.Tensor | None = None,
+    tensor_group=None,
+) -> torch.Tensor:
+    """The mean loss of one micro-batch through `engine` (not pipelined): fused with the output layer
+    `output_weight` when train.cross_entropy asks (the full logits never exist), else from the logits; under
+    tensor parallelism from this rank's slice of the vocabulary (`tensor_group`), never gathered."""
+    if cfg.cross_entropy != "full":
+        return linear_cross_entropy(engine(inputs, hidden_only=True), output_weight, labels, cfg.cross_entropy)
+    return next_token_loss(engine(inputs), labels, tensor_group)
 
 
 def plain_model(module: torch.nn.Module) -> torch.nn.Module:

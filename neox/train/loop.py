@@ -21,10 +21,8 @@ from neox.errors import RunStateError
 from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
-from neox.train.cross_entropy import linear_cross_entropy
-from neox.train.engine import build_engine, effective_zero_stage, loss_scale, plain_model
+from neox.train.engine import build_engine, effective_zero_stage, loss_scale, micro_batch_loss, plain_model
 from neox.train.parallel import ModelParallel
-from neox.train.pipeline import next_token_loss
 from neox.train.tracking import Tracker, node_monitor, stop_monitor
 
 FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoint is followed by a failure
@@ -91,10 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def loss_of(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if pipelined:
             return engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1)
-        if cfg.cross_entropy != "full":  # fused with the output layer: the full logits never exist
-            return linear_cross_entropy(engine(inputs, hidden_only=True), output_weight, labels, cfg.cross_entropy)
-        # with tensor parallelism, from this rank's slice of the vocabulary: the full logits are never gathered
-        return next_token_loss(engine(inputs), labels, parallel.tensor_group if parallel is not None else None)
+        group = parallel.tensor_group if parallel is not None else None
+        return micro_batch_loss(engine, cfg, inputs, labels, output_weight, group)
 
     def mean_over_ranks(value: torch.Tensor) -> float:
         value = value.detach().float().clone()

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One session on a GPU machine (Python and a CUDA torch, no package index, minutes of use): the training
+# correctness checks, then the MFU benchmark of the pythia-410m, 1b and 160m shapes with every kernel lever. Each
+# part has its own time limit and writes its figures under $OUT as it goes, so a part cut short keeps what it
+# measured and the next part still runs. About 9 minutes in all.
+#
+#   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~48 MiB)
+#   OUT=/tmp/out bash bench/gpu/run.sh             # there, with .gpu-wheels carried along
+#   OUT=/tmp/out REHEARSE=1 PYTHON=... WHEELS=... bash bench/gpu/run.sh   # the same parts on this CPU, tiny shape
+set -u
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:?set OUT to the folder for the figures}
+WHEELS=${WHEELS:-.gpu-wheels}
+SITE=${SITE:-$(mktemp -d)}  # the wheels go here, ahead of the machine's own packages on PYTHONPATH
+mkdir -p "$OUT"
+
+# pip without the index or dependency resolution (torch is the machine's own); unzipped by hand where pip is absent
+if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl >"$OUT/install.log" 2>&1; then
+  echo "pip install failed (see install.log); unzipping the wheels instead" | tee -a "$OUT/install.log"
+  for wheel in "$WHEELS"/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$SITE" || exit 1; done
+fi
+export PYTHONPATH="$PWD:$SITE"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+
+LIGER="ce=liger,ln=liger,rope=liger,adamw=fused"
+if [ -n "${REHEARSE:-}" ]; then  # liger-kernel needs a GPU: its levers become the chunked loss and fused AdamW here
+  LIGER="ce=chunked,adamw=fused"
+  CHECKS=(--device cpu)
+  BENCH=(--rehearse --steps 8)
+  M410=configs/model/pythia-14m.yml M1B=configs/model/pythia-14m.yml M160=configs/model/pythia-14m.yml
+else
+  CHECKS=()
+  BENCH=(--steps 20)
+  M410=configs/model/pythia-410m.yml M1B=configs/model/pythia-1b.yml M160=configs/model/pythia-160m.yml
+fi
+
+part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log, its tail here
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s)"
+  local started=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "   exit $? after $((SECONDS - started)) s"
+  grep -v -i "warn" "$OUT/$name.log" | tail -n 30
+}
+
+part checks 120 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
+part bench-410m 230 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
+  --profile "engine:$LIGER" --variants engine bare hf "engine:${LIGER%%,*}" "engine:${LIGER%,adamw=fused}" \
+  "engine:$LIGER" "engine:$LIGER,compile" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,zero=2" \
+  "engine:$LIGER,mb=32" "engine:$LIGER,attn=cudnn" "engine:$LIGER,ckpt"
+part bench-1b 150 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
+  --variants engine bare hf "engine:$LIGER" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,compile"
+part bench-160m 60 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M160" "${BENCH[@]}" \
+  --variants engine bare hf "engine:$LIGER" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,mb=32"
+ls -la "$OUT"
