@@ -8,10 +8,14 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
    loss within 1%;
 3. activation checkpointing: the same steps' losses with and without it (fp32), within 1e-5;
 4. resume: an engine checkpoint saved at step 10 and loaded into a fresh engine continues to the losses of the
-   uninterrupted run (within 1e-5 relative: a GPU's atomics may change the last bits);
+   uninterrupted run: the first bitwise, the later ones within 1e-5 relative on the CPU, 1e-3 in bf16 on a GPU
+   (whose atomics in the backward change the last bits of the weights from step to step);
 5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4;
-6. with liger-kernel on a GPU: its LayerNorm and rotary (Pythia's partial slice) against ours as in 1, and the
-   engine with every liger kernel in bf16, whose last 10 steps' mean loss is within 1% of fp32's (as in 2).
+6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice)
+   against ours as in 1, and the engine with every liger kernel in bf16, whose last 10 steps' mean loss is within
+   1% of fp32's (as in 2). A kernel that fails to import or compile is a failed check; the others still run.
+
+Every error must be finite: a NaN fails.
 
     python bench/gpu_checks.py --out DIR [--model configs/model/pythia-160m.yml] [--batch 8] [--seq 512]
     .venv/bin/python bench/gpu_checks.py --device cpu --out /tmp/checks        # the small CPU shape
@@ -27,8 +31,10 @@ import sys
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,6 +54,16 @@ CPU_SHAPE = {
 
 def relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-30))
+
+
+def within(errors, tolerance: float) -> bool:
+    """Every error finite and within `tolerance` (max() alone would let a NaN after the first one pass)."""
+    errors = list(errors)
+    return bool(errors) and all(math.isfinite(e) and e <= tolerance for e in errors)
+
+
+def gaps(got: list[float], want: list[float]) -> list[float]:
+    return [abs(a - b) / abs(b) for a, b in zip(got, want, strict=True)]
 
 
 def compare(reference, kernel, inputs: list[torch.Tensor], device: torch.device) -> dict:
@@ -71,11 +87,13 @@ def compare(reference, kernel, inputs: list[torch.Tensor], device: torch.device)
     want = run(reference, torch.float32)
     results = {}
     for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        errors = {name: relative(got, want[name]) for name, got in run(kernel, dtype).items()}
+        got = run(kernel, dtype)
+        # every output and gradient the reference has: a kernel that drops a gradient fails
+        errors = {name: relative(got[name], w) if name in got else math.inf for name, w in want.items()}
         results[str(dtype).removeprefix("torch.")] = {
             **errors,
             "tolerance": tolerance,
-            "ok": max(errors.values()) <= tolerance,
+            "ok": within(errors.values(), tolerance),
         }
     return results
 
@@ -100,24 +118,41 @@ def kernel_checks(device: torch.device, vocab: int, hidden: int, heads: int, rot
     results = {
         "cross_entropy chunked": compare(full, partial(linear_cross_entropy, kernel="chunked"), [x, w, labels], device)
     }
-    if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+    if device.type != "cuda":
         return results
-    from liger_kernel.transformers.functional import liger_layer_norm, liger_rope
+    try:  # a failing import or Triton compile is a failed check, not the end of the run's other checks
+        from liger_kernel.transformers.functional import liger_layer_norm, liger_rope
+    except Exception as error:
+        return results | {"liger-kernel": failed(error)}
 
-    results["cross_entropy liger"] = compare(
-        full, partial(linear_cross_entropy, kernel="liger"), [x, w, labels], device
-    )
     norm_in = [torch.randn(4096, hidden, generator=generator), 1 + 0.1 * torch.randn(hidden, generator=generator)]
     norm_in.append(0.1 * torch.randn(hidden, generator=generator))
     layer_norm = lambda x, w, b: F.layer_norm(x, w.shape, w, b, 1e-5)  # noqa: E731
-    results["layer_norm liger"] = compare(layer_norm, lambda x, w, b: liger_layer_norm(x, w, b, 1e-5), norm_in, device)
     head_size = hidden // heads
     q, k = (torch.randn(4, heads, 512, head_size, generator=generator) for _ in range(2))
     # the angles stay fp32, as the model passes them; only q and k take the checked precision
     cos, sin = (t.to(device) for t in rotary_cos_sin(rotary_ndims, 10000, 0, 512, torch.device("cpu")))
-    reference = lambda q, k: rotate_query_key(q, k, cos, sin)  # noqa: E731
-    results["rotary liger"] = compare(reference, lambda q, k: liger_rope(q, k, cos, sin), [q, k], device)
+    checks = {
+        "cross_entropy liger": lambda: compare(
+            full, partial(linear_cross_entropy, kernel="liger"), [x, w, labels], device
+        ),
+        "layer_norm liger": lambda: compare(
+            layer_norm, lambda x, w, b: liger_layer_norm(x, w, b, 1e-5), norm_in, device
+        ),
+        "rotary liger": lambda: compare(
+            lambda q, k: rotate_query_key(q, k, cos, sin), lambda q, k: liger_rope(q, k, cos, sin), [q, k], device
+        ),
+    }
+    for name, check in checks.items():
+        try:
+            results[name] = check()
+        except Exception as error:
+            results[name] = failed(error)
     return results
+
+
+def failed(error: Exception) -> dict:
+    return {"error": {"message": f"{type(error).__name__}: {error}"[:500], "ok": False}}
 
 
 def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None, load: Path | None = None, **train):
@@ -169,7 +204,10 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
         losses.append(loss.item())
         if save_at is not None and load is None and step + 1 == save_at:
             engine.save_checkpoint(str(args.work / "resume"), tag="step")
+    engine.destroy()
     del engine
+    while gc.collect():  # parameters are views of DeepSpeed's flat buffer: a second pass frees them
+        pass
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return losses
@@ -195,7 +233,8 @@ def main() -> None:
     def save(report: dict) -> None:  # after each part: a run cut short by the device's time limit keeps the rest
         (args.out / "checks.json").write_text(json.dumps(report, indent=1))
 
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29519")
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29519")
     deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
     with tempfile.TemporaryDirectory() as work:
         args.work = Path(work)
@@ -222,41 +261,52 @@ def main() -> None:
         save(report)
 
         precision = "bf16" if args.device == "cuda" else "fp32"  # bf16 on the CPU engine: not what is checked
-        low = engine_losses(model_yaml, args, args.steps, precision=precision)
-        full = engine_losses(model_yaml, args, args.steps, precision="fp32")
+        full = engine_losses(model_yaml, args, args.steps, precision="fp32")  # the reference of what follows
         last = slice(-10, None)
-        gap = abs(sum(low[last]) - sum(full[last])) / sum(full[last])
-        report["precision"] = {"bf16": low, "fp32": full, "last10_relative_gap": gap, "ok": gap <= 0.01}
+
+        def last10_gap(losses: list[float]) -> float:
+            return abs(sum(losses[last]) - sum(full[last])) / sum(full[last])
+
+        if args.device == "cuda" and "rotary liger" in report["kernels"]:  # liger-kernel imported
+            try:
+                liger = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
+                fused = engine_losses(model_yaml, args, args.steps, precision="bf16", **liger)
+                gap = last10_gap(fused)
+                report["engine_liger_bf16"] = {"losses": fused, "last10_relative_gap_to_fp32": gap}
+                report["engine_liger_bf16"]["ok"] = within([gap], 0.01)
+            except Exception as error:
+                report["engine_liger_bf16"] = failed(error)["error"]
+            save(report)
+
+        low = engine_losses(model_yaml, args, args.steps, precision=precision)
+        gap = last10_gap(low)
+        report["precision"] = {"bf16": low, "fp32": full, "last10_relative_gap": gap, "ok": within([gap], 0.01)}
         save(report)
 
         checkpointed = engine_losses(model_yaml, args, 10, precision="fp32", activation_checkpointing=True)
-        worst = max(abs(a - b) / b for a, b in zip(checkpointed, full[:10], strict=True))
-        report["activation_checkpointing"] = {"max_relative_gap": worst, "ok": worst <= 1e-5}
+        worst = gaps(checkpointed, full[:10])
+        report["activation_checkpointing"] = {"max_relative_gap": max(worst), "ok": within(worst, 1e-5)}
         save(report)
 
         straight = engine_losses(model_yaml, args, 20, save_at=10, precision=precision)
         resumed = engine_losses(model_yaml, args, 20, save_at=10, load=args.work / "resume", precision=precision)
-        worst = max(abs(a - b) / b for a, b in zip(resumed, straight[10:], strict=True))
-        # bitwise on the CPU; a GPU's atomics (embedding and attention backward) may differ in the last bits
+        worst = gaps(resumed, straight[10:])
+        # The first resumed loss depends on the restored state alone: bitwise equal. Later ones also on the
+        # backward, where a GPU's atomics (embedding, attention) change the last bits of bf16 weights step by step.
+        later = 1e-5 if args.device == "cpu" else 1e-3
         report["resume"] = {
             "straight": straight[10:],
             "resumed": resumed,
-            "max_relative_gap": worst,
-            "ok": worst <= 1e-5,
+            "max_relative_gap": max(worst),
+            "later_tolerance": later,
+            "ok": resumed[0] == straight[10] and within(worst, later),
         }
         save(report)
 
         chunked = engine_losses(model_yaml, args, 10, precision="fp32", cross_entropy="chunked", fused_adamw=True)
-        worst = max(abs(a - b) / b for a, b in zip(chunked, full[:10], strict=True))
-        report["engine_chunked_fused_adamw"] = {"max_relative_gap": worst, "ok": worst <= 1e-4}
+        worst = gaps(chunked, full[:10])
+        report["engine_chunked_fused_adamw"] = {"max_relative_gap": max(worst), "ok": within(worst, 1e-4)}
         save(report)
-
-        if report["kernels"].get("rotary liger"):  # liger-kernel is here, on a GPU
-            liger = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
-            fused = engine_losses(model_yaml, args, args.steps, precision="bf16", **liger)
-            gap = abs(sum(fused[last]) - sum(full[last])) / sum(full[last])
-            report["engine_liger_bf16"] = {"losses": fused, "last10_relative_gap_to_fp32": gap, "ok": gap <= 0.01}
-            save(report)
     verdicts = {name: part["ok"] for name, part in report.items() if isinstance(part, dict) and "ok" in part}
     verdicts.update(
         {
@@ -265,6 +315,8 @@ def main() -> None:
             for dtype, part in kernel.items()
         }
     )
+    if args.device == "cuda":  # liger-kernel's checks are what a GPU run is for: missing is failing
+        verdicts["liger-kernel installed"] = report["liger_kernel"]
     for name, ok in verdicts.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     sys.exit(0 if all(verdicts.values()) else 1)

@@ -257,7 +257,8 @@ def gpu_main(args: argparse.Namespace) -> None:
     if on_gpu:
         torch.cuda.set_device(device)
     peak = gpu_peak_tflops()
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     versions = {
         "device": torch.cuda.get_device_name() if on_gpu else "cpu (rehearsal)",
@@ -302,14 +303,20 @@ def gpu_main(args: argparse.Namespace) -> None:
                     "first_step_s": round(times[0], 1),
                 }
                 if args.profile == variant.spec:
-                    profile(step, batches, sync, args.out / f"profile_{shape}.txt", on_gpu)
+                    try:  # the timing above stands even if the profiler fails
+                        profile(step, batches, sync, args.out / f"profile_{shape}.txt", on_gpu)
+                    except Exception as error:
+                        row["profile_error"] = f"{type(error).__name__}: {error}"[:300]
             except Exception as error:  # one failing lever must not cost the rest of the run
                 row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
             finally:
                 if getattr(step, "release", None) is not None:
                     step.release()
                 del step
-                gc.collect()
+                if variant.compile:
+                    torch._dynamo.reset()
+                while gc.collect():  # parameters are views of DeepSpeed's flat buffer: a second pass frees them
+                    pass
                 if on_gpu:
                     torch.cuda.empty_cache()
             rows.append(row)

@@ -2,7 +2,7 @@
 # One session on a GPU machine (Python and a CUDA torch, no package index, minutes of use): the training
 # correctness checks, then the MFU benchmark of the pythia-410m, 1b and 160m shapes with every kernel lever. Each
 # part has its own time limit and writes its figures under $OUT as it goes, so a part cut short keeps what it
-# measured and the next part still runs. About 9 minutes in all.
+# measured and the next part still runs. At most 8 minutes in all.
 #
 #   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~48 MiB)
 #   OUT=/tmp/out bash bench/gpu/run.sh             # there, with .gpu-wheels carried along
@@ -35,23 +35,26 @@ else
   M410=configs/model/pythia-410m.yml M1B=configs/model/pythia-1b.yml M160=configs/model/pythia-160m.yml
 fi
 
+PORT=29600
 part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log, its tail here
   local name=$1 limit=$2
   shift 2
   echo "== $name (limit ${limit}s)"
   local started=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  PORT=$((PORT + 1))  # a fresh rendezvous port per part: the last one's may still be closing
+  MASTER_PORT=$PORT timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - started)) s"
   grep -v -i "warn" "$OUT/$name.log" | tail -n 30
 }
 
-part checks 120 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
-part bench-410m 230 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
+# Most telling first within each part; torch.compile (a minute of compiling a shape) last.
+part checks 100 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
+part bench-410m 200 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
   --profile "engine:$LIGER" --variants engine bare hf "engine:${LIGER%%,*}" "engine:${LIGER%,adamw=fused}" \
-  "engine:$LIGER" "engine:$LIGER,compile" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,zero=2" \
-  "engine:$LIGER,mb=32" "engine:$LIGER,attn=cudnn" "engine:$LIGER,ckpt"
-part bench-1b 150 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
+  "engine:$LIGER" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,zero=2" "engine:$LIGER,mb=32" \
+  "engine:$LIGER,attn=cudnn" "engine:$LIGER,ckpt" "engine:$LIGER,compile"
+part bench-1b 120 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
   --variants engine bare hf "engine:$LIGER" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,compile"
-part bench-160m 60 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M160" "${BENCH[@]}" \
+part bench-160m 50 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M160" "${BENCH[@]}" \
   --variants engine bare hf "engine:$LIGER" "bare:${LIGER%,adamw=fused}" "engine:$LIGER,mb=32"
 ls -la "$OUT"
