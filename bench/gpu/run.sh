@@ -14,6 +14,15 @@ WHEELS=${WHEELS:-.gpu-wheels}
 SITE=${SITE:-$(mktemp -d)}  # the wheels go here, ahead of the machine's own packages on PYTHONPATH
 mkdir -p "$OUT"
 
+# Wheels for another Python would fail one import at a time, minutes in: check the tag before anything runs.
+TAG=$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])') || exit 2
+if ! ls "$WHEELS"/pydantic_core-*-"$TAG"-*.whl >/dev/null 2>&1; then
+  echo "no wheels for this Python ($TAG) in $WHEELS: make them with bench/gpu/wheels.py --python-version X.Y" >&2
+  exit 2
+fi
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.is_available())' \
+  | tee "$OUT/torch.txt"
+
 # pip without the index or dependency resolution (torch is the machine's own); unzipped by hand where pip is absent
 if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl >"$OUT/install.log" 2>&1; then
   echo "pip install failed (see install.log); unzipping the wheels instead" | tee -a "$OUT/install.log"
