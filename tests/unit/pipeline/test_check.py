@@ -107,6 +107,8 @@ MISTAKES = [
     ("retrain.data", {"dedup": {"bands": 0}}, "data.dedup.bands: input should be greater than or equal to 1"),
     ("train.cross_entropy", "fused", "train.cross_entropy: input should be 'full', 'chunked' or 'liger'"),
     ("train.cross_entropy", "liger", "train.cross_entropy liger runs on GPUs only"),
+    ("train.layer_norm", "apex", "train.layer_norm: input should be 'torch' or 'liger'"),
+    ("train.rotary", "liger", "train.rotary liger runs on GPUs only"),
     ("eval.tasks", [*OFFLINE_TASKS], "only a fine-tuning config with finetune.instructions has"),
     ("train.lora.r", 0, "train.lora.r: input should be greater than or equal to 1"),
     ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
