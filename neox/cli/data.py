@@ -190,17 +190,30 @@ def instructions(
 ) -> None:
     """Render instruction data with a chat template and tokenize it into a text dataset and a label dataset (-100
     on the prompt tokens), as gpt-neox's preprocess_data_with_chat_template.py stores them; train.data takes the
-    output. Bad lines go to rejects.jsonl with their reason. Prints the stage output directory.
+    output. Bad lines go to rejects.jsonl with their reason, counted on stderr. Prints the stage output directory.
 
     Example: neox instructions chats.jsonl --tokenizer work/import/<key>/tokenizer.json
     """
     from neox.data.instructions import InstructionsConfig, instructions_stage
     from neox.pipeline.configfile import parse
+    from neox.pipeline.stage import read_manifest
 
     raw = {"sources": [str(s) for s in sources], "prefix": prefix, "mask_prompt": mask_prompt}
     if chat_template is not None:
         raw["chat_template"] = str(chat_template)
-    typer.echo(str(instructions_stage(parse(InstructionsConfig, raw), tokenizer, work_root).path))
+    out = instructions_stage(parse(InstructionsConfig, raw), tokenizer, work_root).path
+    stats = read_manifest(out)["stats"]
+    rejected = sum(stats["rejects"].values())
+    typer.echo(
+        f"{stats['documents']} examples, {stats['tokens']} tokens of which {stats['scored_tokens']} scored; "
+        + (
+            f"{rejected} lines rejected {stats['rejects']}, see {out / 'rejects.jsonl'}"
+            if rejected
+            else "none rejected"
+        ),
+        err=True,
+    )
+    typer.echo(str(out))
 
 
 @app.command("data", rich_help_panel=DATA, short_help="Run a config's data stages, download to tokenize.")

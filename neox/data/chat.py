@@ -22,8 +22,17 @@ def chat_renderer(tokenizer_file: str | Path, template: str) -> Callable[[list[d
     )
 
     def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        if not messages:
-            return ""
+        if not messages:  # transformers' apply_chat_template refuses an empty chat; its renderer does not
+            from jinja2 import TemplateError
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            try:
+                rendered, _ = render_jinja_template(
+                    [[]], chat_template=template, add_generation_prompt=add_generation_prompt, **hf.special_tokens_map
+                )
+            except TemplateError as err:  # many templates read messages[0] unguarded
+                raise TemplateError(f"it renders no prompt before a chat's opening assistant turn ({err})") from None
+            return rendered[0]
         return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     return render

@@ -43,7 +43,7 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_st
 from neox.runtime.progress import progress
 
 STAGE = "instructions"
-CODE_VERSION = "2"  # 2: the text between scored turns encoded as one
+CODE_VERSION = "3"  # 2: the text between scored turns encoded as one; 3: an opening assistant turn's header masked
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "chat" / "default.jinja"
 DTYPE = np.dtype(np.int32)  # the label dataset holds -100; gpt-neox writes both as int32
@@ -124,8 +124,9 @@ def segments(messages: list[dict[str, str]], render: Callable, mask_prompt: bool
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            cuts = [(render(messages[:i], True), not mask_prompt), (render(messages[: i + 1], False), True)]
+        if message["role"] == "assistant":  # the turn first: a template refusing the chat says why in its words
+            turn = render(messages[: i + 1], False)
+            cuts = [(render(messages[:i], True), not mask_prompt), (turn, True)]
         else:
             cuts = [(render(messages[: i + 1], False), not mask_prompt)]
         for text, scored in cuts:
@@ -168,7 +169,7 @@ def read_examples(
     files: list[Path], rejects: Rejects, render: Callable, mask_prompt: bool
 ) -> Iterator[list[tuple[str, bool]]]:
     """Each usable example's rendered pieces; the others go to `rejects` with the reason."""
-    from jinja2 import TemplateError
+    from jinja2 import TemplateError, TemplateSyntaxError
 
     for file in files:
         for number, raw in enumerate(read_lines(file), start=1):
@@ -181,6 +182,8 @@ def read_examples(
                 rejects.add(file.name, number, "not JSON", line[:1000])
             except ConfigError:  # the template itself is wrong (a ValueError too): no line is to blame
                 raise
+            except TemplateSyntaxError as err:
+                raise ConfigError(f"the chat template does not parse: line {err.lineno}: {err.message}") from None
             except ValueError as err:
                 rejects.add(file.name, number, str(err), line[:1000])
             except TemplateError as err:  # a template may refuse a chat (raise_exception), e.g. roles out of order
@@ -197,6 +200,8 @@ def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work
     if not template_file.is_file():
         raise MissingInput(f"chat template {template_file} does not exist")
     tokenizer_file = Path(tokenizer_file)
+    if not tokenizer_file.is_file():
+        raise MissingInput(f"tokenizer file {tokenizer_file} does not exist")
 
     def body(run: StageRun) -> None:
         template = template_file.read_text()
@@ -226,6 +231,11 @@ def instructions_stage(cfg: InstructionsConfig, tokenizer_file: str | Path, work
             raise DataError(
                 f"no usable example in {', '.join(map(str, files))} (see {len(rejects.counts)} reasons: "
                 f"{rejects.counts})"
+            )
+        if not scored:
+            raise DataError(
+                f"no token of the {len(sizes)} examples is scored: the chat template renders no assistant text "
+                f"after its generation prompt ({template_file})"
             )
         for prefix in (text_prefix, label_prefix):
             write_index(f"{prefix}.idx", lambda: [np.frombuffer(sizes, dtype=np.int32)], DTYPE)

@@ -99,6 +99,7 @@ def test_init_export_import_generate(tmp_path, tokenizer_file):
         (["cluster", "config", "configs"], "configs cannot be read as `terraform output -json`"),
         (["finetune", "configs/pipeline/local.yaml"], "configs/pipeline/local.yaml has no `finetune:` section"),
         (["instructions", "missing.jsonl", "--tokenizer", "t.json"], "instruction data missing.jsonl does not exist"),
+        (["instructions", "README.md", "--tokenizer", "configs"], "tokenizer file configs does not exist"),
     ],
 )
 def test_errors_are_one_clear_line(args, message):
@@ -131,9 +132,11 @@ def test_data_stages_chain_from_the_command_line(tmp_path):
 def test_instructions_tokenizes_chats_into_a_text_and_a_label_dataset(tmp_path, tokenizer_file):
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"prompt": "Once?", "response": "Upon a time."}) + "\n{broken\n")
-    out = Path(neox("instructions", chats, "--tokenizer", tokenizer_file, "--work-root", tmp_path).stdout.strip())
+    result = neox("instructions", chats, "--tokenizer", tokenizer_file, "--work-root", tmp_path)
+    out = Path(result.stdout.strip())
     assert (out / "instructions_text_document.bin").exists() and (out / "instructions_text_label_document.idx").exists()
     assert json.loads((out / "manifest.json").read_text())["stats"]["rejects"] == {"not JSON": 1}
+    assert f"1 lines rejected {{'not JSON': 1}}, see {out / 'rejects.jsonl'}" in result.stderr  # not only in files
 
 
 def test_registry_mistakes_are_one_clear_line(tmp_path):

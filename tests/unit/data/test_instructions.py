@@ -61,6 +61,33 @@ def test_only_the_assistant_turns_are_scored_token_by_token(tmp_path, tokenizer_
     assert read_manifest(out)["stats"]["scored_tokens"] == int(sum((labels[i] != IGNORE_INDEX).sum() for i in (0, 1)))
 
 
+def test_a_chat_opening_with_the_assistant_scores_its_turn_not_the_generation_prompt(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "Hello."}]}])
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    text, labels = IndexedDataset(data_prefix(out))[0], IndexedDataset(label_prefix(out))[0]
+    tok = load_tokenizer(tokenizer_file)
+    assert tok.decode(text.tolist(), skip_special_tokens=False) == "<|assistant|>\nHello.<|endoftext|>"
+    header = len(tok.encode("<|assistant|>\n").ids)
+    assert (labels[:header] == IGNORE_INDEX).all() and (labels[header:] == text[header:]).all()
+
+
+def test_a_template_that_scores_nothing_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
+    (tmp_path / "empty.jinja").write_text("")
+    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(tmp_path / "empty.jinja"))
+    with pytest.raises(DataError, match="no token of the 2 examples is scored"):
+        instructions_stage(cfg, tokenizer_file, tmp_path / "work")
+    assert not list((tmp_path / "work" / "instructions").glob("[0-9a-f]*"))
+
+
+def test_a_template_that_does_not_parse_is_one_error_with_its_line(tmp_path, tokenizer_file):
+    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
+    (tmp_path / "broken.jinja").write_text("{% for m in messages %}\n{{ m['content'] }")
+    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(tmp_path / "broken.jinja"))
+    with pytest.raises(ConfigError, match="the chat template does not parse: line 2"):
+        instructions_stage(cfg, tokenizer_file, tmp_path / "work")
+
+
 def test_a_prompt_has_the_ids_inference_gives_its_whole_rendering(tmp_path, tokenizer_file):
     """The prompt is encoded as one text, as at inference: a user turn ending in a newline before the template's
     own newline encodes as the whole rendering does, not as two pieces would."""
