@@ -72,6 +72,8 @@ def folder_base(folder: Path, work_root: Path) -> Base:
         checkpoint = folder
     elif (folder / HF_CONFIG_FILE).exists():
         checkpoint = imported(folder, work_root)
+    elif not folder.is_dir():
+        raise MissingInput(f"finetune.base {folder} does not exist")
     else:
         raise MissingInput(f"finetune.base {folder}: not a neox checkpoint ({CONFIG_FILE}) nor a Hugging Face folder")
     if not (checkpoint / WEIGHTS_FILE).exists():
@@ -122,7 +124,22 @@ def with_base_tokenizer(data: DataConfig, base: Base) -> DataConfig:
 
 
 def check_finetune(finetune: FinetuneConfig, registry_name: str) -> None:
-    """A fine-tune registers as its own model: not as new versions of the model it starts from."""
+    """The base and the instruction files are there (paths are relative to where you run, as the flow reads
+    them), and the fine-tune registers as its own model: not as new versions of the model it starts from."""
+    if registered_name(finetune.base) is None and not (finetune.base.strip() and Path(finetune.base).is_dir()):
+        raise ConfigError(
+            f"finetune.base {finetune.base!r} is no folder here (a path is relative to where you run), nor a "
+            "models:/NAME@ALIAS or models:/NAME/VERSION URI"
+        )
+    instructions = finetune.instructions
+    if instructions is not None:
+        missing = [source for source in instructions.sources if not Path(source).exists()]
+        if instructions.chat_template and not Path(instructions.chat_template).is_file():
+            missing.append(instructions.chat_template)
+        if missing:
+            raise ConfigError(
+                f"finetune.instructions: {', '.join(missing)} not found (paths are relative to where you run)"
+            )
     if registered_name(finetune.base) == registry_name:
         raise ConfigError(
             f"registry.name {registry_name} is the base model's: register the fine-tune under its own name "

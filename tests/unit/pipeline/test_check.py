@@ -120,6 +120,12 @@ MISTAKES = [
     ("finetune.instructions", {"chat_template": "t.jinja"}, "give sources (JSONL files) or corpus: sample"),
     ("finetune.instructions", {"corpus": "samples"}, "finetune.instructions.corpus: input should be 'sample'"),
     ("finetune.instructions", {"sources": "a.jsonl"}, "finetune.instructions.sources: must be a list"),
+    ("finetune.base", "no/such/checkpoint", "finetune.base 'no/such/checkpoint' is no folder here"),
+    (
+        "finetune",
+        {"base": "models:/base@champion", "instructions": {"sources": ["nowhere.jsonl"]}},
+        "finetune.instructions: nowhere.jsonl not found",
+    ),
     # timeouts
     ("timeouts.train_hours", 0, "timeouts.train_hours: input should be greater than 0"),
     ("timeouts.train", 24, "timeouts.train: unknown key (did you mean train_hours?)"),
