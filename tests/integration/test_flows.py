@@ -587,6 +587,46 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     assert "flow-tiny-sft version 1 is `champion` (already champion)" in again
 
 
+def test_a_flow_stopped_by_bad_input_ends_with_one_error_line(setting, uninterrupted):
+    """A chat template that scores no token passes the config check but not the instructions stage: the flow
+    fails with the stage's message on one `error:` line and exit 2, as a `neox` command does (Prefect's log above
+    it keeps the task's traceback)."""
+    template = setting["root"] / "silent.jinja"
+    template.write_text("")
+    config = setting["root"] / "finetune-silent.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "work_root": str(setting["work"]),
+                "finetune": {
+                    "base": "models:/flow-tiny/1",
+                    "instructions": {"corpus": "sample", "chat_template": str(template)},
+                },
+                "train": {
+                    "model": str(REPO / "configs" / "model" / "tiny.yml"),
+                    "name": "silent",
+                    "storage_path": str(setting["work"] / "train"),
+                    "seq_length": 64,
+                    "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}",
+                },
+                "registry": {"name": "flow-tiny-silent"},
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FINETUNE, str(config)],
+        cwd=REPO,
+        env=setting["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no token of the" in errors[0] and "is scored" in errors[0]
+    assert "Traceback" not in done.stderr.rsplit("Finished in state Failed", 1)[1]  # only in Prefect's log above
+
+
 def test_finetune_without_instructions_continues_pretraining_on_the_data_sections_shards(setting, uninterrupted):
     """No finetune.instructions: the data section's stages (reused here) and training from the base's weights,
     evaluated on the held-out documents beside the base, registered with lineage to it."""
