@@ -71,21 +71,23 @@ def test_a_chat_opening_with_the_assistant_scores_its_turn_not_the_generation_pr
     assert (labels[:header] == IGNORE_INDEX).all() and (labels[header:] == text[header:]).all()
 
 
-def test_a_template_that_scores_nothing_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):
+@pytest.mark.parametrize(
+    ("template", "error", "message"),
+    [
+        ("", DataError, "no token of the 2 examples is scored"),  # an empty file: training would learn nothing
+        ("{% for m in messages %}\n{{ m['content'] }", ConfigError, "the chat template does not parse: line 2"),
+    ],
+    ids=["scores-nothing", "does-not-parse"],
+)
+def test_a_template_unfit_for_every_example_is_one_error_and_publishes_nothing(
+    tmp_path, tokenizer_file, template, error, message
+):
     source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
-    (tmp_path / "empty.jinja").write_text("")
-    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(tmp_path / "empty.jinja"))
-    with pytest.raises(DataError, match="no token of the 2 examples is scored"):
+    (tmp_path / "t.jinja").write_text(template)
+    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(tmp_path / "t.jinja"))
+    with pytest.raises(error, match=message):
         instructions_stage(cfg, tokenizer_file, tmp_path / "work")
     assert not list((tmp_path / "work" / "instructions").glob("[0-9a-f]*"))
-
-
-def test_a_template_that_does_not_parse_is_one_error_with_its_line(tmp_path, tokenizer_file):
-    source = write_jsonl(tmp_path / "chat.jsonl", EXAMPLES)
-    (tmp_path / "broken.jinja").write_text("{% for m in messages %}\n{{ m['content'] }")
-    cfg = InstructionsConfig(sources=(str(source),), chat_template=str(tmp_path / "broken.jinja"))
-    with pytest.raises(ConfigError, match="the chat template does not parse: line 2"):
-        instructions_stage(cfg, tokenizer_file, tmp_path / "work")
 
 
 def test_a_prompt_has_the_ids_inference_gives_its_whole_rendering(tmp_path, tokenizer_file):
