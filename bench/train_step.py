@@ -190,10 +190,8 @@ def with_attention(step, backend: str | None):
 def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, device: torch.device):
     """The step function of `variant` (a fresh model, optimizer and engine), taking a (batch, seq + 1) tensor."""
     from neox.train.config import TrainConfig, check_layout
-    from neox.train.cross_entropy import linear_cross_entropy
     from neox.train.engine import apply_activation_checkpointing, build_engine, micro_batch_loss, plain_model
     from neox.train.kernels import use_kernels
-    from neox.train.pipeline import next_token_loss
 
     on_gpu = device.type == "cuda"
     if variant.kind == "engine":
@@ -217,7 +215,9 @@ def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, d
         output_weight = plain_model(engine.module).output_weight
 
         def step(tokens: torch.Tensor) -> None:
-            engine.backward(micro_batch_loss(engine, train_cfg, tokens[:, :-1], tokens[:, 1:], output_weight))
+            engine.backward(
+                micro_batch_loss(engine, variant.cross_entropy, tokens[:, :-1], tokens[:, 1:], output_weight)
+            )
             engine.step()
 
         step.release = engine.destroy  # DeepSpeed keeps references to the engine's buffers until destroyed
@@ -233,9 +233,7 @@ def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, d
     run = torch.compile(model) if variant.compile else model
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if variant.cross_entropy == "full":
-            return next_token_loss(run(x), y, None)
-        return linear_cross_entropy(run(x, hidden_only=True), model.output_weight, y, variant.cross_entropy)
+        return micro_batch_loss(run, variant.cross_entropy, x, y, model.output_weight)
 
     return BareLoop(model, loss_of, torch.bfloat16 if on_gpu else None).step
 

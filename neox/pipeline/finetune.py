@@ -126,7 +126,8 @@ def with_base_tokenizer(data: DataConfig, base: Base) -> DataConfig:
 def check_finetune(finetune: FinetuneConfig, registry_name: str) -> None:
     """The base and the instruction files are there (paths are relative to where you run, as the flow reads
     them), and the fine-tune registers as its own model: not as new versions of the model it starts from."""
-    if registered_name(finetune.base) is None and not (finetune.base.strip() and Path(finetune.base).is_dir()):
+    registered = registered_name(finetune.base)
+    if registered is None and not (finetune.base.strip() and Path(finetune.base).is_dir()):
         raise ConfigError(
             f"finetune.base {finetune.base!r} is no folder here (a path is relative to where you run), nor a "
             "models:/NAME@ALIAS or models:/NAME/VERSION URI"
@@ -140,7 +141,7 @@ def check_finetune(finetune: FinetuneConfig, registry_name: str) -> None:
             raise ConfigError(
                 f"finetune.instructions: {', '.join(missing)} not found (paths are relative to where you run)"
             )
-    if registered_name(finetune.base) == registry_name:
+    if registered == registry_name:
         raise ConfigError(
             f"registry.name {registry_name} is the base model's: register the fine-tune under its own name "
             f"(e.g. {registry_name}-sft), with lineage to the base version"

@@ -159,19 +159,20 @@ def build_engine(cfg: TrainConfig, mcfg: ModelConfig, parallel: ModelParallel | 
 
 
 def micro_batch_loss(
-    engine,
-    cfg: TrainConfig,
+    model,
+    cross_entropy: str,
     inputs: torch.Tensor,
     labels: torch.Tensor,
     output_weight: torch.Tensor | None = None,
     tensor_group=None,
 ) -> torch.Tensor:
-    """The mean loss of one micro-batch through `engine` (not pipelined): fused with the output layer
-    `output_weight` when train.cross_entropy asks (the full logits never exist), else from the logits; under
-    tensor parallelism from this rank's slice of the vocabulary (`tensor_group`), never gathered."""
-    if cfg.cross_entropy != "full":
-        return linear_cross_entropy(engine(inputs, hidden_only=True), output_weight, labels, cfg.cross_entropy)
-    return next_token_loss(engine(inputs), labels, tensor_group)
+    """The mean loss of one micro-batch through `model` (the engine, or a bare model; not pipelined): fused with the
+    output layer `output_weight` when `cross_entropy` (train.cross_entropy) is not full, so the full logits never
+    exist; else from the logits, under tensor parallelism from this rank's slice of the vocabulary
+    (`tensor_group`), never gathered."""
+    if cross_entropy != "full":
+        return linear_cross_entropy(model(inputs, hidden_only=True), output_weight, labels, cross_entropy)
+    return next_token_loss(model(inputs), labels, tensor_group)
 
 
 def plain_model(module: torch.nn.Module) -> torch.nn.Module:

@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if pipelined:
             return engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1)
         group = parallel.tensor_group if parallel is not None else None
-        return micro_batch_loss(engine, cfg, inputs, labels, output_weight, group)
+        return micro_batch_loss(engine, cfg.cross_entropy, inputs, labels, output_weight, group)
 
     def mean_over_ranks(value: torch.Tensor) -> float:
         value = value.detach().float().clone()
