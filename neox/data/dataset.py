@@ -30,8 +30,8 @@ from neox.errors import ConfigError, DataError
 INDEX_VERSION = "1"
 
 
-def split_boundaries(split: str, num_documents: int) -> list[int]:
-    """gpt-neox's get_train_valid_test_split_: document index boundaries [0, a, b, num_documents]."""
+def split_weights(split: str) -> list[float]:
+    """The train, valid and test weights of a gpt-neox `split` ('969,30,1'; missing parts weigh 0)."""
     separator = "," if "," in split else "/" if "/" in split else None
     try:
         weights = [float(s) for s in (split.split(separator) if separator else [split])]
@@ -40,6 +40,12 @@ def split_boundaries(split: str, num_documents: int) -> list[int]:
     weights = (weights + [0.0, 0.0])[:3]
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"split weights must be non-negative with a positive sum, got {split!r}")
+    return weights
+
+
+def split_boundaries(split: str, num_documents: int) -> list[int]:
+    """gpt-neox's get_train_valid_test_split_: document index boundaries [0, a, b, num_documents]."""
+    weights = split_weights(split)
     total = sum(weights)
     bounds = [0]
     for weight in weights:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
 
-from neox.data.dataset import split_boundaries
+from neox.data.dataset import split_weights
 from neox.pipeline.configfile import Positive, Str, parse, section
 
 RESPONSE_TASK = "neox_response"  # fine-tuning data: each response scored given its prompt, encoded apart
@@ -65,7 +65,7 @@ class EvalDataConfig(HeldoutOptions):
     split: Str = "969,30,1"
 
     def __post_init__(self) -> None:
-        split_boundaries(self.split, 1)  # refuses a split that does not parse
+        split_weights(self.split)  # refuses a split that does not parse
 
 
 @section

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
+from neox.data.dataset import split_weights
 from neox.data.prepare import DataConfig, data_config
+from neox.data.splits import SPLITS
 from neox.errors import ConfigError
 from neox.eval.config import OFFLINE_TASKS, RESPONSE_TASK, EvalSection
 from neox.model.config import load_model_config
@@ -96,6 +98,7 @@ def _load(path: Path) -> PipelineConfig:
     if cfg.data is None and (cfg.finetune is None or cfg.finetune.instructions is None or cfg.retrain is not None):
         raise ConfigError("no `data:` section (only a fine-tuning config with finetune.instructions may leave it out)")
     check_rule_metrics(cfg)
+    check_held_out(cfg.data, cfg.train.split, cfg.eval.data.part, cfg.finetune)
     if RESPONSE_TASK in cfg.eval.tasks and (cfg.finetune is None or cfg.finetune.instructions is None):
         raise ConfigError(
             f"eval.tasks: {RESPONSE_TASK} scores responses of instruction data, which only a fine-tuning config with "
@@ -104,9 +107,30 @@ def _load(path: Path) -> PipelineConfig:
     if cfg.finetune is not None:
         check_finetune(cfg.finetune, cfg.registry.name)
     if cfg.retrain is not None:
-        data_config(merged_data(raw["data"], cfg.retrain))
-        build_train_config({**raw["train"], **cfg.retrain.train}, base_dir=path.parent)
+        data = data_config(merged_data(raw["data"], cfg.retrain))
+        retrain = build_train_config({**raw["train"], **cfg.retrain.train}, base_dir=path.parent)
+        check_held_out(data, retrain.split, cfg.eval.data.part, None, "retrain")
     return cfg
+
+
+def check_held_out(
+    data: DataConfig | None, split: str, part: str, finetune: FinetuneConfig | None, where: str = ""
+) -> None:
+    """Evaluation reads the eval.data.part (test) documents training leaves out: a config that leaves none would
+    fail only after training. Named splits (valid/test sources, a Pile mirror) replace the positional split."""
+    at = f"{where}: " if where else ""
+    named = data is not None and (finetune is None or finetune.instructions is None)
+    if named and (data.valid_sources or data.test_sources or data.pile_mirror):
+        if not (data.pile_mirror or getattr(data, f"{part}_sources")):
+            raise ConfigError(
+                f"{at}eval.data.part is {part}, but the data has named splits and no {part} one: give "
+                f"data.{part}_sources (or set eval.data.part to the part that exists)"
+            )
+    elif split_weights(split)[SPLITS.index(part)] == 0:
+        raise ConfigError(
+            f"{at}train.split {split!r} leaves no {part} documents, which evaluation (eval.data.part) reads after "
+            f"training: give the {part} part a weight, e.g. '969,30,1'"
+        )
 
 
 def check_rule_metrics(cfg: PipelineConfig) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, WithJsonSchema
 
-from neox.data.dataset import split_boundaries
+from neox.data.dataset import split_weights
 from neox.errors import ConfigError
 from neox.model.config import ModelConfig, load_neox_yaml
 from neox.pipeline.configfile import (
@@ -59,8 +59,9 @@ class TrainConfig:
     """Where runs live (<storage_path>/<run key>/): a local or shared folder, or s3://bucket/prefix (neox train
     only)."""
     split: Str = "969,30,1"
-    """Train, valid and test weights of the document split (gpt-neox's `split`); not used on a dataset with named
-    splits (data.valid_sources / test_sources), whose splits are its own."""
+    """Train, valid and test weights of the document split (gpt-neox's `split`); the part evaluation reads
+    (eval.data.part) needs a weight. Not used on a dataset with named splits (data.valid_sources / test_sources),
+    whose splits are its own."""
     seq_length: Positive = 2048
     """Tokens per training sequence (at most the model's max_position_embeddings)."""
     micro_batch_size: Positive = 4
@@ -151,7 +152,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must name at least one GPT-NeoX model YAML")
-        split_boundaries(self.split, 1)  # refuses a split that does not parse
+        split_weights(self.split)  # refuses a split that does not parse
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
         if self.num_workers % (self.model_parallel_size * self.pipe_parallel_size):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,6 +72,8 @@ MISTAKES = [
     ("train.seed", -5, "train.seed: input should be greater than or equal to 0"),
     ("train.seq_length", 4096, "train.seq_length 4096 exceeds the model's max_position_embeddings 128"),
     ("train.split", "abc", "split must look like '969,30,1'"),
+    ("train.split", "90,10", "train.split '90,10' leaves no test documents, which evaluation"),
+    ("data.valid_sources", ["val.jsonl.zst"], "the data has named splits and no test one: give data.test_sources"),
     ("train.name", "../../escape", "train.name: string should match pattern"),
     ("train.zero_stage", 5, "train.zero_stage: input should be 0, 1, 2 or 3"),
     ("train.num_workers", True, "train.num_workers: input should be a valid integer, got True"),
@@ -153,6 +156,31 @@ def test_a_mistake_at_any_depth_is_refused_naming_its_path(tmp_path, dotted, val
     with pytest.raises(ConfigError) as err:
         check_pipeline_config(path)
     assert message in str(err.value)
+
+
+def local_config(tmp_path, **sections) -> Path:
+    raw = yaml.safe_load((REPO / "configs" / "pipeline" / "local.yaml").read_text())
+    raw["train"]["model"] = str(REPO / "configs" / "model" / "tiny.yml")
+    for name, changes in sections.items():
+        raw[name] = {**raw.get(name, {}), **changes}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "pipeline.yaml"
+
+
+def test_evaluation_needs_the_held_out_part_it_reads_before_anything_trains(tmp_path):
+    valid = {"data": {"part": "valid"}}
+    with pytest.raises(ConfigError, match="train.split '1,0,1' leaves no valid documents"):
+        check_pipeline_config(local_config(tmp_path, train={"split": "1,0,1"}, eval=valid))
+    check_pipeline_config(local_config(tmp_path, train={"split": "1,1,0"}, eval=valid))
+    # named splits replace the positional one: the part evaluation reads must be among them
+    named = {"valid_sources": ["val.jsonl.zst"], "test_sources": ["test.jsonl.zst"]}
+    check_pipeline_config(local_config(tmp_path, data=named, train={"split": "1,0,0"}))
+    with pytest.raises(ConfigError, match="no valid one: give data.valid_sources"):
+        check_pipeline_config(local_config(tmp_path, data={"test_sources": ["t.jsonl.zst"]}, eval=valid))
+    # a fine-tune on instruction data splits those examples positionally, whatever the data section names
+    finetune = {"base": "models:/other@champion", "instructions": {"corpus": "sample"}}
+    with pytest.raises(ConfigError, match="train.split '1,0,0' leaves no test documents"):
+        check_pipeline_config(local_config(tmp_path, data=named, train={"split": "1,0,0"}, finetune=finetune))
 
 
 def test_a_key_given_no_value_takes_its_default(tmp_path):
