@@ -20,7 +20,15 @@ from pydantic import Field, Strict
 
 from neox.errors import ConfigError
 from neox.model.gpt_neox_keys import GPT_NEOX_KEYS
-from neox.pipeline.configfile import Bool, Positive, PositiveFloat, parse, read_yaml_mapping, section
+from neox.pipeline.configfile import (
+    Bool,
+    Positive,
+    PositiveFloat,
+    UniqueKeyLoader,
+    parse,
+    read_yaml_mapping,
+    section,
+)
 
 InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
 Dropout = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
@@ -176,7 +184,7 @@ def _check_architecture_switches(rest: dict[str, Any], num_attention_heads: int 
             raise ConfigError(f"attention_config {kinds!r}: only dense attention ('global', 'flash') is supported")
 
 
-class _NeoXLoader(yaml.SafeLoader):
+class _NeoXLoader(UniqueKeyLoader):
     """YAML 1.1 reads `6e-4` (no dot) as a string; GPT-NeoX configs mean a float."""
 
 

@@ -78,8 +78,8 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     """The config file at `path`, every section typed and checked (model YAML paths relative to the file)."""
     try:
         return _load(Path(path))
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+    except ConfigError as err:  # named once: the file readers' own errors start with it
+        raise ConfigError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
 
 
 def _load(path: Path) -> PipelineConfig:

@@ -116,7 +116,32 @@ def field_names(cls: Any) -> list[str]:
     return [alias_of(f) for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
-def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.SafeLoader) -> dict[str, Any]:
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader, except that a key given twice in one mapping with different values is an error: YAML keeps the
+    last silently, so a second `train:` section would drop the first's keys (merge keys `<<` may still be
+    overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, tuple[int, Any]] = {}  # key -> (its first line, its value)
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # what a merge key brings may be overridden
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's error, below
+            value = self.construct_object(value_node, deep=True)
+            first, earlier = seen.setdefault(key, (key_node.start_mark.line + 1, value))
+            if earlier != value:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{key!r} is given twice (first on line {first}) with different values",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = UniqueKeyLoader) -> dict[str, Any]:
     """A YAML file that must hold a mapping, with the file named in every error."""
     path = Path(path)
     try:
@@ -125,6 +150,11 @@ def read_yaml_mapping(path: str | Path, kind: str = "YAML", loader: type = yaml.
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:  # a folder, a binary file, no permission
         raise ConfigError(f"{path} cannot be read as a {kind} file: {err}") from None
+    except yaml.MarkedYAMLError as err:  # in one line: where, then what
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = ", ".join(part for part in (err.context, err.problem) if part)
+        raise ConfigError(f"{path} is not valid {kind}{where}: {what}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid {kind}: {err}") from None
     if not isinstance(data, dict):

@@ -116,6 +116,14 @@ def test_invalid_yaml_and_missing_files_name_the_file(tmp_path):
         load_neox_yaml(tmp_path / "absent.yml")
 
 
+def test_a_key_given_twice_with_different_values_is_refused_where_yaml_would_keep_the_last(tmp_path):
+    with pytest.raises(ConfigError, match="line 3, column 1: 'num_layers' is given twice \\(first on line 1\\)"):
+        load_neox_yaml(write(tmp_path, "num_layers: 12\nhidden_size: 768\nnum_layers: 24\n"))
+    assert load_neox_yaml(write(tmp_path, "num_layers: 12\nnum_layers: 12\n"))["num_layers"] == 12
+    merged = "base: &b {num_layers: 12, hidden_size: 768}\nmodel:\n  <<: *b\n  num_layers: 24\n"  # YAML merge keys
+    assert load_neox_yaml(write(tmp_path, merged))["model"] == {"num_layers": 24, "hidden_size": 768}
+
+
 def test_missing_vocab_size_says_how_to_give_it(tmp_path):
     with pytest.raises(ConfigError, match="--vocab-size"):
         load_model_config(write(tmp_path, PYTHIA_STYLE))

@@ -183,6 +183,16 @@ def test_evaluation_needs_the_held_out_part_it_reads_before_anything_trains(tmp_
         check_pipeline_config(local_config(tmp_path, data=named, train={"split": "1,0,0"}, finetune=finetune))
 
 
+def test_a_section_given_twice_is_refused_naming_both_lines_not_merged_or_dropped(tmp_path):
+    text = (REPO / "configs" / "pipeline" / "local.yaml").read_text()
+    (tmp_path / "pipeline.yaml").write_text(text + "\ntrain:\n  lr: 2.0e-4\n")
+    with pytest.raises(ConfigError) as err:
+        check_pipeline_config(tmp_path / "pipeline.yaml")
+    line = text.splitlines().index("train:") + 1
+    message = f"pipeline.yaml is not valid pipeline YAML at line {len(text.splitlines()) + 2}, column 1: 'train' is "
+    assert message + f"given twice (first on line {line}) with different values" in str(err.value)
+
+
 def test_a_key_given_no_value_takes_its_default(tmp_path):
     text = (REPO / "configs" / "pipeline" / "local.yaml").read_text()
     raw = yaml.safe_load(text)
