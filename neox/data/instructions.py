@@ -33,7 +33,7 @@ import numpy as np
 from neox.data.chat import chat_renderer
 from neox.data.dataset import IGNORE_INDEX
 from neox.data.indexed import write_index
-from neox.data.jsonl import Rejects, read_lines
+from neox.data.jsonl import Rejects, json_line, read_lines
 from neox.data.sample import build_sample_instructions
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
@@ -43,7 +43,8 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_st
 from neox.runtime.progress import progress
 
 STAGE = "instructions"
-CODE_VERSION = "3"  # 2: the text between scored turns encoded as one; 3: an opening assistant turn's header masked
+CODE_VERSION = "4"  # 2: the text between scored turns encoded as one; 3: an opening assistant turn's header masked;
+# 4: a byte order mark is dropped, a line that is not UTF-8 is rejected (it was decoded with replacement characters)
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "chat" / "default.jinja"
 DTYPE = np.dtype(np.int32)  # the label dataset holds -100; gpt-neox writes both as int32
@@ -173,13 +174,15 @@ def read_examples(
 
     for file in files:
         for number, raw in enumerate(read_lines(file), start=1):
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
+            if not raw.strip():
                 continue
+            line = raw.decode("utf-8", errors="replace")  # what the rejects log shows
             try:
-                yield segments(as_messages(json.loads(line)), render, mask_prompt)
+                yield segments(as_messages(json_line(raw)), render, mask_prompt)
             except json.JSONDecodeError:
                 rejects.add(file.name, number, "not JSON", line[:1000])
+            except UnicodeDecodeError as err:  # before ValueError, its base: no byte is replaced behind your back
+                rejects.add(file.name, number, f"not UTF-8 text: {err.reason} at byte {err.start}", line[:1000])
             except ConfigError:  # the template itself is wrong (a ValueError too): no line is to blame
                 raise
             except TemplateSyntaxError as err:

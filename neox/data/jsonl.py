@@ -8,6 +8,7 @@ nothing after that point can be trusted.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -142,13 +143,20 @@ def read_lines(path: Path) -> Iterator[bytes]:
     return split_lines(decompressed_blocks(path))
 
 
+def json_line(raw_line: bytes) -> Any:
+    """The JSON value on one raw line. A UTF-8 byte order mark is dropped first: editors on Windows write one at
+    the start of a file, and json refuses it. Raises JSONDecodeError, or UnicodeDecodeError for bytes that are not
+    UTF-8 (a lone surrogate's bytes pass, as JSON's "\\ud800" does: `parse_line` refuses both)."""
+    return json.loads(raw_line.removeprefix(codecs.BOM_UTF8))
+
+
 def parse_line(shard: str, number: int, raw_line: bytes, rejects: Rejects) -> Document | None:
     """The document on one raw line, or None for a blank line or one handed to `rejects` (malformed JSON, no
     string `text`, text that is not valid Unicode)."""
     if not raw_line.strip():
         return None
     try:
-        record = json.loads(raw_line)
+        record = json_line(raw_line)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         rejects.add(shard, number, f"malformed JSON: {err}", raw_line.decode("utf-8", "replace"))
         return None

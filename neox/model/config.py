@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, Strict
 
 from neox.errors import ConfigError

@@ -140,6 +140,17 @@ def test_bad_lines_are_rejected_with_their_reason_and_the_rest_kept(tmp_path, to
     assert [(r["shard"], r["line"]) for r in lines] == [("mixed.jsonl", n) for n in (2, 3, 4, 5, 6, 7, 8)]
 
 
+def test_a_byte_order_mark_is_dropped_and_bytes_that_are_not_utf8_are_rejected_not_replaced(tmp_path, tokenizer_file):
+    source = tmp_path / "windows.jsonl"
+    good = json.dumps(EXAMPLES[0]).encode()
+    latin1 = json.dumps({"prompt": "Caf\u00e9?", "response": "Oui."}, ensure_ascii=False).encode("latin-1")
+    source.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + latin1 + b"\n")
+    out = instructions_stage(InstructionsConfig(sources=(str(source),)), tokenizer_file, tmp_path / "work").path
+    stats = read_manifest(out)["stats"]
+    assert stats["documents"] == 1
+    assert stats["rejects"] == {"not UTF-8 text: invalid continuation byte at byte 15": 1}
+
+
 def test_no_usable_example_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):
     source = write_jsonl(tmp_path / "bad.jsonl", ["{", "[]"])
     with pytest.raises(DataError, match="no usable example"):
