@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from neox.data.jsonl import SHARD_SUFFIXES, refuse_unread
 from neox.data.splits import SPLITS, write_splits
 from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path
 from neox.errors import ConfigError, MissingInput
@@ -65,6 +66,7 @@ class Source:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:
             raise ConfigError(f"source name must be a plain file name, got {self.name!r}")
+        refuse_unread([self.name], ConfigError)
 
 
 def default_name(url: str) -> str:
@@ -245,8 +247,6 @@ def sources_from_strings(urls: list[str], split: str = "train", retry: Retry = R
 
 def list_folder(url: str, retry: Retry = Retry()) -> list[str]:
     """The shard URLs (`*.jsonl.zst`, `*.jsonl`) directly inside a folder URL, sorted by name."""
-    from neox.data.jsonl import SHARD_SUFFIXES
-
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "s3":
         names = call(list_s3, retry, url, url, retry.timeout_s)
@@ -257,6 +257,7 @@ def list_folder(url: str, retry: Retry = Retry()) -> list[str]:
         names = [p.name for p in folder.iterdir() if p.is_file()]
     else:
         raise ConfigError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
+    refuse_unread((url + name for name in names), ConfigError)
     shards = sorted(n for n in names if n.endswith(SHARD_SUFFIXES))
     if not shards:
         raise EmptyFolder(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")

@@ -33,7 +33,7 @@ import numpy as np
 from neox.data.chat import chat_renderer
 from neox.data.dataset import IGNORE_INDEX
 from neox.data.indexed import write_index
-from neox.data.jsonl import Rejects, json_line, read_lines
+from neox.data.jsonl import SHARD_SUFFIXES, Rejects, json_line, read_lines, refuse_unread
 from neox.data.sample import build_sample_instructions
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
@@ -79,11 +79,14 @@ def source_files(sources: tuple[str, ...]) -> list[Path]:
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.zst")))
+            found = sorted(path.iterdir())
+            refuse_unread(str(p) for p in found)
+            found = [p for p in found if p.name.endswith(SHARD_SUFFIXES)]
             if not found:
                 raise MissingInput(f"{path} holds no .jsonl or .jsonl.zst file")
             files += found
         elif path.is_file():
+            refuse_unread([str(path)])
             files.append(path)
         else:
             raise MissingInput(f"instruction data {path} does not exist")

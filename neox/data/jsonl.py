@@ -23,6 +23,8 @@ import zstandard
 from neox.errors import DataError, MissingInput
 
 SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
+# JSON lines compressed some other way are refused by name, never skipped: a skipped shard is silent data loss
+OTHER_COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 # What a stage writes beside its shards (the lines it rejected, dedup's clusters): JSON lines too, never documents
 SIDE_FILES = ("rejects.jsonl", "clusters.jsonl.zst")
 
@@ -67,6 +69,27 @@ class Rejects:
 
 def is_shard(path: Path) -> bool:
     return path.name.endswith(SHARD_SUFFIXES) and path.name not in SIDE_FILES
+
+
+def unread_compression(location: str) -> str | None:
+    """Why a file (path or URL) of JSON lines compressed other than with zstd (`x.jsonl.gz`, `x.json.xz`) is not
+    read, with the command that makes it readable; None for any other name."""
+    name = location.rsplit("/", 1)[-1]
+    for suffix, tool in OTHER_COMPRESSIONS.items():
+        if name.endswith((f".jsonl{suffix}", f".json{suffix}")):
+            stem = name.removesuffix(suffix).removesuffix(".jsonl").removesuffix(".json")
+            return (
+                f"{location} is {tool}-compressed, which is not read (.jsonl.zst and .jsonl are): recompress it "
+                f"with `{tool} -dc {name} | zstd -o {stem}.jsonl.zst`"
+            )
+    return None
+
+
+def refuse_unread(locations: Iterable[str], error: type[Exception] = DataError) -> None:
+    """Raise `error` for the first file `unread_compression` refuses."""
+    for location in locations:
+        if reason := unread_compression(location):
+            raise error(reason)
 
 
 CHUNK = 1 << 20
@@ -216,7 +239,9 @@ def list_shards(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise MissingInput(f"input directory {directory} does not exist")
-    shards = sorted(p for p in directory.iterdir() if p.is_file() and is_shard(p))
+    files = [p for p in directory.iterdir() if p.is_file()]
+    refuse_unread(str(p) for p in files)
+    shards = sorted(p for p in files if is_shard(p))
     if not shards:
         raise MissingInput(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")
     return shards

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import struct
 import threading
@@ -383,3 +384,15 @@ def test_a_local_folder_named_without_its_trailing_slash_says_how_to_name_it(tmp
     for url in (str(tmp_path / "shards"), f"file://{tmp_path}/shards"):
         with pytest.raises(ConfigError, match=r"shards is a folder: end it with / to take every shard in it"):
             download_sources(sources_from_strings([url]), tmp_path / "work", retry=FAST)
+
+
+@pytest.mark.parametrize("name, tool", [("b.jsonl.gz", "gzip"), ("b.json.bz2", "bzip2"), ("b.jsonl.xz", "xz")])
+def test_json_lines_compressed_other_than_with_zstd_are_refused_by_name_not_skipped(tmp_path, name, tool):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.zst").write_bytes(b"a")
+    (tmp_path / "in" / name).write_bytes(b"b")
+    fix = f"recompress it with `{tool} -dc {name} | zstd -o b.jsonl.zst`"
+    with pytest.raises(ConfigError, match=f"^{name} is {tool}-compressed, which is not read .*{re.escape(fix)}"):
+        sources_from_strings([str(tmp_path / "in" / name)])
+    with pytest.raises(ConfigError, match=f"in/{name} is {tool}-compressed"):  # a folder source
+        sources_from_strings([f"{tmp_path}/in/"])

@@ -1,5 +1,6 @@
 """Instruction data: rendered with the chat template, prompt tokens labelled -100, stored as gpt-neox stores it."""
 
+import gzip
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from neox.data.dataset import IGNORE_INDEX, build_datasets, inputs_and_targets
 from neox.data.indexed import IndexedDataset
-from neox.data.instructions import DEFAULT_TEMPLATE, InstructionsConfig, instructions_stage
+from neox.data.instructions import DEFAULT_TEMPLATE, InstructionsConfig, instructions_stage, source_files
 from neox.data.tokenize import data_prefix, label_prefix
 from neox.data.tokenizer import load_tokenizer
 from neox.errors import ConfigError, DataError
@@ -149,6 +150,14 @@ def test_a_byte_order_mark_is_dropped_and_bytes_that_are_not_utf8_are_rejected_n
     stats = read_manifest(out)["stats"]
     assert stats["documents"] == 1
     assert stats["rejects"] == {"not UTF-8 text: invalid continuation byte at byte 15": 1}
+
+
+def test_compressed_instruction_files_zstd_cannot_read_are_refused_by_name(tmp_path, tokenizer_file):
+    (tmp_path / "chats.jsonl.gz").write_bytes(gzip.compress(json.dumps(EXAMPLES[0]).encode()))
+    with pytest.raises(DataError, match="chats.jsonl.gz is gzip-compressed, which is not read"):
+        instructions_stage(InstructionsConfig(sources=(str(tmp_path),)), tokenizer_file, tmp_path / "work")
+    with pytest.raises(DataError, match="chats.jsonl.gz is gzip-compressed, which is not read"):
+        source_files((str(tmp_path / "chats.jsonl.gz"),))
 
 
 def test_no_usable_example_is_an_error_and_publishes_nothing(tmp_path, tokenizer_file):

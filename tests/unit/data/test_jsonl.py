@@ -8,6 +8,7 @@ import pytest
 import zstandard
 
 from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard, write_shard
+from neox.errors import DataError
 
 
 def records(n):
@@ -99,3 +100,6 @@ def test_list_shards_is_sorted_and_refuses_empty_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no shards"):
         list_shards(tmp_path / "empty")
+    (tmp_path / "03.jsonl.gz").write_bytes(b"")  # a shard that would be skipped: refused instead
+    with pytest.raises(DataError, match="03.jsonl.gz is gzip-compressed, which is not read"):
+        list_shards(tmp_path)
