@@ -247,6 +247,11 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
             "train.lora trains with data parallelism only: model_parallel_size and pipe_parallel_size 1, zero_stage "
             "0 to 2 (adapters make a large model's optimizer state small; ZeRO-1/2 split what is left)"
         )
+    if cfg.lora is not None and cfg.lora.r > model.hidden_size:
+        raise ConfigError(
+            f"train.lora.r {cfg.lora.r} exceeds the model's hidden_size {model.hidden_size}: an adapter's rank is at "
+            "most its layer's narrower side (8 to 64 is usual)"
+        )
     if cfg.compile and tp * pp > 1:
         raise ConfigError("train.compile is not supported with model_parallel_size or pipe_parallel_size > 1")
     if pp == 1:

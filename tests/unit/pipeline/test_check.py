@@ -117,6 +117,7 @@ MISTAKES = [
     ("train.lora.r", 0, "train.lora.r: input should be greater than or equal to 1"),
     ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
     ("train.lora.rank", 8, "train.lora.rank: unknown key"),
+    ("train.lora", {"r": 4096}, "train.lora.r 4096 exceeds the model's hidden_size 64"),
     # finetune
     ("finetune.bsae", "x", "finetune.bsae: unknown key (did you mean base?)"),
     ("finetune.base", "models:/neox-tiny", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
