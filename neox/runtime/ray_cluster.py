@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import ray
 
+from neox.errors import ConfigError
 from neox.runtime.progress import progress
 
 PLACEMENT_GROUP_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
@@ -35,6 +36,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 def ray_cluster_address(address: str | None = None) -> str | None:
     """The Ray cluster to join (`address`, else RAY_ADDRESS), or None for a local Ray."""
     return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def refuse_beyond_local(address: str | None, need: dict[str, float], what: str, fix: str) -> None:
+    """A local Ray has every resource it ever will: a request beyond it would wait forever (Ray Train retries its
+    worker group's placement every 60 s), so it is refused at once, naming `what` asked for it and the `fix`. A
+    cluster (`address`, RAY_ADDRESS) may still be adding nodes, so there it waits."""
+    if ray_cluster_address(address):
+        return
+    have, need = ray.cluster_resources(), {name: amount for name, amount in need.items() if amount}
+    short = [f"{amount:g} {name}" for name, amount in need.items() if amount > have.get(name, 0)]
+    if short:
+        mine = " and ".join(f"{have.get(name, 0):g} {name}" for name in need)
+        raise ConfigError(f"{what} needs {' and '.join(short)}, but this machine's Ray has {mine}: {fix}")
 
 
 def quiet_without_dashboard() -> None:

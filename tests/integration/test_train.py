@@ -322,6 +322,17 @@ def test_two_datasets_blend_by_weight_into_one_run_whose_key_holds_both(
     assert planned_run(alone).identity["data"] == keys[0] and planned_run(alone).key != run.name
 
 
+def test_a_run_this_machine_cannot_place_is_refused_at_once_not_waited_on(tmp_path, tokenized):
+    """A local Ray never gains a GPU: Ray Train would retry the placement every 60 s for ever."""
+    config = write_config(tmp_path, tokenized, use_gpu=True)
+    process = launch(config)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2, out[-3000:]
+    assert "error: train: 2 worker(s) of 1 CPU and 1 GPU needs 2 GPU, but this machine's Ray has" in out
+    assert "0 GPU: lower train.num_workers or cpus_per_worker, set use_gpu: false" in out
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
+
+
 def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
     from transformers import AutoModelForCausalLM
 
