@@ -54,8 +54,7 @@ from neox.pipeline.stage import StageResult, StageRun, input_fingerprint, run_st
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 
 STAGE = "dedup"
-# 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects; splits; 3: a BOM is dropped
-CODE_VERSION = "3"
+CODE_VERSION = "2"  # 2: clusters in clusters.jsonl.zst, not in the manifest; lone surrogates are rejects; splits
 
 LINE_BITS = 40  # a document id is shard index << LINE_BITS | line number
 LINE_MASK = (1 << LINE_BITS) - 1

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from neox.data.jsonl import SHARD_SUFFIXES, refuse_unread
+from neox.data.jsonl import SHARD_SUFFIXES, not_a_shard, refuse_compressed_shards
 from neox.data.splits import SPLITS, write_splits
 from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path
 from neox.errors import ConfigError, MissingInput
@@ -66,7 +66,8 @@ class Source:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:
             raise ConfigError(f"source name must be a plain file name, got {self.name!r}")
-        refuse_unread([self.name], ConfigError)
+        if reason := not_a_shard(self.name):
+            raise ConfigError(f"source {self.url}: {reason}")
 
 
 def default_name(url: str) -> str:
@@ -241,6 +242,8 @@ def sources_from_strings(urls: list[str], split: str = "train", retry: Retry = R
             out += [Source(found, split=split) for found in list_folder(url, retry)]
             continue
         base, _, fragment = url.partition("#sha256=")
+        if urllib.parse.urlparse(base).scheme in ("", "file") and local_path(base).is_dir():
+            raise ConfigError(f"source {base} is a folder: end it with / to take every shard in it")
         out.append(Source(base, sha256=fragment or None, split=split))
     return out
 
@@ -257,7 +260,7 @@ def list_folder(url: str, retry: Retry = Retry()) -> list[str]:
         names = [p.name for p in folder.iterdir() if p.is_file()]
     else:
         raise ConfigError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
-    refuse_unread((url + name for name in names), ConfigError)
+    refuse_compressed_shards((url + name for name in names), ConfigError)
     shards = sorted(n for n in names if n.endswith(SHARD_SUFFIXES))
     if not shards:
         raise EmptyFolder(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in the source folder {url}")

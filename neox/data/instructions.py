@@ -33,7 +33,7 @@ import numpy as np
 from neox.data.chat import chat_renderer
 from neox.data.dataset import IGNORE_INDEX
 from neox.data.indexed import write_index
-from neox.data.jsonl import SHARD_SUFFIXES, Rejects, json_line, read_lines, refuse_unread
+from neox.data.jsonl import SHARD_SUFFIXES, Rejects, read_lines, refuse_compressed_shards, unread_compression
 from neox.data.sample import build_sample_instructions
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import ConfigError, DataError, MissingInput
@@ -71,6 +71,9 @@ class InstructionsConfig:
     def __post_init__(self) -> None:
         if bool(self.sources) == (self.corpus is not None):
             raise ValueError("give sources (JSONL files) or corpus: sample, one of the two")
+        for source in self.sources:  # an explicit file; a folder's are checked when it is read
+            if reason := unread_compression(source):
+                raise ValueError(f"sources: {reason}")
 
 
 def source_files(sources: tuple[str, ...]) -> list[Path]:
@@ -80,13 +83,14 @@ def source_files(sources: tuple[str, ...]) -> list[Path]:
         path = Path(source)
         if path.is_dir():
             found = sorted(path.iterdir())
-            refuse_unread(str(p) for p in found)
+            refuse_compressed_shards(str(p) for p in found)
             found = [p for p in found if p.name.endswith(SHARD_SUFFIXES)]
             if not found:
                 raise MissingInput(f"{path} holds no .jsonl or .jsonl.zst file")
             files += found
         elif path.is_file():
-            refuse_unread([str(path)])
+            if reason := unread_compression(str(path)):
+                raise DataError(reason)
             files.append(path)
         else:
             raise MissingInput(f"instruction data {path} does not exist")
@@ -181,7 +185,8 @@ def read_examples(
                 continue
             line = raw.decode("utf-8", errors="replace")  # what the rejects log shows
             try:
-                yield segments(as_messages(json_line(raw)), render, mask_prompt)
+                # bytes: json takes a UTF-8 byte order mark (Windows editors write one) as the encoding's
+                yield segments(as_messages(json.loads(raw)), render, mask_prompt)
             except json.JSONDecodeError:
                 rejects.add(file.name, number, "not JSON", line[:1000])
             except UnicodeDecodeError as err:  # before ValueError, its base: no byte is replaced behind your back

@@ -8,7 +8,6 @@ nothing after that point can be trusted.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import json
 import os
@@ -23,7 +22,7 @@ import zstandard
 from neox.errors import DataError, MissingInput
 
 SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
-# JSON lines compressed some other way are refused by name, never skipped: a skipped shard is silent data loss
+# compressions we do not read: a file compressed so is refused by name, never skipped (silent data loss)
 OTHER_COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 # What a stage writes beside its shards (the lines it rejected, dedup's clusters): JSON lines too, never documents
 SIDE_FILES = ("rejects.jsonl", "clusters.jsonl.zst")
@@ -72,11 +71,11 @@ def is_shard(path: Path) -> bool:
 
 
 def unread_compression(location: str) -> str | None:
-    """Why a file (path or URL) of JSON lines compressed other than with zstd (`x.jsonl.gz`, `x.json.xz`) is not
-    read, with the command that makes it readable; None for any other name."""
+    """Why a file (path or URL) compressed other than with zstd (`x.jsonl.gz`, `x.json.xz`) is not read, with the
+    command that makes it readable; None for any other name."""
     name = location.rsplit("/", 1)[-1]
     for suffix, tool in OTHER_COMPRESSIONS.items():
-        if name.endswith((f".jsonl{suffix}", f".json{suffix}")):
+        if name.endswith(suffix):
             stem = name.removesuffix(suffix).removesuffix(".jsonl").removesuffix(".json")
             return (
                 f"{location} is {tool}-compressed, which is not read (.jsonl.zst and .jsonl are): recompress it "
@@ -85,11 +84,22 @@ def unread_compression(location: str) -> str | None:
     return None
 
 
-def refuse_unread(locations: Iterable[str], error: type[Exception] = DataError) -> None:
-    """Raise `error` for the first file `unread_compression` refuses."""
+def not_a_shard(location: str) -> str | None:
+    """Why a file named as a shard source (path or URL) would not be read, or None for a shard's name: every
+    stage after the download reads only `.jsonl.zst` and `.jsonl` files."""
+    name = location.rsplit("/", 1)[-1]
+    if name.endswith(SHARD_SUFFIXES):
+        return None
+    return unread_compression(location) or f"{location} is not a shard: shards are .jsonl.zst or .jsonl files"
+
+
+def refuse_compressed_shards(locations: Iterable[str], error: type[Exception] = DataError) -> None:
+    """In a folder of shards, JSON lines compressed otherwise (`x.jsonl.gz`) are refused, not skipped (a skipped
+    shard is silent data loss); other files are not shards and are left alone."""
+    compressed = tuple(f".jsonl{suffix}" for suffix in OTHER_COMPRESSIONS)
     for location in locations:
-        if reason := unread_compression(location):
-            raise error(reason)
+        if location.endswith(compressed):
+            raise error(f"{unread_compression(location)}, and move the original out of the folder")
 
 
 CHUNK = 1 << 20
@@ -166,20 +176,13 @@ def read_lines(path: Path) -> Iterator[bytes]:
     return split_lines(decompressed_blocks(path))
 
 
-def json_line(raw_line: bytes) -> Any:
-    """The JSON value on one raw line. A UTF-8 byte order mark is dropped first: editors on Windows write one at
-    the start of a file, and json refuses it. Raises JSONDecodeError, or UnicodeDecodeError for bytes that are not
-    UTF-8 (a lone surrogate's bytes pass, as JSON's "\\ud800" does: `parse_line` refuses both)."""
-    return json.loads(raw_line.removeprefix(codecs.BOM_UTF8))
-
-
 def parse_line(shard: str, number: int, raw_line: bytes, rejects: Rejects) -> Document | None:
     """The document on one raw line, or None for a blank line or one handed to `rejects` (malformed JSON, no
     string `text`, text that is not valid Unicode)."""
     if not raw_line.strip():
         return None
     try:
-        record = json_line(raw_line)
+        record = json.loads(raw_line)  # bytes: json reads a UTF-8 byte order mark as part of the encoding
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         rejects.add(shard, number, f"malformed JSON: {err}", raw_line.decode("utf-8", "replace"))
         return None
@@ -240,7 +243,7 @@ def list_shards(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         raise MissingInput(f"input directory {directory} does not exist")
     files = [p for p in directory.iterdir() if p.is_file()]
-    refuse_unread(str(p) for p in files)
+    refuse_compressed_shards(str(p) for p in files)
     shards = sorted(p for p in files if is_shard(p))
     if not shards:
         raise MissingInput(f"no shards ({' or '.join(SHARD_SUFFIXES)} files) in {directory}")

@@ -21,7 +21,7 @@ from pydantic import Field, Strict
 from neox.data.chunks import DEFAULT_CHUNK_MB
 from neox.data.dedup import DedupConfig, dedup_shards
 from neox.data.download import Source, default_name, download_sources, sources_for
-from neox.data.jsonl import refuse_unread
+from neox.data.jsonl import not_a_shard
 from neox.data.sample import build_sample_corpus
 from neox.data.tokenize import TokenizeConfig, tokenize_shards
 from neox.data.tokenizer import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, tokenizer_stage
@@ -84,8 +84,11 @@ class DataConfig:
             raise ValueError("corpus: sample replaces sources and pile_mirror: give one kind of input")
         if self.corpus is None and not self.sources and not self.pile_mirror:
             raise ValueError("the data section names no input: set corpus: sample, sources: [...] or pile_mirror")
-        files = [url for url in (*self.sources, *self.valid_sources, *self.test_sources) if not url.endswith("/")]
-        refuse_unread((default_name(url.partition("#")[0]) for url in files), ValueError)
+        for key in ("sources", "valid_sources", "test_sources"):
+            for url in getattr(self, key):
+                base = url.partition("#")[0]
+                if not base.endswith("/") and (reason := not_a_shard(default_name(base))):
+                    raise ValueError(f"{key}: {url}: {reason}")
 
 
 def data_config(section: dict[str, Any] | DataConfig) -> DataConfig:

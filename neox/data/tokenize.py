@@ -41,8 +41,7 @@ from neox.runtime.ray_cluster import ensure_ray
 
 STAGE = "tokenize"
 TOKENIZED_STAGES = (STAGE, "instructions")  # outputs training reads: text, or text and labels
-# 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects, named splits; 4: a BOM is dropped
-CODE_VERSION = "4"
+CODE_VERSION = "3"  # 2: the tokenizer is stored with the dataset; 3: lone surrogates are rejects, named splits
 MAX_PIECE_CHARS = 1 << 20  # a longer document is encoded piece by piece (tokenizers needs ~200 B per character)
 SAMPLE_CHARS = 1 << 16  # of each document the engines are compared on
 

@@ -64,7 +64,7 @@ def eod_id(tok: Tokenizer) -> int:
 
 
 STAGE = "tokenizer"
-CODE_VERSION = "2"  # 2: a byte order mark before a line's JSON is dropped
+CODE_VERSION = "1"
 
 
 def tokenizer_stage(

@@ -79,7 +79,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     try:
         return _load(Path(path))
     except ConfigError as err:  # named once: the file readers' own errors start with it
-        raise ConfigError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
+        raise ConfigError(str(err) if str(err).startswith(f"{Path(path)} ") else f"{path}: {err}") from None
 
 
 def _load(path: Path) -> PipelineConfig:

@@ -130,8 +130,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if not isinstance(key, typing.Hashable):
                 continue  # SafeLoader's error, below
             value = self.construct_object(value_node, deep=True)
-            first, earlier = seen.setdefault(key, (key_node.start_mark.line + 1, value))
-            if earlier != value:
+            if key not in seen:
+                seen[key] = (key_node.start_mark.line + 1, value)
+                continue
+            first, earlier = seen[key]
+            if (type(earlier), earlier) != (type(value), value):  # typed: 1, 1.0 and true are equal in Python
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,

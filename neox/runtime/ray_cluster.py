@@ -15,17 +15,24 @@ from neox.runtime.progress import progress
 PLACEMENT_GROUP_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
+_joined: str | None = None  # the cluster this process joined; None on a local Ray (Ray connects once per process)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Initialise Ray once per process; later calls reuse the connection (a process joins one cluster)."""
+    global _joined
     if ray.is_initialized():
         return
     address = ray_cluster_address(address)
-    if address:
+    if address and address != "local":
         context = ray.init(address=address, configure_logging=False)
+        _joined = address
         if context.dashboard_url:  # a cluster's head runs it (ray[default]); locally it stays off
             print(f"Ray dashboard: http://{context.dashboard_url} (it asks for the cluster's Ray token)", flush=True)
     else:
         ray.init(
+            # "local": a Ray of our own, even where `ray start` left one running that ray.init() would join
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             configure_logging=False,
@@ -38,11 +45,16 @@ def ray_cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def refuse_beyond_local(address: str | None, need: dict[str, float], what: str, fix: str) -> None:
-    """A local Ray has every resource it ever will: a request beyond it would wait forever (Ray Train retries its
-    worker group's placement every 60 s), so it is refused at once, naming `what` asked for it and the `fix`. A
-    cluster (`address`, RAY_ADDRESS) may still be adding nodes, so there it waits."""
-    if ray_cluster_address(address):
+def on_cluster() -> bool:
+    """Whether `ensure_ray` joined a cluster (rather than starting a local Ray)."""
+    return _joined is not None
+
+
+def refuse_beyond_local(need: dict[str, float], what: str, fix: str) -> None:
+    """On a local Ray (`ensure_ray` started it), which has every resource it ever will, a request beyond it would
+    wait for ever (Ray Train retries its worker group's placement every 60 s): it is refused at once, naming `what`
+    asked for it and the `fix`. A cluster may still be adding nodes, so there it waits."""
+    if on_cluster():
         return
     have, need = ray.cluster_resources(), {name: amount for name, amount in need.items() if amount}
     short = [f"{amount:g} {name}" for name, amount in need.items() if amount > have.get(name, 0)]

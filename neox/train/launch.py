@@ -25,7 +25,7 @@ from neox.pipeline.layout import (
     TRAIN_METRICS_FILE,
 )
 from neox.pipeline.stage import MANIFEST, sha256_file
-from neox.runtime.ray_cluster import ensure_ray, ray_cluster_address, refuse_beyond_local
+from neox.runtime.ray_cluster import ensure_ray, on_cluster, refuse_beyond_local
 from neox.train.checkpointing import check_compatible, latest_state, newest_checkpoint_name
 from neox.train.config import TrainConfig
 from neox.train.identity import differences
@@ -186,7 +186,6 @@ def launch(
     cfg, storage = plan.cfg, plan.storage
     ensure_ray(cfg.ray_address)
     refuse_beyond_local(
-        cfg.ray_address,
         {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if cfg.use_gpu else 0},
         f"train: {cfg.num_workers} worker(s) of {cfg.cpus_per_worker} CPU{' and 1 GPU' if cfg.use_gpu else ''}",
         "lower train.num_workers or cpus_per_worker, set use_gpu: false, or give train.ray_address of a cluster",
@@ -234,7 +233,7 @@ def launch(
         DATA_FILE,
     )
     print(f"training run {plan.key} ({cfg.name}) in {storage.uri}", flush=True)
-    if not ray_cluster_address(cfg.ray_address):
+    if not on_cluster():
         # Ray Train's preemption watcher is for cloud instances; creating it on a local Ray only logs a core error
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TorchTrainer(

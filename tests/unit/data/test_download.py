@@ -387,12 +387,24 @@ def test_a_local_folder_named_without_its_trailing_slash_says_how_to_name_it(tmp
 
 
 @pytest.mark.parametrize("name, tool", [("b.jsonl.gz", "gzip"), ("b.json.bz2", "bzip2"), ("b.jsonl.xz", "xz")])
-def test_json_lines_compressed_other_than_with_zstd_are_refused_by_name_not_skipped(tmp_path, name, tool):
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jsonl.zst").write_bytes(b"a")
-    (tmp_path / "in" / name).write_bytes(b"b")
+def test_a_source_compressed_other_than_with_zstd_is_refused_with_the_command_that_fixes_it(tmp_path, name, tool):
+    (tmp_path / name).write_bytes(b"b")
     fix = f"recompress it with `{tool} -dc {name} | zstd -o b.jsonl.zst`"
-    with pytest.raises(ConfigError, match=f"^{name} is {tool}-compressed, which is not read .*{re.escape(fix)}"):
-        sources_from_strings([str(tmp_path / "in" / name)])
-    with pytest.raises(ConfigError, match=f"in/{name} is {tool}-compressed"):  # a folder source
+    with pytest.raises(ConfigError, match=f"{name} is {tool}-compressed, which is not read .*{re.escape(fix)}"):
+        sources_from_strings([str(tmp_path / name)])
+
+
+def test_a_source_later_stages_would_skip_is_refused_before_anything_downloads(tmp_path):
+    (tmp_path / "notes.txt").write_text("{}")
+    with pytest.raises(ConfigError, match="notes.txt is not a shard: shards are .jsonl.zst or .jsonl files"):
+        sources_from_strings([f"file://{tmp_path}/notes.txt"])
+    # in a folder source, JSON lines compressed otherwise are refused; other files are not shards
+    (tmp_path / "in").mkdir()
+    for name in ("a.jsonl.zst", "meta.json.gz", "notes.txt"):
+        (tmp_path / "in" / name).write_bytes(b"a")
+    assert [s.name for s in sources_from_strings([f"{tmp_path}/in/"])] == ["a.jsonl.zst"]
+    (tmp_path / "in" / "b.jsonl.gz").write_bytes(b"b")
+    with pytest.raises(
+        ConfigError, match="in/b.jsonl.gz is gzip-compressed.*, and move the original out of the folder"
+    ):
         sources_from_strings([f"{tmp_path}/in/"])

@@ -48,7 +48,7 @@ def test_bad_lines_are_rejected_with_their_location_and_reading_goes_on(tmp_path
     assert rejects.counts == {kept[0]["reason"]: 1, "no string 'text' field": 2}
 
 
-def test_a_byte_order_mark_before_the_first_line_is_dropped_not_a_reject(tmp_path):
+def test_a_byte_order_mark_before_the_first_line_is_read_as_the_encoding_not_a_reject(tmp_path):
     # what Notepad and PowerShell's `Out-File -Encoding utf8` write at the start of a file
     raw = b"\xef\xbb\xbf" + (json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n").encode()
     (tmp_path / "s.jsonl").write_bytes(raw)

@@ -63,7 +63,12 @@ MISTAKES = [
     ("data.workers", -2, "data.workers: input should be greater than or equal to 1"),
     ("data.chunk_mb", 0, "data.chunk_mb: input should be greater than or equal to 1"),
     ("data.valid_sources", "val.jsonl.zst", "data.valid_sources: must be a list, got 'val.jsonl.zst'"),
-    ("data.test_sources", ["https://h/test.jsonl.gz#sha256=0"], "data: test.jsonl.gz is gzip-compressed"),
+    (
+        "data.test_sources",
+        ["https://h/t.jsonl.gz#sha256=0"],
+        "test_sources: https://h/t.jsonl.gz#sha256=0: t.jsonl.gz is",
+    ),
+    ("finetune.instructions", {"sources": ["chats.jsonl.gz"]}, "sources: chats.jsonl.gz is gzip-compressed"),
     # train
     ("train.lr_decay_style", "cosin", "train.lr_decay_style: input should be 'cosine', 'linear' or 'constant'"),
     ("train.betas", [0.9], "train.betas.1: field required"),
