@@ -66,8 +66,6 @@ class Source:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:
             raise ConfigError(f"source name must be a plain file name, got {self.name!r}")
-        if reason := not_a_shard(self.name):
-            raise ConfigError(f"source {self.url}: {reason}")
 
 
 def default_name(url: str) -> str:
@@ -244,7 +242,10 @@ def sources_from_strings(urls: list[str], split: str = "train", retry: Retry = R
         base, _, fragment = url.partition("#sha256=")
         if urllib.parse.urlparse(base).scheme in ("", "file") and local_path(base).is_dir():
             raise ConfigError(f"source {base} is a folder: end it with / to take every shard in it")
-        out.append(Source(base, sha256=fragment or None, split=split))
+        source = Source(base, sha256=fragment or None, split=split)
+        if reason := not_a_shard(source.name):  # later stages would skip it (the tokenizer stage downloads others)
+            raise ConfigError(f"source {base}: {reason}")
+        out.append(source)
     return out
 
 
