@@ -16,6 +16,7 @@ from prefect import flow, tags
 from flows.data import data_prep
 from flows.errors import one_line_errors
 from flows.evaluate import evaluate_and_promote
+from flows.local_api import patient_local_api
 from flows.naming import config_tags, run_name
 from flows.train import train
 from neox.pipeline.check import check_pipeline_config
@@ -44,7 +45,7 @@ def main() -> None:
 
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/pipeline/local.yaml"
     started = time.perf_counter()
-    with one_line_errors(), tags(*config_tags(config)):
+    with one_line_errors(), patient_local_api(), tags(*config_tags(config)):
         result = pretrain(config)
     if not print_summary(load_pipeline_config(config), result, time.perf_counter() - started):
         sys.exit("the Hugging Face export check failed")

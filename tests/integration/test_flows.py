@@ -45,6 +45,9 @@ def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
         PREFECT_HOME=str(root / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"),
+        # no local API starts in 1 s (a fresh one migrates its database for 20 s or more): every flow run here
+        # must wait as long as flows.local_api says, not Prefect's 20 s that a loaded CI runner missed
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
     )
     return {
         "root": root,
@@ -198,7 +201,8 @@ LATEST_ARTIFACTS = """
 import json
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter as Filter, ArtifactCollectionFilterKey as Key
-with get_client(sync_client=True) as client:
+from flows.local_api import patient_local_api
+with patient_local_api(), get_client(sync_client=True) as client:
     keys = ["train-progress", "train-loss-curve"]
     found = client.read_latest_artifacts(artifact_filter=Filter(key=Key(any_=keys)))
     print(json.dumps({a.key: a.data for a in found}))

@@ -16,6 +16,7 @@ BLOCKED_IN_RAY = """
 import json, os, sys, time
 import ray
 from prefect import flow, task
+from flows.local_api import patient_local_api
 from neox.runtime.ray_cluster import ensure_ray, run_ordered
 from tasks.deadline import within
 
@@ -43,7 +44,8 @@ def running(pid):  # a Ray worker is named after the task it runs: ray::hung, th
         return False
 
 started = time.monotonic()
-outcome = run()
+with patient_local_api():
+    outcome = run()
 seconds = time.monotonic() - started
 hung = int(open(pid_file).read())
 for _ in range(100):  # Ray is still up: only the cancel can have stopped the task
