@@ -45,6 +45,24 @@ def tiny_model(seed: int = 0, **overrides) -> GPTNeoX:
     return initialized(tiny_config(**overrides), seed).eval()
 
 
+# `make test` runs test files on two workers (pytest-xdist --dist loadfile, in collection order): the longest files
+# go first, so that none of them starts last and runs alone at the end.
+LONGEST_FILES = (
+    "tests/integration/test_flows.py",
+    "tests/integration/test_train.py",
+    "tests/integration/test_model_parallel.py",
+    "tests/integration/test_eval.py",
+    "tests/unit/test_cli.py",
+    "tests/infra/test_cluster_auth.py",
+    "tests/unit/data/test_tokenize.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONGEST_FILES)))  # stable: the rest as found
+
+
 class Payload:
     """What an attacker would plant in a pickle: unpickling it calls `open(marker, "w")`."""
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.infra.test_terraform import mlflow_auth_config, rendered_bootstrap
-from tests.integration.conftest import free_port, wait_for_http
+from tests.integration.conftest import free_port, ray_start_ports, wait_for_http
 
 BIN = Path(sys.executable).parent
 
@@ -108,7 +108,8 @@ def test_ray_refuses_a_driver_without_the_cluster_token(tmp_path, ray_sessions, 
     port = free_port()
     head = started(
         [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-        + [f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={ray_sessions}"],
+        + [f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={ray_sessions}"]
+        + ray_start_ports(),
         with_token,
     )
 

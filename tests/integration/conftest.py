@@ -98,6 +98,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_start_ports() -> list[str]:
+    """`ray start` arguments for the ports it would otherwise take from fixed defaults (workers from 10002 up, the
+    head's client server 10001): `make test` runs two test files at once, and two nodes of different clusters on
+    those ports crash each other's raylet."""
+    return ["--min-worker-port=0", "--max-worker-port=0", f"--ray-client-server-port={free_port()}"]
+
+
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
     """Until `url` answers 200, failing early if the server process that should answer it has died."""
     deadline = time.monotonic() + timeout

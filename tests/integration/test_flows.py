@@ -569,7 +569,13 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     sampling = {"max_new_tokens": 12, "temperature": 1.0, "seed": 1}
     answers = served.predict(questions, params=sampling)
     assert answers == served.predict(rendered, params={**sampling, "chat": False})
-    assert answers != served.predict(questions, params={**sampling, "chat": False})
+    # and chat: false sends the bare question, which samples otherwise under some seed (a tiny model's samples can
+    # coincide under one seed: its next-token choices barely depend on the prompt)
+    assert any(
+        served.predict(questions, params={**sampling, "seed": seed})
+        != served.predict(questions, params={**sampling, "seed": seed, "chat": False})
+        for seed in range(1, 6)
+    )
     requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/flow-tiny-sft/1")).read_text()
     assert "transformers==" in requirements and "Jinja2==" in requirements  # what rendering the template needs
     # its checkpoints keep the adapters apart: reshard says to finish the run instead of writing unmerged weights

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, ray_start_ports
 
 RAY = str(Path(sys.executable).with_name("ray"))
 GCS = "import ray{}; {}; print(ray.get_runtime_context().gcs_address)"
@@ -28,7 +28,7 @@ def test_a_ray_left_running_by_ray_start_is_not_joined(tmp_path):
     port = free_port()
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"]
-        + ["--disable-usage-stats"],
+        + ["--disable-usage-stats", *ray_start_ports()],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,

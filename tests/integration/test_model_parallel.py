@@ -18,7 +18,17 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import neox
-from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, planned_run, run_folder, write_config
+from tests.integration.conftest import (
+    NEOX,
+    STEPS,
+    finish,
+    free_port,
+    launch,
+    planned_run,
+    ray_start_ports,
+    run_folder,
+    write_config,
+)
 from tests.integration.test_train import (
     RAY,
     final_weights,
@@ -81,7 +91,7 @@ def four_slots():
     port = free_port()
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--include-dashboard=false"]
-        + ["--node-ip-address=127.0.0.1", f"--temp-dir={short / 'head'}"],
+        + ["--node-ip-address=127.0.0.1", f"--temp-dir={short / 'head'}", *ray_start_ports()],
         env={**os.environ, **auth},
         start_new_session=True,
         stdout=subprocess.DEVNULL,

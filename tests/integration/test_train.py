@@ -29,7 +29,17 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
-from tests.integration.conftest import NEOX, STEPS, finish, free_port, launch, planned_run, run_folder, write_config
+from tests.integration.conftest import (
+    NEOX,
+    STEPS,
+    finish,
+    free_port,
+    launch,
+    planned_run,
+    ray_start_ports,
+    run_folder,
+    write_config,
+)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -215,6 +225,7 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
                     f"--dashboard-port={dashboard}",
                     "--node-ip-address=127.0.0.1",
                     f"--temp-dir={short / 'head'}",
+                    *ray_start_ports(),
                 ],
                 env=env,
                 start_new_session=True,
@@ -233,6 +244,7 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
                     "--num-cpus=1",
                     "--node-ip-address=127.0.0.1",
                     f"--temp-dir={short / 'worker'}",
+                    *ray_start_ports(),
                 ],
                 env=env,
                 start_new_session=True,
@@ -265,7 +277,9 @@ def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_ne
     needs --allow-new-data, which continues the run (weights, optimizer, step) on it as a new run naming its origin."""
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
 
-    storage = straight.parent
+    storage = tmp_path / "storage"  # a copy: continuing adds a run beside it, and the straight run is shared
+    shutil.copytree(straight, storage / straight.name)
+    straight = storage / straight.name
     other_data = tokenize_shards(small_corpus, corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="other")).path
     config = write_config(tmp_path, other_data, storage_path=str(storage))
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)

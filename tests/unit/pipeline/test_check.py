@@ -17,7 +17,16 @@ from neox.train.config import load_train_config
 from tests.conftest import REPO
 
 PIPELINES = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
-DELETE = object()
+
+
+class _Delete:
+    """The value meaning "remove this key"; its repr names the test (an object()'s address differs per process)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
