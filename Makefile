@@ -12,9 +12,10 @@ TORCH_PIN := $(shell grep -E '^torch==' requirements/lock.txt)
 UV_PIN := $(shell grep -E '^uv==' requirements/lock.txt)
 DEEPSPEED_PIN := $(shell grep -E '^deepspeed==' requirements/lock.txt)
 
-# The locks install through uv (pinned in the lock, installed by pip): ~15 s for what took pip ~190 s. torch and
-# DeepSpeed stay with pip, which reads the machine's pip settings (where a CUDA torch comes from).
-UV := $(BIN)/uv pip install --quiet
+# The locks install through uv (pinned in the lock, installed by pip): ~50 s for what took pip ~190 s. torch and
+# DeepSpeed stay with pip, which reads the machine's pip settings (where a CUDA torch comes from). Bytecode is
+# compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would compile its imports.
+UV := $(BIN)/uv pip install --quiet --compile-bytecode
 
 # On a machine without CUDA, build DeepSpeed's CPU communication op now instead of JIT-compiling it
 # (~48 s, ~5 GB peak) in the first training run. With CUDA, DeepSpeed builds its ops on demand.
