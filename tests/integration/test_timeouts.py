@@ -13,8 +13,7 @@ import sys
 from tests.conftest import REPO
 
 BLOCKED_IN_RAY = """
-import faulthandler, json, os, sys, time
-faulthandler.dump_traceback_later(150, exit=True)  # a hang fails the test with where each thread was, not silently
+import json, os, sys, time
 import ray
 from prefect import flow, task
 from flows.local_api import patient_local_api
@@ -69,7 +68,7 @@ def test_a_task_blocked_in_ray_times_out_and_its_ray_tasks_are_cancelled(tmp_pat
         text=True,
         timeout=180,
     )
-    assert done.returncode == 0, done.stderr[-12000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["state"] == "TimedOut"
     assert "dedup ran past its timeout: timeouts.dedup_hours is 0.000833333" in outcome["message"]
