@@ -5,15 +5,18 @@ process of its own: the interrupt and a Ray of its own stay out of the test sess
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
 from tests.conftest import REPO
 
 BLOCKED_IN_RAY = """
-import json, os, sys, time
+import faulthandler, json, os, sys, time
+faulthandler.dump_traceback_later(150, exit=True)  # a hang ends the script with where each of its threads was
 import ray
 from prefect import flow, task
 from flows.local_api import patient_local_api
@@ -60,16 +63,26 @@ def test_a_task_blocked_in_ray_times_out_and_its_ray_tasks_are_cancelled(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     pid_file = tmp_path / "hung.pid"
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCKED_IN_RAY, str(pid_file)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    # output to files, not pipes: the Ray and Prefect processes the script starts would hold a pipe open after it
+    # ended, and a failure's message would wait for them
+    with (tmp_path / "out").open("w+") as out, (tmp_path / "err").open("w+") as err:
+        script = subprocess.Popen(
+            [sys.executable, "-c", BLOCKED_IN_RAY, str(pid_file)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        with contextlib.suppress(subprocess.TimeoutExpired):  # its own stack dump at 150 s ends it first
+            script.wait(timeout=180)
+        with contextlib.suppress(ProcessLookupError):  # whatever it left running in its session, if anything
+            os.killpg(script.pid, signal.SIGKILL)
+        script.wait()
+        err.seek(0)
+        out.seek(0)
+        assert script.returncode == 0, err.read()[-12000:]
+        outcome = json.loads(out.read().strip().splitlines()[-1])
     assert outcome["state"] == "TimedOut"
     assert "dedup ran past its timeout: timeouts.dedup_hours is 0.000833333" in outcome["message"]
     assert outcome["seconds"] < 120  # the hung remote call sleeps 600 s
