@@ -4,7 +4,8 @@ Not Prefect's `timeout_seconds`: that is a SIGALRM whose error a blocking `ray.g
 returns, so a hung training run would never time out. Ray does honour Ctrl-C there, so at the deadline the
 stage is interrupted as Ctrl-C would: SIGINT to the flow's main thread. Ray Train's handler then aborts the run
 (workers stopped, checkpoints kept for a rerun to resume from), the data stages cancel their pending Ray tasks,
-and a download stops at its next read."""
+and a download stops at its next read. Where the process ignores SIGINT (a job started in the background from a
+script does), the stage listens for it while it runs."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def within(stage: str, hours: float, work: Callable[[], T]) -> T:
 
     late = f"{stage} ran past its timeout: timeouts.{stage}_hours is {hours:g}"
     previous = signal.getsignal(signal.SIGINT)
+    # ignored (a flow a script started with `&`: bash ignores SIGINT there), the interrupt would be lost; at its
+    # default, it would kill the process
+    if previous in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(hours * 3600, interrupt)
     timer.daemon = True
     timer.start()

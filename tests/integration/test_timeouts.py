@@ -1,7 +1,8 @@
 """A stage task past its `timeouts:` hours fails as TimedOut even while it blocks in Ray (where Prefect's own
 SIGALRM timeout waits for the call to return), and the Ray tasks it was waiting on are cancelled, not left
-running. The stage here is the data stages' own scheduler, `run_ordered`, on a task that never finishes. Run in a
-process of its own: the interrupt and a Ray of its own stay out of the test session."""
+running. The stage here is the data stages' own scheduler, `run_ordered`, on a task that never finishes, in a
+process that ignores SIGINT, as a job started in the background from a script does. Run in a process of its own:
+the interrupt and a Ray of its own stay out of the test session."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import sys
 from tests.conftest import REPO
 
 BLOCKED_IN_RAY = """
-import faulthandler, json, os, sys, time
+import faulthandler, json, os, signal, sys, time
 faulthandler.dump_traceback_later(150, exit=True)  # a hang ends the script with where each of its threads was
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a flow a script started with `&`, the hardest case
 import ray
 from prefect import flow, task
 from flows.local_api import patient_local_api
