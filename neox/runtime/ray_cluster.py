@@ -3,7 +3,6 @@ instance sized to the cores we may use. Data stages and training both go through
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, NoReturn
 
@@ -11,9 +10,6 @@ import ray
 
 from neox.errors import ConfigError
 from neox.runtime.progress import progress
-
-PLACEMENT_GROUP_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-
 
 _joined: str | None = None  # the cluster this process joined; None on a local Ray (Ray connects once per process)
 
@@ -36,7 +32,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             num_cpus=num_cpus,
             include_dashboard=False,
             configure_logging=False,
-            runtime_env={"worker_process_setup_hook": "neox.runtime.ray_cluster.quiet_without_dashboard"},
         )
 
 
@@ -61,13 +56,6 @@ def refuse_beyond_local(need: dict[str, float], what: str, fix: str) -> None:
     if short:
         mine = " and ".join(f"{have.get(name, 0):g} {name}" for name in need)
         raise ConfigError(f"{what} needs {' and '.join(short)}, but this machine's Ray has {mine}: {fix}")
-
-
-def quiet_without_dashboard() -> None:
-    """Run in each worker of a local Ray, which has no dashboard and so no State API: Ray Train's placement-group
-    cleaner asks the State API every second whether the controller lives and warns each time it cannot (it
-    cannot clean up here either way)."""
-    logging.getLogger(PLACEMENT_GROUP_CLEANER).setLevel(logging.ERROR)
 
 
 def run_ordered(calls: list[tuple[Any, tuple]], workers: int | None, desc: str, unit: str) -> list[Any]:

@@ -8,22 +8,40 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from neox.pipeline.atomic import file_lock
 from tests.conftest import NEOX, REPO
 
 STEPS = 30
 SPLIT = "900,50,50"  # leaves ~15 held-out documents of the small corpus for the eval tests
 
 
+def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, build: Callable[[], Path]) -> Path:
+    """`build()` once per test session, by whichever pytest-xdist worker asks first; the others wait for it and
+    get its path. (A session fixture is otherwise built by every worker: the straight run took a minute each.)"""
+    if worker_id == "master":  # not under xdist: one process
+        return build()
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own folder
+    with file_lock(shared / f"{name}.lock"):
+        built = shared / f"{name}.path"
+        if not built.exists():
+            built.write_text(str(build()))
+        return Path(built.read_text())
+
+
 @pytest.fixture(scope="session")
-def tokenized(tmp_path_factory, ray_local, small_corpus, corpus_tokenizer) -> Path:
+def tokenized(tmp_path_factory, worker_id, ray_local, small_corpus, corpus_tokenizer) -> Path:
     from neox.data.tokenize import tokenize_shards
 
-    return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work")).path
+    def build() -> Path:
+        return tokenize_shards(small_corpus, corpus_tokenizer, tmp_path_factory.mktemp("work")).path
+
+    return once_for_all_workers(tmp_path_factory, worker_id, "tokenized", build)
 
 
 def write_config(directory: Path, tokenized: Path, **train) -> Path:
@@ -83,13 +101,17 @@ def run_folder(config: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def straight(tmp_path_factory, tokenized) -> Path:
-    """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run."""
-    directory = tmp_path_factory.mktemp("straight")
-    config = write_config(directory, tokenized)
-    out = finish(launch(config, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}))  # samples in a short run
-    assert str(run_folder(config)) in out.splitlines()  # neox train prints the run's folder
-    return run_folder(config)
+def straight(tmp_path_factory, worker_id, tokenized) -> Path:
+    """30 steps of ZeRO-1, 2 workers, uninterrupted: the reference run (tests that continue it work on a copy)."""
+
+    def build() -> Path:
+        directory = tmp_path_factory.mktemp("straight")
+        config = write_config(directory, tokenized)
+        out = finish(launch(config, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}))  # samples in a short run
+        assert str(run_folder(config)) in out.splitlines()  # neox train prints the run's folder
+        return run_folder(config)
+
+    return once_for_all_workers(tmp_path_factory, worker_id, "straight", build)
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
-"""The Prefect flows on Prefect's local ephemeral API, as `make demo` runs them: `pretrain` end to end on a tiny
-config (data stages on Ray, 2 Ray Train workers, lm-eval, MLflow registry); a rerun that reuses every verified
-output; a training failure after a checkpoint, whose rerun resumes and ends where an uninterrupted run ends; and
-a changed dedup threshold that redoes dedup and what follows, nothing before it."""
+"""The Prefect flows: `pretrain` end to end on a tiny config (data stages on Ray, 2 Ray Train workers, lm-eval,
+MLflow registry) on Prefect's temporary local API, as `make demo` runs it; then, through one `prefect server` as
+users with a server run them, a rerun that reuses every verified output, a training failure after a checkpoint
+whose rerun resumes and ends where the uninterrupted run ends, a changed dedup threshold that redoes dedup and what
+follows (nothing before it), a deployment run by a worker, the retrain and fine-tune flows."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -37,25 +39,51 @@ def files_state(root: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> dict:
-    """One work root and MLflow store for the module's flow runs, and the environment of a fresh Prefect."""
+def setting(tmp_path_factory, small_corpus, corpus_tokenizer) -> Iterator[dict]:
+    """One work root and MLflow store for the module's flow runs; the environment of a fresh Prefect with its
+    temporary API (`local_env`), and the environment of a `prefect server` started here (`env`), which the flow
+    runs after the first use: each temporary API costs a run ~17 s to start, a running server nothing."""
+    import signal
+
     root = tmp_path_factory.mktemp("flows")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
+    local_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    local_env.update(
         PREFECT_HOME=str(root / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"),
-        # no local API starts in 1 s (a fresh one migrates its database for 20 s or more): every flow run here
-        # must wait as long as flows.local_api says, not Prefect's 20 s that a loaded CI runner missed
+        # no local API starts in 1 s (a fresh one migrates its database for 20 s or more): a flow run on it must
+        # wait as long as flows.local_api says, not Prefect's 20 s that a loaded CI runner missed
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
     )
-    return {
-        "root": root,
-        "work": root / "work",
-        "env": env,
-        "shards": [str(p) for p in list_shards(small_corpus)],
-        "tokenizer": str(corpus_tokenizer),
-    }
+    port = free_port()
+    env = {**local_env, "PREFECT_HOME": str(root / "prefect-server"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    # started now, it comes up while the first flow run works on its temporary API; run_flow waits for it
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield {
+            "root": root,
+            "work": root / "work",
+            "local_env": local_env,
+            "env": env,
+            "server": server,
+            "shards": [str(p) for p in list_shards(small_corpus)],
+            "tokenizer": str(corpus_tokenizer),
+        }
+    finally:  # the server with everything it started, nothing else
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def served(setting: dict) -> dict:
+    """The environment of a flow run through the module's Prefect server, once the server answers."""
+    wait_for_http(setting["env"]["PREFECT_API_URL"] + "/health", setting["server"])
+    return setting["env"]
 
 
 def write_config(
@@ -113,11 +141,12 @@ def run_labelled(storage: Path, label: str) -> Path:
     return Path(run.location)
 
 
-def run_flow(setting: dict, code: str, config: Path, env: dict | None = None, ok: bool = True) -> str:
+def run_flow(setting: dict, code: str, config: Path, ok: bool = True, local_api: bool = False) -> str:
+    """Run a flow as `python -c` does, through the module's Prefect server, or on a temporary API of its own."""
     done = subprocess.run(
         [sys.executable, "-c", code, str(config)],
         cwd=REPO,
-        env={**setting["env"], **(env or {})},
+        env=setting["local_env"] if local_api else served(setting),
         capture_output=True,
         text=True,
         timeout=900,
@@ -132,7 +161,7 @@ PRETRAIN = "import sys; from flows.pretrain import main; main()"
 
 @pytest.fixture(scope="module")
 def uninterrupted(setting) -> str:
-    out = run_flow(setting, PRETRAIN, write_config(setting, "straight"))
+    out = run_flow(setting, PRETRAIN, write_config(setting, "straight"), local_api=True)  # as `make demo` runs it
     assert "Finished in state Completed()" in out and "flow-tiny version 1 is `champion`" in out
     return out
 
@@ -184,7 +213,7 @@ def test_the_console_says_each_thing_once_without_warnings_and_prefect_shows_tra
     shown = subprocess.run(
         [sys.executable, "-c", LATEST_ARTIFACTS],
         cwd=REPO,
-        env=setting["env"],
+        env=setting["local_env"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -287,29 +316,14 @@ class Receiver(BaseHTTPRequestHandler):
 
 
 def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(setting, uninterrupted):
-    """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port, a
-    process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
+    """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port (the
+    module's), a process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
     import signal
 
-    port = free_port()
     prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {
-        **setting["env"],
-        "PREFECT_HOME": str(setting["root"] / "prefect-server"),
-        "NEOX_PIPELINE_DIR": str(REPO),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-    }
-    processes = [
-        subprocess.Popen(
-            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    env = {**served(setting), "NEOX_PIPELINE_DIR": str(REPO)}
+    worker = None
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/health", processes[0])
 
         def prefect_cli(*args: str, timeout: float = 120) -> str:
             done = subprocess.run([prefect, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -323,15 +337,13 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         retrain = prefect_cli("deployment", "inspect", "retrain/scheduled-retrain")
         assert "0 3 * * 1" in retrain  # the weekly cron
         assert re.search(r"'global_concurrency_limit': \{[^}]*'limit': 1\b", retrain), retrain  # never two at once
-        processes.append(
-            subprocess.Popen(
-                [prefect, "worker", "start", "--pool", "neox-local"],
-                cwd=REPO,
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "neox-local"],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         config = write_config(setting, "deployed", storage="train-deployed")  # a run of its own, not the reused one
         out = prefect_cli(
@@ -380,10 +392,11 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         (body,) = Receiver.bodies
         assert "neox-pipeline: flow run pretrain" in body and "of pretrain failed" in body
         hook.shutdown()
+        prefect_cli("--no-prompt", "automation", "delete", "--all")  # later failing runs have no one to tell
     finally:
-        for process in processes:  # the server and the worker with everything they started, nothing else
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if worker:  # the worker with everything it started, nothing else
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
 
 
 RETRAIN = "import sys; from flows.retrain import main; main()"
@@ -456,13 +469,13 @@ def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outp
     for name, path in configs.items():  # their own registered models: a shared one would race for champion by design
         raw = yaml.safe_load(path.read_text())
         path.write_text(yaml.safe_dump({**raw, "registry": {"name": name}}))
-    # each its own PREFECT_HOME: two temporary Prefect APIs starting at once on one SQLite file is Prefect's
-    # limitation (README), not what this test is about
+    # through the module's Prefect server, as the README tells users to run flows at once (two temporary APIs
+    # starting at once on one SQLite file is Prefect's limitation, not what this test is about)
     runs = {
         name: subprocess.Popen(
             [sys.executable, "-c", PRETRAIN, str(path)],
             cwd=REPO,
-            env={**setting["env"], "PREFECT_HOME": str(setting["root"] / f"prefect-{name}")},
+            env=served(setting),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -626,7 +639,7 @@ def test_a_flow_stopped_by_bad_input_ends_with_one_error_line(setting, uninterru
     done = subprocess.run(
         [sys.executable, "-c", FINETUNE, str(config)],
         cwd=REPO,
-        env=setting["env"],
+        env=served(setting),
         capture_output=True,
         text=True,
         timeout=300,

@@ -233,7 +233,15 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
                 stderr=subprocess.DEVNULL,
             )
         )
-        time.sleep(8)
+        deadline = time.monotonic() + 120
+        while True:  # the head is up once its dashboard answers (401: it asks for the token); a loaded runner's is slow
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert nodes[0].poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.5)
         nodes.append(
             subprocess.Popen(
                 [
