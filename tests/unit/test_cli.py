@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -41,7 +42,16 @@ def test_version_and_shell_completion():
     from importlib.metadata import version
 
     assert neox("--version").stdout == f"neox-pipeline {version('neox-pipeline')}\n" == neox("-V").stdout
-    assert "_neox_completion" in neox("--show-completion", "bash").stdout
+    # Typer takes the shell from the process tree, where the tests may have no shell above them (started with `&`),
+    # and ignores the one named; its switch for tests makes it take the named one
+    shown = subprocess.run(
+        [NEOX, "--show-completion", "bash"],
+        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "_neox_completion" in shown.stdout, shown.stderr
 
 
 def test_options_with_a_fixed_set_of_values_offer_them(monkeypatch):
