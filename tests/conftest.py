@@ -16,9 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 NEOX = str(Path(sys.executable).with_name("neox"))  # the console script, as users run it
 
 
-def neox(*args, ok: bool = True) -> subprocess.CompletedProcess:
-    """Run `neox ARGS...` from the repository; assert it succeeds (or fails, with ok=False)."""
-    result = subprocess.run([NEOX, *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=300)
+def neox(*args, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `neox ARGS...` from the repository, with `env` added to the environment; assert it succeeds (or fails,
+    with ok=False)."""
+    result = subprocess.run(
+        [NEOX, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
     assert (result.returncode == 0) is ok, result.stdout + result.stderr
     return result
 

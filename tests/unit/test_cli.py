@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -44,14 +43,8 @@ def test_version_and_shell_completion():
     assert neox("--version").stdout == f"neox-pipeline {version('neox-pipeline')}\n" == neox("-V").stdout
     # Typer takes the shell from the process tree, where the tests may have no shell above them (started with `&`),
     # and ignores the one named; its switch for tests makes it take the named one
-    shown = subprocess.run(
-        [NEOX, "--show-completion", "bash"],
-        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "_neox_completion" in shown.stdout, shown.stderr
+    shown = neox("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert "_neox_completion" in shown.stdout
 
 
 def test_options_with_a_fixed_set_of_values_offer_them(monkeypatch):
