@@ -6,7 +6,8 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
    and both gradients, in fp32 (within 1e-5 relative) and bf16 (within 1e-2 relative);
 2. precision: 50 steps of the shape in bf16 and in fp32 from the same init and batches; the last 10 steps' mean
    loss within 1%;
-3. activation checkpointing: the same steps' losses with and without it (fp32), within 1e-5;
+3. activation checkpointing: the same steps' losses with and without it (fp32), within 1e-5 relative on the
+   CPU, 1e-4 on a GPU (whose fp32 attention backward sums in no fixed order);
 4. resume: an engine checkpoint saved at step 10 and loaded into a fresh engine continues to the losses of the
    uninterrupted run: the first bitwise, the later ones within 1e-5 relative on the CPU, 1e-3 in bf16 on a GPU
    (whose atomics in the backward change the last bits of the weights from step to step);
@@ -275,12 +276,24 @@ def main() -> None:
 
         low = engine_losses(model_yaml, args, args.steps, precision=precision)
         gap = last10_gap(low)
-        report["precision"] = {"bf16": low, "fp32": full, "last10_relative_gap": gap, "ok": within([gap], 0.01)}
+        report["precision"] = {  # keyed by what ran: the CPU rehearsal compares fp32 with itself
+            precision if precision != "fp32" else "fp32 (rehearsal, in place of bf16)": low,
+            "fp32": full,
+            "last10_relative_gap": gap,
+            "ok": within([gap], 0.01),
+        }
         save(report)
 
         checkpointed = engine_losses(model_yaml, args, 10, precision="fp32", activation_checkpointing=True)
         worst = gaps(checkpointed, full[:10])
-        report["activation_checkpointing"] = {"max_relative_gap": max(worst), "ok": within(worst, 1e-5)}
+        # A GPU's fp32 attention backward (memory-efficient SDPA) sums in no fixed order: later losses drift in the
+        # last bits there with or without checkpointing
+        tolerance = 1e-5 if args.device == "cpu" else 1e-4
+        report["activation_checkpointing"] = {
+            "max_relative_gap": max(worst),
+            "tolerance": tolerance,
+            "ok": within(worst, tolerance),
+        }
         save(report)
 
         straight = engine_losses(model_yaml, args, 20, save_at=10, precision=precision)

@@ -87,9 +87,9 @@ def transformers_model(cfg) -> torch.nn.Module:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     hf_cfg = hf_config(cfg, torch.float32, None, None)
-    return GPTNeoXForCausalLM(
-        GPTNeoXConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")})
-    )
+    hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}
+    # no key/value cache: training has no use for it, and filling one copies every layer's keys and values
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**hf_cfg | {"use_cache": False}))
 
 
 def logits_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -242,9 +242,9 @@ def gpu_main(args: argparse.Namespace) -> None:
     """Each --variants spec on each --model shape, one after the other on one GPU (or, with --rehearse, on the
     CPU in fp32 on a small shape, to try the run before device time is spent). Tokens are random: a step's cost
     does not depend on their values. MFU counts model FLOPs (GPT-NeoX's formula, without recomputation) over the
-    GPU's dense bf16 peak. Each row goes to OUT/train_step.jsonl as it is measured, so a run cut short keeps what
-    it measured; the table goes to OUT/train_step.md at the end. A variant that fails (out of memory, a kernel
-    error) is recorded with its error and the run goes on."""
+    GPU's dense bf16 peak. Each row goes to OUT/train_step.jsonl as it is measured, and OUT/train_step.md is
+    rewritten as the table of every row there, so a run cut short keeps what it measured. A variant that fails
+    (out of memory, a kernel error) is recorded with its error and the run goes on."""
     import deepspeed
 
     from neox.model.config import load_neox_yaml
@@ -266,7 +266,8 @@ def gpu_main(args: argparse.Namespace) -> None:
     print(json.dumps(versions), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "versions.json").write_text(json.dumps(versions, indent=1))
-    rows = []
+    rows_file = args.out / "train_step.jsonl"
+    run = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}/{os.getpid()}"  # pairs (c) with (b) measured in the same run
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     for model_path in args.model:
@@ -276,7 +277,7 @@ def gpu_main(args: argparse.Namespace) -> None:
         print(f"{shape}: {cfg.num_layers} layers x {cfg.hidden_size}, vocab {cfg.vocab_size}, seq {seq}", flush=True)
         for variant in args.variants:
             batch = variant.micro_batch or args.batch
-            row = {"model": shape, "variant": variant.spec, "batch": batch, "seq": seq}
+            row = {"run": run, "model": shape, "variant": variant.spec, "batch": batch, "seq": seq}
             generator = torch.Generator().manual_seed(0)
             batches = [torch.randint(cfg.vocab_size, (batch, seq + 1), generator=generator).to(device) for _ in "ab"]
             step = None
@@ -317,13 +318,17 @@ def gpu_main(args: argparse.Namespace) -> None:
                     pass
                 if on_gpu:
                     torch.cuda.empty_cache()
-            rows.append(row)
-            with (args.out / "train_step.jsonl").open("a") as out:
+            with rows_file.open("a") as out:
                 out.write(json.dumps(row) + "\n")
             print(format_row(row), flush=True)
-    table = markdown_table(rows, versions)
-    (args.out / "train_step.md").write_text(table)
-    print("\n" + table)
+            # after every row, of every row in the folder: runs one after another into one --out (bench/gpu/run.sh
+            # runs a process per shape, each under a time limit) make one table, and a run cut short keeps its rows
+            (args.out / "train_step.md").write_text(markdown_table(read_rows(rows_file), versions))
+    print("\n" + (args.out / "train_step.md").read_text())
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def package_version(name: str) -> str | None:
@@ -349,7 +354,8 @@ def format_row(row: dict) -> str:
 
 def markdown_table(rows: list[dict], versions: dict) -> str:
     """The rows as a Markdown table under the device and versions, then each engine row's tokens/s over the bare
-    loop's with the same settings ((c)/(b))."""
+    loop's with the same settings in the same run ((c)/(b)). The bare loop always steps torch's fused AdamW on a
+    GPU, so an engine row without adamw=fused also shows what its optimizer costs."""
     lines = [
         "Measured on " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + ".",
         "",
@@ -375,7 +381,7 @@ def markdown_table(rows: list[dict], versions: dict) -> str:
         for bare, other in measured:
             if (
                 variant.kind == "engine"
-                and bare["model"] == row["model"]
+                and (bare["model"], bare["run"]) == (row["model"], row["run"])
                 and dataclasses.replace(other, spec="") == twin
             ):
                 ratio = row["tokens_per_s"] / bare["tokens_per_s"]

@@ -31,8 +31,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
         scored = labels != IGNORE_INDEX
         count = scored.sum().clamp(min=1)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        # Only the gradients autograd will ask for: none under no_grad (evaluation), no weight's for a frozen one
+        hidden_grad, weight_grad = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if hidden_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             part = slice(start, start + chunk)
@@ -40,23 +42,29 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.T).float()
             log_z = torch.logsumexp(logits, dim=-1)
             total += ((log_z - logits.gather(1, target[:, None]).squeeze(1)) * keep).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
             # d(mean loss)/d(logits) = (softmax - one-hot) on the scored rows, over the scored count
             grad = torch.exp(logits - log_z[:, None])
             grad[torch.arange(len(target), device=grad.device), target] -= 1.0
             grad *= (keep / count)[:, None]
             grad = grad.to(hidden.dtype)
-            grad_hidden[part] = grad @ weight
+            if grad_hidden is not None:
+                grad_hidden[part] = grad @ weight
             if grad_weight is not None:
                 grad_weight += (grad.T @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else torch.empty(0))
-        ctx.weight_grad, ctx.weight_dtype = grad_weight is not None, weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        weight_grad = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.weight_grad else None
-        return grad_hidden * grad_output.to(grad_hidden.dtype), weight_grad, None, None
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None
 
 
 def linear_cross_entropy(
@@ -82,5 +90,7 @@ def liger_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     liger_fused_linear_cross_entropy = liger("liger_fused_linear_cross_entropy", "train.cross_entropy", "chunked")
     # liger's kernel counts the tokens it ignores out of the mean as we do; an all-ignored batch gives 0
     scored = (labels != IGNORE_INDEX).any()
-    loss = liger_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="mean")
+    loss = liger_fused_linear_cross_entropy(  # the output layer's gradient summed in fp32 over chunks, as ours
+        hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="mean", accum_dtype=torch.float32
+    )
     return loss if scored else loss * 0.0

@@ -23,6 +23,24 @@ def flops_per_step(cfg: ModelConfig, global_batch: int, seq_length: int, activat
     )
 
 
+def per_gpu_rates(
+    cfg: ModelConfig,
+    global_batch: int,
+    seq_length: int,
+    activation_checkpointing: bool,
+    step_seconds: float,
+    gpus: int,
+    peak_tflops: float,
+) -> dict[str, float]:
+    """train/tflops_per_gpu: what each GPU computed, the forward that activation checkpointing runs again included
+    (as GPT-NeoX logs it); train/mfu: the model's FLOPs alone over the GPU's peak (a recomputation is not model
+    work, or checkpointing would raise the MFU of a slower run)."""
+    per_gpu = step_seconds * gpus * 1e12
+    done = flops_per_step(cfg, global_batch, seq_length, activation_checkpointing) / per_gpu
+    model = flops_per_step(cfg, global_batch, seq_length, activation_checkpointing=False) / per_gpu
+    return {"train/tflops_per_gpu": done, "train/mfu": model / peak_tflops}
+
+
 def gpu_peak_tflops() -> float | None:
     import torch
 

@@ -17,7 +17,7 @@ from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
 from neox.pipeline.stage import read_manifest
 from neox.runtime.run_context import source_tags
 from neox.train.config import TrainConfig
-from neox.train.flops import flops_per_step, gpu_peak_tflops
+from neox.train.flops import gpu_peak_tflops, per_gpu_rates
 from neox.train.metrics_sender import MetricsSender
 from neox.train.storage import RunStorage
 
@@ -96,7 +96,7 @@ class Tracker:
         self.metrics_path.write_text("".join(line + "\n" for line in earlier if logged_step(line) <= start_step))
         self.metrics_file = open(self.metrics_path, "a")
         self.window: list[tuple[float, float]] = []
-        self.flops = flops_per_step(mcfg, cfg.global_batch_size, cfg.seq_length, cfg.activation_checkpointing)
+        self.mcfg = mcfg
         self.peak = gpu_peak_tflops() if cfg.use_gpu else None
         self.tokens_per_step = cfg.global_batch_size * cfg.seq_length
 
@@ -126,9 +126,8 @@ class Tracker:
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         if self.peak is not None:
-            tflops = self.flops / mean_time / self.world / 1e12
-            metrics["train/tflops_per_gpu"] = tflops
-            metrics["train/mfu"] = tflops / self.peak
+            shape = (self.cfg.global_batch_size, self.cfg.seq_length, self.cfg.activation_checkpointing)
+            metrics |= per_gpu_rates(self.mcfg, *shape, mean_time, self.world, self.peak)
         self.window = []
         self._log(step, metrics)
 

@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from neox.errors import ConfigError
 from neox.train.cross_entropy import chunked_linear_cross_entropy, linear_cross_entropy
@@ -58,6 +59,29 @@ def test_nothing_scored_is_a_zero_loss_with_zero_gradients():
     loss = chunked_linear_cross_entropy(hidden, weight, torch.full_like(labels, -100), 8)
     loss.backward()
     assert loss.item() == 0.0 and not hidden.grad.any() and not weight.grad.any()
+
+
+def matmul_flops(run) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def test_only_the_gradients_asked_for_are_computed():
+    hidden, weight, labels = inputs()
+    logits_only = 2 * hidden.shape[0] * hidden.shape[1] * weight.shape[0]  # one tokens x width x vocab matmul
+    expected, grad_hidden, _ = reference(hidden, weight, labels)
+
+    with torch.no_grad():  # evaluation: the loss alone
+        assert matmul_flops(lambda: chunked_linear_cross_entropy(hidden, weight, labels, 8)) == logits_only
+        torch.testing.assert_close(chunked_linear_cross_entropy(hidden, weight, labels, 8), expected)
+
+    hidden.requires_grad_()  # a frozen output layer (LoRA): the hidden states' gradient, not the weight's
+    loss = chunked_linear_cross_entropy(hidden, weight, labels, 8)
+    assert matmul_flops(lambda: chunked_linear_cross_entropy(hidden, weight, labels, 8)) == 2 * logits_only
+    loss.backward()
+    assert weight.grad is None
+    torch.testing.assert_close(hidden.grad, grad_hidden, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger-kernel is installed here")
