@@ -32,9 +32,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         scored = labels != IGNORE_INDEX
         count = scored.sum().clamp(min=1)
         # Only the gradients autograd will ask for: none under no_grad (evaluation), no weight's for a frozen one
-        hidden_grad, weight_grad = ctx.needs_input_grad[:2]
-        grad_hidden = torch.empty_like(hidden) if hidden_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             part = slice(start, start + chunk)

@@ -234,14 +234,16 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
             )
         )
         deadline = time.monotonic() + 120
-        while True:  # the head is up once its dashboard answers (401: it asks for the token); a loaded runner's is slow
+        while True:  # the head is up once its dashboard answers at all (401: it asks for the token); slow when loaded
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
             except urllib.error.HTTPError:
-                break
+                pass
             except OSError:
                 assert nodes[0].poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
                 time.sleep(0.5)
+                continue
+            break
         nodes.append(
             subprocess.Popen(
                 [
