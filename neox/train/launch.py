@@ -66,11 +66,12 @@ def train_or_resume(cfg: TrainConfig, plan: RunPlan | None = None) -> tuple[str,
 
 
 def worker_env(cfg: TrainConfig) -> dict[str, str]:
-    """The environment of every training worker: `train.env`, over our quiet defaults. Ray Train's print patch
-    sends each print to its logger as well as to stdout (every metrics line reached the console twice); DeepSpeed
-    warns that it falls back to the CPU unless told it is meant to."""
-    quiet = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **({} if cfg.use_gpu else {"DS_ACCELERATOR": "cpu"})}
-    return {**quiet, **cfg.env}
+    """The environment of every training worker: `train.env`, over our defaults. Ray Train's print patch sends
+    each print to its logger as well as to stdout (every metrics line reached the console twice). On the CPU,
+    DeepSpeed warns that it falls back to the CPU unless told it is meant to, and torch.compile's pool of compile
+    processes is held to the worker's own CPUs: by default every worker starts one per core of the machine."""
+    on_cpu = {"DS_ACCELERATOR": "cpu", "TORCHINDUCTOR_COMPILE_THREADS": str(cfg.cpus_per_worker)}
+    return {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **({} if cfg.use_gpu else on_cpu), **cfg.env}
 
 
 def finished(plan: RunPlan) -> bool:

@@ -21,9 +21,12 @@ pytestmark = pytest.mark.faults
 
 
 def start_server(db: Path, port: int) -> subprocess.Popen:
+    """A tracking server of 2 processes: MLflow's job runner (7 more, each importing mlflow) is nothing training
+    or the registry uses."""
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
         + ["--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(db.parent)],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

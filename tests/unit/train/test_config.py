@@ -80,6 +80,17 @@ def test_worker_environment_values_are_text_as_the_environment_holds_them():
     assert build_train_config({"model": PYTHIA_160M}).env == {}
 
 
+def test_cpu_workers_compile_with_their_own_cpus_and_the_config_env_has_the_last_word():
+    from neox.train.launch import worker_env
+
+    cpu = worker_env(build_train_config({"model": PYTHIA_160M, "cpus_per_worker": 3}))
+    assert cpu["TORCHINDUCTOR_COMPILE_THREADS"] == "3" and cpu["DS_ACCELERATOR"] == "cpu"
+    gpu = worker_env(build_train_config({"model": PYTHIA_160M, "use_gpu": True, "env": {"NCCL_DEBUG": "WARN"}}))
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in gpu and "DS_ACCELERATOR" not in gpu and gpu["NCCL_DEBUG"] == "WARN"
+    mine = {"TORCHINDUCTOR_COMPILE_THREADS": "8"}
+    assert worker_env(build_train_config({"model": PYTHIA_160M, "env": mine}))["TORCHINDUCTOR_COMPILE_THREADS"] == "8"
+
+
 def test_training_logs_where_mlflow_tracking_uri_says_then_where_the_config_says(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
