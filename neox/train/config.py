@@ -134,7 +134,7 @@ class TrainConfig:
     use_gpu: Bool = False
     """One GPU per worker."""
     cpus_per_worker: Positive = 1
-    """CPUs per worker (its torch threads on CPU)."""
+    """CPUs per worker (its torch threads and torch.compile processes on CPU)."""
     max_failures: Annotated[int, Strict(), Field(ge=-1)] = 0
     """Worker-group restarts from the newest checkpoint Ray Train may make (-1: no limit)."""
     num_to_keep: Positive = 2
