@@ -170,15 +170,20 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
-    """The AWS environment pointing at the moto server, set for this test (and its subprocesses)."""
-    env = {
+def aws_env(s3_endpoint: str) -> dict[str, str]:
+    """The AWS environment of a client of the moto server."""
+    return {
         "AWS_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
+    """The AWS environment pointing at the moto server, set for this test (and its subprocesses)."""
+    env = aws_env(s3_endpoint)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -20,13 +20,17 @@ from tests.integration.conftest import free_port, wait_for_http
 pytestmark = pytest.mark.faults
 
 
-def start_server(db: Path, port: int) -> subprocess.Popen:
-    """A tracking server of 2 processes: MLflow's job runner (7 more, each importing mlflow) is nothing training
-    or the registry uses."""
+def start_server(
+    db: Path, port: int, artifacts: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """A tracking server of 2 processes on the SQLite store `db`, proxying artifacts to `artifacts` (default: beside
+    `db`), with `env` added to its environment. MLflow's job runner (7 more processes, each importing mlflow) is
+    nothing training or the registry uses."""
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(db.parent)],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        + ["--workers", "1", "--backend-store-uri", f"sqlite:///{db}"]
+        + ["--artifacts-destination", artifacts or str(db.parent)],
+        env={**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ from neox.eval.data import HELDOUT_FILE, LASTWORD_FILE, eval_data_stage
 from neox.eval.run import EVAL_METRICS_FILE, eval_stage
 from neox.pipeline.layout import DEEPSPEED_TAG, STATE_FILE, TOKENIZER_FILE
 from neox.pipeline.stage import read_manifest, sha256_file
-from tests.conftest import REPO, Payload
+from tests.conftest import REPO, Payload, aws_env
 from tests.integration.conftest import NEOX, SPLIT, STEPS, free_port, wait_for_http
 
 
@@ -485,65 +485,60 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
     assert "allenai/ai2_arc" in str(err.value) and "baber/piqa" in str(err.value)
 
 
-def test_registry_through_an_mlflow_server_with_artifacts_on_s3(straight, eval_data, tmp_path, s3_env):
-    """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to S3 (the moto server)."""
-    import os
-    import signal
-    import sys
+@pytest.fixture(scope="module")
+def http_registry(tmp_path_factory, s3_endpoint, straight, eval_data) -> tuple[str, Path, str]:
+    """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to a bucket on the moto server, and the
+    trained checkpoint's evaluation recorded through it: (its URI, the eval output, the bucket)."""
+    import boto3
 
+    from neox.eval.record import evaluate_and_record
+    from tests.faults.test_mlflow_outage import start_server, stop
+
+    root = tmp_path_factory.mktemp("http-registry")
+    aws = aws_env(s3_endpoint)
+    bucket = f"mlflow-{os.getpid()}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        region_name=aws["AWS_DEFAULT_REGION"],
+    ).create_bucket(Bucket=bucket)
+    port = free_port()
+    server = start_server(
+        root / "server.db",
+        port,
+        artifacts=f"s3://{bucket}/artifacts",
+        env={**aws, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        evaluated, _ = evaluate_and_record(
+            straight / "final" / "model", eval_data, root / "work", EvalConfig(batch_size=8), uri
+        )
+        yield uri, evaluated.path, bucket
+    finally:
+        stop(server)
+
+
+def test_registry_through_an_mlflow_server_with_artifacts_on_s3(http_registry, s3_env):
     import boto3
     import mlflow
     from mlflow import MlflowClient
 
-    from neox.eval.record import evaluate_and_record
     from neox.registry.mlflow_registry import CHAMPION, promote, register
     from neox.registry.rule import PromotionRule
 
-    bucket = f"mlflow-{os.getpid()}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"],
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            f"s3://{bucket}/artifacts",
-        ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{uri}/health", server)
-        cfg = EvalConfig(batch_size=8)
-        evaluated, _ = evaluate_and_record(straight / "final" / "model", eval_data, tmp_path / "work", cfg, uri)
-        version = register(evaluated.path, "tiny-http", uri)
-        assert promote("tiny-http", version, PromotionRule(), uri).promote
-        assert str(MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version) == version
-        mlflow.set_tracking_uri(uri)
-        assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(
-            ["def main():"], params={"max_new_tokens": 4}
-        )[0]
-        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
-        assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("results.json") for k in keys)
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)  # the server and its worker processes, nothing else
-        server.wait()
+    uri, evaluated, bucket = http_registry
+    version = register(evaluated, "tiny-http", uri)
+    assert promote("tiny-http", version, PromotionRule(), uri).promote
+    assert str(MlflowClient(tracking_uri=uri).get_model_version_by_alias("tiny-http", CHAMPION).version) == version
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pyfunc.load_model(f"models:/tiny-http@{CHAMPION}").predict(
+        ["def main():"], params={"max_new_tokens": 4}
+    )[0]
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("results.json") for k in keys)
 
 
 class FailingProxy(http.server.ThreadingHTTPServer):
@@ -583,7 +578,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.faults
 def test_a_registration_the_tracking_server_fails_midway_registers_nothing_and_a_retry_completes(
-    straight, eval_data, tmp_path, monkeypatch
+    http_registry, tmp_path, monkeypatch
 ):
     """The server fails the last step (creating the version), after the model's files went up: no version
     exists, and registering again makes exactly one, whose model loads."""
@@ -592,34 +587,27 @@ def test_a_registration_the_tracking_server_fails_midway_registers_nothing_and_a
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from neox.eval.record import evaluate_and_record
     from neox.registry.mlflow_registry import register
-    from tests.faults.test_mlflow_outage import start_server, stop
 
+    server, evaluated, _ = http_registry
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    port = free_port()
-    server = start_server(tmp_path / "mlflow.db", port)
-    proxy = FailingProxy(f"http://127.0.0.1:{port}", "/model-versions/create")
+    proxy = FailingProxy(server, "/model-versions/create")
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{proxy.server_address[1]}"
     try:
-        evaluated, _ = evaluate_and_record(
-            straight / "final" / "model", eval_data, tmp_path / "work", EvalConfig(batch_size=8), uri
-        )
         proxy.failing = True
         with pytest.raises(MlflowException):
-            register(evaluated.path, "midway", uri)
+            register(evaluated, "midway", uri)
         client = MlflowClient(tracking_uri=uri)
         assert client.search_model_versions("name='midway'") == []
         proxy.failing = False
-        assert register(evaluated.path, "midway", uri) == "1"
-        assert register(evaluated.path, "midway", uri) == "1"  # and once only
+        assert register(evaluated, "midway", uri) == "1"
+        assert register(evaluated, "midway", uri) == "1"  # and once only
         (version,) = client.search_model_versions("name='midway'")
         local = Path(mlflow_download(version.source, tmp_path / "downloaded", uri))
         assert (local / "artifacts" / "model" / "model.safetensors").is_file()
     finally:
         proxy.shutdown()
-        stop(server)
 
 
 def mlflow_download(source: str, destination: Path, uri: str) -> str:
