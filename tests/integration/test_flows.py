@@ -1,4 +1,4 @@
-"""The Prefect flows: `pretrain` end to end on a tiny config (data stages on Ray, 2 Ray Train workers, lm-eval,
+"""The Prefect flows: `pretrain` end to end on a tiny config (data stages on Ray, a Ray Train worker, lm-eval,
 MLflow registry) on Prefect's temporary local API, as `make demo` runs it; then, through one `prefect server` as
 users with a server run them, a rerun that reuses every verified output, a training failure after a checkpoint
 whose rerun resumes and ends where the uninterrupted run ends, a changed dedup threshold that redoes dedup and what
@@ -121,7 +121,10 @@ def write_config(
                     "eval_iters": 1,
                     "checkpoint_interval": 10,
                     "log_interval": 5,
-                    "num_workers": 2,
+                    # one worker accumulating 2 micro-batches: a second worker costs each of the module's ten
+                    # trainings ~20 CPU-s, and data parallelism is test_train's (the LoRA fine-tune keeps two)
+                    "num_workers": 1,
+                    "gradient_accumulation_steps": 2,
                     "mlflow_tracking_uri": f"sqlite:///{setting['root'] / 'mlflow.db'}",
                     **({"env": env} if env else {}),
                 },
