@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -486,7 +487,7 @@ def test_unreachable_standard_task_data_fails_fast_naming_the_datasets(monkeypat
 
 
 @pytest.fixture(scope="module")
-def http_registry(tmp_path_factory, s3_endpoint, straight, eval_data) -> tuple[str, Path, str]:
+def http_registry(tmp_path_factory, s3_endpoint, straight, eval_data) -> Iterator[tuple[str, Path, str]]:
     """`mlflow server` on 127.0.0.1 (SQLite backend) proxying artifacts to a bucket on the moto server, and the
     trained checkpoint's evaluation recorded through it: (its URI, the eval output, the bucket)."""
     import boto3
@@ -538,7 +539,10 @@ def test_registry_through_an_mlflow_server_with_artifacts_on_s3(http_registry, s
         ["def main():"], params={"max_new_tokens": 4}
     )[0]
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
-    assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("results.json") for k in keys)
+    # this version's own weights (the bucket is the module's: other tests register from the same evaluation)
+    source = MlflowClient(tracking_uri=uri).get_model_version("tiny-http", version).source
+    assert any(f"artifacts/{urlparse(source).path.strip('/')}/" in k and k.endswith("model.safetensors") for k in keys)
+    assert any(k.endswith("results.json") for k in keys)
 
 
 class FailingProxy(http.server.ThreadingHTTPServer):
@@ -589,9 +593,9 @@ def test_a_registration_the_tracking_server_fails_midway_registers_nothing_and_a
 
     from neox.registry.mlflow_registry import register
 
-    server, evaluated, _ = http_registry
+    upstream, evaluated, _ = http_registry
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    proxy = FailingProxy(server, "/model-versions/create")
+    proxy = FailingProxy(upstream, "/model-versions/create")
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{proxy.server_address[1]}"
     try:

@@ -1,8 +1,8 @@
 """The Prefect flows: `pretrain` end to end on a tiny config (data stages on Ray, a Ray Train worker, lm-eval,
-MLflow registry) on Prefect's temporary local API, as `make demo` runs it; then, through one `prefect server` as
-users with a server run them, a rerun that reuses every verified output, a training failure after a checkpoint
-whose rerun resumes and ends where the uninterrupted run ends, a changed dedup threshold that redoes dedup and what
-follows (nothing before it), a deployment run by a worker, the retrain and fine-tune flows."""
+MLflow registry) on Prefect's temporary local API, as `make demo` runs it but on one worker; then, through one
+`prefect server` as users with a server run them, a rerun that reuses every verified output, a training failure
+after a checkpoint whose rerun resumes and ends where the uninterrupted run ends, a changed dedup threshold that
+redoes dedup and what follows (nothing before it), a deployment run by a worker, the retrain and fine-tune flows."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ PRETRAIN = "import sys; from flows.pretrain import main; main()"
 
 @pytest.fixture(scope="module")
 def uninterrupted(setting) -> str:
-    out = run_flow(setting, PRETRAIN, write_config(setting, "straight"), local_api=True)  # as `make demo` runs it
+    out = run_flow(setting, PRETRAIN, write_config(setting, "straight"), local_api=True)  # as `make demo` does
     assert "Finished in state Completed()" in out and "flow-tiny version 1 is `champion`" in out
     return out
 
