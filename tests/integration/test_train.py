@@ -201,10 +201,11 @@ def test_a_run_on_s3_survives_a_killed_worker_and_resumes_from_its_s3_checkpoint
     assert refused.returncode == 2 and "model differs" in refused.stderr
 
 
-def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokenized):
+def test_two_node_local_cluster_runs_zero3_in_bf16_and_exports_gathered_weights(tmp_path, tokenized, straight):
     """Two `ray start` processes on 127.0.0.1, one CPU each, token auth; the driver joins by address and links
     the head's dashboard, which answers only with the token. bf16 mixed precision (DeepSpeed's CPU path supports
-    it) with ZeRO-2's fp32 partitions."""
+    it) with ZeRO-3, the layout that splits the parameters themselves across the nodes (the one whose export
+    gathers them first): the exported model is whole, and Hugging Face reads it back with our model's logits."""
     short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
     token = short / "token"
     token.write_text("neox-pipeline-test-token-0123456789abcdef")
@@ -263,7 +264,7 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
             )
         )
         time.sleep(5)
-        config = write_config(tmp_path, tokenized, zero_stage=2, precision="bf16", ray_address=f"127.0.0.1:{port}")
+        config = write_config(tmp_path, tokenized, zero_stage=3, precision="bf16", ray_address=f"127.0.0.1:{port}")
         out = finish(launch(config, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}))
         assert f"Ray dashboard: http://127.0.0.1:{dashboard}" in out
         version = f"http://127.0.0.1:{dashboard}/api/version"
@@ -278,6 +279,18 @@ def test_two_node_local_cluster_runs_the_job_with_zero2_in_bf16(tmp_path, tokeni
         for node in nodes:
             kill_group(node)
         shutil.rmtree(short, ignore_errors=True)
+    from transformers import AutoModelForCausalLM
+
+    from neox.model.checkpoint import load_model
+
+    ours = load_model(run_folder(config) / "final" / "model")
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in load_model(straight / "final" / "model").state_dict().items()
+    }
+    theirs = AutoModelForCausalLM.from_pretrained(run_folder(config) / "final" / "hf").eval()
+    ids = torch.randint(0, 2048, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)
 
 
 def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_new_one(
@@ -357,46 +370,31 @@ def test_a_run_this_machine_cannot_place_is_refused_at_once_not_waited_on(tmp_pa
     assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
 
 
-def test_zero3_trains_and_exports_gathered_weights(tmp_path, tokenized):
-    from transformers import AutoModelForCausalLM
-
-    from neox.model.checkpoint import load_model
-
-    config = write_config(tmp_path, tokenized, zero_stage=3, train_iters=20)
-    finish(launch(config))
-    run_dir = run_folder(config)
-    curve = losses(run_dir)
-    assert curve[20] < curve[1] - 0.3
-    ours = load_model(run_dir / "final" / "model")
-    theirs = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "hf").eval()
-    ids = torch.randint(0, 2048, (2, 32))
-    with torch.no_grad():
-        torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)
-
-
-def test_torch_compile_inside_the_engine_trains_the_same_model(tmp_path, tokenized, straight):
-    """One worker accumulating the straight run's two micro-batches (its global batch; eager, the two agree within
-    2e-7): each worker compiles the model alone, and that compile is most of the run's time."""
-    config = write_config(tmp_path, tokenized, compile=True, num_workers=1, gradient_accumulation_steps=2)
-    finish(launch(config))
-    run_dir = run_folder(config)
-    compiled, eager = losses(run_dir), losses(straight)
-    assert sorted(compiled) == sorted(eager)
-    # fused kernels round differently, so close rather than bitwise
-    assert all(abs(compiled[s] - eager[s]) < 2e-3 for s in eager), [(s, compiled[s], eager[s]) for s in eager][-3:]
-    assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
-
-
-def test_the_chunked_loss_and_fused_adamw_train_the_same_model(tmp_path, tokenized, straight):
-    """train.cross_entropy chunked (the full logits never made) and train.fused_adamw, through DeepSpeed on 2
-    workers: the straight run's first 10 steps (the same schedule), within rounding."""
+def test_compiled_with_the_chunked_loss_and_fused_adamw_the_engine_trains_the_same_model(tmp_path, tokenized, straight):
+    """train.compile (inside the engine), train.cross_entropy chunked (the full logits never made) and
+    train.fused_adamw together, as a GPU config sets them: one worker accumulating the straight run's two
+    micro-batches (its global batch; eager, the two agree within 2e-7) trains the straight run's first 10 steps
+    (the same schedule) within the compiled kernels' rounding, on kernels inductor generated for it."""
+    inductor = tmp_path / "inductor"  # a cache of its own: generated kernels there show the compile happened
     config = write_config(
-        tmp_path, tokenized, cross_entropy="chunked", fused_adamw=True, train_iters=10, lr_decay_iters=STEPS
+        tmp_path,
+        tokenized,
+        compile=True,
+        cross_entropy="chunked",
+        fused_adamw=True,
+        num_workers=1,
+        gradient_accumulation_steps=2,
+        train_iters=10,
+        lr_decay_iters=STEPS,
     )
-    finish(launch(config))
-    fused, plain = losses(run_folder(config)), losses(straight)
-    assert sorted(fused) == list(range(1, 11))
-    assert all(abs(fused[s] - plain[s]) < 1e-4 for s in fused), [(s, fused[s], plain[s]) for s in fused]
+    finish(launch(config, env={"TORCHINDUCTOR_CACHE_DIR": str(inductor)}))
+    run_dir = run_folder(config)
+    fast, plain = losses(run_dir), losses(straight)
+    assert sorted(fast) == list(range(1, 11))
+    # fused kernels round differently, so close rather than bitwise
+    assert all(abs(fast[s] - plain[s]) < 2e-3 for s in fast), [(s, fast[s], plain[s]) for s in fast]
+    assert any(inductor.rglob("*.py")), "inductor generated no kernel: the model was not compiled"
+    assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
 
 
 @pytest.mark.faults
