@@ -2,7 +2,8 @@
 MLflow registry) on Prefect's temporary local API, as `make demo` runs it but on one worker; then, through one
 `prefect server` as users with a server run them, a rerun that reuses every verified output, a training failure
 after a checkpoint whose rerun resumes and ends where the uninterrupted run ends, a changed dedup threshold that
-redoes dedup and what follows (nothing before it), a deployment run by a worker, the retrain and fine-tune flows."""
+redoes dedup and what follows (nothing before it), two deployment runs at once by a worker, the retrain and
+fine-tune flows."""
 
 from __future__ import annotations
 
@@ -197,18 +198,23 @@ def test_pretrain_flow_runs_end_to_end_and_a_rerun_reuses_every_stage(setting, u
     assert files_state(work) == before  # same files, same bytes, same mtimes
 
 
-def test_the_console_says_each_thing_once_without_warnings_and_prefect_shows_training_progress(setting, uninterrupted):
-    lines = [line.strip() for line in uninterrupted.splitlines() if line.strip()]
+def check_console(out: str, logged_steps: int) -> None:
+    """A flow's console: no line said over twice, no library warnings, noise or bars, and each of the training's
+    `logged_steps` lines once (Ray Train's print patch printed each twice; rank 0 alone prints them)."""
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
     assert not {line: n for line, n in Counter(lines).items() if n > 2}
-    assert "Failed to query Ray Train Controller" not in uninterrupted  # Ray's State API noise, ~50 lines before
-    assert not re.search(r"Warning\b|\[WARNING\]|WARNING mlflow|core_worker\.cc", uninterrupted)
+    assert "Failed to query Ray Train Controller" not in out  # Ray's State API noise, ~50 lines before
+    assert not re.search(r"Warning\b|\[WARNING\]|WARNING mlflow|core_worker\.cc", out)
     # the libraries' bars (datasets, lm-eval, MLflow downloads) are off in a log; ours are plain ASCII lines
-    assert "█" not in uninterrupted and not re.search(r"Generating \w+ split|Downloading artifacts", uninterrupted)
-    assert "Validating input example" not in uninterrupted
-    # every training line once (Ray Train's print patch printed each twice), all before the summary
+    assert "█" not in out and not re.search(r"Generating \w+ split|Downloading artifacts", out)
+    assert "Validating input example" not in out
     steps = [line for line in lines if re.search(r"step +\d+ train/loss=", line)]
-    assert len(steps) == len(set(steps)) == 4  # 20 steps, logged every 5
-    assert uninterrupted.rindex("train/loss=") < uninterrupted.index("== neox-pipeline: pretrain")
+    assert len(steps) == len(set(steps)) == logged_steps, steps
+
+
+def test_the_console_says_each_thing_once_without_warnings_and_prefect_shows_training_progress(setting, uninterrupted):
+    check_console(uninterrupted, logged_steps=4)  # 20 steps, logged every 5
+    assert uninterrupted.rindex("train/loss=") < uninterrupted.index("== neox-pipeline: pretrain")  # before the summary
     assert re.search(r"training: loss [\d.]+ at step 5 -> [\d.]+ at step 20, each the mean", uninterrupted)
     assert re.search(r"reading: a [\d.]+M-parameter model after 20 steps .* bits per byte on held-out", uninterrupted)
 
@@ -318,14 +324,29 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(setting, uninterrupted):
-    """prefect.yaml as the README tells users to use it: a real `prefect server` on a free loopback port (the
-    module's), a process work pool, `prefect deploy --all`, a worker, and a run triggered through the API."""
+# the deployment's two runs at once: one with the uninterrupted run's settings, one with another dedup threshold
+CONCURRENT = (("conc-a", 0.8), ("conc-b", 0.6))
+
+
+def test_two_deployment_runs_at_once_through_a_prefect_server_and_worker_keep_to_their_own_outputs(
+    setting, uninterrupted
+):
+    """prefect.yaml as the README tells users to use it, and how it tells them to run flows at once: a real
+    `prefect server` on a free loopback port (the module's), a process work pool, `prefect deploy --all`, a worker,
+    and two runs of the pretrain deployment triggered together with different configs on an empty work root,
+    sharing the sources and the MLflow store: the shared stages (download, tokenizer) are computed once and used
+    by both, each run gets its own dedup, tokenize, training run and registered model, every output verifies,
+    and the run with the uninterrupted run's settings ends with its very weights. Then a failing run notifies."""
     import signal
+
+    from mlflow import MlflowClient
+
+    from neox.pipeline.stage import MANIFEST, verify_output
 
     prefect = str(Path(sys.executable).with_name("prefect"))
     env = {**served(setting), "NEOX_PIPELINE_DIR": str(REPO)}
     worker = None
+    worker_log = setting["root"] / "worker.log"
     try:
 
         def prefect_cli(*args: str, timeout: float = 120) -> str:
@@ -340,31 +361,58 @@ def test_the_pretrain_deployment_runs_through_a_prefect_server_and_worker(settin
         retrain = prefect_cli("deployment", "inspect", "retrain/scheduled-retrain")
         assert "0 3 * * 1" in retrain  # the weekly cron
         assert re.search(r"'global_concurrency_limit': \{[^}]*'limit': 1\b", retrain), retrain  # never two at once
-        worker = subprocess.Popen(
-            [prefect, "worker", "start", "--pool", "neox-local"],
-            cwd=REPO,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        config = write_config(setting, "deployed", storage="train-deployed")  # a run of its own, not the reused one
-        out = prefect_cli(
-            "deployment",
-            "run",
-            "pretrain/pretrain",
-            "--params",
-            json.dumps({"config": str(config)}),
-            "--watch",
-            "--watch-timeout",
-            "600",
-            timeout=700,
-        )
-        assert "Completed" in out, out[-3000:]
-        deployed = run_labelled(setting["work"] / "train-deployed", "deployed")
-        straight = run_labelled(setting["work"] / "train", "straight")
-        assert (deployed / "final" / "model" / "model.safetensors").read_bytes() == (
-            straight / "final" / "model" / "model.safetensors"
+        with worker_log.open("w") as log:
+            worker = subprocess.Popen(
+                [prefect, "worker", "start", "--pool", "neox-local"],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        shared = {**setting, "work": setting["root"] / "concurrent"}
+        configs = {name: write_config(shared, name, threshold, registry=name) for name, threshold in CONCURRENT}
+        watches = {
+            name: subprocess.Popen(
+                [prefect, "deployment", "run", "pretrain/pretrain", "--params", json.dumps({"config": str(path)})]
+                + ["--watch", "--watch-timeout", "800"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for name, path in configs.items()
+        }
+        for name, watch in watches.items():
+            out = watch.communicate(timeout=900)[0]
+            assert "Completed" in out, f"{name}: {out[-2000:]}\nworker: {worker_log.read_text()[-5000:]}"
+        client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")
+        for name in configs:  # their own registered models: a shared one would race for champion by design
+            assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+        work = shared["work"]
+        outputs = {
+            stage: sorted(p for p in (work / stage).iterdir() if (p / MANIFEST).exists())
+            for stage in (*DATA_STAGES, "eval")
+        }
+        assert {stage: len(found) for stage, found in outputs.items()} == {
+            "download": 2,
+            "dedup": 2,
+            "tokenizer": 1,
+            "tokenize": 2,
+            "eval": 2,
+        }
+        for found in outputs.values():  # (download: the corpus and the fetched tokenizer file)
+            for output in found:
+                verify_output(output)
+        assert not [p for p in work.rglob(".*.tmp-*")]  # no half-published output left behind
+        runs = {name: run_labelled(work / "train", name) for name in configs}
+        data = {name: json.loads((runs[name] / "data.json").read_text())["data"] for name in configs}
+        assert data["conc-a"] != data["conc-b"] and {Path(d).parent.name for d in data.values()} == {"tokenize"}
+        assert (runs["conc-a"] / "final" / "model" / "model.safetensors").read_bytes() == (
+            run_labelled(setting["work"] / "train", "straight") / "final" / "model" / "model.safetensors"
         ).read_bytes()
 
         # the failure notification: flows.notify's automation POSTs to a webhook when a flow run fails
@@ -460,60 +508,6 @@ def test_retrain_continues_the_champion_on_newly_arrived_shards_only(setting, un
         assert "train: reused" in again and "flow-tiny version 2" in again
 
 
-def test_two_flows_running_at_once_with_different_configs_keep_to_their_own_outputs(setting, uninterrupted):
-    """Two pretrain runs started together on an empty work root, sharing the sources and the MLflow store:
-    the shared stages (download, tokenizer) are computed once and used by both, each run gets its own dedup,
-    tokenize, training run and registered model, every output verifies, and the run with the uninterrupted
-    run's settings ends with its very weights."""
-    from neox.pipeline.stage import MANIFEST, verify_output
-
-    shared = {**setting, "work": setting["root"] / "concurrent"}
-    configs = {name: write_config(shared, name, threshold) for name, threshold in (("conc-a", 0.8), ("conc-b", 0.6))}
-    for name, path in configs.items():  # their own registered models: a shared one would race for champion by design
-        raw = yaml.safe_load(path.read_text())
-        path.write_text(yaml.safe_dump({**raw, "registry": {"name": name}}))
-    # through the module's Prefect server, as the README tells users to run flows at once (two temporary APIs
-    # starting at once on one SQLite file is Prefect's limitation, not what this test is about)
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", PRETRAIN, str(path)],
-            cwd=REPO,
-            env=served(setting),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name, path in configs.items()
-    }
-    outs = {name: run.communicate(timeout=900)[0] for name, run in runs.items()}
-    for name, run in runs.items():
-        assert run.returncode == 0, outs[name][-5000:]
-        assert f"{name} version 1 is `champion`" in outs[name]
-
-    work = shared["work"]
-    outputs = {
-        stage: sorted(p for p in (work / stage).iterdir() if (p / MANIFEST).exists())
-        for stage in (*DATA_STAGES, "eval")
-    }
-    assert {stage: len(found) for stage, found in outputs.items()} == {
-        "download": 2,
-        "dedup": 2,
-        "tokenizer": 1,
-        "tokenize": 2,
-        "eval": 2,
-    }
-    for found in outputs.values():  # (download: the corpus and the fetched tokenizer file)
-        for output in found:
-            verify_output(output)
-    assert not [p for p in work.rglob(".*.tmp-*")]  # no half-published output left behind
-    runs = {name: run_labelled(work / "train", name) for name in configs}
-    data = {name: json.loads((runs[name] / "data.json").read_text())["data"] for name in configs}
-    assert data["conc-a"] != data["conc-b"] and {Path(d).parent.name for d in data.values()} == {"tokenize"}
-    assert (runs["conc-a"] / "final" / "model" / "model.safetensors").read_bytes() == (
-        run_labelled(setting["work"] / "train", "straight") / "final" / "model" / "model.safetensors"
-    ).read_bytes()
-
-
 FINETUNE = "import sys; from flows.finetune import main; main()"
 
 
@@ -557,6 +551,7 @@ def test_finetune_flow_trains_lora_on_instructions_beats_its_base_and_registers_
     )
     out = run_flow(setting, FINETUNE, config)
     assert "fine-tuned from models:/flow-tiny/1" in out and "flow-tiny-sft version 1 is `champion`" in out
+    check_console(out, logged_steps=4)  # the module's one flow with two workers: 40 steps, logged every 10
     assert "the base model on the same held-out data:" in out and "Hugging Face export: max |logit difference|" in out
 
     client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")

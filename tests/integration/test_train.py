@@ -293,11 +293,13 @@ def test_two_node_local_cluster_runs_zero3_in_bf16_and_exports_gathered_weights(
         torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)
 
 
-def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_new_one(
+def test_resume_on_other_data_needs_allow_new_data_and_goes_on_as_a_new_run_here_on_a_blend_whose_key_holds_both(
     tmp_path, tokenized, straight, small_corpus, corpus_tokenizer
 ):
     """A resume is checked by the driver before any worker starts: another model shape is refused, another dataset
-    needs --allow-new-data, which continues the run (weights, optimizer, step) on it as a new run naming its origin."""
+    needs --allow-new-data, which continues the run (weights, optimizer, step) on it as a new run naming its origin.
+    Here that is the old data blended 3:1 with new data by train.data_weights (continued pretraining that keeps
+    some of what it learnt on): the new run's key holds both datasets and their shares."""
     from neox.data.tokenize import TokenizeConfig, tokenize_shards
 
     storage = tmp_path / "storage"  # a copy: continuing adds a run beside it, and the straight run is shared
@@ -320,43 +322,28 @@ def test_resume_on_other_data_needs_allow_new_data_and_continues_the_run_as_a_ne
     refused = subprocess.run([NEOX, "train", str(config), "--resume"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "model differs" in refused.stderr and "hidden_size" in refused.stderr
 
-    config = write_config(tmp_path, other_data, storage_path=str(storage), train_iters=STEPS + 5)
+    blend = {"data": [str(tokenized), str(other_data)], "data_weights": [3, 1]}
+    config = write_config(
+        tmp_path, tokenized, storage_path=str(storage), train_iters=STEPS + 5, eval_interval=5, **blend
+    )
     before = {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts}
     out = finish(launch(config, "--resume", "--allow-new-data"))
     (continued,) = [Path(line) for line in out.splitlines() if line.startswith(f"{storage}/")]  # the printed folder
     assert continued != straight and resumed_from(out) == STEPS
-    assert json.loads((continued / "run.json").read_text())["identity"]["continued_from"] == {
-        "run": straight.name,
-        "step": STEPS,
-    }
-    assert steps(continued) == list(range(STEPS + 1, STEPS + 6))  # it went on from step 30, on the other data
+    identity = json.loads((continued / "run.json").read_text())["identity"]
+    assert identity["continued_from"] == {"run": straight.name, "step": STEPS}
+    keys = [json.loads((d / "manifest.json").read_text())["key"] for d in (tokenized, other_data)]
+    assert identity["data"] == [[keys[0], 0.75], [keys[1], 0.25]]
+    assert steps(continued) == list(range(STEPS + 1, STEPS + 6))  # it went on from step 30, on the blend
+    assert "valid/loss=" in out  # validation on both datasets' valid parts, by the same weights
     assert (continued / "final" / "model" / "model.safetensors").exists()
-    # the run it continued is untouched: other settings or data are always another run beside it
-    assert {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts} == before
-
-
-def test_two_datasets_blend_by_weight_into_one_run_whose_key_holds_both(
-    tmp_path, tokenized, small_corpus, corpus_tokenizer
-):
-    from neox.data.tokenize import TokenizeConfig, tokenize_shards
-
-    (tmp_path / "one-shard").mkdir()
-    shutil.copy(small_corpus / "00.jsonl.zst", tmp_path / "one-shard")
-    other = tokenize_shards(
-        tmp_path / "one-shard", corpus_tokenizer, tmp_path / "work", TokenizeConfig(prefix="b")
-    ).path
-    blend = {"data": [str(tokenized), str(other)], "data_weights": [3, 1], "num_workers": 1}
-    config = write_config(tmp_path, tokenized, train_iters=6, eval_interval=3, checkpoint_interval=6, **blend)
-    out = finish(launch(config))
-    run = run_folder(config)
-    keys = [json.loads((d / "manifest.json").read_text())["key"] for d in (tokenized, other)]
-    assert json.loads((run / "run.json").read_text())["identity"]["data"] == [[keys[0], 0.75], [keys[1], 0.25]]
-    assert steps(run) == list(range(1, 7)) and "valid/loss=" in out  # validation on both datasets' valid parts
     listed = subprocess.run([NEOX, "runs", str(config)], capture_output=True, text=True, timeout=120).stdout
     assert f"{keys[0]}*0.75+{keys[1]}*0.25" in listed
-    # one of them alone is another run, with the key a single-dataset run always had
-    alone = write_config(tmp_path, tokenized, train_iters=6, eval_interval=3, checkpoint_interval=6, num_workers=1)
-    assert planned_run(alone).identity["data"] == keys[0] and planned_run(alone).key != run.name
+    # the run it continued is untouched: other settings or data are always another run beside it
+    assert {p: p.read_bytes() for p in straight.rglob("*") if p.is_file() and "index-cache" not in p.parts} == before
+    # one of the blend's datasets alone is another run, with the key a single-dataset run always had
+    alone = write_config(tmp_path, tokenized, storage_path=str(storage), train_iters=STEPS + 5, eval_interval=5)
+    assert planned_run(alone).identity["data"] == keys[0] and planned_run(alone).key != continued.name
 
 
 def test_a_run_this_machine_cannot_place_is_refused_at_once_not_waited_on(tmp_path, tokenized):
