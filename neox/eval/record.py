@@ -23,6 +23,7 @@ from neox.model.digest import checkpoint_digest
 from neox.pipeline.layout import MLFLOW_RUN_FILE, WEIGHTS_FILE, run_of
 from neox.pipeline.stage import MANIFEST, StageResult, read_manifest, sha256_file
 from neox.runtime.run_context import source_tags
+from neox.runtime.tracking_uri import get_or_create_experiment
 
 EVAL_KEY_TAG = "neox.eval_key"
 OUTPUT_TAG = "neox.eval_output"  # the output folder the run recorded
@@ -114,8 +115,7 @@ def log_eval(output: str | Path, tracking_uri: str, experiment: str = "neox-pipe
         return existing.info.run_id
     output, manifest = Path(output), read_manifest(output)
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = get_or_create_experiment(client, experiment)
     checkpoint = Path(manifest["stats"]["checkpoint"])
     run = client.create_run(
         experiment_id,

@@ -5,6 +5,7 @@ a SQLite file in the working folder."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT = "sqlite:///mlflow.db"
@@ -19,3 +20,25 @@ def tracking_uri(flag: str | None = None, configured: str | None = None) -> str:
     if uri.startswith(SQLITE) and not uri[len(SQLITE) :].startswith("/"):
         return SQLITE + str(Path(uri[len(SQLITE) :]).resolve())
     return uri
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """The id of MLflow experiment `name` in `client`'s store, created if new. In a SQLite store its artifacts go
+    in `mlruns/<name>` beside the database file: MLflow's default, `./mlruns` of whichever process creates the
+    experiment (a Prefect worker, a test, `neox` run from elsewhere), scatters them away from it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = client.tracking_uri
+    location = None
+    if uri.startswith(SQLITE):
+        location = (Path(uri[len(SQLITE) :]).parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as err:  # a run started at the same moment created it first
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id

@@ -16,6 +16,7 @@ from neox.model.config import ModelConfig
 from neox.pipeline.layout import MLFLOW_RUN_FILE, TRAIN_METRICS_FILE
 from neox.pipeline.stage import read_manifest
 from neox.runtime.run_context import source_tags
+from neox.runtime.tracking_uri import get_or_create_experiment
 from neox.train.config import TrainConfig
 from neox.train.flops import gpu_peak_tflops, per_gpu_rates
 from neox.train.metrics_sender import MetricsSender
@@ -37,9 +38,11 @@ def open_mlflow_run(cfg: TrainConfig, storage: RunStorage, params: dict[str, Any
             return run_id
         except MlflowException:  # the run lives in another tracking store: start a new MLflow run
             pass
-    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow_experiment)
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={**source_tags(), "neox.stage": "train"})
+    run = client.create_run(
+        get_or_create_experiment(client, cfg.mlflow_experiment),
+        run_name=cfg.name,
+        tags={**source_tags(), "neox.stage": "train"},
+    )
     flat = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in params.items()}
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg))
