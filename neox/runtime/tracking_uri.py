@@ -4,9 +4,11 @@ a SQLite file in the working folder."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 DEFAULT = "sqlite:///mlflow.db"
 ENV = "MLFLOW_TRACKING_URI"
@@ -24,21 +26,30 @@ def tracking_uri(flag: str | None = None, configured: str | None = None) -> str:
 
 def get_or_create_experiment(client, name: str) -> str:
     """The id of MLflow experiment `name` in `client`'s store, created if new. In a SQLite store its artifacts go
-    in `mlruns/<name>` beside the database file: MLflow's default, `./mlruns` of whichever process creates the
-    experiment (a Prefect worker, a test, `neox` run from elsewhere), scatters them away from it."""
+    in `mlruns/<name>-<hash>` beside the database file: MLflow's default, `./mlruns` of whichever process creates
+    the experiment (a Prefect worker, a test, `neox` run from elsewhere), scatters them away from it."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    uri = client.tracking_uri
-    location = None
-    if uri.startswith(SQLITE):
-        location = (Path(uri[len(SQLITE) :]).parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except MlflowException as err:  # a run started at the same moment created it first
         if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts (None elsewhere: the store's own default). The
+    folder is named by the experiment, made safe for a path, with a hash of it so that no two names share one."""
+    if not uri.startswith(SQLITE):
+        return None
+    database = unquote(uri[len(SQLITE) :].split("?", 1)[0])  # MLflow's own SQLite URIs are percent-encoded
+    if database in ("", ":memory:"):
+        return None
+    safe, digest = re.sub(r"[^\w-]", "_", experiment)[:64], hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    folder = f"{safe}-{digest}"
+    return (Path(database).resolve().parent / "mlruns" / folder).as_uri()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 
-from neox.runtime.tracking_uri import get_or_create_experiment
+from neox.runtime.tracking_uri import artifact_location, get_or_create_experiment
 
 
 def test_in_a_sqlite_store_artifacts_go_beside_the_database_wherever_the_command_runs(tmp_path, monkeypatch):
@@ -18,12 +20,23 @@ def test_in_a_sqlite_store_artifacts_go_beside_the_database_wherever_the_command
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     made = get_or_create_experiment(client, "neox pipeline/a")
     assert get_or_create_experiment(client, "neox pipeline/a") == made  # found again, not made twice
-    location = client.get_experiment(made).artifact_location
-    assert location == (tmp_path / "store" / "mlruns" / "neox_pipeline_a").as_uri()
     run = client.create_run(made)
     client.log_text(run.info.run_id, "hello", "note.txt")
-    assert (tmp_path / "store" / "mlruns" / "neox_pipeline_a" / run.info.run_id / "artifacts" / "note.txt").exists()
+    (folder,) = (tmp_path / "store" / "mlruns").iterdir()
+    assert client.get_experiment(made).artifact_location == folder.as_uri()
+    assert folder.name.startswith("neox_pipeline_a-")  # the name made safe for a path, and a hash of it
+    assert (folder / run.info.run_id / "artifacts" / "note.txt").read_text() == "hello"
     assert not list(elsewhere.iterdir())
+    # names that would make the same folder, or climb out of it, each get their own inside it
+    others = {
+        client.get_experiment(get_or_create_experiment(client, n)).artifact_location for n in ("neox pipeline_a", "..")
+    }
+    assert len(others | {folder.as_uri()}) == 3
+    assert all(Path(urlparse(uri).path).parent == tmp_path / "store" / "mlruns" for uri in others)
+    # a relative or percent-encoded database path (MLflow writes them so) is the file it names; elsewhere, the default
+    relative = artifact_location("sqlite:///my%20store/mlflow.db", "e")
+    assert Path(unquote(urlparse(relative).path)).parent == elsewhere / "my store" / "mlruns"
+    assert artifact_location("sqlite:///:memory:", "e") is None and artifact_location("http://mlflow:5000", "e") is None
 
 
 def test_two_clients_creating_the_same_experiment_at_once_both_get_it(tmp_path):
