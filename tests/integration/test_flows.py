@@ -16,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -345,7 +347,7 @@ def test_two_deployment_runs_at_once_through_a_prefect_server_and_worker_keep_to
 
     prefect = str(Path(sys.executable).with_name("prefect"))
     env = {**served(setting), "NEOX_PIPELINE_DIR": str(REPO)}
-    worker = None
+    worker, watches = None, {}
     worker_log = setting["root"] / "worker.log"
     try:
 
@@ -385,9 +387,15 @@ def test_two_deployment_runs_at_once_through_a_prefect_server_and_worker_keep_to
             )
             for name, path in configs.items()
         }
+        spans = {}
         for name, watch in watches.items():
             out = watch.communicate(timeout=900)[0]
             assert "Completed" in out, f"{name}: {out[-2000:]}\nworker: {worker_log.read_text()[-5000:]}"
+            flow_run = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+            with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run}", timeout=30) as answer:
+                state = json.loads(answer.read())
+            spans[name] = (datetime.fromisoformat(state["start_time"]), datetime.fromisoformat(state["end_time"]))
+        assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values()), spans  # at once
         client = MlflowClient(tracking_uri=f"sqlite:///{setting['root'] / 'mlflow.db'}")
         for name in configs:  # their own registered models: a shared one would race for champion by design
             assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -445,6 +453,10 @@ def test_two_deployment_runs_at_once_through_a_prefect_server_and_worker_keep_to
         hook.shutdown()
         prefect_cli("--no-prompt", "automation", "delete", "--all")  # later failing runs have no one to tell
     finally:
+        for watch in watches.values():  # a run that outlived its watch is stopped with the worker below
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
         if worker:  # the worker with everything it started, nothing else
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
