@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -47,10 +49,14 @@ def test_mlflow_refuses_a_client_without_the_admin_password_the_bootstrap_sets(t
     from mlflow.exceptions import MlflowException
 
     password = "generated40charsFromSecretsManager0123456"
-    (tmp_path / "mlflow-auth.ini").write_text(mlflow_auth_config(rendered_bootstrap("head"), password, tmp_path))
+    head = rendered_bootstrap("head")
+    (tmp_path / "mlflow-auth.ini").write_text(mlflow_auth_config(head, password, tmp_path))
+    service = dict(re.findall(r'"Environment=(MLFLOW_SERVER_\w+)=(\w+)"', head))
+    assert service == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: the pipeline runs no jobs
     port = free_port()
     env = {
         **os.environ,
+        **service,
         "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "mlflow-auth.ini"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "0f" * 32,  # the head makes its own (mlflow-server.env)
     }
@@ -63,6 +69,8 @@ def test_mlflow_refuses_a_client_without_the_admin_password_the_bootstrap_sets(t
     )
     uri = f"http://127.0.0.1:{port}"
     wait_for_http(f"{uri}/health", server)
+    serving = [" ".join(p.cmdline()) for p in psutil.Process(server.pid).children(recursive=True)]
+    assert not [line for line in serving if "_job_runner" in line], serving
 
     search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(search, timeout=30).status_code == 401
