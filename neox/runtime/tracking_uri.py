@@ -1,6 +1,7 @@
 """Which MLflow tracking store a command or flow uses. The order, everywhere: the command line's flag, then
 MLFLOW_TRACKING_URI (what MLflow's own tools read), then the pipeline config's `train.mlflow_tracking_uri`, then
-a SQLite file in the working folder."""
+a SQLite file in the working folder. And the experiments we create in a store, their artifacts kept beside a
+SQLite store's file."""
 
 from __future__ import annotations
 
