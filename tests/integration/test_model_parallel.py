@@ -115,26 +115,22 @@ def test_four_workers_in_a_model_parallel_layout_train_the_straight_run(
     check_against_straight(run_folder(config), straight)
 
 
-def test_a_sigkilled_tensor_parallel_run_resumes_bit_for_bit(tmp_path, tokenized, straight):
-    """Killed after its step-10 checkpoint, the run resumes from it and trains again the steps the killed attempt
-    had logged past it: the same losses bit for bit (the weights, optimizer states, RNGs and data position of
-    each tensor slice restored exactly); the finished run trains the straight run's losses, as a layout does."""
-    config = write_config(tmp_path, tokenized, **TENSOR_PARALLEL)
+def test_a_sigkilled_tensor_parallel_run_resumes_bit_for_bit(tmp_path, tokenized):
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    reference = write_config(straight_dir, tokenized, **TENSOR_PARALLEL, train_iters=20)
+    finish(launch(reference))
+    config = write_config(tmp_path, tokenized, **TENSOR_PARALLEL, train_iters=20)
     run_dir = run_folder(config)
     first = launch(config)
     wait_for_checkpoint(planned_run(config).storage, 10, first)
     wait_for_step(run_dir, 12, first)
     kill_group(first)
-    killed = losses(run_dir)
-    restored = resumed_from(finish(launch(config, "--resume")))
-    assert restored in (10, 20)
-    again = [step for step in killed if step > restored]
-    assert again, f"the killed attempt logged nothing past the step-{restored} checkpoint: {sorted(killed)}"
-    assert {step: losses(run_dir)[step] for step in again} == {step: killed[step] for step in again}
-    assert steps(run_dir) == list(range(1, STEPS + 1))
-    ours, reference = records(run_dir), records(straight)
-    worst = max(abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(ours, reference, strict=True))
-    assert worst < 2e-3, f"largest relative loss difference {worst:.2e}"
+    assert resumed_from(finish(launch(config, "--resume"))) in (10, 20)
+    assert steps(run_dir) == list(range(1, 21))
+    assert losses(run_dir) == losses(run_folder(reference))
+    ours, theirs = final_weights(run_dir), final_weights(run_folder(reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_resuming_a_run_in_another_layout_is_refused_with_the_way_to_go_on(tmp_path, tokenized, straight):

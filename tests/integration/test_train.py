@@ -283,11 +283,12 @@ def test_two_node_local_cluster_runs_zero3_in_bf16_and_exports_gathered_weights(
 
     from neox.model.checkpoint import load_model
 
-    ours = load_model(run_folder(config) / "final" / "model")
+    exported = run_folder(config) / "final"
+    ours = load_model(exported / "model")
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in load_model(straight / "final" / "model").state_dict().items()
     }
-    theirs = AutoModelForCausalLM.from_pretrained(run_folder(config) / "final" / "hf").eval()
+    theirs = AutoModelForCausalLM.from_pretrained(exported / "hf").eval()
     ids = torch.randint(0, 2048, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, ours(ids), rtol=0, atol=1e-5)
