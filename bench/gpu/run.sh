@@ -4,7 +4,7 @@
 # part has its own time limit and writes its figures under $OUT as it goes, so a part cut short keeps what it
 # measured and the next part still runs. At most 8 minutes in all.
 #
-#   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~48 MiB)
+#   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~54 MiB)
 #   OUT=/tmp/out bash bench/gpu/run.sh             # there, with .gpu-wheels carried along
 #   OUT=/tmp/out REHEARSE=1 PYTHON=... WHEELS=... bash bench/gpu/run.sh   # the same parts on this CPU, tiny shape
 set -u

@@ -51,7 +51,7 @@ class TimeoutsConfig:
     tokenizer_hours: PositiveFloat = 12.0
     """The tokenizer task (training or loading one)."""
     tokenize_hours: PositiveFloat = 24.0
-    """The tokenize task."""
+    """The tokenize task, and the fine-tuning flow's instructions task (which tokenizes)."""
     train_hours: PositiveFloat = 168.0
     """The train task; raise it for pretraining runs longer than a week."""
     evaluate_hours: PositiveFloat = 12.0
