@@ -160,7 +160,7 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
     """Losses of `steps` steps of the DeepSpeed engine as the training loop configures it, on fixed batches."""
     from neox.model.config import load_model_config
     from neox.train.config import TrainConfig
-    from neox.train.engine import build_engine, micro_batch_loss, plain_model
+    from neox.train.engine import build_engine, micro_batch_loss
 
     cfg = TrainConfig(
         model=(str(model_yaml),),
@@ -183,7 +183,6 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
         engine.load_checkpoint(str(load), tag="step")
         start = save_at
     device = next(engine.module.parameters()).device
-    output_weight = plain_model(engine.module).output_weight
     generator = torch.Generator().manual_seed(7)
     # a learnable stream: each sequence counts up from a random start, so the loss falls within a few steps
     batches = [
@@ -194,7 +193,7 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
     losses = []
     for step in range(start, steps):
         tokens = batches[step].to(device)
-        loss = micro_batch_loss(engine, cfg.cross_entropy, tokens[:, :-1], tokens[:, 1:], output_weight)
+        loss = micro_batch_loss(engine, cfg.cross_entropy, tokens[:, :-1], tokens[:, 1:])
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())

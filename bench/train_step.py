@@ -190,7 +190,7 @@ def with_attention(step, backend: str | None):
 def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, device: torch.device):
     """The step function of `variant` (a fresh model, optimizer and engine), taking a (batch, seq + 1) tensor."""
     from neox.train.config import TrainConfig, check_layout
-    from neox.train.engine import apply_activation_checkpointing, build_engine, micro_batch_loss, plain_model
+    from neox.train.engine import apply_activation_checkpointing, build_engine, micro_batch_loss
     from neox.train.kernels import use_kernels
 
     on_gpu = device.type == "cuda"
@@ -212,12 +212,9 @@ def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, d
         )
         check_layout(train_cfg, cfg)  # what a run with these settings would be refused
         engine = build_engine(train_cfg, cfg)
-        output_weight = plain_model(engine.module).output_weight
 
         def step(tokens: torch.Tensor) -> None:
-            engine.backward(
-                micro_batch_loss(engine, variant.cross_entropy, tokens[:, :-1], tokens[:, 1:], output_weight)
-            )
+            engine.backward(micro_batch_loss(engine, variant.cross_entropy, tokens[:, :-1], tokens[:, 1:]))
             engine.step()
 
         step.release = engine.destroy  # DeepSpeed keeps references to the engine's buffers until destroyed
@@ -233,7 +230,7 @@ def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, d
     run = torch.compile(model) if variant.compile else model
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return micro_batch_loss(run, variant.cross_entropy, x, y, model.output_weight)
+        return micro_batch_loss(run, variant.cross_entropy, x, y)
 
     return BareLoop(model, loss_of, torch.bfloat16 if on_gpu else None).step
 

@@ -163,14 +163,14 @@ def micro_batch_loss(
     cross_entropy: str,
     inputs: torch.Tensor,
     labels: torch.Tensor,
-    output_weight: torch.Tensor | None = None,
     tensor_group=None,
 ) -> torch.Tensor:
-    """The mean loss of one micro-batch through `model` (the engine, or a bare model; not pipelined): fused with the
-    output layer `output_weight` when `cross_entropy` (train.cross_entropy) is not full, so the full logits never
-    exist; else from the logits, under tensor parallelism from this rank's slice of the vocabulary
-    (`tensor_group`), never gathered."""
+    """The mean loss of one micro-batch through `model` (the engine, or a bare model, compiled or not; not
+    pipelined): fused with the model's output layer when `cross_entropy` (train.cross_entropy) is not full, so the
+    full logits never exist; else from the logits, under tensor parallelism from this rank's slice of the
+    vocabulary (`tensor_group`), never gathered."""
     if cross_entropy != "full":
+        output_weight = plain_model(getattr(model, "module", model)).output_weight
         return linear_cross_entropy(model(inputs, hidden_only=True), output_weight, labels, cross_entropy)
     return next_token_loss(model(inputs), labels, tensor_group)
 

@@ -21,7 +21,7 @@ from neox.errors import RunStateError
 from neox.model.config import ModelConfig
 from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
-from neox.train.engine import build_engine, effective_zero_stage, loss_scale, micro_batch_loss, plain_model
+from neox.train.engine import build_engine, effective_zero_stage, loss_scale, micro_batch_loss
 from neox.train.parallel import ModelParallel
 from neox.train.tracking import Tracker, node_monitor, stop_monitor
 
@@ -65,7 +65,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data_rank = parallel.data_rank if parallel is not None else rank  # a model replica's ranks read one batch
     pipelined = pp > 1  # DeepSpeed's pipeline engine runs the micro-batches itself (1F1B)
     engine = build_engine(cfg, mcfg, parallel)
-    output_weight = plain_model(engine.module).output_weight if cfg.cross_entropy != "full" else None
     start_step = restore(engine, config, rank)
 
     evals = cfg.train_iters // cfg.eval_interval + 1
@@ -90,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if pipelined:
             return engine.eval_batch(iter([(inputs, labels)]), num_micro_batches=1)
         group = parallel.tensor_group if parallel is not None else None
-        return micro_batch_loss(engine, cfg.cross_entropy, inputs, labels, output_weight, group)
+        return micro_batch_loss(engine, cfg.cross_entropy, inputs, labels, group)
 
     def mean_over_ranks(value: torch.Tensor) -> float:
         value = value.detach().float().clone()
