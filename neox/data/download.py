@@ -5,7 +5,9 @@ there (HTTP Range, S3 ranged GETs, file offsets), retries transient faults withi
 backoff with jitter, connect and read timeouts, giving up when nothing arrives for `deadline_s`), and is checked
 against its sha256: the published one when the catalog has it, else the one recorded at its first download
 (`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
-A mismatch deletes the file and retries; after the last try the error names the URL and both hashes.
+A mismatch deletes the file and retries; after the last try the error names the URL and both hashes. A `.zst`
+shard is also decompressed as it arrives (and thrown away): one cut short or damaged at its source is refused
+the same way, before its checksum is recorded, so the repaired file is taken on a rerun.
 Finished files wait in `.cache/` until all are done, then move into the stage output together. Concurrent
 runs with the same sources take turns (a file lock per source set); the second one reuses the first's output.
 """
@@ -106,7 +108,7 @@ def download_one(
             return done, cached
     transport = TRANSPORTS[urllib.parse.urlparse(source.url).scheme]
     # one Part for every attempt: it hashes what an earlier run left once, then only the bytes that arrive
-    fetching = Part(part)
+    fetching = Part(part, zstd_source=source.url if source.name.endswith(".zst") else None)
     clock, high_water = Clock(retry), fetching.size
 
     def arrived(n: int) -> None:
@@ -133,10 +135,14 @@ def download_one(
 
 
 def verify_transfer(source: Source, fetched: Part, expected: str | None) -> None:
-    """Check a finished transfer's size and hash; a bad one is deleted (it cannot be resumed) and raised."""
+    """Check a finished transfer's size, zstd stream and hash; a bad one is deleted (it cannot be resumed) and
+    raised."""
     if source.size is not None and fetched.size != source.size:
         fetched.restart()
         raise BadTransfer(f"{source.url}: got {fetched.size} bytes, the catalog says {source.size}")
+    if damage := fetched.damage():  # else its checksum would be recorded, and the repaired file refused
+        fetched.restart()
+        raise BadTransfer(damage)
     if expected is not None and fetched.sha256 != expected:
         actual = fetched.sha256
         fetched.restart()

@@ -105,35 +105,48 @@ def refuse_compressed_shards(locations: Iterable[str], error: type[Exception] = 
 CHUNK = 1 << 20
 
 
-def _decompressed_chunks(path: Path, raw: BinaryIO) -> Iterator[bytes]:
-    """Decompressed bytes of a (possibly multi-frame) zstd file. zstandard's stream reader treats a stream
-    cut mid-frame as a clean end, so frames are followed here and an unfinished one is an error."""
-    frame_start, consumed = 0, 0
-    decoder = zstandard.ZstdDecompressor().decompressobj()
-    pending = b""
-    while True:
-        data = pending or raw.read(CHUNK)
-        pending = b""
-        if not data:
-            break
-        try:
-            out = decoder.decompress(data)
-        except zstandard.ZstdError as err:
+class ZstdFrames:
+    """A (possibly multi-frame) zstd stream decompressed as its compressed bytes are fed in, in pieces of any size.
+    zstandard's stream reader treats a stream cut mid-frame as a clean end, so frames are followed here: corrupt
+    data raises at once, an unfinished last frame at `finish`. `name` and `hint` go into the error."""
+
+    def __init__(self, name: str, hint: str = "re-download the shard"):
+        self.name, self.hint = name, hint
+        self.frame_start = self.consumed = 0
+        self.decoder = zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            try:
+                out = self.decoder.decompress(data)
+            except zstandard.ZstdError as err:
+                raise CorruptShardError(
+                    f"{self.name}: corrupt zstd data in the frame starting at compressed byte offset "
+                    f"{self.frame_start}: {err}; {self.hint}"
+                ) from None
+            if out:
+                yield out
+            self.consumed += len(data) - len(self.decoder.unused_data)
+            if not self.decoder.eof:
+                return
+            data = self.decoder.unused_data  # a frame ended; what follows it starts the next one
+            self.frame_start = self.consumed
+            self.decoder = zstandard.ZstdDecompressor().decompressobj()
+
+    def finish(self) -> None:
+        if self.consumed > self.frame_start:
             raise CorruptShardError(
-                f"{path}: corrupt zstd data in the frame starting at compressed byte offset {frame_start}: {err}"
-            ) from None
-        if out:
-            yield out
-        consumed += len(data) - len(decoder.unused_data)
-        if decoder.eof:  # a frame ended; what follows it starts the next one
-            pending = decoder.unused_data
-            frame_start = consumed
-            decoder = zstandard.ZstdDecompressor().decompressobj()
-    if consumed > frame_start:
-        raise CorruptShardError(
-            f"{path}: truncated zstd stream: the frame starting at compressed byte offset {frame_start} ends "
-            f"unfinished at byte {consumed} (end of file); re-download the shard"
-        )
+                f"{self.name}: truncated zstd stream: the frame starting at compressed byte offset "
+                f"{self.frame_start} ends unfinished at byte {self.consumed} (end of file); {self.hint}"
+            )
+
+
+def _decompressed_chunks(path: Path, raw: BinaryIO) -> Iterator[bytes]:
+    """Decompressed bytes of a zstd file, in blocks, its frames followed (`ZstdFrames`)."""
+    frames = ZstdFrames(str(path))
+    while data := raw.read(CHUNK):
+        yield from frames.feed(data)
+    frames.finish()
 
 
 def decompressed_blocks(path: Path, start: int = 0) -> Iterator[bytes]:

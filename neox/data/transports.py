@@ -12,6 +12,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from neox.data.jsonl import CorruptShardError, ZstdFrames
 from neox.errors import ConfigError, MissingInput, ServiceError
 from neox.runtime.retry import TransientError, is_transient
 
@@ -25,19 +26,44 @@ class DownloadError(ServiceError):
 
 class Part:
     """A download's part file, hashed as it is written, so that checking and publishing it read no byte again (a
-    resumed part hashes what an earlier attempt left, once)."""
+    resumed part hashes what an earlier attempt left, once). With `zstd_source` (a `.zst` shard's URL) its bytes
+    are also decompressed as they come, and thrown away, so that a shard cut short or damaged at its source is
+    found (`damage`) before its checksum is trusted."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._digest, self.size = hashlib.sha256(), 0
+    def __init__(self, path: Path, zstd_source: str | None = None):
+        self.path, self.zstd_source = path, zstd_source
+        self._start()
         if path.exists():
             self._hash_what_is_there()
+
+    def _start(self) -> None:
+        self._digest, self.size, self._damage = hashlib.sha256(), 0, None
+        hint = "the source's file is cut short or damaged: nothing was published and its checksum was not recorded"
+        self._frames = ZstdFrames(self.zstd_source, hint) if self.zstd_source else None
+
+    def _take(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.size += len(data)
+        if self._frames is not None and self._damage is None:
+            try:
+                for _ in self._frames.feed(data):
+                    pass
+            except CorruptShardError as err:
+                self._damage = str(err)
+
+    def damage(self) -> str | None:
+        """Why the bytes so far are not a whole zstd stream; None when they are, or no stream is followed."""
+        if self._damage is None and self._frames is not None:
+            try:
+                self._frames.finish()
+            except CorruptShardError as err:
+                return str(err)
+        return self._damage
 
     def _hash_what_is_there(self) -> None:
         with open(self.path, "rb") as existing:
             while block := existing.read(CHUNK):
-                self._digest.update(block)
-                self.size += len(block)
+                self._take(block)
 
     @contextlib.contextmanager
     def appending(self) -> Iterator[Callable[[bytes], None]]:
@@ -46,15 +72,14 @@ class Part:
 
             def write(data: bytes) -> None:
                 out.write(data)
-                self._digest.update(data)
-                self.size += len(data)
+                self._take(data)
 
             yield write
 
     def restart(self) -> None:
         """Empty the part: what it holds cannot be resumed from."""
         self.path.unlink(missing_ok=True)
-        self._digest, self.size = hashlib.sha256(), 0
+        self._start()
 
     def adopt(self, whole: Path) -> None:
         """Make a complete file written elsewhere the part (read once, to hash it)."""

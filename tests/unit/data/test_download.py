@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import zstandard
 
 from neox.data.download import (
     ChecksumMismatch,
@@ -87,7 +88,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    files = {"/train/00.jsonl.zst": os.urandom(3_000_000), "/val.jsonl.zst": os.urandom(200_000)}
+    files = {"/train/00.jsonl.zst": shard(3_000_000), "/val.jsonl.zst": shard(200_000)}
     srv = ShardServer(files)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -97,6 +98,11 @@ def server():
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def shard(size: int) -> bytes:
+    """A whole zstd stream of about `size` bytes (random bytes do not compress), as a `.jsonl.zst` source must be."""
+    return zstandard.ZstdCompressor(level=1).compress(os.urandom(size))
 
 
 def test_a_cut_connection_resumes_with_range_and_the_checksum_matches(tmp_path, server):
@@ -134,7 +140,7 @@ def test_first_download_records_the_checksum_and_reuse_verifies_it(tmp_path, ser
     known = json.loads((tmp_path / "a" / "download" / "known_sha256.json").read_text())
     assert known[url] == sha(server.files["/val.jsonl.zst"])
     # the mirror's file changes: a later download of the same URL (another stage key) is refused
-    server.files["/val.jsonl.zst"] = os.urandom(200_000)
+    server.files["/val.jsonl.zst"] = shard(200_000)
     with pytest.raises(
         ChecksumMismatch,
         match=rf"{url}: sha256 {sha(server.files['/val.jsonl.zst'])} does not match the expected {known[url]}",
@@ -151,13 +157,27 @@ def test_wrong_published_checksum_fails_naming_both_hashes_and_publishes_nothing
     assert [p.name for p in (tmp_path / "download").iterdir() if not p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize(("damage", "says"), [("cut", "truncated zstd stream"), ("garbage", "corrupt zstd data")])
+def test_a_shard_cut_short_or_damaged_at_its_source_is_refused_unrecorded_and_taken_once_repaired(
+    tmp_path, server, damage, says
+):
+    url, whole = f"{server.url}/val.jsonl.zst", server.files["/val.jsonl.zst"]
+    server.files["/val.jsonl.zst"] = whole[: len(whole) // 2] if damage == "cut" else os.urandom(len(whole))
+    with pytest.raises(DownloadError, match=rf"{re.escape(url)}: {says}.*nothing was published and its checksum"):
+        download_sources([Source(url)], tmp_path, retry=FAST)
+    # no known_sha256.json: had the damaged file's hash been recorded, the repaired one would be refused
+    assert [p.name for p in (tmp_path / "download").iterdir() if not p.name.startswith(".")] == []
+    server.files["/val.jsonl.zst"] = whole  # the mirror finishes writing it
+    assert (download_sources([Source(url)], tmp_path, retry=FAST).path / "val.jsonl.zst").read_bytes() == whole
+
+
 def test_missing_file_is_a_permanent_error(tmp_path, server):
     with pytest.raises(DownloadError, match="HTTP 404"):
         download_sources([Source(f"{server.url}/nope.jsonl.zst")], tmp_path, retry=FAST)
 
 
 def test_s3_source_through_a_local_moto_server(tmp_path, s3_env):
-    data = os.urandom(2_500_000)
+    data = shard(2_500_000)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="pile")
     s3.put_object(Bucket="pile", Key="shards/00.jsonl.zst", Body=data)
@@ -173,10 +193,10 @@ def test_s3_source_through_a_local_moto_server(tmp_path, s3_env):
 
 def test_local_paths_and_file_urls(tmp_path):
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "a.jsonl.zst").write_bytes(b"a" * 1000)
-    (tmp_path / "src" / "b.jsonl.zst").write_bytes(b"b" * 10)
+    (tmp_path / "src" / "a.jsonl.zst").write_bytes(shard(1000))
+    (tmp_path / "src" / "b.jsonl.zst").write_bytes(b := shard(10))
     sources = sources_from_strings(
-        [str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b'b' * 10)}"]
+        [str(tmp_path / "src" / "a.jsonl.zst"), f"file://{tmp_path}/src/b.jsonl.zst#sha256={sha(b)}"]
     )
     out = download_sources(sources, tmp_path / "work").path
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst", "manifest.json"]
@@ -187,10 +207,10 @@ def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_en
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     for name in ("b.jsonl.zst", "a.jsonl", "notes.txt"):
-        (incoming / name).write_bytes(name.encode())
+        (incoming / name).write_bytes(zstandard.compress(name.encode()) if name.endswith(".zst") else name.encode())
     assert [s.name for s in sources_from_strings([f"{incoming}/"])] == ["a.jsonl", "b.jsonl.zst"]
     first = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work").path
-    (incoming / "c.jsonl.zst").write_bytes(b"arrived later")
+    (incoming / "c.jsonl.zst").write_bytes(zstandard.compress(b"arrived later"))
     second = download_sources(sources_from_strings([f"file://{incoming}/"]), tmp_path / "work").path
     assert second != first and sorted(p.name for p in second.iterdir()) == [
         "a.jsonl",
@@ -220,7 +240,7 @@ def test_concurrent_runs_with_the_same_sources_take_turns_and_share_one_output(t
     import multiprocessing
 
     (tmp_path / "src").mkdir()
-    data = os.urandom(3_000_000)
+    data = shard(3_000_000)
     (tmp_path / "src" / "a.jsonl.zst").write_bytes(data)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

@@ -7,7 +7,7 @@ import json
 import pytest
 import zstandard
 
-from neox.data.jsonl import CorruptShardError, Rejects, list_shards, read_shard, write_shard
+from neox.data.jsonl import CorruptShardError, Rejects, ZstdFrames, list_shards, read_shard, write_shard
 from neox.errors import DataError
 
 
@@ -81,6 +81,22 @@ def test_concatenated_frames_read_as_one_stream(tmp_path):
     data = (tmp_path / "a.jsonl.zst").read_bytes()
     (tmp_path / "twice.jsonl.zst").write_bytes(data + data)
     assert len(list(read_shard(tmp_path / "twice.jsonl.zst", Rejects()))) == 200
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
+def test_a_stream_fed_in_pieces_of_any_size_decompresses_whole_and_a_cut_one_is_caught_at_its_end(piece):
+    frames = [zstandard.compress(f"frame {i} ".encode() * 500) for i in range(3)]
+    stream = b"".join(frames)  # three frames, one after another, as a download brings them
+    whole = ZstdFrames("s.jsonl.zst")
+    out = b"".join(b for start in range(0, len(stream), piece) for b in whole.feed(stream[start : start + piece]))
+    whole.finish()
+    assert out == b"".join(f"frame {i} ".encode() * 500 for i in range(3))
+    cut = ZstdFrames("s.jsonl.zst", hint="fetch it again")
+    for start in range(0, len(stream) - 5, piece):
+        list(cut.feed(stream[start : min(start + piece, len(stream) - 5)]))
+    start = len(frames[0]) + len(frames[1])
+    with pytest.raises(CorruptShardError, match=rf"truncated zstd stream: .* offset {start} ends .*; fetch it again"):
+        cut.finish()
 
 
 def test_failed_write_publishes_nothing(tmp_path):
