@@ -22,6 +22,8 @@ from neox.errors import DataError, MissingInput
 from neox.pipeline.atomic import atomic_directory, file_lock
 
 MANIFEST = "manifest.json"
+# what a desktop's file browser leaves in any folder it shows; no stage reads them, so they do not void an output
+OS_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 class ManifestError(DataError):
@@ -159,8 +161,20 @@ def read_manifest(output: str | Path) -> dict[str, Any]:
 
 
 def verify_output(output: str | Path) -> dict[str, Any]:
-    """The manifest, after checking every listed file's size and sha256 against the disk."""
+    """The manifest, after checking every listed file's size and sha256 against the disk, and that no other file
+    is there: a later stage reading the folder (every shard in it) would take a stray file in."""
     manifest = read_manifest(output)
+    listed = {*manifest["files"], MANIFEST}
+    stray = sorted(
+        name
+        for path in Path(output).rglob("*")
+        if path.is_file() and path.name not in OS_METADATA and (name := str(path.relative_to(output))) not in listed
+    )
+    if stray:
+        raise ManifestError(
+            f"{output} holds {len(stray)} file(s) its manifest does not list ({', '.join(stray[:5])}"
+            f"{', ...' if len(stray) > 5 else ''}): not the stage's output as published"
+        )
     for name, expected in manifest["files"].items():
         path = Path(output) / name
         if not path.is_file():

@@ -70,3 +70,21 @@ def test_a_rerun_removes_what_a_killed_attempt_of_its_own_key_left_and_nothing_e
     assert attempt() == StageResult(output, reused=True)
     assert not any(f.exists() for f in killed) and (live / "half.bin").exists()
     assert "left by an attempt that was stopped" in capsys.readouterr().err
+
+
+def test_a_file_added_to_a_published_output_voids_it_for_readers_and_a_rerun_redoes_it(tmp_path, capsys):
+    """A shard copied into a stage's output by hand would be read by the next stage as if the stage wrote it."""
+    from neox.pipeline.stage import ManifestError, input_fingerprint
+
+    def body(run: StageRun) -> None:
+        (run.tmp / "00.jsonl").write_text('{"text": "kept"}\n')
+
+    output = run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body).path
+    (output / ".DS_Store").write_bytes(b"\0")  # a file browser's, read by no stage: the output stays good
+    assert run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body).reused
+    (output / "02.jsonl").write_text('{"text": "stray"}\n')
+    with pytest.raises(ManifestError, match=r"holds 1 file\(s\) its manifest does not list \(02.jsonl\)"):
+        input_fingerprint(output)  # the next stage refuses it as its input
+    assert not run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body).reused  # the stage's rerun redoes it
+    assert sorted(p.name for p in output.iterdir()) == ["00.jsonl", "manifest.json"]
+    assert "its manifest does not list (02.jsonl)" in capsys.readouterr().err
