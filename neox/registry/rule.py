@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict
+from pydantic import AfterValidator, Field, Strict
 
 from neox.pipeline.configfile import Float, NonNegativeFloat, parse, section
 
@@ -59,12 +59,20 @@ class PromotionRule:
         return [self.metric, *(g.metric for g in self.guards), *self.floors]
 
 
+def mlflow_model_name(name: str) -> str:
+    """MLflow's rules for a registered model's name, checked with the config rather than at registration, after
+    training and evaluation."""
+    if not name.strip() or name in (".", "..") or "/" in name or ":" in name:
+        raise ValueError(f"{name!r} is not an MLflow model name: not blank, '.' or '..', and without '/' or ':'")
+    return name
+
+
 @section
 class RegistryConfig:
     """`registry:`: the MLflow registered model every evaluated checkpoint becomes a version of."""
 
-    name: Annotated[str, Strict(), Field(min_length=1)] = "neox-tiny"
-    """Registered model name."""
+    name: Annotated[str, Strict(), AfterValidator(mlflow_model_name)] = "neox-tiny"
+    """Registered model name (MLflow's rules: not blank, '.' or '..'; no '/' or ':')."""
     rule: PromotionRule = PromotionRule()
 
 

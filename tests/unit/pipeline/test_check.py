@@ -111,6 +111,8 @@ MISTAKES = [
     ("eval.data.split", "1,1,1", "eval.data.split: unknown key"),
     # registry
     ("registry.nmae", "m", "registry.nmae: unknown key (did you mean name?)"),
+    ("registry.name", "org/model", "registry.name: 'org/model' is not an MLflow model name"),
+    ("registry.name", "  ", "registry.name: '  ' is not an MLflow model name: not blank"),
     ("registry.rule.metrc", "x", "registry.rule.metrc: unknown key (did you mean metric?)"),
     ("registry.rule.metric", "neox_heldout/bits_per_bite", "neox_heldout reports word_perplexity, byte_perplexity"),
     ("registry.rule.metric", "lambada/acc", "lambada is not in eval.tasks"),
