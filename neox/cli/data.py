@@ -79,9 +79,16 @@ def download(
     Example: neox download s3://bucket/shards/00.jsonl.zst --valid https://host/pile/val.jsonl.zst --work-root work
     """
     from neox.data.download import download_sources, sources_for
+    from neox.pipeline.configfile import parse
     from neox.runtime.retry import Retry
 
-    retry = Retry(attempts=retries, timeout_s=timeout, deadline_s=deadline)
+    try:
+        retry = parse(Retry, {"attempts": retries, "timeout_s": timeout, "deadline_s": deadline})
+    except ConfigError as err:  # named by the flags given, not by the config keys
+        message = str(err)
+        for key, flag in (("attempts", "--retries"), ("timeout_s", "--timeout"), ("deadline_s", "--deadline")):
+            message = message.replace(f"{key}:", f"{flag}:")
+        raise ConfigError(message) from None
     sources = sources_for(urls or [], pile_mirror, valid or [], test or [], retry)
     if not sources:
         raise ConfigError("give source URLs or --pile-mirror")

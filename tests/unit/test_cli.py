@@ -142,6 +142,15 @@ def test_instructions_tokenizes_chats_into_a_text_and_a_label_dataset(tmp_path, 
     assert f"1 lines rejected {{'not JSON': 1}}, see {out / 'rejects.jsonl'}" in result.stderr  # not only in files
 
 
+def test_download_retry_flags_out_of_range_are_one_clear_line_naming_the_flag(tmp_path):
+    for flag, value, message in (
+        ("--retries", "0", "error: --retries: input should be greater than or equal to 1, got 0"),
+        ("--timeout", "nan", "error: --timeout: input should be greater than 0, got nan"),
+    ):
+        result = neox("download", "x.jsonl.zst", "--work-root", tmp_path, flag, value, ok=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_registry_mistakes_are_one_clear_line(tmp_path):
     tracking = ["--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     for args, message in (
