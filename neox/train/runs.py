@@ -147,10 +147,18 @@ class RunInfo:
 
 def run_info(storage: RunStorage) -> RunInfo:
     text = storage.read_text(RUN_FILE)
-    record = json.loads(text) if text else None
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        record = text  # not JSON: unreadable, below
+    unreadable = record is not None and not isinstance(record, dict)
+    if unreadable:
+        record = None
     state = latest_state(storage) or {}
     finished = storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None
-    if record is None:
+    if unreadable:
+        status = f"unreadable {RUN_FILE}"  # hand-edited or damaged: listed with the others, never reused
+    elif record is None:
         status = "legacy"  # a run from before content-addressed runs: listed, never reused
     else:
         status = "finished" if finished else "stopped" if state else "new"

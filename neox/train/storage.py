@@ -122,6 +122,8 @@ def run_storage(storage_path: str, name: str) -> RunStorage:
 def run_names(storage_path: str) -> list[str]:
     """The folders directly under `storage_path` (one per run), by name; none when it does not exist yet."""
     filesystem, root, _ = storage_root(storage_path)
+    if filesystem.get_file_info(root).type == fs.FileType.File:
+        raise ConfigError(f"storage path {storage_path} is a file, not a folder of runs")
     infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     return sorted(info.base_name for info in infos if info.type == fs.FileType.Directory)
 
