@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import urllib.parse
@@ -68,6 +69,10 @@ class Source:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:
             raise ConfigError(f"source name must be a plain file name, got {self.name!r}")
+        if self.sha256 is not None:  # hex as published, either case; checked now, not after a download
+            if re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256) is None:
+                raise ConfigError(f"{self.url}: a sha256 is 64 hexadecimal digits, got {self.sha256!r}")
+            object.__setattr__(self, "sha256", self.sha256.lower())
 
 
 def default_name(url: str) -> str:
@@ -245,10 +250,10 @@ def sources_from_strings(urls: list[str], split: str = "train", retry: Retry = R
         if url.endswith("/"):
             out += [Source(found, split=split) for found in list_folder(url, retry)]
             continue
-        base, _, fragment = url.partition("#sha256=")
+        base, marked, fragment = url.partition("#sha256=")
         if urllib.parse.urlparse(base).scheme in ("", "file") and local_path(base).is_dir():
             raise ConfigError(f"source {base} is a folder: end it with / to take every shard in it")
-        source = Source(base, sha256=fragment or None, split=split)
+        source = Source(base, sha256=fragment if marked else None, split=split)
         if reason := not_a_shard(source.name):  # later stages would skip it (the tokenizer stage downloads others)
             raise ConfigError(f"source {base}: {reason}")
         out.append(source)

@@ -203,6 +203,17 @@ def test_local_paths_and_file_urls(tmp_path):
     assert download_sources(sources, tmp_path / "work").reused
 
 
+def test_a_published_sha256_is_64_hex_digits_of_either_case_checked_before_anything_downloads(tmp_path):
+    (tmp_path / "a.jsonl.zst").write_bytes(data := shard(100))
+    url = f"file://{tmp_path}/a.jsonl.zst"
+    (source,) = sources_from_strings([f"{url}#sha256={sha(data).upper()}"])  # as some sites publish it
+    assert source.sha256 == sha(data)
+    assert (download_sources([source], tmp_path / "work").path / "a.jsonl.zst").read_bytes() == data
+    for bad in ("xyz", ""):  # an empty one would otherwise turn the check off without a word
+        with pytest.raises(ConfigError, match=f"a sha256 is 64 hexadecimal digits, got '{bad}'"):
+            sources_from_strings([f"{url}#sha256={bad}"])
+
+
 def test_a_folder_source_stands_for_the_shards_in_it_at_run_time(tmp_path, s3_env):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
