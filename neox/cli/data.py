@@ -122,6 +122,7 @@ def dedup(
     result = dedup_shards(
         input_dir, work_root, cfg, workers=workers, ray_address=ray_address, chunk_bytes=chunk_mb << 20
     )
+    report_rejects(result.path)
     typer.echo(str(result.path))
 
 
@@ -177,7 +178,17 @@ def tokenize(
         ray_address=ray_address,
         chunk_bytes=chunk_mb << 20,
     ).path
+    report_rejects(out)
     typer.echo(str(out))
+
+
+def report_rejects(output: Path) -> None:
+    """The lines a stage rejected, on the console as well as in its manifest and rejects.jsonl."""
+    from neox.data.jsonl import rejects_summary
+    from neox.pipeline.stage import read_manifest
+
+    if rejects := read_manifest(output)["stats"].get("rejects"):
+        typer.echo(f"{rejects_summary(rejects)}; see {output / 'rejects.jsonl'}", err=True)
 
 
 @app.command(rich_help_panel=DATA, short_help="Tokenize chat JSONL for fine-tuning, prompts masked.")

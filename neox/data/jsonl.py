@@ -66,6 +66,17 @@ class Rejects:
             self._file.close()
 
 
+def rejects_summary(counts: dict[str, int], shown: int = 3) -> str:
+    """One line for the console: how many lines were rejected, the commonest reasons first."""
+    if not counts:
+        return "no line rejected"
+    commonest = sorted(counts.items(), key=lambda item: -item[1])
+    reasons = [f"{reason} ({n})" for reason, n in commonest[:shown]]
+    if len(commonest) > shown:
+        reasons.append(f"{len(commonest) - shown} other reasons")
+    return f"{sum(counts.values())} lines rejected: {'; '.join(reasons)}"
+
+
 def is_shard(path: Path) -> bool:
     return path.name.endswith(SHARD_SUFFIXES) and path.name not in SIDE_FILES
 

@@ -30,7 +30,7 @@ import ray
 from neox.data.chunks import DEFAULT_CHUNK_MB, Chunk, map_chunks, read_chunk
 from neox.data.fast_bpe import agrees_on, fast_encoder, is_plain_byte_level
 from neox.data.indexed import merge_parts, token_dtype
-from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard
+from neox.data.jsonl import Rejects, list_shards, merge_rejects, read_shard, rejects_summary
 from neox.data.splits import SPLITS, SPLITS_FILE, read_splits, split_of, write_splits
 from neox.data.tokenizer import eod_id, load_tokenizer
 from neox.errors import DataError
@@ -197,7 +197,8 @@ def tokenize_shards(
         )
         documents = sum(r["documents"] for r in ordered)
         if documents == 0:
-            raise DataError(f"no documents in {input_dir}: every line was empty or rejected (see rejects)")
+            rejected = rejects_summary(sum((Counter(r["reject_counts"]) for r in ordered), Counter()))
+            raise DataError(f"no documents in {input_dir}: every line was empty or rejected ({rejected})")
         dtype = token_dtype(tok.get_vocab_size())
         per_split = {}
         for split in sorted({split_of(s, held_out) for s in shards}, key=SPLITS.index):

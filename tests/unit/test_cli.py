@@ -130,6 +130,11 @@ def test_data_stages_chain_from_the_command_line(tmp_path):
     assert manifest["stats"]["documents"] < 1865 and manifest["stats"]["tokens"] > 5_000_000
     assert (tokenized / "corpus_text_document.idx").exists()
     assert "no shards" in neox("tokenize", tmp_path, "--tokenizer", tokenizer, *work, ok=False).stderr
+    (tmp_path / "mixed").mkdir()  # rejected lines are said on the console, not only counted in the manifest
+    (tmp_path / "mixed" / "00.jsonl").write_text('{"text": "kept"}\n{broken\n{"txt": "no text"}\n{"text": 1}\n')
+    mixed = neox("tokenize", tmp_path / "mixed", "--tokenizer", tokenizer, *work)
+    assert "3 lines rejected: no string 'text' field (2); malformed JSON: " in mixed.stderr
+    assert f"; see {mixed.stdout.strip()}/rejects.jsonl" in mixed.stderr
 
 
 def test_instructions_tokenizes_chats_into_a_text_and_a_label_dataset(tmp_path, tokenizer_file):

@@ -88,10 +88,11 @@ def test_a_corrupt_shard_fails_the_stage_and_publishes_nothing(tmp_path, ray_loc
     assert os.listdir(tmp_path / "work" / "tokenize") == []  # no output, no temp directory left
 
 
-def test_empty_input_is_a_clear_error(tmp_path, ray_local, corpus_tokenizer):
+def test_input_with_every_line_rejected_is_a_clear_error_counting_them(tmp_path, ray_local, corpus_tokenizer):
     (tmp_path / "in").mkdir()
     write_shard(tmp_path / "in" / "00.jsonl.zst", [{"no_text": 1}])
-    with pytest.raises(ValueError, match="no documents"):
+    rejected = r"every line was empty or rejected \(1 lines rejected: no string 'text' field \(1\)\)"
+    with pytest.raises(ValueError, match=rejected):
         tokenize_shards(tmp_path / "in", corpus_tokenizer, tmp_path / "work")
     assert os.listdir(tmp_path / "work" / "tokenize") == []
 
