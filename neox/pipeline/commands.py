@@ -14,12 +14,19 @@ from neox.registry.rule import PromotionRule, promotion_rule
 
 def prepare_data_from_config(path: str | Path) -> Path:
     """Run (or reuse) the data stages of the config's `data:` section; returns the tokenized dataset's folder."""
-    from neox.data.prepare import prepare_data
+    from neox.data.prepare import data_config, prepare_data
 
     raw = read_pipeline_config(path)
     if not isinstance(raw.get("data"), dict):
         raise ConfigError(f"{path} has no `data:` section")
-    return prepare_data(raw["data"], Path(raw.get("work_root", "work")))
+    work_root = raw.get("work_root", "work")
+    if not isinstance(work_root, str) or not work_root.strip():
+        raise ConfigError(f"{path}: work_root: input should be a folder's path, got {work_root!r}")
+    try:
+        data = data_config(raw["data"])
+    except ConfigError as err:  # named with its file, as `neox check` names it
+        raise ConfigError(f"{path}: {err}") from None
+    return prepare_data(data, Path(work_root))
 
 
 def train_from_config(

@@ -241,3 +241,15 @@ def test_neox_check_imports_no_torch_deepspeed_or_mlflow_and_prints_no_warnings(
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]") and "ok" in out.stdout
     assert out.stderr == ""
+
+
+def test_neox_data_checks_its_work_root_and_names_the_file_of_a_data_mistake(tmp_path):
+    from neox.pipeline.commands import prepare_data_from_config
+
+    config = tmp_path / "data.yaml"  # `neox data` reads only the data section and work_root: no train section here
+    config.write_text("work_root: null\ndata: {corpus: sample}\n")
+    with pytest.raises(ConfigError, match=r"data.yaml: work_root: input should be a folder's path, got None"):
+        prepare_data_from_config(config)
+    config.write_text("data: {corpus: sampel}\n")
+    with pytest.raises(ConfigError, match=r"data.yaml: data.corpus: input should be 'sample'"):
+        prepare_data_from_config(config)
