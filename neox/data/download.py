@@ -28,7 +28,7 @@ from pathlib import Path
 
 from neox.data.jsonl import SHARD_SUFFIXES, not_a_shard, refuse_compressed_shards
 from neox.data.splits import SPLITS, write_splits
-from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path
+from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path, s3_bucket_key
 from neox.errors import ConfigError, MissingInput
 from neox.pipeline.atomic import atomic_write_text, file_lock
 from neox.pipeline.stage import StageResult, StageRun, run_stage, sha256_file, stage_key
@@ -65,6 +65,8 @@ class Source:
         scheme = urllib.parse.urlparse(self.url).scheme
         if scheme not in ("", "file", "http", "https", "s3", "hf"):
             raise ConfigError(f"unsupported source scheme {scheme!r} in {self.url} (http, https, s3, file, hf)")
+        if scheme == "s3" and not s3_bucket_key(self.url)[1]:
+            raise ConfigError(f"{self.url}: an s3:// source names an object, s3://BUCKET/KEY (a folder ends in /)")
         if not self.name:
             object.__setattr__(self, "name", default_name(self.url))
         if "/" in self.name or not self.name:

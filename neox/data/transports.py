@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -152,7 +153,7 @@ def s3_errors(url: str) -> Iterator[None]:
 
 
 def _fetch_s3(url: str, part: Part, timeout: float, progress: Callable[[int], None]) -> None:
-    bucket, key = _bucket_key(url)
+    bucket, key = s3_bucket_key(url)
     client = s3_client(timeout)
     with s3_errors(url):
         size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
@@ -167,15 +168,20 @@ def _fetch_s3(url: str, part: Part, timeout: float, progress: Callable[[int], No
 
 def list_s3(url: str, timeout: float) -> list[str]:
     """The names of the objects directly under an s3:// folder URL."""
-    bucket, prefix = _bucket_key(url)
+    bucket, prefix = s3_bucket_key(url)
     with s3_errors(url):
         listing = s3_client(timeout).get_paginator("list_objects_v2")
         pages = listing.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
         return [obj["Key"].rsplit("/", 1)[-1] for page in pages for obj in page.get("Contents", [])]
 
 
-def _bucket_key(url: str) -> tuple[str, str]:
+def s3_bucket_key(url: str) -> tuple[str, str]:
+    """(bucket, key or folder prefix) of an s3:// URL; one that botocore would refuse is refused here, in words."""
     parsed = urllib.parse.urlparse(url)
+    if re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parsed.netloc) is None:
+        raise ConfigError(
+            f"{url}: not an s3://BUCKET/KEY URL (a bucket name is 3 to 63 lowercase letters, digits, '.' and '-')"
+        )
     return parsed.netloc, parsed.path.lstrip("/")
 
 

@@ -404,6 +404,19 @@ def test_s3_without_credentials_is_one_clear_error(tmp_path, s3_env, monkeypatch
         sources_from_strings(["s3://pile/shards/"])
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://", "not an s3://BUCKET/KEY URL"),
+        ("s3://Bad_Bucket!/x.jsonl.zst", "a bucket name is 3 to 63 lowercase letters, digits, '.' and '-'"),
+        ("s3://bucket", "an s3:// source names an object, s3://BUCKET/KEY"),
+    ],
+)
+def test_an_s3_url_botocore_would_refuse_is_refused_in_words_before_any_request(url, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sources_from_strings([url])
+
+
 def test_a_missing_s3_object_is_a_permanent_error(tmp_path, s3_env):
     boto3.client("s3").create_bucket(Bucket="pile")
     with pytest.raises(FileNotFoundError, match=r"s3://pile/none.jsonl.zst: no such S3 object or bucket \(404\)"):
