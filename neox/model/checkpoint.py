@@ -3,13 +3,15 @@ tokenizer (`tokenizer.json`) when there is one. Training exports its final weigh
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from neox.errors import ConfigError, DataError, MissingInput
 from neox.model.config import ModelConfig, load_model_config
@@ -80,11 +82,10 @@ def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device:
     """Load a checkpoint written by save_model. Built on the meta device, so memory holds one copy of the weights."""
     cfg = load_model_config_from(checkpoint)
     weights = Path(checkpoint) / WEIGHTS_FILE
-    if not weights.exists():
-        raise MissingInput(f"{weights} is missing")
     with torch.device("meta"):
         model = GPTNeoX(cfg)
-    state = load_file(weights, device=str(device))
+    with open_weights(checkpoint, device) as saved:
+        state = {name: saved.get_tensor(name) for name in saved.keys()}
     if dtype is not None:
         state = {name: tensor.to(dtype) for name, tensor in state.items()}
     try:
@@ -92,6 +93,21 @@ def load_model(checkpoint: str | Path, dtype: torch.dtype | None = None, device:
     except RuntimeError as err:  # torch's message lists the missing, unexpected and mis-shaped tensors
         raise DataError(f"{weights} does not hold the model {CONFIG_FILE} describes: {err}") from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def open_weights(checkpoint: str | Path, device: str | torch.device = "cpu") -> Iterator:
+    """The checkpoint's weights file, open for reading tensor by tensor; one missing, cut short or not safetensors
+    at all is an error naming it, not safetensors' own."""
+    weights = Path(checkpoint) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise MissingInput(f"{weights} is missing")
+    try:
+        opened = safe_open(str(weights), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{weights} cannot be read ({err}): the checkpoint is damaged or was cut short") from None
+    with opened as saved:
+        yield saved
 
 
 def tokenizer_path(checkpoint: str | Path) -> Path | None:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
-from neox.errors import ConfigError, DataError, MissingInput
-from neox.model.checkpoint import dense_specs, load_model_config_from, save_model
+from neox.errors import ConfigError, DataError
+from neox.model.checkpoint import dense_specs, load_model_config_from, open_weights, save_model
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX
 from neox.model.streaming import write_safetensors
@@ -149,18 +148,16 @@ def export_hf(
     checkpoint = Path(checkpoint)
     refuse_same_folder(checkpoint, out_dir)
     cfg = load_model_config_from(checkpoint)
-    weights = checkpoint / WEIGHTS_FILE
-    if not weights.exists():
-        raise MissingInput(f"{weights} is missing")
     tokenizer_file = checkpoint / TOKENIZER_FILE
     tokenizer_file = tokenizer_file if tokenizer_file.exists() else None
     bos, eos = _special_token_ids(tokenizer_file)
     specs = dense_specs(cfg)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp, safe_open(str(weights), framework="pt") as ours:
+    with open_weights(checkpoint) as ours, atomic_directory(out_dir, overwrite=overwrite) as tmp:
         config = hf_config(cfg, dtype, eos_token_id=eos, bos_token_id=bos)
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         missing = [name for name, _ in specs if name not in ours.keys()]
         if missing:
+            weights = checkpoint / WEIGHTS_FILE
             raise DataError(f"{weights} does not hold the model {CONFIG_FILE} describes: {missing[0]} is missing")
         # tensor by tensor, so a 20B export holds one tensor in memory, not the model
         write_safetensors(

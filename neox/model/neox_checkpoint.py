@@ -28,10 +28,10 @@ import torch
 import yaml
 
 from neox.errors import ConfigError, DataError, MissingInput
-from neox.model.checkpoint import load_model_config_from, save_model_streaming
+from neox.model.checkpoint import load_model_config_from, open_weights, save_model_streaming
 from neox.model.config import ModelConfig, load_model_config
 from neox.pipeline.atomic import atomic_directory
-from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from neox.pipeline.layout import CONFIG_FILE, TOKENIZER_FILE
 
 COLUMN = ("attention.query_key_value.weight", "attention.query_key_value.bias", "mlp.dense_h_to_4h.weight")
 COLUMN += ("mlp.dense_h_to_4h.bias",)
@@ -203,8 +203,6 @@ def import_neox(
 def export_neox(checkpoint: str | Path, out_dir: str | Path, partitions: int = 1, overwrite: bool = False) -> Path:
     """Our checkpoint as a gpt-neox per-layer checkpoint folder cut for `partitions` tensor-parallel ranks, with a
     `config.yml` for gpt-neox's `convert_neox_to_hf.py --config_file` (and the tokenizer, when there is one)."""
-    from safetensors import safe_open
-
     checkpoint = Path(checkpoint)
     cfg = load_model_config_from(checkpoint)
     if not cfg.no_weight_tying:
@@ -219,10 +217,7 @@ def export_neox(checkpoint: str | Path, out_dir: str | Path, partitions: int = 1
     ):
         if size % partitions:
             raise ConfigError(f"--model-parallel-size {partitions} does not divide {what} ({size})")
-    weights = checkpoint / WEIGHTS_FILE
-    if not weights.is_file():
-        raise MissingInput(f"{weights} is missing")
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp, safe_open(str(weights), framework="pt") as ours:
+    with open_weights(checkpoint) as ours, atomic_directory(out_dir, overwrite=overwrite) as tmp:
 
         def save(index: int, state: dict[str, torch.Tensor]) -> None:
             slices = {key: split(key, tensor, partitions) for key, tensor in state.items()}

@@ -27,3 +27,23 @@ def test_weights_that_do_not_fit_the_config_name_the_file(tmp_path):
     )
     with pytest.raises(DataError, match=f"{WEIGHTS_FILE} does not hold the model config.yml describes"):
         load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("damage", ["cut short", "a folder"])
+def test_damaged_weights_are_one_error_naming_the_file_in_every_reader_and_nothing_is_written(tmp_path, damage):
+    from neox.model.hf import export_hf
+    from neox.model.neox_checkpoint import export_neox
+
+    checkpoint = tmp_path / "m"
+    init_checkpoint([REPO / "configs" / "model" / "pythia-14m.yml"], checkpoint, vocab_size=100)
+    weights = checkpoint / WEIGHTS_FILE
+    if damage == "cut short":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        weights.unlink()
+        weights.mkdir()
+    message = f"{weights} cannot be read" if damage == "cut short" else f"{weights} is missing"
+    for read in (load_model, lambda c: export_hf(c, tmp_path / "hf"), lambda c: export_neox(c, tmp_path / "neox")):
+        with pytest.raises(DataError, match=message):
+            read(checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
