@@ -11,15 +11,30 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+from neox.errors import ConfigError
+
 DEFAULT = "sqlite:///mlflow.db"
 ENV = "MLFLOW_TRACKING_URI"
 SQLITE = "sqlite:///"
+# the stores MLflow ships (a database by its SQLAlchemy dialect, `postgresql+psycopg2://` too); a plain path is a
+# file store
+SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc"})
+
+
+def checked_tracking_uri(uri: str) -> str:
+    """`uri`, or a ConfigError if it names no store MLflow has (else MLflow fails at the first metric or at
+    registration, after training)."""
+    scheme, sep, _ = uri.partition("://")
+    if sep and scheme.split("+")[0].lower() not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        raise ConfigError(f"MLflow tracking URI {uri}: {scheme}:// is not a store MLflow has ({known})")
+    return uri
 
 
 def tracking_uri(flag: str | None = None, configured: str | None = None) -> str:
     """The tracking URI by that order, a relative SQLite path made absolute (training workers and Prefect flows
     run in other folders)."""
-    uri = flag or os.environ.get(ENV) or configured or DEFAULT
+    uri = checked_tracking_uri(flag or os.environ.get(ENV) or configured or DEFAULT)
     if uri.startswith(SQLITE) and not uri[len(SQLITE) :].startswith("/"):
         return SQLITE + str(Path(uri[len(SQLITE) :]).resolve())
     return uri

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, WithJsonSchema
+from pydantic import AfterValidator, Field, Strict, WithJsonSchema
 
 from neox.data.dataset import split_weights
 from neox.errors import ConfigError
@@ -29,7 +29,7 @@ from neox.pipeline.configfile import (
     read_pipeline_config,
     section,
 )
-from neox.runtime.tracking_uri import tracking_uri
+from neox.runtime.tracking_uri import checked_tracking_uri, tracking_uri
 from neox.train.lora import LoraConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -143,7 +143,7 @@ class TrainConfig:
     """Ray cluster to train on (default: RAY_ADDRESS, else a local Ray)."""
     env: dict[Str, Str] = dataclasses.field(default_factory=dict)
     """Environment variables of every training worker, set before it starts (NCCL/EFA settings)."""
-    mlflow_tracking_uri: Str | None = None
+    mlflow_tracking_uri: Annotated[str, Strict(), AfterValidator(checked_tracking_uri)] | None = None
     """Where metrics, evals and the registry go: a sqlite:/// file or an http(s):// MLflow server. MLFLOW_TRACKING_URI
     overrides it; without either, sqlite:///mlflow.db."""
     mlflow_experiment: Str = "neox-pipeline"

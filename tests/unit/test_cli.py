@@ -161,6 +161,7 @@ def test_registry_mistakes_are_one_clear_line(tmp_path):
     for args, message in (
         (["promote", "nope", "1", *tracking], "error: no registered model 'nope' in sqlite"),
         (["promote", "nope", "abc", *tracking], "error: a model version is a number"),
+        (["promote", "nope", "1", "--mlflow-tracking-uri", "sqlit:///m.db"], "sqlit:// is not a store MLflow has"),
         (["register", "configs", *tracking], "configs has no manifest.json: not a completed stage output"),
     ):
         result = neox(*args, ok=False)

@@ -134,6 +134,7 @@ MISTAKES = [
     ("train.lora.target_modules", ["q_proj"], "target_modules must name some of query_key_value, dense"),
     ("train.lora.rank", 8, "train.lora.rank: unknown key"),
     ("train.lora", {"r": 4096}, "train.lora.r 4096 exceeds the model's hidden_size 64"),
+    ("train.mlflow_tracking_uri", "sqlit:///m.db", "mlflow_tracking_uri: MLflow tracking URI sqlit:///m.db: sqlit://"),
     # finetune
     ("finetune.bsae", "x", "finetune.bsae: unknown key (did you mean base?)"),
     ("finetune.base", "models:/neox-tiny", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
