@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from neox.data.jsonl import SHARD_SUFFIXES, not_a_shard, refuse_compressed_shards
+from neox.data.jsonl import SHARD_SUFFIXES, folder_files, not_a_shard, refuse_compressed_shards
 from neox.data.splits import SPLITS, write_splits
 from neox.data.transports import TRANSPORTS, DownloadError, Part, list_s3, local_path, s3_bucket_key
 from neox.errors import ConfigError, MissingInput
@@ -271,7 +271,7 @@ def list_folder(url: str, retry: Retry = Retry()) -> list[str]:
         folder = local_path(url)
         if not folder.is_dir():
             raise MissingInput(f"source folder {folder} does not exist")
-        names = [p.name for p in folder.iterdir() if p.is_file()]
+        names = [p.name for p in folder_files(folder)]
     else:
         raise ConfigError(f"{url}: only local, file:// and s3:// folders can be listed (end the URL with a file name)")
     refuse_compressed_shards((url + name for name in names), ConfigError)

@@ -261,12 +261,23 @@ def write_lines(path: str | Path, lines: Iterable[bytes], level: int = 3) -> int
     return count
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The files directly in a folder. An entry named as a shard that is not a file (a folder, a broken link)
+    is refused, not skipped: its documents would be missing without a word."""
+    entries = list(folder.iterdir())
+    for entry in entries:
+        if is_shard(entry) and not entry.is_file():
+            what = "a folder" if entry.is_dir() else "a broken link" if entry.is_symlink() else "not a regular file"
+            raise DataError(f"{entry} is named as a shard but is {what}: move it out of {folder} or fix it")
+    return [entry for entry in entries if entry.is_file()]
+
+
 def list_shards(directory: str | Path) -> list[Path]:
     """The shards in a directory, sorted by name (the order every stage processes them in)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MissingInput(f"input directory {directory} does not exist")
-    files = [p for p in directory.iterdir() if p.is_file()]
+    files = folder_files(directory)
     refuse_compressed_shards(str(p) for p in files)
     shards = sorted(p for p in files if is_shard(p))
     if not shards:

@@ -119,3 +119,14 @@ def test_list_shards_is_sorted_and_refuses_empty_input(tmp_path):
     (tmp_path / "03.jsonl.gz").write_bytes(b"")  # a shard that would be skipped: refused instead
     with pytest.raises(DataError, match="03.jsonl.gz is gzip-compressed, which is not read"):
         list_shards(tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["folder", "broken link"])
+def test_an_entry_named_as_a_shard_that_is_not_a_file_is_refused_not_skipped(tmp_path, entry):
+    write_shard(tmp_path / "00.jsonl.zst", records(3))
+    if entry == "folder":
+        (tmp_path / "01.jsonl").mkdir()
+    else:
+        (tmp_path / "01.jsonl").symlink_to(tmp_path / "moved-away.jsonl")
+    with pytest.raises(DataError, match=f"01.jsonl is named as a shard but is a {entry}"):
+        list_shards(tmp_path)
