@@ -26,8 +26,14 @@ def sample_corpus(
 
     Example: neox sample-corpus work/mirror --shards 4
     """
+    from neox.data.jsonl import folder_files, is_shard
     from neox.data.sample import build_sample_corpus
 
+    ours = {f"{i:02d}.jsonl.zst" for i in range(shards)}
+    found = folder_files(out_dir) if out_dir.is_dir() else []
+    # read whole later (`neox download DIR/`), the folder would mix other shards in: an earlier corpus's, say
+    if others := sorted(p.name for p in found if is_shard(p) and p.name not in ours):
+        raise ConfigError(f"{out_dir} already holds other shards ({', '.join(others[:3])}): give a new folder")
     paths = build_sample_corpus(out_dir, shards=shards)
     typer.echo(f"wrote {len(paths)} shards to {out_dir}")
 

@@ -48,8 +48,10 @@ def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> 
     `seed` so every shard (and every split cut from the end) mixes both sources."""
     if shards < 1:
         raise ConfigError(f"shards must be at least 1, got {shards}")
-    out_dir = make_folder(out_dir)
     documents = list(stdlib_documents()) + list(pydoc_documents())
+    if shards > len(documents):
+        raise ConfigError(f"the sample corpus has {len(documents)} documents: at most that many shards, not {shards}")
+    out_dir = make_folder(out_dir)
     random.Random(seed).shuffle(documents)
     paths = []
     for i in progress(range(shards), desc="sample corpus", unit="shard"):

@@ -119,6 +119,11 @@ def test_existing_output_is_not_clobbered(tmp_path, tokenizer_file):
 
 def test_data_stages_chain_from_the_command_line(tmp_path):
     """sample-corpus -> download (file paths) -> dedup -> train-tokenizer -> tokenize, each printing its output."""
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "02.jsonl.zst").write_bytes(b"")  # from an earlier, larger sample corpus, say
+    refused = neox("sample-corpus", tmp_path / "mirror", "--shards", "2", ok=False)
+    assert "mirror already holds other shards (02.jsonl.zst): give a new folder" in refused.stderr
+    (tmp_path / "mirror" / "02.jsonl.zst").unlink()
     neox("sample-corpus", tmp_path / "mirror", "--shards", "2")
     shards = sorted(str(p) for p in (tmp_path / "mirror").iterdir())
     work = ["--work-root", tmp_path / "work"]
