@@ -29,6 +29,8 @@ def sample_corpus(
     from neox.data.jsonl import folder_files, is_shard
     from neox.data.sample import build_sample_corpus
 
+    if shards < 1:  # said before what the folder holds
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
     ours = {f"{i:02d}.jsonl.zst" for i in range(shards)}
     found = folder_files(out_dir) if out_dir.is_dir() else []
     # read whole later (`neox download DIR/`), the folder would mix other shards in: an earlier corpus's, say

@@ -6,8 +6,9 @@ backoff with jitter, connect and read timeouts, giving up when nothing arrives f
 against its sha256: the published one when the catalog has it, else the one recorded at its first download
 (`<work_root>/download/known_sha256.json`), so a changed or damaged mirror file is caught on every reuse.
 A mismatch deletes the file and retries; after the last try the error names the URL and both hashes. A `.zst`
-shard is also decompressed as it arrives (and thrown away): one cut short or damaged at its source is refused
-the same way, before its checksum is recorded, so the repaired file is taken on a rerun.
+shard is also decompressed as it arrives (and thrown away): one cut short or damaged at its source is deleted
+and refused at once (not retried: its source would serve the same bytes), before its checksum is recorded, so
+the repaired file is taken on a rerun.
 Finished files wait in `.cache/` until all are done, then move into the stage output together. Concurrent
 runs with the same sources take turns (a file lock per source set); the second one reuses the first's output.
 """
@@ -45,6 +46,11 @@ class BadTransfer(DownloadError):
 
 class ChecksumMismatch(BadTransfer):
     pass
+
+
+class DamagedShard(DownloadError):
+    """A `.zst` shard that arrived whole as its source serves it, but cut short or corrupt: fetching it again
+    would bring the same bytes, so it is not retried."""
 
 
 class EmptyFolder(MissingInput):
@@ -149,7 +155,7 @@ def verify_transfer(source: Source, fetched: Part, expected: str | None) -> None
         raise BadTransfer(f"{source.url}: got {fetched.size} bytes, the catalog says {source.size}")
     if damage := fetched.damage():  # else its checksum would be recorded, and the repaired file refused
         fetched.restart()
-        raise BadTransfer(damage)
+        raise DamagedShard(damage)
     if expected is not None and fetched.sha256 != expected:
         actual = fetched.sha256
         fetched.restart()

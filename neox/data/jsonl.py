@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from neox.errors import DataError, MissingInput
+from neox.pipeline.layout import SHARD_SUFFIXES
 
-SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")
 # compressions we do not read: a file compressed so is refused by name, never skipped (silent data loss)
 OTHER_COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 # What a stage writes beside its shards (the lines it rejected, dedup's clusters): JSON lines too, never documents

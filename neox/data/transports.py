@@ -178,10 +178,8 @@ def list_s3(url: str, timeout: float) -> list[str]:
 def s3_bucket_key(url: str) -> tuple[str, str]:
     """(bucket, key or folder prefix) of an s3:// URL; one that botocore would refuse is refused here, in words."""
     parsed = urllib.parse.urlparse(url)
-    if re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parsed.netloc) is None:
-        raise ConfigError(
-            f"{url}: not an s3://BUCKET/KEY URL (a bucket name is 3 to 63 lowercase letters, digits, '.' and '-')"
-        )
+    if re.fullmatch(r"[a-zA-Z0-9._-]{1,255}", parsed.netloc) is None:  # botocore's own rule, older buckets' too
+        raise ConfigError(f"{url}: not an s3://BUCKET/KEY URL (a bucket name is letters, digits, '.', '-' and '_')")
     return parsed.netloc, parsed.path.lstrip("/")
 
 

@@ -100,6 +100,8 @@ def open_weights(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     """The checkpoint's weights file, open for reading tensor by tensor; one missing, cut short or not safetensors
     at all is an error naming it, not safetensors' own."""
     weights = Path(checkpoint) / WEIGHTS_FILE
+    if weights.is_dir():
+        raise DataError(f"{weights} is a folder, not a weights file")
     if not weights.is_file():
         raise MissingInput(f"{weights} is missing")
     try:

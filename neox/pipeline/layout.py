@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SHARD_SUFFIXES = (".jsonl.zst", ".jsonl")  # raw and deduplicated text: what a stage reading a folder takes in
+
 # a model checkpoint
 CONFIG_FILE = "config.yml"
 WEIGHTS_FILE = "model.safetensors"

@@ -20,10 +20,11 @@ from typing import Any
 
 from neox.errors import DataError, MissingInput
 from neox.pipeline.atomic import atomic_directory, file_lock
+from neox.pipeline.layout import SHARD_SUFFIXES
 
 MANIFEST = "manifest.json"
 # what a desktop's file browser leaves in any folder it shows; no stage reads them, so they do not void an output
-OS_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+OS_METADATA = frozenset({"Thumbs.db", "desktop.ini"})
 
 
 class ManifestError(DataError):
@@ -168,7 +169,7 @@ def verify_output(output: str | Path) -> dict[str, Any]:
     stray = sorted(
         name
         for path in Path(output).rglob("*")
-        if path.is_file() and path.name not in OS_METADATA and (name := str(path.relative_to(output))) not in listed
+        if path.is_file() and (name := str(path.relative_to(output))) not in listed and not left_by_tools(Path(name))
     )
     if stray:
         raise ManifestError(
@@ -182,6 +183,14 @@ def verify_output(output: str | Path) -> dict[str, Any]:
         if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise ManifestError(f"{path} does not match its manifest entry (size or sha256 differs)")
     return manifest
+
+
+def left_by_tools(relative: Path) -> bool:
+    """A file an editor, a file browser or a network file system leaves (`.x.swp`, `.DS_Store`, `._x`, `.nfs*`,
+    `Thumbs.db`) and no stage reads: hidden unless shard-named, or a desktop's own. Voiding hours of a stage's
+    output over one would be worse than keeping it."""
+    hidden = any(part.startswith(".") for part in relative.parts)
+    return relative.name in OS_METADATA or (hidden and not relative.name.endswith(SHARD_SUFFIXES))
 
 
 def is_intact(output: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,12 +22,17 @@ SQLITE = "sqlite:///"
 SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc"})
 
 
+def plugin_schemes() -> frozenset[str]:
+    """The schemes of tracking stores installed packages add (azureml://, say), read without importing MLflow."""
+    return frozenset(point.name for point in entry_points(group="mlflow.tracking_store"))
+
+
 def checked_tracking_uri(uri: str) -> str:
     """`uri`, or a ConfigError if it names no store MLflow has (else MLflow fails at the first metric or at
     registration, after training)."""
     scheme, sep, _ = uri.partition("://")
-    if sep and scheme.split("+")[0].lower() not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+    if sep and scheme.split("+")[0].lower() not in SCHEMES | plugin_schemes():
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES | plugin_schemes()))
         raise ConfigError(f"MLflow tracking URI {uri}: {scheme}:// is not a store MLflow has ({known})")
     return uri
 

@@ -146,12 +146,13 @@ class RunInfo:
 
 
 def run_info(storage: RunStorage) -> RunInfo:
-    text = storage.read_text(RUN_FILE)
     try:
+        text = storage.read_text(RUN_FILE)
         record = json.loads(text) if text else None
-    except ValueError:
-        record = text  # not JSON: unreadable, below
-    unreadable = record is not None and not isinstance(record, dict)
+    except ValueError:  # not UTF-8, not JSON
+        text, record = "unreadable", None
+    # a record every reader can use: listing, continuing and reusing all read its identity
+    unreadable = bool(text) and not (isinstance(record, dict) and isinstance(record.get("identity"), dict))
     if unreadable:
         record = None
     state = latest_state(storage) or {}

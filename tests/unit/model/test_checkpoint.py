@@ -42,7 +42,7 @@ def test_damaged_weights_are_one_error_naming_the_file_in_every_reader_and_nothi
     else:
         weights.unlink()
         weights.mkdir()
-    message = f"{weights} cannot be read" if damage == "cut short" else f"{weights} is missing"
+    message = f"{weights} cannot be read" if damage == "cut short" else f"{weights} is a folder, not a weights file"
     for read in (load_model, lambda c: export_hf(c, tmp_path / "hf"), lambda c: export_neox(c, tmp_path / "neox")):
         with pytest.raises(DataError, match=message):
             read(checkpoint)

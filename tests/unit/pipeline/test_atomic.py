@@ -81,6 +81,7 @@ def test_a_file_added_to_a_published_output_voids_it_for_readers_and_a_rerun_red
 
     output = run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body).path
     (output / ".DS_Store").write_bytes(b"\0")  # a file browser's, read by no stage: the output stays good
+    (output / ".manifest.json.swp").write_bytes(b"\0")  # an editor's, open on the manifest
     assert run_stage(tmp_path, "demo", "1", {"x": 1}, {}, body).reused
     (output / "02.jsonl").write_text('{"text": "stray"}\n')
     with pytest.raises(ManifestError, match=r"holds 1 file\(s\) its manifest does not list \(02.jsonl\)"):

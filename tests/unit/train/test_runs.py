@@ -67,11 +67,12 @@ def test_neox_runs_lists_keyed_and_legacy_runs(tmp_path):
 def test_a_run_whose_run_json_is_damaged_is_listed_as_unreadable_and_never_continued(tmp_path):
     cfg = config(tmp_path)
     damaged = stopped_at(cfg, 10)
-    (damaged / RUN_FILE).write_text('{"label": "base", "ident')  # cut short, or a bad hand edit
-    (listed,) = list_runs(str(tmp_path / "runs"))  # the other runs are still listed, and this one with them
-    assert (listed.status, listed.key, listed.step, listed.record) == (f"unreadable {RUN_FILE}", "-", 10, None)
-    with pytest.raises(RunStateError, match="no run labelled 'base'"):
-        continued_run(plan_run(config(tmp_path, "data-2")), allow_new_data=True)
+    for damage in ('{"label": "base", "ident', b"\xff\xfe", '{"label": "base", "identity": null}'):
+        (damaged / RUN_FILE).write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+        (listed,) = list_runs(str(tmp_path / "runs"))  # the other runs are still listed, and this one with them
+        assert (listed.status, listed.key, listed.step, listed.record) == (f"unreadable {RUN_FILE}", "-", 10, None)
+        with pytest.raises(RunStateError, match="no run labelled 'base'"):
+            continued_run(plan_run(config(tmp_path, "data-2")), allow_new_data=True)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match="storage path .*a-file is a file, not a folder of runs"):
         list_runs(str(tmp_path / "a-file"))
