@@ -31,7 +31,8 @@ def checked_tracking_uri(uri: str) -> str:
     """`uri`, or a ConfigError if it names no store MLflow has (else MLflow fails at the first metric or at
     registration, after training)."""
     scheme, sep, _ = uri.partition("://")
-    if sep and scheme.split("+")[0].lower() not in SCHEMES | plugin_schemes():
+    base = scheme.split("+")[0].lower()
+    if sep and base not in SCHEMES and base not in plugin_schemes():  # the plugins' only when needed: a scan
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES | plugin_schemes()))
         raise ConfigError(f"MLflow tracking URI {uri}: {scheme}:// is not a store MLflow has ({known})")
     return uri

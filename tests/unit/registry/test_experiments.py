@@ -1,4 +1,5 @@
-"""Where an MLflow experiment we create keeps its artifacts, and creating one from two places at once."""
+"""Where an MLflow experiment we create keeps its artifacts, creating one from two places at once, and which
+tracking URIs name a store."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
 from mlflow import MlflowClient
 
-from neox.runtime.tracking_uri import artifact_location, get_or_create_experiment
+from neox.errors import ConfigError
+from neox.runtime.tracking_uri import artifact_location, checked_tracking_uri, get_or_create_experiment
 
 
 def test_in_a_sqlite_store_artifacts_go_beside_the_database_wherever_the_command_runs(tmp_path, monkeypatch):
@@ -57,3 +60,17 @@ def test_two_clients_creating_the_same_experiment_at_once_both_get_it(tmp_path):
         first, second = (future.result() for future in [pool.submit(create_each) for _ in range(2)])
     assert first == second and len(set(first)) == len(names)
     assert {e.name for e in MlflowClient(tracking_uri=uri).search_experiments()} == {"Default", *names}
+
+
+def test_a_tracking_uri_names_a_store_mlflow_has_or_one_an_installed_plugin_adds(tmp_path, monkeypatch):
+    for uri in ("sqlite:///m.db", "postgresql+psycopg2://u@h/db", "https://mlflow.example", "/a/file/store"):
+        assert checked_tracking_uri(uri) == uri
+    with pytest.raises(ConfigError, match="azureml:// is not a store MLflow has"):
+        checked_tracking_uri("azureml://eastus.api.azureml.ms/mlflow/v1.0")
+    # a package that registers a store under MLflow's entry point, as azureml-mlflow does
+    plugin = tmp_path / "azureml_mlflow-1.0.dist-info"
+    plugin.mkdir()
+    (plugin / "METADATA").write_text("Metadata-Version: 2.1\nName: azureml-mlflow\nVersion: 1.0\n")
+    (plugin / "entry_points.txt").write_text("[mlflow.tracking_store]\nazureml = azureml_mlflow:Store\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert checked_tracking_uri("azureml://eastus.api.azureml.ms/mlflow/v1.0").startswith("azureml://")
