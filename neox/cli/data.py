@@ -27,11 +27,9 @@ def sample_corpus(
     Example: neox sample-corpus work/mirror --shards 4
     """
     from neox.data.jsonl import folder_files, is_shard
-    from neox.data.sample import build_sample_corpus
+    from neox.data.sample import build_sample_corpus, sample_shard_names
 
-    if shards < 1:  # said before what the folder holds
-        raise ConfigError(f"--shards must be at least 1, got {shards}")
-    ours = {f"{i:02d}.jsonl.zst" for i in range(shards)}
+    ours = set(sample_shard_names(shards))  # a bad count said before what the folder holds
     found = folder_files(out_dir) if out_dir.is_dir() else []
     # read whole later (`neox download DIR/`), the folder would mix other shards in: an earlier corpus's, say
     if others := sorted(p.name for p in found if is_shard(p) and p.name not in ours):

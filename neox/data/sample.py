@@ -43,19 +43,25 @@ def pydoc_documents() -> Iterator[dict[str, Any]]:
         yield {"text": topics[name], "meta": {"pile_set_name": "Docs", "path": f"pydoc_data/topics/{name}"}}
 
 
+def sample_shard_names(shards: int) -> list[str]:
+    """The file names a sample corpus of `shards` shards is written under."""
+    if shards < 1:
+        raise ConfigError(f"shards must be at least 1, got {shards}")
+    return [f"{i:02d}.jsonl.zst" for i in range(shards)]
+
+
 def build_sample_corpus(out_dir: str | Path, shards: int = 4, seed: int = 0) -> list[Path]:
     """Write the corpus as `00.jsonl.zst` … shards of near-equal document counts, documents shuffled with
     `seed` so every shard (and every split cut from the end) mixes both sources."""
-    if shards < 1:
-        raise ConfigError(f"shards must be at least 1, got {shards}")
+    names = sample_shard_names(shards)
     documents = list(stdlib_documents()) + list(pydoc_documents())
     if shards > len(documents):
         raise ConfigError(f"the sample corpus has {len(documents)} documents: at most that many shards, not {shards}")
     out_dir = make_folder(out_dir)
     random.Random(seed).shuffle(documents)
     paths = []
-    for i in progress(range(shards), desc="sample corpus", unit="shard"):
-        path = out_dir / f"{i:02d}.jsonl.zst"
+    for i, name in enumerate(progress(names, desc="sample corpus", unit="shard")):
+        path = out_dir / name
         write_shard(path, documents[i::shards])
         paths.append(path)
     return paths

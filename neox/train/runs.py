@@ -145,16 +145,22 @@ class RunInfo:
         return "/".join((self.location, *FINAL_MODEL)) if self.status == "finished" else None
 
 
-def run_info(storage: RunStorage) -> RunInfo:
+def read_record(storage: RunStorage) -> tuple[dict[str, Any] | None, bool]:
+    """(the run's run.json, whether one is there that cannot be used): listing, continuing and reusing a run all
+    read its identity, so a record without one is as unreadable as one that is not UTF-8 JSON."""
     try:
         text = storage.read_text(RUN_FILE)
-        record = json.loads(text) if text else None
-    except ValueError:  # not UTF-8, not JSON
-        text, record = "unreadable", None
-    # a record every reader can use: listing, continuing and reusing all read its identity
-    unreadable = bool(text) and not (isinstance(record, dict) and isinstance(record.get("identity"), dict))
-    if unreadable:
-        record = None
+        if not text:  # none: a run from before runs were keyed
+            return None, False
+        record = json.loads(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return None, True
+    usable = isinstance(record, dict) and isinstance(record.get("identity"), dict)
+    return (record, False) if usable else (None, True)
+
+
+def run_info(storage: RunStorage) -> RunInfo:
+    record, unreadable = read_record(storage)
     state = latest_state(storage) or {}
     finished = storage.read_text(*FINAL_MODEL, CONFIG_FILE) is not None
     if unreadable:
