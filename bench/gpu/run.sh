@@ -7,6 +7,9 @@
 #   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~54 MiB)
 #   OUT=/tmp/out bash bench/gpu/run.sh             # there, with .gpu-wheels carried along
 #   OUT=/tmp/out REHEARSE=1 PYTHON=... WHEELS=... bash bench/gpu/run.sh   # the same parts on this CPU, tiny shape
+#
+# PACK=DIR: after each part, every file of $OUT packed into DIR/results.tgz beside copies of the three summaries
+# (for a machine that hands back only a few files, such as this project's lent device: DIR is its $OUT there).
 set -u
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:?set OUT to the folder for the figures}
@@ -56,6 +59,12 @@ part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log
   MASTER_PORT=$PORT timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - started)) s"
   grep -v -i "warn" "$OUT/$name.log" | tail -n 30
+  if [ -n "${PACK:-}" ]; then
+    tar czf "$PACK/results.tgz" -C "$OUT" .
+    for summary in checks.json train_step.md profile_pythia-410m.txt; do
+      [ -f "$OUT/$summary" ] && cp "$OUT/$summary" "$PACK/"
+    done
+  fi
 }
 
 # Most telling first within each part, as a part cut short by its limit keeps only what came before: the levers
