@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,11 @@ class Layer(nn.Module):
         return h + self.hidden_dropout(self.mlp(self.post_attention_layernorm(h)))
 
 
+# A function of the final hidden states (batch, seq, hidden) and the output layer's weight (vocab, hidden) computed
+# in place of the output layer: a loss fused with that layer, so the full logits never exist
+Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class GPTNeoX(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -112,10 +118,11 @@ class GPTNeoX(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
         self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if cfg.no_weight_tying else None
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, hidden_only: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, head: Head | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) for input_ids (batch, seq); with a cache, positions continue after it.
-        `hidden_only`: the final hidden states instead (batch, seq, hidden), for a loss fused with the output layer
-        (`output_weight`)."""
+        `head`: what it returns instead of the logits (a fused loss). It runs inside the forward so that a wrapper
+        of the model sees it as the model's output: DeepSpeed's engine clears the gradients when its backward
+        reaches the module's output, which wiped the output layer's gradient of a loss computed outside."""
         start = cache.length if cache is not None else 0
         cos, sin = rotary_cos_sin(
             self.cfg.rotary_ndims, self.cfg.rotary_emb_base, start, input_ids.shape[1], input_ids.device
@@ -126,7 +133,7 @@ class GPTNeoX(nn.Module):
         if cache is not None:
             cache.length += input_ids.shape[1]
         x = self.final_layer_norm(x)
-        return x if hidden_only else self.output_layer(x)
+        return self.output_layer(x) if head is None else run_eagerly(head, x, self.output_weight)
 
     @property
     def output_weight(self) -> nn.Parameter:
@@ -136,6 +143,11 @@ class GPTNeoX(nn.Module):
     def output_layer(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the final hidden states."""
         return F.linear(x, self.output_weight)
+
+
+@torch.compiler.disable  # the fused losses as measured, outside the compiled graph (liger-kernel's syncs on .item())
+def run_eagerly(head: Head, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return head(hidden, weight)
 
 
 def init_std(method: str, cfg: ModelConfig) -> float:

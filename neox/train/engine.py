@@ -4,6 +4,7 @@ checkpointing, and the model a worker starts from (fresh GPT-NeoX init, or `init
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +171,8 @@ def micro_batch_loss(
     full logits never exist; else from the logits, under tensor parallelism from this rank's slice of the
     vocabulary (`tensor_group`), never gathered."""
     if cross_entropy != "full":
-        output_weight = plain_model(getattr(model, "module", model)).output_weight
-        return linear_cross_entropy(model(inputs, hidden_only=True), output_weight, labels, cross_entropy)
+        return model(inputs, head=partial(linear_cross_entropy, labels=labels, kernel=cross_entropy))
     return next_token_loss(model(inputs), labels, tensor_group)
-
-
-def plain_model(module: torch.nn.Module) -> torch.nn.Module:
-    """Our GPTNeoX inside the engine's module (under LoRA, peft's wrapper holds it)."""
-    return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 
 def loss_scale(engine) -> float:
