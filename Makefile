@@ -18,11 +18,15 @@ DEEPSPEED_PIN := $(shell grep -E '^deepspeed==' requirements/lock.txt)
 UV := $(BIN)/uv pip install --quiet --compile-bytecode
 
 # On a machine without CUDA, build DeepSpeed's CPU communication op now instead of JIT-compiling it
-# (~48 s, ~5 GB peak) in the first training run. With CUDA, DeepSpeed builds its ops on demand.
+# (~48 s, ~5 GB peak) in the first training run. With CUDA, DeepSpeed builds its ops on demand, and the `gpu`
+# extra (liger-kernel, pinned in pyproject.toml) comes too: the GPU configs train with its kernels. With
+# --no-deps: its triton is the one the CUDA torch brought (pip check then sees that it is there).
 ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
 DS_BUILD_ENV := DS_ACCELERATOR=cpu DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1
+GPU_EXTRA :=
 else
 DS_BUILD_ENV := DS_BUILD_OPS=0
+GPU_EXTRA := $(shell grep -oE 'liger-kernel==[0-9.]+' pyproject.toml)
 endif
 
 # Two test files at a time, each whole on one worker (its module fixtures run once), longest first (tests/conftest.py):
@@ -41,6 +45,7 @@ $(STAMP): requirements/lock.txt pyproject.toml Makefile
 	$(BIN)/pip install --quiet '$(UV_PIN)'
 	$(UV) --python $(BIN)/python -r requirements/lock.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(if $(GPU_EXTRA),$(BIN)/pip install --quiet --no-deps '$(GPU_EXTRA)')
 	$(BIN)/pip check
 	touch $(STAMP)
 

@@ -13,8 +13,9 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
    (whose atomics in the backward change the last bits of the weights from step to step);
 5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4;
 6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice)
-   against ours as in 1, and the engine with every liger kernel in bf16, whose last 10 steps' mean loss is within
-   1% of fp32's (as in 2). A kernel that fails to import or compile is a failed check; the others still run.
+   against ours as in 1, and the engine with every liger kernel in bf16, then also compiled (train.compile), each
+   with its last 10 steps' mean loss within 1% of fp32's (as in 2). A kernel that fails to import or compile is a
+   failed check; the others still run.
 
 Every error must be finite: a NaN fails.
 
@@ -201,6 +202,8 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
             engine.save_checkpoint(str(args.work / "resume"), tag="step")
     engine.destroy()
     del engine
+    if train.get("compile"):
+        torch._dynamo.reset()  # its compiled graphs go with it
     while gc.collect():  # parameters are views of DeepSpeed's flat buffer: a second pass frees them
         pass
     if torch.cuda.is_available():
@@ -263,15 +266,16 @@ def main() -> None:
             return abs(sum(losses[last]) - sum(full[last])) / sum(full[last])
 
         if args.device == "cuda" and "rotary liger" in report["kernels"]:  # liger-kernel imported
-            try:
-                liger = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
-                fused = engine_losses(model_yaml, args, args.steps, precision="bf16", **liger)
-                gap = last10_gap(fused)
-                report["engine_liger_bf16"] = {"losses": fused, "last10_relative_gap_to_fp32": gap}
-                report["engine_liger_bf16"]["ok"] = within([gap], 0.01)
-            except Exception as error:
-                report["engine_liger_bf16"] = failed(error)["error"]
-            save(report)
+            liger = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
+            # every liger kernel, then also compiled: the GPU configs' defaults
+            for name, compiled in (("engine_liger_bf16", False), ("engine_liger_compile_bf16", True)):
+                try:
+                    fused = engine_losses(model_yaml, args, args.steps, precision="bf16", compile=compiled, **liger)
+                    gap = last10_gap(fused)
+                    report[name] = {"losses": fused, "last10_relative_gap_to_fp32": gap, "ok": within([gap], 0.01)}
+                except Exception as error:
+                    report[name] = failed(error)["error"]
+                save(report)
 
         low = engine_losses(model_yaml, args, args.steps, precision=precision)
         gap = last10_gap(low)
