@@ -27,6 +27,9 @@ GPU_EXTRA :=
 else
 DS_BUILD_ENV := DS_BUILD_OPS=0
 GPU_EXTRA := $(shell grep -oE 'liger-kernel==[0-9.]+' pyproject.toml)
+ifeq ($(GPU_EXTRA),)
+$(error no liger-kernel==VERSION in pyproject.toml's gpu extra)
+endif
 endif
 
 # Two test files at a time, each whole on one worker (its module fixtures run once), longest first (tests/conftest.py):

@@ -58,7 +58,7 @@ part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log
   PORT=$((PORT + 1))  # a fresh rendezvous port per part: the last one's may still be closing
   MASTER_PORT=$PORT timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - started)) s"
-  grep -v -i "warn" "$OUT/$name.log" | tail -n 30
+  grep -v -i -E "warn|^\[rank[0-9]+\]:W" "$OUT/$name.log" | tail -n 30  # torch logs warnings by rank, tracebacks too
   if [ -n "${PACK:-}" ]; then
     tar czf "$PACK/results.tgz" -C "$OUT" .
     for summary in checks.json train_step.md profile_pythia-410m.txt; do
@@ -68,17 +68,18 @@ part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log
 }
 
 # Most telling first within each part, as a part cut short by its limit keeps only what came before. The first
-# session (2026-12-04, README) measured every lever uncompiled; the GPU configs' default, every kernel compiled, comes
-# first now, with its compiled bare twin (so the (c)/(b) of the default) where the compile time allows, then the
-# levers one by one. Compiling a shape takes 40-80 s on a fresh machine.
+# session (2026-12-04, README) measured every lever uncompiled; pile-pythia-160m's default, every kernel compiled,
+# comes first now (on pythia-160m, whose part is short, after the three uncompiled rows), with its compiled bare
+# twin (the (c)/(b) of the default) where the compile time allows, then the levers one by one. Compiling a shape
+# took 75-80 s on a fresh machine.
 BARE=${LIGER%,adamw=fused}  # the bare loop's AdamW is always fused on a GPU
-part checks 150 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
-part bench-410m 200 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
+part checks 180 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
+part bench-410m 190 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
   --profile "engine:$LIGER,compile" --variants "engine:$LIGER,compile" "bare:$BARE,compile" engine bare hf \
   "engine:${LIGER%%,*}" "engine:$BARE" "engine:$LIGER" "bare:$BARE" "engine:$LIGER,mb=32" "engine:$LIGER,zero=2" \
   "engine:$LIGER,ckpt"
 part bench-1b 110 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
   --variants "engine:$LIGER,compile" "engine:$LIGER" "bare:$BARE" hf "bare:$BARE,compile" engine
-part bench-160m 90 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M160" "${BENCH[@]}" \
-  --variants "engine:$LIGER,compile" "engine:$LIGER" "bare:$BARE" hf "engine:$LIGER,mb=32" engine
+part bench-160m 70 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M160" "${BENCH[@]}" \
+  --variants "engine:$LIGER" "bare:$BARE" hf "engine:$LIGER,compile" "engine:$LIGER,mb=32" engine
 ls -la "$OUT"

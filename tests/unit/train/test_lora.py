@@ -9,7 +9,7 @@ from neox.model.checkpoint import save_model
 from neox.model.hf import export_hf
 from neox.pipeline.configfile import parse
 from neox.train.config import TrainConfig, check_layout
-from neox.train.engine import parameter_groups
+from neox.train.engine import micro_batch_loss, parameter_groups
 from neox.train.lora import LoraConfig, merged, with_lora
 from tests.conftest import tiny_config, tiny_model
 
@@ -21,6 +21,21 @@ def test_only_the_adapters_train():
     assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable} == {"query_key_value", "dense_4h_to_h"}
     optimized = [p for group in parameter_groups(model, 0.01) for p in group["params"]]
     assert len(optimized) == len(trainable)  # the frozen weights hold no optimizer state
+
+
+def test_the_fused_loss_reaches_the_model_through_peft_and_trains_the_adapters_as_the_full_loss_does():
+    model = with_lora(tiny_model(), LoraConfig(r=4, alpha=8.0))
+    ids = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(0))
+    found = {}
+    for kernel in ("full", "chunked"):
+        model.zero_grad()
+        loss = micro_batch_loss(model, kernel, ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        found[kernel] = loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(found["chunked"][0], found["full"][0])
+    assert found["chunked"][1].keys() == found["full"][1].keys()
+    for name, grad in found["full"][1].items():
+        torch.testing.assert_close(found["chunked"][1][name], grad, rtol=1e-4, atol=1e-7)
 
 
 def test_the_merged_export_loads_in_transformers_with_the_adapted_logits(tmp_path):
