@@ -313,23 +313,22 @@ def main() -> None:
         # is what once lost the output layer's gradient (DeepSpeed's BF16 optimizer), and not compiled: torch
         # 2.13's CPU inductor fails to build a bf16 reduction kernel there (a C++ compile error, with or without
         # the fused loss).
-        if args.device == "cuda":
-            kernels, fused = "liger", dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
-            variants = ((f"engine_{kernels}_bf16", False), (f"engine_{kernels}_compile_bf16", True))
-        else:
-            kernels, fused = "chunked", dict(cross_entropy="chunked", fused_adamw=True)
-            variants = ((f"engine_{kernels}_bf16", False),)
-        if args.device == "cpu" or "rotary liger" in report["kernels"]:  # liger-kernel imported
-            for name, compiled in variants:
-                try:
-                    losses = engine_losses(model_yaml, args, args.steps, precision="bf16", compile=compiled, **fused)
-                    gap = last10_gap(losses)
-                    report[name] = {"losses": losses, "last10_relative_gap_to_fp32": gap, "ok": within([gap], 0.01)}
-                except Exception as error:
-                    report[name] = failed(error)["error"]
-                finally:
-                    torch._dynamo.reset()  # the compiled graphs go with the engine, also one that failed
-                save(report)
+        fused, variants = {}, ()
+        if args.device == "cpu":
+            fused, variants = dict(cross_entropy="chunked", fused_adamw=True), (("engine_chunked_bf16", False),)
+        elif "rotary liger" in report["kernels"]:  # liger-kernel imported
+            fused = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
+            variants = (("engine_liger_bf16", False), ("engine_liger_compile_bf16", True))
+        for name, compiled in variants:
+            try:
+                losses = engine_losses(model_yaml, args, args.steps, precision="bf16", compile=compiled, **fused)
+                gap = last10_gap(losses)
+                report[name] = {"losses": losses, "last10_relative_gap_to_fp32": gap, "ok": within([gap], 0.01)}
+            except Exception as error:
+                report[name] = failed(error)["error"]
+            finally:
+                torch._dynamo.reset()  # the compiled graphs go with the engine, also one that failed
+            save(report)
     verdicts = {name: part["ok"] for name, part in report.items() if isinstance(part, dict) and "ok" in part}
     verdicts.update(
         {
