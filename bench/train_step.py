@@ -38,6 +38,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -65,7 +66,7 @@ class BareLoop:
         self.sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         self.times: list[float] = []
 
-    def step(self, tokens: torch.Tensor) -> None:
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
         with torch.autocast(
             tokens.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
@@ -77,6 +78,7 @@ class BareLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.sync()
         self.times.append(time.perf_counter() - started)
+        return loss.detach()
 
     @property
     def seconds(self) -> float:
@@ -179,9 +181,9 @@ def with_attention(step, backend: str | None):
     first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
     order = [first, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-    def attended(tokens: torch.Tensor) -> None:
+    def attended(tokens: torch.Tensor) -> torch.Tensor:
         with sdpa_kernel(list(dict.fromkeys(order)), set_priority=True):
-            step(tokens)
+            return step(tokens)
 
     attended.release = getattr(step, "release", None)
     return attended
@@ -213,9 +215,11 @@ def variant_step(variant: Variant, model_path: str, cfg, seq: int, batch: int, d
         check_layout(train_cfg, cfg)  # what a run with these settings would be refused
         engine = build_engine(train_cfg, cfg)
 
-        def step(tokens: torch.Tensor) -> None:
-            engine.backward(micro_batch_loss(engine, variant.cross_entropy, tokens[:, :-1], tokens[:, 1:]))
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            loss = micro_batch_loss(engine, variant.cross_entropy, tokens[:, :-1], tokens[:, 1:])
+            engine.backward(loss)
             engine.step()
+            return loss.detach()
 
         step.release = engine.destroy  # DeepSpeed keeps references to the engine's buffers until destroyed
         return step
@@ -239,9 +243,11 @@ def gpu_main(args: argparse.Namespace) -> None:
     """Each --variants spec on each --model shape, one after the other on one GPU (or, with --rehearse, on the
     CPU in fp32 on a small shape, to try the run before device time is spent). Tokens are random: a step's cost
     does not depend on their values. MFU counts model FLOPs (GPT-NeoX's formula, without recomputation) over the
-    GPU's dense bf16 peak. Each row goes to OUT/train_step.jsonl as it is measured, and OUT/train_step.md is
-    rewritten as the table of every row there, so a run cut short keeps what it measured. A variant that fails
-    (out of memory, a kernel error) is recorded with its error and the run goes on."""
+    GPU's dense bf16 peak. Each row keeps its last step's loss: a row whose loss is not a number timed broken
+    arithmetic (a kernel that did not run) and its figures are void. Each row goes to OUT/train_step.jsonl as it
+    is measured, and OUT/train_step.md is rewritten as the table of every row there, so a run cut short keeps
+    what it measured. A variant that fails (out of memory, a kernel error) is recorded with its error and the run
+    goes on."""
     import deepspeed
 
     from neox.model.config import load_neox_yaml
@@ -285,10 +291,11 @@ def gpu_main(args: argparse.Namespace) -> None:
                 times = []
                 for i in range(args.steps):
                     started = time.perf_counter()
-                    step(batches[i % 2])
+                    loss = step(batches[i % 2])
                     sync()
                     times.append(time.perf_counter() - started)
                 seconds = statistics.median(times[5:])
+                row["loss"] = round(loss.item(), 4)  # on random tokens about ln(vocabulary): a NaN voids the row
                 tflops = flops_per_step(cfg, batch, seq, activation_checkpointing=False) / seconds / 1e12
                 row |= {
                     "ms_per_step": round(seconds * 1000, 2),
@@ -337,15 +344,26 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def void(row: dict) -> bool:
+    """Whether a measured row timed steps whose loss is not a number (rows from before losses were kept: no)."""
+    return not math.isfinite(row.get("loss", 0.0))
+
+
+def mfu_text(row: dict) -> str:
+    if void(row):
+        return f"void (loss {row['loss']})"
+    return f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+
+
 def format_row(row: dict) -> str:
     head = f"{row['model']:12s} {row['variant']:58s}"
     if "error" in row:
         return f"{head} FAILED {row['error']}"
-    mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+    mfu = mfu_text(row)
     memory = f"{row['peak_gib']} GiB" if row["peak_gib"] is not None else ""
     return (
         f"{head} {row['ms_per_step']:8.1f} ms  {row['tokens_per_s']:8d} tok/s  {row['tflops']:6.1f} TFLOPS  "
-        f"MFU {mfu}  {memory}  (first step {row['first_step_s']} s)"
+        f"MFU {mfu}  {memory}  loss {row.get('loss', '-')}  (first step {row['first_step_s']} s)"
     )
 
 
@@ -356,23 +374,23 @@ def markdown_table(rows: list[dict], versions: dict) -> str:
     lines = [
         "Measured on " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + ".",
         "",
-        "| model | variant | micro-batch x seq | ms/step | tokens/s | TFLOPS | MFU | peak GiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | variant | micro-batch x seq | ms/step | tokens/s | TFLOPS | MFU | peak GiB | loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
             lines.append(
-                f"| {row['model']} | `{row['variant']}` | {row['batch']} x {row['seq']} | failed: {row['error']} |||||"
+                f"| {row['model']} | `{row['variant']}` | {row['batch']} x {row['seq']} | failed: {row['error']} ||||||"
             )
             continue
-        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         lines.append(
             f"| {row['model']} | `{row['variant']}` | {row['batch']} x {row['seq']} | {row['ms_per_step']} | "
-            f"{row['tokens_per_s']} | {row['tflops']} | {mfu} | {row['peak_gib'] or '-'} |"
+            f"{row['tokens_per_s']} | {row['tflops']} | {mfu_text(row)} | {row['peak_gib'] or '-'} | "
+            f"{row.get('loss', '-')} |"
         )
     lines.append("")
     # (c)/(b): each engine row over the bare row with the same kernels, compile, checkpointing and micro-batch
-    measured = [(row, Variant.parse(row["variant"])) for row in rows if "error" not in row]
+    measured = [(row, Variant.parse(row["variant"])) for row in rows if "error" not in row and not void(row)]
     for row, variant in measured:
         twin = dataclasses.replace(variant, spec="", kind="bare", fused_adamw=False, zero_stage=1)
         for bare, other in measured:

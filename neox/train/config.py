@@ -109,8 +109,8 @@ class TrainConfig:
     CPU or GPU) or liger (liger-kernel's fused kernel; GPU, the `gpu` extra). Not with model or pipeline
     parallelism (the vocabulary-parallel loss applies there), nor ZeRO-3."""
     layer_norm: Literal["torch", "liger"] = "torch"
-    """The LayerNorms' kernel: torch, or liger (liger-kernel's fused Triton kernel; GPU, the `gpu` extra). The
-    parameters and checkpoints are the same either way."""
+    """The LayerNorms' kernel: torch, or liger (liger-kernel's fused Triton kernel; GPU, the `gpu` extra; not with
+    compile, which drops the kernel). The parameters and checkpoints are the same either way."""
     rotary: Literal["torch", "liger"] = "torch"
     """The rotary embedding's kernel: torch, or liger (liger-kernel's fused Triton kernel, which rotates Pythia's
     partial slice of each head in place; GPU, the `gpu` extra)."""
@@ -242,6 +242,13 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
     for setting, cpu_choice in on_cpu.items():
         if getattr(cfg, setting) == "liger" and not cfg.use_gpu:
             raise ConfigError(f"train.{setting} liger runs on GPUs only (use_gpu: true); on the CPU use {cpu_choice}")
+    if cfg.layer_norm == "liger" and cfg.compile:
+        # measured on an H200 (README, "Training on one GPU"): every loss NaN from the first step (Liger-Kernel#871)
+        raise ConfigError(
+            "train.layer_norm liger does not combine with train.compile: torch.compile drops liger-kernel's "
+            "LayerNorm kernel (it cannot trace the kernel's eps), leaving its outputs unwritten, and the loss is NaN "
+            "from the first step. With compile use layer_norm torch (compile fuses it); liger's without compile"
+        )
     if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
         raise ConfigError(
             "train.lora trains with data parallelism only: model_parallel_size and pipe_parallel_size 1, zero_stage "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from neox.data.tokenize import data_prefix, label_prefix, named_split_prefixes, tokenized_stats
-from neox.errors import RunStateError
+from neox.errors import NeoxError, RunStateError
 from neox.pipeline.layout import (
     CHAT_TEMPLATE_FILE,
     CONFIG_FILE,
@@ -181,7 +181,14 @@ def chat_template_of(data: str | Path) -> str | None:
 def launch(
     plan: RunPlan, resume: bool = False, initial_checkpoint: str | None = None, allow_new_data: bool = False
 ) -> str:
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     cfg, storage = plan.cfg, plan.storage
@@ -254,15 +261,19 @@ def launch(
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
+    except TrainingFailedError as error:  # the workers failed, past max_failures restarts
+        close_mlflow_run(plan, loop_config, "FAILED")
+        ours = neox_error_of(error)
+        if ours is None:
+            raise
+        raise ours from error
     except BaseException:  # a second Ctrl-C, or Ray Train's abort ending in SystemExit
         close_mlflow_run(plan, loop_config, "KILLED")
         raise
     # fit() also returns, without an error, from a run Ray Train aborted on SIGINT (Ctrl-C, a task's timeout)
-    stopped = result.error is None and not finished(plan)
-    close_mlflow_run(plan, loop_config, "FAILED" if result.error is not None else "KILLED" if stopped else "FINISHED")
-    if result.error is not None:
-        raise result.error
+    stopped = not finished(plan)
+    close_mlflow_run(plan, loop_config, "KILLED" if stopped else "FINISHED")
     if stopped:
         step = (latest_state(storage) or {}).get("step", 0)
         raise RunStateError(
@@ -270,6 +281,13 @@ def launch(
             f"checkpoint is step {step}, which a rerun resumes from"
         )
     return storage.uri
+
+
+def neox_error_of(error: Exception) -> NeoxError | None:
+    """The error the workers raised when it is one of ours (a diverged loss, say), so that the command prints it as
+    the one line it is rather than inside Ray Train's WorkerGroupError traceback; None otherwise."""
+    failures = list(getattr(error, "worker_failures", {}).values())
+    return failures[0] if failures and all(isinstance(failure, NeoxError) for failure in failures) else None
 
 
 def close_mlflow_run(plan: RunPlan, loop_config: dict[str, Any], status: str) -> None:

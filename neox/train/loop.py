@@ -8,6 +8,7 @@ needs no loader state to read exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -30,6 +31,10 @@ FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoi
 
 class InjectedFault(RunStateError):
     """The failure NEOX_FAIL_AFTER_CHECKPOINT asks for, so tests can stop a run at a known point."""
+
+
+class DivergedError(RunStateError):
+    """The training loss is no longer a number (NaN or infinite): training on would only save broken weights."""
 
 
 def sample_indices(step: int, micro: int, data_rank: int, cfg: TrainConfig) -> np.ndarray:
@@ -114,6 +119,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     engine.step()
                     losses.append(loss.detach())
             loss_value = mean_over_ranks(torch.stack(losses).mean())
+            if not math.isfinite(loss_value):  # every rank sees the same mean, so all of them stop here
+                raise DivergedError(
+                    f"step {step + 1}: the training loss is {loss_value}; the run stops before saving anything of "
+                    "it (its earlier checkpoints are kept). A loss that diverged: lower train.lr or raise warmup; "
+                    "one that is NaN from the first step: a kernel or precision setting is broken, try the torch "
+                    "kernels and compile: false"
+                )
             grad_norm = engine.get_global_grad_norm()
             grad_norm = None if grad_norm is None else float(grad_norm)
             seconds = time.perf_counter() - started

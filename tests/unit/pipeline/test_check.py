@@ -47,13 +47,14 @@ def test_the_pile_configs_keep_the_published_batch_and_schedule_on_the_fastest_k
     assert (neox20b.model_parallel_size, neox20b.pipe_parallel_size, neox20b.data_parallel_size) == (2, 4, 12)
     assert neox20b.activation_checkpointing and neox20b.precision == pythia.precision == "bf16"
     assert neox20b.storage_path.startswith("/fsx/") and neox20b.ray_address == "auto"
-    # README, "Training on one GPU": every kernel compiled was the fastest (the 20B layout was not measured)
+    # README, "Training on one GPU": every kernel, not compiled, was the fastest measured correct (the 20B layout
+    # was not measured)
     assert (pythia.cross_entropy, pythia.layer_norm, pythia.rotary, pythia.fused_adamw, pythia.compile) == (
         "liger",
         "liger",
         "liger",
         True,
-        True,
+        False,
     )
 
 

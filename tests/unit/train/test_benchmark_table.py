@@ -60,9 +60,30 @@ def test_the_table_of_runs_into_one_folder_pairs_each_engine_row_with_its_bare_t
     table = train_step.markdown_table(train_step.read_rows(rows_file), {"device": "H200", "torch": "2.13.0"})
     assert table.startswith("Measured on device H200, torch 2.13.0.")
     assert "| pythia-1b | `engine:mb=64` | 64 x 2048 | failed: OOM |" in table
-    assert "| pythia-410m | `engine:ce=liger` | 16 x 2048 | 1.0 | 900 |" in table
+    assert "| pythia-410m | `engine:ce=liger` | 16 x 2048 | 1.0 | 900 | 1.0 | 40.0% | 9.0 | - |" in table
     ratios = [line for line in table.splitlines() if line.startswith("- ")]
     assert ratios == [
         "- pythia-410m: `engine:ce=liger,adamw=fused` / `bare:ce=liger` = 0.96",
         "- pythia-1b: `engine:ce=liger` / `bare:ce=liger` = 0.80",
     ]
+
+
+def test_a_row_whose_loss_is_not_a_number_is_void_and_paired_with_nothing(tmp_path):
+    """A kernel that never ran (torch.compile once dropped one) leaves NaN losses and a fast, meaningless step."""
+    common = {"batch": 16, "seq": 2048, "tflops": 1.0, "mfu": 0.48, "peak_gib": 9.0, "first_step_s": 1.0}
+    rows = [
+        {"run": 1, "model": "pythia-410m", "variant": "bare:compile", "ms_per_step": 2.0, "tokens_per_s": 500}
+        | common
+        | {"loss": 10.9},
+        {"run": 1, "model": "pythia-410m", "variant": "engine:compile", "ms_per_step": 1.0, "tokens_per_s": 1000}
+        | common
+        | {"loss": float("nan")},
+    ]
+    rows_file = tmp_path / "train_step.jsonl"
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))  # NaN as JSON writes it, read back as NaN
+
+    table = train_step.markdown_table(train_step.read_rows(rows_file), {"device": "H200"})
+    assert "| pythia-410m | `engine:compile` | 16 x 2048 | 1.0 | 1000 | 1.0 | void (loss nan) | 9.0 | nan |" in table
+    assert "| pythia-410m | `bare:compile` | 16 x 2048 | 2.0 | 500 | 1.0 | 48.0% | 9.0 | 10.9 |" in table
+    assert not [line for line in table.splitlines() if line.startswith("- ")]
+    assert "MFU void (loss nan)" in train_step.format_row(train_step.read_rows(rows_file)[1])

@@ -98,3 +98,15 @@ def test_liger_kernels_are_refused_without_gpus(setting):
     cfg = parse(TrainConfig, {"model": ("m.yml",), setting: "liger"})
     with pytest.raises(ConfigError, match=f"train.{setting} liger runs on GPUs only"):
         check_layout(cfg, tiny_config())
+
+
+def test_liger_layer_norm_is_refused_with_compile_which_drops_its_kernel():
+    # On an H200, torch.compile left liger-kernel 0.8.5's LayerNorm outputs unwritten: the loss was NaN from step 1
+    from neox.pipeline.configfile import parse
+    from neox.train.config import TrainConfig, check_layout
+
+    settings = {"model": ("m.yml",), "use_gpu": True, "layer_norm": "liger", "compile": True}
+    with pytest.raises(ConfigError, match="layer_norm liger does not combine with train.compile.*use layer_norm torch"):
+        check_layout(parse(TrainConfig, settings), tiny_config())
+    for allowed in ({"compile": False}, {"layer_norm": "torch"}):
+        check_layout(parse(TrainConfig, settings | allowed), tiny_config())
