@@ -14,9 +14,9 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
 5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4;
 6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice)
    against ours as in 1;
-7. last, the engine in bf16 with the fused kernels (on a GPU every liger kernel and fused AdamW, then also
-   compiled (train.compile); on the CPU the chunked loss and fused AdamW), each with its last 10 steps' mean loss
-   within 1% of fp32's (as in 2).
+7. last, the engine in bf16 with fused AdamW and the fused kernels (on a GPU every liger kernel; then compiled
+   (train.compile) with liger's loss, and with liger's loss and rotary; on the CPU the chunked loss), each with its
+   last 10 steps' mean loss within 1% of fp32's (as in 2).
 
 A kernel that fails to import or compile is a failed check; the others still run.
 
@@ -163,7 +163,7 @@ def failed(error: Exception) -> dict:
 def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None, load: Path | None = None, **train):
     """Losses of `steps` steps of the DeepSpeed engine as the training loop configures it, on fixed batches."""
     from neox.model.config import load_model_config
-    from neox.train.config import TrainConfig
+    from neox.train.config import TrainConfig, check_layout
     from neox.train.engine import build_engine, micro_batch_loss
 
     cfg = TrainConfig(
@@ -181,6 +181,7 @@ def engine_losses(model_yaml: Path, args, steps: int, save_at: int | None = None
         **train,
     )
     mcfg, _ = load_model_config(model_yaml, vocab_size=args.vocab)
+    check_layout(cfg, mcfg)  # what a run with these settings would be refused
     engine = build_engine(cfg, mcfg)
     start = 0
     if load is not None:
@@ -308,20 +309,24 @@ def main() -> None:
         report["engine_chunked_fused_adamw"] = {"max_relative_gap": max(worst), "ok": within(worst, 1e-4)}
         save(report)
 
-        # Last, as compiling takes a minute: the fused kernels through the engine in bf16 against fp32, then also
-        # compiled (pile-pythia-160m's default). On a GPU liger-kernel's; on the CPU our chunked loss, where bf16
-        # is what once lost the output layer's gradient (DeepSpeed's BF16 optimizer), and not compiled: torch
-        # 2.13's CPU inductor fails to build a bf16 reduction kernel there (a C++ compile error, with or without
-        # the fused loss).
-        fused, variants = {}, ()
+        # Last, as compiling takes a minute: the fused kernels through the engine in bf16 against fp32. On a GPU
+        # every liger kernel (pile-pythia-160m's default), then compiled with liger's loss (compile fuses the
+        # LayerNorms itself, and drops liger's: train.layer_norm liger is refused with compile), then also with
+        # liger's rotary; on the CPU our chunked loss, where bf16 is what once lost the output layer's gradient
+        # (DeepSpeed's BF16 optimizer), and not compiled: torch 2.13's CPU inductor fails to build a bf16
+        # reduction kernel there (a C++ compile error, with or without the fused loss).
+        variants: dict[str, dict] = {}
         if args.device == "cpu":
-            fused, variants = dict(cross_entropy="chunked", fused_adamw=True), (("engine_chunked_bf16", False),)
+            variants["engine_chunked_bf16"] = dict(cross_entropy="chunked")
         elif "rotary liger" in report["kernels"]:  # liger-kernel imported
-            fused = dict(cross_entropy="liger", layer_norm="liger", rotary="liger", fused_adamw=True)
-            variants = (("engine_liger_bf16", False), ("engine_liger_compile_bf16", True))
-        for name, compiled in variants:
+            variants["engine_liger_bf16"] = dict(cross_entropy="liger", layer_norm="liger", rotary="liger")
+            variants["engine_liger_loss_compile_bf16"] = dict(cross_entropy="liger", compile=True)
+            variants["engine_liger_loss_rotary_compile_bf16"] = dict(
+                cross_entropy="liger", rotary="liger", compile=True
+            )
+        for name, kernels in variants.items():
             try:
-                losses = engine_losses(model_yaml, args, args.steps, precision="bf16", compile=compiled, **fused)
+                losses = engine_losses(model_yaml, args, args.steps, precision="bf16", fused_adamw=True, **kernels)
                 gap = last10_gap(losses)
                 report[name] = {"losses": losses, "last10_relative_gap_to_fp32": gap, "ok": within([gap], 0.01)}
             except Exception as error:
