@@ -39,6 +39,7 @@ RUN_FILE = "run.json"
 MLFLOW_RUN_FILE = "mlflow_run_id"
 DATA_FILE = "data.json"
 TRAIN_METRICS_FILE = "metrics.jsonl"
+DIVERGED_FILE = "diverged.json"  # the step whose loss or gradient norm was not a number, for the driver
 INDEX_CACHE_DIR = "index-cache"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train names its checkpoint folders checkpoint_<timestamp>
 STATE_FILE = "neox_state.json"

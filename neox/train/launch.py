@@ -18,6 +18,7 @@ from neox.pipeline.layout import (
     CHAT_TEMPLATE_FILE,
     CONFIG_FILE,
     DATA_FILE,
+    DIVERGED_FILE,
     FINAL_MODEL,
     INDEX_CACHE_DIR,
     RUN_FILE,
@@ -240,6 +241,7 @@ def launch(
         json.dumps({"data": str(Path(cfg.datasets[0]).resolve()), "data_fingerprint": loop_config["data_fingerprint"]}),
         DATA_FILE,
     )
+    storage.delete(DIVERGED_FILE)  # an earlier attempt's, which a resumed run may or may not repeat
     print(f"training run {plan.key} ({cfg.name}) in {storage.uri}", flush=True)
     if not on_cluster():
         # Ray Train's preemption watcher is for cloud instances; creating it on a local Ray only logs a core error
@@ -271,6 +273,10 @@ def launch(
     except BaseException:  # a second Ctrl-C, or Ray Train's abort ending in SystemExit
         close_mlflow_run(plan, loop_config, "KILLED")
         raise
+    diverged = storage.read_text(DIVERGED_FILE)
+    if diverged is not None:
+        close_mlflow_run(plan, loop_config, "FAILED")
+        raise diverged_error(plan, json.loads(diverged))
     # fit() also returns, without an error, from a run Ray Train aborted on SIGINT (Ctrl-C, a task's timeout)
     stopped = not finished(plan)
     close_mlflow_run(plan, loop_config, "KILLED" if stopped else "FINISHED")
@@ -283,9 +289,25 @@ def launch(
     return storage.uri
 
 
+class DivergedError(RunStateError):
+    """The training loss or gradient norm stopped being a number: training on would only save broken weights."""
+
+
+def diverged_error(plan: RunPlan, diverged: dict[str, Any]) -> DivergedError:
+    newest = (latest_state(plan.storage) or {}).get("step")
+    kept = f"its newest checkpoint (step {newest}) is kept" if newest else "it has no checkpoint"
+    norm = "" if diverged["grad_norm"] is None else f", its gradient norm {diverged['grad_norm']}"
+    return DivergedError(
+        f"training run {plan.key} stopped at step {diverged['step']}: its loss is {diverged['loss']}{norm}. Nothing "
+        f"of that step was saved; {kept}, though weights already diverging may be in it. A loss that grew to this: "
+        "lower train.lr or lengthen warmup (a new run); one that is NaN from the first step: a kernel or precision "
+        "setting is broken, try the torch kernels and compile: false"
+    )
+
+
 def neox_error_of(error: Exception) -> NeoxError | None:
-    """The error the workers raised when it is one of ours (a diverged loss, say), so that the command prints it as
-    the one line it is rather than inside Ray Train's WorkerGroupError traceback; None otherwise."""
+    """The error the workers raised when it is one of ours (a config the engine refuses, say), so that the command
+    prints it as the one line it is rather than inside Ray Train's WorkerGroupError traceback; None otherwise."""
     failures = list(getattr(error, "worker_failures", {}).values())
     return failures[0] if failures and all(isinstance(failure, NeoxError) for failure in failures) else None
 

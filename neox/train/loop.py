@@ -7,6 +7,7 @@ needs no loader state to read exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 from neox.data.dataset import build_datasets, inputs_and_targets
 from neox.errors import RunStateError
 from neox.model.config import ModelConfig
+from neox.pipeline.layout import DIVERGED_FILE
 from neox.train.checkpointing import export_final, restore, save_and_report
 from neox.train.config import TrainConfig
 from neox.train.engine import build_engine, effective_zero_stage, loss_scale, micro_batch_loss
@@ -31,10 +33,6 @@ FAULT_ENV = "NEOX_FAIL_AFTER_CHECKPOINT"  # a test hook: the step whose checkpoi
 
 class InjectedFault(RunStateError):
     """The failure NEOX_FAIL_AFTER_CHECKPOINT asks for, so tests can stop a run at a known point."""
-
-
-class DivergedError(RunStateError):
-    """The training loss is no longer a number (NaN or infinite): training on would only save broken weights."""
 
 
 def sample_indices(step: int, micro: int, data_rank: int, cfg: TrainConfig) -> np.ndarray:
@@ -96,11 +94,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         group = parallel.tensor_group if parallel is not None else None
         return micro_batch_loss(engine, cfg.cross_entropy, inputs, labels, group)
 
-    def mean_over_ranks(value: torch.Tensor) -> float:
-        value = value.detach().float().clone()
-        dist.all_reduce(value)
-        return value.item() / world
+    def means_over_ranks(*values: torch.Tensor | float) -> list[float]:
+        """Each value's mean over every rank, in one all-reduce."""
+        stacked = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device).detach() for value in values])
+        dist.all_reduce(stacked)
+        return (stacked / world).tolist()
 
+    diverged = None
     try:
         for step in range(start_step, cfg.train_iters):
             started = time.perf_counter()
@@ -118,18 +118,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     engine.backward(loss)
                     engine.step()
                     losses.append(loss.detach())
-            loss_value = mean_over_ranks(torch.stack(losses).mean())
-            if not math.isfinite(loss_value):  # every rank sees the same mean, so all of them stop here
-                raise DivergedError(
-                    f"step {step + 1}: the training loss is {loss_value}; the run stops before saving anything of "
-                    "it (its earlier checkpoints are kept). A loss that diverged: lower train.lr or raise warmup; "
-                    "one that is NaN from the first step: a kernel or precision setting is broken, try the torch "
-                    "kernels and compile: false"
-                )
             grad_norm = engine.get_global_grad_norm()
             grad_norm = None if grad_norm is None else float(grad_norm)
+            bad_norm = float(not math.isfinite(grad_norm or 0.0))
+            loss_value, bad_norms = means_over_ranks(torch.stack(losses).mean(), bad_norm)
             seconds = time.perf_counter() - started
             done = step + 1
+            # all-reduced, so every rank stops at the same step (a NaN on one rank makes the mean NaN); under fp16
+            # DeepSpeed's loss scaling skips an overflowing step itself and goes on
+            if cfg.precision != "fp16" and (not math.isfinite(loss_value) or bad_norms > 0):
+                diverged = {"step": done, "loss": loss_value, "grad_norm": grad_norm}
+                break
             if tracker is not None:
                 tracker.step(done, loss_value, engine.get_lr()[0], grad_norm, loss_scale(engine), seconds)
             if valid_set is not None and (done % cfg.eval_interval == 0 or done == cfg.train_iters):
@@ -139,7 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     for i in range(cfg.eval_iters):
                         indices = sample_indices((done // cfg.eval_interval) * cfg.eval_iters + i, 0, data_rank, cfg)
                         valid_losses.append(loss_of(*batch(valid_set, indices)))
-                valid = mean_over_ranks(torch.stack(valid_losses).mean())
+                (valid,) = means_over_ranks(torch.stack(valid_losses).mean())
                 if tracker is not None:
                     tracker.evaluation(done, valid)
             if done % cfg.checkpoint_interval == 0 or done == cfg.train_iters:
@@ -148,7 +147,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_and_report(engine, config, rank, done, loss_value)
                 if os.environ.get(FAULT_ENV) == str(done):
                     raise InjectedFault(f"{FAULT_ENV}={done}: failing on purpose after the step-{done} checkpoint")
-        export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)
+        if diverged is None:
+            export_final(engine, config, rank, effective_zero_stage(cfg), mcfg, parallel)
+        elif rank == 0:
+            # returned rather than raised: Ray Train restarts a failed worker group from its newest checkpoint (up
+            # to train.max_failures), and a diverged run would only diverge again
+            config["storage"].write_text(json.dumps(diverged), DIVERGED_FILE)
     finally:  # after the export (the other ranks wait for rank 0 there), and also when a step fails
         stop_monitor(monitor)
         if tracker is not None:

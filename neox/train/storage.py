@@ -61,6 +61,11 @@ class RunStorage:
         with self.filesystem.open_output_stream(self.path(*parts)) as stream:
             stream.write(text.encode())
 
+    def delete(self, *parts: str) -> None:
+        """Remove the file if it is there."""
+        if self.filesystem.get_file_info(self.path(*parts)).type == fs.FileType.File:
+            self.filesystem.delete_file(self.path(*parts))
+
     def checkpoints(self) -> list[str]:
         """Names of the run's checkpoint folders (Ray Train's `checkpoint_<timestamp>`), oldest first."""
         selector = fs.FileSelector(self.root, allow_not_found=True)

@@ -385,23 +385,36 @@ def test_compiled_with_the_chunked_loss_and_fused_adamw_the_engine_trains_the_sa
     assert set(final_weights(run_dir)) == set(final_weights(straight))  # plain parameter names in the export
 
 
-def test_a_loss_that_turns_nan_stops_the_run_before_that_step_is_saved(tmp_path, tokenized):
-    """lr 1e30 from the first step: step 1's loss is finite (its update comes after it), step 2's NaN. The run
-    fails there with a message saying so, keeping step 1's checkpoint and never writing one of NaN weights."""
+def test_a_loss_that_turns_nan_stops_the_run_at_that_step_without_saving_it_or_retrying(tmp_path, tokenized):
+    """lr 1e30 from the first step: step 1's loss is finite (its update comes after it), step 2's NaN. The run stops
+    there with a message saying so, keeping step 1's checkpoint (already holding the diverged weights) and never
+    writing one of step 2. Ray Train would restart a failed worker group from that checkpoint (max_failures) only to
+    diverge again: the workers return instead of failing, and the driver raises."""
     from mlflow import MlflowClient
 
     from neox.train.checkpointing import latest_state
 
     config = write_config(
-        tmp_path, tokenized, lr=1e30, min_lr=0.0, warmup=0.0, num_workers=1, train_iters=5, checkpoint_interval=1
+        tmp_path,
+        tokenized,
+        lr=1e30,
+        min_lr=0.0,
+        warmup=0.0,
+        num_workers=1,
+        train_iters=5,
+        checkpoint_interval=1,
+        max_failures=2,
     )
     process = launch(config)
     out, _ = process.communicate(timeout=600)
-    assert process.returncode == 2, out[-3000:]  # the command's one-line error, not Ray Train's traceback
-    assert "error: step 2: the training loss is nan; the run stops before saving anything of it" in out, out[-3000:]
-    assert "WorkerGroupError" not in out  # what the traceback would end in
+    assert process.returncode == 2, out[-3000:]  # the command's one-line error
+    key = planned_run(config).key
+    assert f"error: training run {key} stopped at step 2: its loss is nan" in out, out[-3000:]
+    assert "its newest checkpoint (step 1) is kept, though weights already diverging may be in it" in out
+    assert "resumed from" not in out and "Error in training function" not in out  # not retried, nothing raised
     assert steps(run_folder(config)) == [1]
     assert latest_state(planned_run(config).storage)["step"] == 1
+    assert not (run_folder(config) / "final").exists()
     run_id = (run_folder(config) / "mlflow_run_id").read_text().strip()
     assert MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
 

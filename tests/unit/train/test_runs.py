@@ -126,3 +126,15 @@ def test_blended_datasets_must_share_a_tokenizer_and_their_keys_and_weights_make
     other = dataset(tmp_path, "data-3", tokenizer="tok-2")
     with pytest.raises(ConfigError, match="tokenized with another tokenizer"):
         plan_run(config(tmp_path, data=(first, other)))
+
+
+def test_the_workers_own_error_reaches_the_command_unwrapped_only_when_every_failed_worker_raised_one():
+    from ray.train import ControllerError, WorkerGroupError
+
+    from neox.train.launch import neox_error_of
+
+    ours, theirs = RunStateError("step 10: failing on purpose"), RuntimeError("NCCL timeout")
+    assert neox_error_of(WorkerGroupError("", {0: ours, 1: RunStateError("the same, on rank 1")})) is ours
+    assert neox_error_of(WorkerGroupError("", {0: ours, 1: theirs})) is None  # a mix is Ray's to show
+    assert neox_error_of(WorkerGroupError("", {})) is None
+    assert neox_error_of(ControllerError(ours)) is None

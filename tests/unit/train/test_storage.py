@@ -23,6 +23,9 @@ def test_a_local_run_is_its_own_working_folder(tmp_path):
     (tmp_path / "runs" / "exp" / "checkpoint_manager_snapshot.json").write_text("{}")
     assert storage.read_text("mlflow_run_id") == "abc"
     assert storage.checkpoints() == ["checkpoint_2026-01-01", "checkpoint_2026-01-02"]
+    storage.delete("mlflow_run_id")
+    storage.delete("mlflow_run_id")  # already gone: nothing to do
+    assert storage.read_text("mlflow_run_id") is None
 
 
 def test_an_s3_run_works_through_the_aws_environment(tmp_path, s3_env):
@@ -48,6 +51,9 @@ def test_an_s3_run_works_through_the_aws_environment(tmp_path, s3_env):
     (local / "metrics.jsonl").write_text('{"step": 1}\n')
     remote.publish(local / "final", "final")
     remote.publish(local / "metrics.jsonl", "metrics.jsonl")
+    remote.write_text("{}", "diverged.json")
+    remote.delete("diverged.json")
+    remote.delete("diverged.json")
     listing = boto3.client("s3").list_objects_v2(Bucket="runs")["Contents"]
     keys = sorted(o["Key"] for o in listing if not o["Key"].endswith("/"))  # pyarrow also writes folder markers
     assert keys == [
