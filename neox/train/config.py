@@ -136,7 +136,8 @@ class TrainConfig:
     cpus_per_worker: Positive = 1
     """CPUs per worker (its torch threads and torch.compile processes on CPU)."""
     max_failures: Annotated[int, Strict(), Field(ge=-1)] = 0
-    """Worker-group restarts from the newest checkpoint Ray Train may make (-1: no limit)."""
+    """Worker-group restarts from the newest checkpoint Ray Train may make (-1: no limit). A run whose loss turned
+    NaN is never restarted: it would only diverge again."""
     num_to_keep: Positive = 2
     """Checkpoints kept."""
     ray_address: Str | None = None

@@ -273,7 +273,7 @@ def launch(
     except BaseException:  # a second Ctrl-C, or Ray Train's abort ending in SystemExit
         close_mlflow_run(plan, loop_config, "KILLED")
         raise
-    diverged = storage.read_text(DIVERGED_FILE)
+    diverged = None if finished(plan) else storage.read_text(DIVERGED_FILE)  # an attempt Ray Train restarted
     if diverged is not None:
         close_mlflow_run(plan, loop_config, "FAILED")
         raise diverged_error(plan, json.loads(diverged))
@@ -299,9 +299,9 @@ def diverged_error(plan: RunPlan, diverged: dict[str, Any]) -> DivergedError:
     norm = "" if diverged["grad_norm"] is None else f", its gradient norm {diverged['grad_norm']}"
     return DivergedError(
         f"training run {plan.key} stopped at step {diverged['step']}: its loss is {diverged['loss']}{norm}. Nothing "
-        f"of that step was saved; {kept}, though weights already diverging may be in it. A loss that grew to this: "
-        "lower train.lr or lengthen warmup (a new run); one that is NaN from the first step: a kernel or precision "
-        "setting is broken, try the torch kernels and compile: false"
+        f"of that step was saved; {kept}, though weights already diverging may be in it. Values that grew to this: "
+        "lower train.lr or lengthen warmup (a new run); NaN from the first step: a kernel or precision setting is "
+        "broken, try the torch kernels and compile: false"
     )
 
 

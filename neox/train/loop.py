@@ -124,10 +124,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_value, bad_norms = means_over_ranks(torch.stack(losses).mean(), bad_norm)
             seconds = time.perf_counter() - started
             done = step + 1
-            # all-reduced, so every rank stops at the same step (a NaN on one rank makes the mean NaN); under fp16
-            # DeepSpeed's loss scaling skips an overflowing step itself and goes on
-            if cfg.precision != "fp16" and (not math.isfinite(loss_value) or bad_norms > 0):
-                diverged = {"step": done, "loss": loss_value, "grad_norm": grad_norm}
+            # all-reduced, so every rank stops at the same step (a NaN on one rank makes the mean NaN). Under fp16
+            # an overflowing gradient is DeepSpeed's loss scaling's to skip; fp32 ZeRO-0 reports no norm (None)
+            if not math.isfinite(loss_value) or (cfg.precision != "fp16" and bad_norms > 0):
+                diverged = {
+                    "step": done,
+                    "loss": str(loss_value),
+                    "grad_norm": None if grad_norm is None else str(grad_norm),
+                }
                 break
             if tracker is not None:
                 tracker.step(done, loss_value, engine.get_lr()[0], grad_norm, loss_scale(engine), seconds)
@@ -153,7 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # returned rather than raised: Ray Train restarts a failed worker group from its newest checkpoint (up
             # to train.max_failures), and a diverged run would only diverge again
             config["storage"].write_text(json.dumps(diverged), DIVERGED_FILE)
-    finally:  # after the export (the other ranks wait for rank 0 there), and also when a step fails
+    finally:  # after the export (the other ranks wait for rank 0 there) or a divergence, and when a step fails
         stop_monitor(monitor)
         if tracker is not None:
             tracker.close()

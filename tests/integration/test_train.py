@@ -389,7 +389,7 @@ def test_a_loss_that_turns_nan_stops_the_run_at_that_step_without_saving_it_or_r
     """lr 1e30 from the first step: step 1's loss is finite (its update comes after it), step 2's NaN. The run stops
     there with a message saying so, keeping step 1's checkpoint (already holding the diverged weights) and never
     writing one of step 2. Ray Train would restart a failed worker group from that checkpoint (max_failures) only to
-    diverge again: the workers return instead of failing, and the driver raises."""
+    diverge again: the workers (two, ZeRO-1) return together instead of failing, and the driver raises."""
     from mlflow import MlflowClient
 
     from neox.train.checkpointing import latest_state
@@ -400,7 +400,6 @@ def test_a_loss_that_turns_nan_stops_the_run_at_that_step_without_saving_it_or_r
         lr=1e30,
         min_lr=0.0,
         warmup=0.0,
-        num_workers=1,
         train_iters=5,
         checkpoint_interval=1,
         max_failures=2,
