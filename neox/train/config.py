@@ -110,7 +110,7 @@ class TrainConfig:
     parallelism (the vocabulary-parallel loss applies there), nor ZeRO-3."""
     layer_norm: Literal["torch", "liger"] = "torch"
     """The LayerNorms' kernel: torch, or liger (liger-kernel's fused Triton kernel; GPU, the `gpu` extra; not with
-    compile, which drops the kernel). The parameters and checkpoints are the same either way."""
+    compile, under which its loss was NaN). The parameters and checkpoints are the same either way."""
     rotary: Literal["torch", "liger"] = "torch"
     """The rotary embedding's kernel: torch, or liger (liger-kernel's fused Triton kernel, which rotates Pythia's
     partial slice of each head in place; GPU, the `gpu` extra)."""
@@ -246,9 +246,9 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
     if cfg.layer_norm == "liger" and cfg.compile:
         # measured on an H200 (README, "Training on one GPU"): every loss NaN from the first step (Liger-Kernel#871)
         raise ConfigError(
-            "train.layer_norm liger does not combine with train.compile: torch.compile drops liger-kernel's "
-            "LayerNorm kernel (it cannot trace the kernel's eps), leaving its outputs unwritten, and the loss is NaN "
-            "from the first step. With compile use layer_norm torch (compile fuses it); liger's without compile"
+            "train.layer_norm liger does not combine with train.compile: torch.compile cannot analyse liger-kernel "
+            "0.8.5's LayerNorm kernel (its eps), and compiled the loss was NaN from the first step (on an H200). "
+            "With compile use layer_norm torch (compile fuses it); liger's without compile"
         )
     if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
         raise ConfigError(
