@@ -273,20 +273,20 @@ def launch(
     except BaseException:  # a second Ctrl-C, or Ray Train's abort ending in SystemExit
         close_mlflow_run(plan, loop_config, "KILLED")
         raise
-    diverged = None if finished(plan) else storage.read_text(DIVERGED_FILE)  # an attempt Ray Train restarted
+    if finished(plan):  # also after an attempt that diverged, wrote its marker and was restarted by Ray Train
+        close_mlflow_run(plan, loop_config, "FINISHED")
+        return storage.uri
+    diverged = storage.read_text(DIVERGED_FILE)  # the workers stopped at a NaN and returned
     if diverged is not None:
         close_mlflow_run(plan, loop_config, "FAILED")
         raise diverged_error(plan, json.loads(diverged))
     # fit() also returns, without an error, from a run Ray Train aborted on SIGINT (Ctrl-C, a task's timeout)
-    stopped = not finished(plan)
-    close_mlflow_run(plan, loop_config, "KILLED" if stopped else "FINISHED")
-    if stopped:
-        step = (latest_state(storage) or {}).get("step", 0)
-        raise RunStateError(
-            f"training run {plan.key} was stopped (interrupted) before step {cfg.train_iters}; its latest "
-            f"checkpoint is step {step}, which a rerun resumes from"
-        )
-    return storage.uri
+    close_mlflow_run(plan, loop_config, "KILLED")
+    step = (latest_state(storage) or {}).get("step", 0)
+    raise RunStateError(
+        f"training run {plan.key} was stopped (interrupted) before step {cfg.train_iters}; its latest "
+        f"checkpoint is step {step}, which a rerun resumes from"
+    )
 
 
 class DivergedError(RunStateError):
