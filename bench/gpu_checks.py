@@ -12,8 +12,8 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
    uninterrupted run: the first bitwise, the later ones within 1e-5 relative on the CPU, 1e-3 in bf16 on a GPU
    (whose atomics in the backward change the last bits of the weights from step to step);
 5. the engine with train.cross_entropy chunked and train.fused_adamw: the fp32 run's first 10 losses within 1e-4;
-6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice)
-   against ours as in 1;
+6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice, and a
+   rotated width that is no power of two, neox-20b's) against ours as in 1;
 7. last, the engine in bf16 with fused AdamW and the fused kernels (on a GPU every liger kernel; then compiled
    (train.compile) with liger's loss, and with liger's loss and rotary; on the CPU the chunked loss), each with its
    last 10 steps' mean loss within 1% of fp32's (as in 2).
@@ -133,10 +133,14 @@ def kernel_checks(device: torch.device, vocab: int, hidden: int, heads: int, rot
     norm_in = [torch.randn(4096, hidden, generator=generator), 1 + 0.1 * torch.randn(hidden, generator=generator)]
     norm_in.append(0.1 * torch.randn(hidden, generator=generator))
     layer_norm = lambda x, w, b: F.layer_norm(x, w.shape, w, b, 1e-5)  # noqa: E731
-    head_size = hidden // heads
-    q, k = (torch.randn(4, heads, 512, head_size, generator=generator) for _ in range(2))
-    # the angles stay fp32, as the model passes them; only q and k take the checked precision
-    cos, sin = (t.to(device) for t in rotary_cos_sin(rotary_ndims, 10000, 0, 512, torch.device("cpu")))
+
+    def rotary(heads: int, head_size: int, rotary_ndims: int) -> dict:
+        q, k = (torch.randn(4, heads, 512, head_size, generator=generator) for _ in range(2))
+        # the angles stay fp32, as the model passes them; only q and k take the checked precision
+        cos, sin = (t.to(device) for t in rotary_cos_sin(rotary_ndims, 10000, 0, 512, torch.device("cpu")))
+        reference = lambda q, k: rotate_query_key(q, k, cos, sin)  # noqa: E731
+        return compare(reference, lambda q, k: liger_rope(q, k, cos, sin), [q, k], device)
+
     checks = {
         "cross_entropy liger": lambda: compare(
             full, partial(linear_cross_entropy, kernel="liger"), [x, w, labels], device
@@ -144,9 +148,10 @@ def kernel_checks(device: torch.device, vocab: int, hidden: int, heads: int, rot
         "layer_norm liger": lambda: compare(
             layer_norm, lambda x, w, b: liger_layer_norm(x, w, b, 1e-5), norm_in, device
         ),
-        "rotary liger": lambda: compare(
-            lambda q, k: rotate_query_key(q, k, cos, sin), lambda q, k: liger_rope(q, k, cos, sin), [q, k], device
-        ),
+        "rotary liger": lambda: rotary(heads, hidden // heads, rotary_ndims),
+        # a rotated width that is no power of two, which the kernel pads and masks: neox-20b's 24 of 96 (its 64
+        # heads split over 2 tensor-parallel ranks), as pythia-2.8b's 20 of 80
+        "rotary liger, 24 of 96 dims": lambda: rotary(32, 96, 24),
     }
     for name, check in checks.items():
         try:
