@@ -102,8 +102,8 @@ class TrainConfig:
     activation_checkpointing: Bool = False
     """Recompute each layer's activations in the backward pass instead of storing them."""
     compile: Bool = False
-    """torch.compile the model inside the DeepSpeed engine (on the CPU in fp32 only: torch's CPU compiler fails on a
-    kernel of the bf16/fp16 backward)."""
+    """torch.compile the model inside the DeepSpeed engine (on the CPU, a parallel-residual model such as Pythia in
+    fp32 only: torch's CPU compiler fails on a kernel of its bf16/fp16 backward)."""
     cross_entropy: Literal["full", "chunked", "liger"] = "full"
     """How the loss comes from the last hidden states: full (the whole batch x sequence x vocabulary logits, then
     cross-entropy), chunked (our fused linear + cross-entropy, a chunk of tokens at a time: never the full logits;
@@ -251,12 +251,14 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
             "0.8.5's LayerNorm kernel (its eps), and compiled the loss was NaN from the first step (on an H200). "
             "With compile use layer_norm torch (compile fuses it); liger's without compile"
         )
-    if cfg.compile and cfg.precision != "fp32" and not cfg.use_gpu:
-        # torch 2.13's CPU inductor writes a C++ kernel of the half-precision backward that does not build (one
-        # reduction stored twice under one name): every step would fail, after Ray and DeepSpeed started
+    if cfg.compile and cfg.precision != "fp32" and not cfg.use_gpu and model.gpt_j_residual:
+        # torch 2.13's CPU inductor writes a C++ kernel of the half-precision backward that does not build: the two
+        # biases feeding the parallel residual get one gradient sum, stored twice under one name. Every step would
+        # fail, after Ray and DeepSpeed started.
         raise ConfigError(
-            f"train.compile with precision {cfg.precision} fails on the CPU (torch's inductor cannot build a kernel "
-            "of the model's backward in that precision): on the CPU compile in fp32, or keep compile off"
+            f"train.compile with precision {cfg.precision} fails on the CPU for a parallel-residual model "
+            "(gpt_j_residual, as Pythia): torch's inductor cannot build a kernel of its backward in that precision. "
+            "On the CPU compile in fp32, or keep compile off"
         )
     if cfg.lora is not None and (tp * pp > 1 or cfg.zero_stage == 3):
         raise ConfigError(
