@@ -15,7 +15,8 @@ Run on a GPU machine (without Ray: the engine is driven directly, as `bench/trai
 6. with liger-kernel on a GPU (its absence fails there): its LayerNorm and rotary (Pythia's partial slice, and a
    rotated width that is no power of two, neox-20b's) against ours as in 1;
 7. last, the engine in bf16 with fused AdamW and the fused kernels (on a GPU every liger kernel; then compiled
-   (train.compile) with liger's loss, and with liger's loss and rotary; on the CPU the chunked loss), each with its
+   (train.compile) with liger's loss, with liger's loss and rotary, and on torch 2.13 or newer with every liger
+   kernel; on the CPU the chunked loss), each with its
    last 10 steps' mean loss within 1% of fp32's (as in 2).
 
 A kernel that fails to import or compile is a failed check; the others still run.
@@ -232,6 +233,7 @@ def main() -> None:
     import yaml
 
     from neox.model.config import load_model_config
+    from neox.train.config import compile_drops_liger_layer_norm
 
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -316,10 +318,10 @@ def main() -> None:
 
         # Last, as compiling takes a minute: the fused kernels through the engine in bf16 against fp32. On a GPU
         # every liger kernel (pile-pythia-160m's default), then compiled with liger's loss (compile fuses the
-        # LayerNorms itself, and drops liger's: train.layer_norm liger is refused with compile), then also with
-        # liger's rotary; on the CPU our chunked loss, where bf16 is what once lost the output layer's gradient
-        # (DeepSpeed's BF16 optimizer), and not compiled: torch 2.13's CPU inductor fails to build a bf16
-        # reduction kernel there (a C++ compile error, with or without the fused loss).
+        # LayerNorms itself), then also with liger's rotary, and on torch 2.13 or newer every liger kernel compiled
+        # (refused before 2.13, which dropped liger's LayerNorm: `compile_drops_liger_layer_norm`). On the CPU our
+        # chunked loss, where bf16 is what once lost the output layer's gradient (DeepSpeed's BF16 optimizer), and
+        # not compiled: torch 2.13's CPU inductor fails to build a kernel of the bf16 backward there (refused).
         variants: dict[str, dict] = {}
         if args.device == "cpu":
             variants["engine_chunked_bf16"] = dict(cross_entropy="chunked")
@@ -329,6 +331,8 @@ def main() -> None:
             variants["engine_liger_loss_rotary_compile_bf16"] = dict(
                 cross_entropy="liger", rotary="liger", compile=True
             )
+            if not compile_drops_liger_layer_norm(torch.__version__):
+                variants["engine_liger_compile_bf16"] = variants["engine_liger_bf16"] | {"compile": True}
         for name, kernels in variants.items():
             try:
                 losses = engine_losses(model_yaml, args, args.steps, precision="bf16", fused_adamw=True, **kernels)

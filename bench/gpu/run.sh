@@ -2,7 +2,7 @@
 # One session on a GPU machine (Python and a CUDA torch, no package index, minutes of use): the training
 # correctness checks, then the MFU benchmark of the pythia-410m and 1b shapes compiled. Each part has its own time
 # limit and writes its figures under $OUT as it goes, so a part cut short keeps what it measured and the next part
-# still runs. At most 9 2/3 minutes in all.
+# still runs. At most 590 s of parts in all.
 #
 #   .venv/bin/python bench/gpu/wheels.py           # here: the wheels to bring, into .gpu-wheels (~54 MiB)
 #   OUT=/tmp/out bash bench/gpu/run.sh             # there, with .gpu-wheels carried along
@@ -69,17 +69,20 @@ part() {  # NAME LIMIT_SECONDS COMMAND...: the command's output in $OUT/NAME.log
 }
 
 # Most telling first within each part, as a part cut short by its limit keeps only what came before. The
-# sessions of 2026-12-04 (README) measured every lever uncompiled, and found compile drops liger's LayerNorm (NaN
-# losses: the compiled rows they timed are void). What is left to measure is compile without it: liger's loss
-# compiled (compile fuses the LayerNorms itself), with its compiled bare twin for (c)/(b), then with liger's
-# rotary as well. Compiling a shape took 45-80 s; the checks take about two minutes.
-part checks 190 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
+# sessions of 2026-12-04 (README) measured every lever uncompiled, and found compile on torch 2.11 drops liger's
+# LayerNorm (NaN losses: the compiled rows they timed are void). What is left to measure is compile without it:
+# liger's loss compiled (compile fuses the LayerNorms itself), with its compiled bare twin for (c)/(b), then with
+# liger's rotary as well. Compiling a shape took 45-80 s; the checks take about two minutes.
+# Whether this torch's compile can analyse liger's kernels (torch 2.11 could not its LayerNorm's): seconds. Not
+# rehearsed: it needs triton, which only a CUDA torch brings.
+[ -z "${REHEARSE:-}" ] && part analysis 20 "$PYTHON" bench/gpu/liger_compile_analysis.py
+part checks 185 "$PYTHON" bench/gpu_checks.py --out "$OUT" "${CHECKS[@]}"
 part bench-410m 230 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
   --profile "engine:$LOSS,adamw=fused,compile" --variants "engine:$LOSS,adamw=fused,compile" "bare:$LOSS,compile" \
   "engine:$LOSS$ROPE,adamw=fused,compile" "engine:$LIGER" "engine:$LOSS,adamw=fused,compile,mb=32"
 # The memory levers no session reached (each ~10 s, uncompiled): against "engine:$LIGER" above
 part levers-410m 60 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M410" "${BENCH[@]}" \
   --variants "engine:$LIGER,mb=32" "engine:$LIGER,zero=2" "engine:$LIGER,ckpt" "engine:$LIGER,mb=8"
-part bench-1b 100 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
+part bench-1b 95 "$PYTHON" bench/train_step.py --device cuda --out "$OUT" --model "$M1B" "${BENCH[@]}" \
   --variants "engine:$LOSS,adamw=fused,compile" "bare:$LOSS,compile" "engine:$LOSS$ROPE,adamw=fused,compile"
 ls -la "$OUT"
