@@ -3,11 +3,12 @@
 
 Compiling a model that launches a user Triton kernel, torch reads the kernel's Triton IR to learn which tensors it
 writes. Where that analysis fails, torch logs "assuming every input is mutated" and goes on; on an H200 with
-torch 2.11 it failed for liger-kernel 0.8.5's LayerNorm forward (its `eps.to(...)`: torch passed every scalar
-argument as a compile-time constant) and the compiled loss was NaN from the first step (README, "Training on one
-GPU"). This runs torch's own analysis on each kernel as liger-kernel launches it (the launch is intercepted: nothing
-runs on a device) and prints, per kernel, the tensors it writes or why the analysis failed. On a machine without a
-GPU the target is taken to be an sm90 GPU (H100/H200): Triton makes its IR without one.
+torch 2.11 it failed for liger-kernel 0.8.5's LayerNorm forward (its `eps.to(...)`, with eps taken as a
+compile-time constant) and the compiled loss was NaN from the first step (README, "Training on one GPU").
+
+This runs torch's own analysis on each kernel with the arguments liger-kernel launches it with (the launch is
+intercepted: nothing runs on a device) and prints, per kernel, the tensors it writes or why the analysis failed.
+On a machine without a GPU the target is taken to be an sm90 GPU (H100/H200): Triton makes its IR without one.
 
     python bench/gpu/liger_compile_analysis.py      # needs torch, triton and liger-kernel; exit 1 if any fails
 """

@@ -295,10 +295,10 @@ def installed_torch() -> str:
 
 def compile_drops_liger_layer_norm(torch_version: str) -> bool:
     """Whether torch.compile on `torch_version` fails to analyse liger-kernel's LayerNorm forward kernel, and may
-    then drop it (its outputs left unwritten). torch 2.11 passed every scalar argument of a Triton kernel as a
-    compile-time constant, and the kernel's `eps.to(...)` does not compile so: NaN losses on an H200. torch 2.13
-    passes only the kernel's constexpr parameters so, and its analysis of every liger kernel training uses
-    succeeds (bench/gpu/liger_compile_analysis.py). 2.12 is not measured: refused with 2.11."""
+    then drop it (its outputs left unwritten): NaN losses with torch 2.11 on an H200, whose analysis failed on the
+    kernel's `eps.to(...)` with eps taken as a compile-time constant (pytorch#169782: scalars were passed so).
+    torch 2.13 analyses every liger kernel training uses (bench/gpu/liger_compile_analysis.py). 2.12 is not
+    measured: refused with 2.11."""
     from torch.torch_version import TorchVersion
 
     return TorchVersion(torch_version) < (2, 13)
