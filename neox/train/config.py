@@ -245,9 +245,9 @@ def check_layout(cfg: TrainConfig, model: ModelConfig) -> None:
     for setting, cpu_choice in on_cpu.items():
         if getattr(cfg, setting) == "liger" and not cfg.use_gpu:
             raise ConfigError(f"train.{setting} liger runs on GPUs only (use_gpu: true); on the CPU use {cpu_choice}")
-    if cfg.layer_norm == "liger" and cfg.compile and compile_drops_liger_layer_norm(installed_torch()):
+    if cfg.layer_norm == "liger" and cfg.compile and compile_drops_liger_layer_norm(torch_version := installed_torch()):
         raise ConfigError(
-            f"train.layer_norm liger does not combine with train.compile on torch {installed_torch()}: torch before "
+            f"train.layer_norm liger does not combine with train.compile on torch {torch_version}: torch before "
             "2.13 cannot analyse liger-kernel's LayerNorm kernel (its eps), and compiled the loss was NaN from the "
             "first step (torch 2.11 on an H200). Use the lock's torch 2.13, or with compile layer_norm torch "
             "(compile fuses it), or liger's without compile"
