@@ -52,8 +52,11 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_size).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=-1)
+        qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_size)
+        # Split before moving heads ahead of positions: the split's backward then joins the three gradients
+        # straight into the projection's (batch, seq, heads, 3 * head_size) layout, where the other order joined
+        # them head-major and copied the result again.
+        q, k, v = (t.transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         q, k = self.rotary(q, k, cos, sin)
         past = 0
         if cache is not None:

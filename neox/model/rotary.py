@@ -31,7 +31,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first cos.shape[-1] dims of x (batch, heads, seq, head_size); pass the rest through."""
     ndims = cos.shape[-1]
-    rot, passthrough = x[..., :ndims], x[..., ndims:]
+    # split, not two slices: its backward joins the two gradients in one cat, where each slice's backward filled
+    # a zero tensor of x's whole shape and the two were then added
+    rot, passthrough = x.split((ndims, x.shape[-1] - ndims), dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((rot * cos + _rotate_half(rot) * sin, passthrough), dim=-1)
 
