@@ -34,7 +34,9 @@ endif
 
 # Two test files at a time, each whole on one worker (its module fixtures run once), longest first (tests/conftest.py):
 # a test waits on process starts and I/O for about a third of its time, which the other file's test fills.
-TEST_WORKERS := -n 2 --dist loadfile --no-loadscope-reorder
+# A crashed worker fails the run at once: pytest-xdist 3.8.0 replacing one under loadfile can hang with both
+# workers idle (pytest-xdist issue 1378; seen here once, ~16 minutes in), which CI would see only at its time limit.
+TEST_WORKERS := -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 
 .PHONY: setup demo test format bench clean-venv
 
