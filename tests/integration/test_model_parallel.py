@@ -1,7 +1,7 @@
 """Model parallelism through real Ray Train + DeepSpeed on the CPU (gloo), four workers on a Ray of four CPU slots:
-tensor parallel 2 x data parallel 2, pipeline parallel 2 x data parallel 2, and tensor 2 x pipeline 2 train the
-straight data-parallel run's losses and gradient norms at the same global batch and export whole weights that
-Hugging Face reads back, as does `neox reshard` from their checkpoints; a tensor-parallel run resumes
+tensor parallel 2 x data parallel 2, pipeline parallel 2 x data parallel 2, and tensor 2 x pipeline 2 (with fused
+AdamW) train the straight data-parallel run's losses and gradient norms at the same global batch and export whole
+weights that Hugging Face reads back, as does `neox reshard` from their checkpoints; a tensor-parallel run resumes
 bit for bit after a SIGKILL; resuming in another layout is refused."""
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def four_slots():
     [
         {"model_parallel_size": 2},  # 2 replicas of 2 tensor slices: micro 4 x 2 replicas = 8
         {"pipe_parallel_size": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 2},  # 2 x 2 x 2 replicas
-        {"model_parallel_size": 2, "pipe_parallel_size": 2, "gradient_accumulation_steps": 2},  # 4 x 2 x 1 replica
+        # 4 x 2 x 1 replica; with fused AdamW, as the 20B config trains in its tensor x pipeline layout
+        {"model_parallel_size": 2, "pipe_parallel_size": 2, "gradient_accumulation_steps": 2, "fused_adamw": True},
     ],
     ids=["tensor2-data2", "pipe2-data2", "tensor2-pipe2"],
 )
