@@ -87,30 +87,3 @@ def test_a_row_whose_loss_is_not_a_number_is_void_and_paired_with_nothing(tmp_pa
     assert "| pythia-410m | `bare:compile` | 16 x 2048 | 2.0 | 500 | 1.0 | 48.0% | 9.0 | 10.9 |" in table
     assert not [line for line in table.splitlines() if line.startswith("- ")]
     assert "MFU void (loss nan)" in train_step.format_row(train_step.read_rows(rows_file)[1])
-
-
-def test_rows_training_the_same_model_on_the_same_tokens_have_their_losses_set_side_by_side(tmp_path):
-    """A kernel computing something else with a finite loss is not void; its loss stands apart from those of the
-    rows of the same loop and micro-batch (transformers' model draws its own weights: left out)."""
-    common = {"run": 1, "model": "pythia-410m", "seq": 2048, "ms_per_step": 1.0, "tokens_per_s": 1000}
-    common |= {"tflops": 1.0, "mfu": 0.4, "peak_gib": 9.0, "first_step_s": 1.0}
-    rows = [
-        common | {"variant": "engine:ce=liger", "batch": 16, "loss": 10.0},
-        common | {"variant": "engine:ce=liger,compile", "batch": 16, "loss": 10.05},
-        common | {"variant": "engine:ce=liger,ln=liger,compile", "batch": 16, "loss": 10.5},
-        common | {"variant": "engine:ce=liger,mb=32", "batch": 32, "loss": 9.0},
-        common | {"variant": "engine:ce=liger,zero=2,mb=32", "batch": 32, "loss": 9.01},
-        common | {"variant": "engine:compile,mb=32", "batch": 32, "loss": float("nan")},
-        common | {"variant": "bare:ce=liger", "batch": 16, "loss": 8.0},
-        common | {"variant": "hf", "batch": 16, "loss": 11.0},
-        common | {"variant": "hf", "batch": 16, "loss": 12.0, "run": 2},
-    ]
-    rows_file = tmp_path / "train_step.jsonl"
-    rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    table = train_step.markdown_table(train_step.read_rows(rows_file), {"device": "H200"})
-    assert [line for line in table.splitlines() if line.startswith("- losses")] == [
-        "- losses of pythia-410m engine at 16 x 2048: 10.0 to 10.5 over 3 rows, 5.00% apart: "
-        "apart by more than 1%: check which kernel",
-        "- losses of pythia-410m engine at 32 x 2048: 9.0 to 9.01 over 2 rows, 0.11% apart: agree",
-    ]
