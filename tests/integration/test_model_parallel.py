@@ -102,7 +102,7 @@ def four_slots():
     [
         {"model_parallel_size": 2},  # 2 replicas of 2 tensor slices: micro 4 x 2 replicas = 8
         {"pipe_parallel_size": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 2},  # 2 x 2 x 2 replicas
-        # 4 x 2 x 1 replica; with fused AdamW, as the 20B config trains in its tensor x pipeline layout
+        # 4 x 2 x 1 replica; with fused AdamW (train.fused_adamw), which DeepSpeed's pipeline engine steps too
         {"model_parallel_size": 2, "pipe_parallel_size": 2, "gradient_accumulation_steps": 2, "fused_adamw": True},
     ],
     ids=["tensor2-data2", "pipe2-data2", "tensor2-pipe2"],
