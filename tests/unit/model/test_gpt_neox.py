@@ -1,4 +1,5 @@
-"""The GPT-NeoX architecture: causality, KV cache, rotary, init methods, parameter counts."""
+"""The GPT-NeoX architecture: causality, KV cache, rotary, init methods, parameter counts, the copies its backward
+leaves out."""
 
 from __future__ import annotations
 
@@ -23,6 +24,30 @@ def test_logits_shape_and_causality():
     assert a.shape == (2, 16, 256)
     torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)  # the past never sees the future
     assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_the_backward_copies_neither_the_projections_gradient_nor_whole_heads():
+    """Memory traffic on a GPU: the query/key/value gradients are joined straight into the fused projection's layout
+    (no copy of the joined gradient), and the rotary's backward joins the rotated and passed-through slices (no
+    zero-filled tensor per slice). What remains copied is the CPU attention's output (flash and cuDNN attention on a GPU
+    write it in the layout the output projection reads)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = tiny_config()
+    model = tiny_model().train()
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))  # 12 positions: no size of another dim
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(ids).sum().backward()
+    heads, head = cfg.num_attention_heads, cfg.head_size
+    events = [(event.name, tuple(event.input_shapes[0])) for event in prof.events() if event.input_shapes]
+    copied = [shape for name, shape in events if name in ("aten::copy_", "aten::slice_backward")]
+    assert (2, 12, heads, 3 * head) not in copied  # the joined q/k/v gradient
+    assert not any(
+        len(shape) == 4 and shape[-1] in (head, cfg.rotary_ndims, head - cfg.rotary_ndims) and shape[1] == heads
+        for shape in copied
+    )  # a (batch, heads, seq, dims) slice of q or k
+    # what the profiler does see: the CPU attention's output, copied once per layer
+    assert [name for name, shape in events if shape == (2, 12, heads, head)].count("aten::clone") == cfg.num_layers
 
 
 @pytest.mark.parametrize("parallel_residual", [True, False])
