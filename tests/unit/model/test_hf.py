@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPT
 from neox.errors import ConfigError
 from neox.model.checkpoint import load_model, save_model
 from neox.model.generate import SamplingConfig, generate
-from neox.model.hf import export_hf, import_hf, load_hf_model
+from neox.model.hf import export_hf, from_hf_state_dict, import_hf, load_hf_model
 from tests.conftest import tiny_model
 
 
@@ -49,8 +49,9 @@ def test_transformers_computes_our_gradients(tmp_path, rotary_pct):
     ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(4))
     torch.nn.functional.cross_entropy(ours(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
     theirs(ids, labels=ids).loss.backward()
-    renamed = {"lm_head.weight": "embed_out.weight"}  # transformers 5's name for it
-    their_grads = {renamed.get(name, name.removeprefix("gpt_neox.")): p.grad for name, p in theirs.named_parameters()}
+    their_grads = from_hf_state_dict(
+        {name: p.grad for name, p in theirs.named_parameters()}, tied=ours.embed_out is None
+    )  # in our names, as an import renames them
     assert their_grads.keys() == dict(ours.named_parameters()).keys()
     for name, param in ours.named_parameters():
         torch.testing.assert_close(their_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
